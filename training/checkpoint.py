@@ -1,0 +1,40 @@
+"""Checkpoints: one dict {model, method, epoch, config, args, data}, written atomically."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+REQUIRED_KEYS = ("model", "config", "epoch", "data")
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file, or `last.pt` of a run directory; a clear error for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or (missing := [k for k in REQUIRED_KEYS if k not in ckpt]):
+        what = f"lacks keys {missing}" if isinstance(ckpt, dict) else f"is a {type(ckpt).__name__}, not a dict"
+        raise ValueError(f"checkpoint {path} {what}; was it written by python -m training.run?")
+    return ckpt

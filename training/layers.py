@@ -1,0 +1,97 @@
+"""Leaf layers: pre-activation blocks, the option-A shortcut, the exit head, a gradient scaler."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortcutA(nn.Module):
+    """Option A of He et al. (2016): subsample by stride, zero-pad the new channels. No parameters,
+    which is what reproduces the paper's Table 6 parameter counts."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+
+
+class PreActBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus lambda * shortcut (Eq. 1). Two layers."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut_scale: float, option_a: bool = True):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.scale = shortcut_scale
+        self.shortcut = _shortcut(in_ch, out_ch, stride, option_a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.scale * self.shortcut(x)
+
+
+class PreActBottleneck(nn.Module):
+    """BN-ReLU-conv1x1, BN-ReLU-conv3x3(stride), BN-ReLU-conv1x1(x4) plus shortcut. Three layers."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, mid_ch: int, stride: int, shortcut_scale: float):
+        super().__init__()
+        out_ch = mid_ch * self.expansion
+        self.bn1, self.conv1 = nn.BatchNorm2d(in_ch), nn.Conv2d(in_ch, mid_ch, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(mid_ch), nn.Conv2d(mid_ch, mid_ch, 3, stride, 1, bias=False)
+        self.bn3, self.conv3 = nn.BatchNorm2d(mid_ch), nn.Conv2d(mid_ch, out_ch, 1, bias=False)
+        self.scale = shortcut_scale
+        self.shortcut = _shortcut(in_ch, out_ch, stride, option_a=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv3(F.relu(self.bn3(out)))
+        return out + self.scale * self.shortcut(x)
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int, option_a: bool) -> nn.Module:
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    if option_a:
+        return ShortcutA(in_ch, out_ch, stride)
+    # ImageNet nets use projection shortcuts (option B), as torchvision's ResNets do.
+    return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+
+
+class ExitHead(nn.Module):
+    """BN -> ReLU -> global average pool -> fc. The BN is needed because the residual stream of a
+    pre-activation net is never normalised (DESIGN.md)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient flowing back by `scale` (used by fast multi-way)."""
+    return x if scale == 1.0 else _ScaleGrad.apply(x, scale)

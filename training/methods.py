@@ -1,0 +1,264 @@
+"""The paper's training methods (Sec. 3.2) behind one small interface.
+
+Every method does the same forward pass and handles outputs shallow -> deep, final last. A method owns
+its optimizers and LR schedulers because multi-way needs one optimizer state per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+from training.model import AuxNet
+
+METHODS = ("none", "joint", "pairwise", "multiway", "multiway-reference")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # eta, the paper's base rate for batch 128
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    nu: float = 2.0  # exponent of the loss weights gamma_k = max(0.01, (L_k / L_K)^nu)
+    epochs: int = 1
+    milestones: tuple[float, ...] = (0.4, 0.6)  # lr / 10 at these fractions of the epochs (paper)
+    joint_lr_adjust: bool = False  # eta_k = eta / sum_{j>=k} gamma_j below exit k (joint only)
+
+
+def loss_weights(exits: tuple[int, ...], nu: float) -> list[float]:
+    """gamma_k = max(0.01, (L_k / L_K)^nu) with L_K the deepest auxiliary exit; the final output 1."""
+    if len(exits) == 1:
+        return [1.0]
+    deepest_aux = exits[-2]
+    return [max(0.01, (layer / deepest_aux) ** nu) for layer in exits[:-1]] + [1.0]
+
+
+def multiway_rate_factors(gammas: list[float]) -> list[float]:
+    """c_k with trunk rate eta_k = c_k * eta: 1 / sum_{j>=k, j auxiliary} gamma_j; the final output 1."""
+    aux = gammas[:-1]
+    return [1.0 / sum(aux[k:]) for k in range(len(aux))] + [1.0]
+
+
+def lr_factor(epoch: int, cfg: OptimConfig) -> float:
+    """Step schedule: divided by 10 at each milestone fraction of the epochs (30 epochs: at 12 and 18).
+    A milestone that rounds to epoch 0 is skipped, so a 1-epoch run trains at the base rate."""
+    passed = sum(0 < round(m * cfg.epochs) <= epoch for m in cfg.milestones)
+    return 0.1**passed
+
+
+def _sgd(params_or_groups, cfg: OptimConfig, lr: float, weight_decay: float | None = None) -> torch.optim.SGD:
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
+    return torch.optim.SGD(params_or_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+
+
+class Method:
+    """Owns optimizers and schedulers; `step(x, y)` trains on one batch and returns the loss per output."""
+
+    name = "?"
+
+    def __init__(self, model: AuxNet, cfg: OptimConfig, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.model, self.cfg, self.autocast = model, cfg, autocast
+        self.gammas = loss_weights(model.exits, cfg.nu)
+        self.optimizers: list[torch.optim.Optimizer] = self.build_optimizers()
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, lambda e: lr_factor(e, cfg)) for o in self.optimizers
+        ]
+
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [_sgd(self.model.parameters(), self.cfg, self.cfg.lr)]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        raise NotImplementedError
+
+    def end_epoch(self) -> None:
+        for s in self.schedulers:
+            s.step()
+
+    def base_lr(self) -> float:
+        return self.cfg.lr * self.schedulers[0].lr_lambdas[0](self.schedulers[0].last_epoch)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(
+                f"checkpoint holds {len(state['optimizers'])} optimizer states, method {self.name!r} "
+                f"needs {len(self.optimizers)}: was it trained with another method?"
+            )
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+
+    def _forward(self, x, **kw) -> list[torch.Tensor]:
+        with self.autocast():
+            return self.model(x, **kw)
+
+    def _zero(self) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y)
+
+
+class NoneMethod(Method):
+    """Plain ResNet: only the final loss trains the trunk; auxiliary heads are probes on detached
+    features, so Table 6's ResNet column (intermediate accuracy of an ordinary ResNet) can be measured."""
+
+    name = "none"
+
+    def step(self, x, y):
+        self._zero()
+        losses = [_ce(z, y) for z in self._forward(x, detach_aux=True)]
+        sum(losses).backward()
+        self.optimizers[0].step()
+        return [loss.item() for loss in losses]
+
+
+class JointMethod(Method):
+    """One backward of xi + sum_k gamma_k xi_k, one step. With `joint_lr_adjust` the trunk segment
+    below exit k runs at eta / sum_{j>=k} gamma_j (Sec. 3.2), which keeps its step size bounded."""
+
+    name = "joint"
+
+    def build_optimizers(self):
+        if not self.cfg.joint_lr_adjust:
+            return super().build_optimizers()
+        groups = []
+        for k in range(self.model.num_outputs):
+            scale = 1.0 / max(1.0, sum(self.gammas[k:]))
+            groups.append({"params": self.model.trunk_segment_params(k), "lr": self.cfg.lr * scale})
+        groups.append({"params": list(self.model.heads.parameters()), "lr": self.cfg.lr})
+        return [_sgd(groups, self.cfg, self.cfg.lr)]
+
+    def step(self, x, y):
+        self._zero()
+        losses = [_ce(z, y) for z in self._forward(x)]
+        sum(g * loss for g, loss in zip(self.gammas, losses)).backward()
+        self.optimizers[0].step()
+        return [loss.item() for loss in losses]
+
+
+class PairwiseMethod(Method):
+    """For each output in order: forward up to its exit with the current weights, backward
+    gamma_k xi_k, step. K+1 partial forwards per batch; parameters without a gradient are not stepped."""
+
+    name = "pairwise"
+
+    def step(self, x, y):
+        out = []
+        for k in range(self.model.num_outputs):
+            self._zero()
+            with self.autocast():
+                loss = _ce(self.model.forward_to(x, k), y)
+            (self.gammas[k] * loss).backward()
+            self.optimizers[0].step()
+            out.append(loss.item())
+        return out
+
+
+class MultiwayReference(Method):
+    """Multi-way backpropagation as the authors' group's public code does it: ONE forward, then for each
+    output k in order its own backward and its own optimizer step.
+
+    Output k (auxiliary) has an SGD state over the trunk segments below its exit at rate
+    c_k * eta, c_k = 1 / sum_{j>=k, aux} gamma_j, fed the gradient of gamma_k * xi_k, and a separate SGD
+    over head k at eta fed the gradient of xi_k. The final output uses the base rate over everything it
+    reaches. Trunk weights therefore receive several momentum and weight-decay applications per batch.
+
+    Difference from the original: modern autograd forbids changing weights between backward passes of
+    one graph, so every output's gradient is taken from the one forward at the pre-step weights, and the
+    steps are then applied in order. This class is the exact reference (the test oracle); see
+    `MultiwayFast` for the one-backward equivalent used for real runs.
+    """
+
+    name = "multiway-reference"
+
+    def build_optimizers(self):
+        self.rate_factors = multiway_rate_factors(self.gammas)
+        last = self.model.num_outputs - 1
+        opts = []
+        for k in range(last):
+            trunk = [p for s in range(k + 1) for p in self.model.trunk_segment_params(s)]
+            opts.append(_sgd(trunk, self.cfg, self.cfg.lr * self.rate_factors[k]))
+            opts.append(_sgd(self.model.heads[k].parameters(), self.cfg, self.cfg.lr))
+        opts.append(_sgd(self.model.parameters_to(last), self.cfg, self.cfg.lr))
+        return opts
+
+    def step(self, x, y):
+        losses = [_ce(z, y) for z in self._forward(x)]
+        last = self.model.num_outputs - 1
+        grads = []
+        for k, loss in enumerate(losses):
+            trunk = [p for s in range(k + 1) for p in self.model.trunk_segment_params(s)]
+            head = list(self.model.heads[k].parameters())
+            g = torch.autograd.grad(loss, trunk + head, retain_graph=k < last)
+            grads.append(([self.gammas[k] * gi for gi in g[: len(trunk)]], list(g[len(trunk):]), trunk, head))
+        for k, (g_trunk, g_head, trunk, head) in enumerate(grads):
+            for p, g in zip(trunk + head, g_trunk + g_head):
+                p.grad = g
+            if k < last:
+                self.optimizers[2 * k].step()
+                self.optimizers[2 * k + 1].step()
+            else:
+                self.optimizers[-1].step()
+            for p in trunk + head:
+                p.grad = None
+        return [loss.item() for loss in losses]
+
+
+class MultiwayFast(Method):
+    """Multi-way in ONE backward pass.
+
+    SGD with momentum (Nesterov or not) and weight decay is linear in its inputs. With all per-output
+    gradients taken at the pre-step weights (as the reference does), the buffers v_k of the outputs that
+    reach trunk segment s combine into U = sum_k c_k v_k, which follows the ordinary recurrence
+        U <- mu U + (G + lambda_s w),   w <- w - eta (G + lambda_s w + mu U)   [Nesterov]
+    with G the gradient of sum_k c_k gamma_k xi_k and lambda_s = lambda * sum_{k>=s} c_k. So: one SGD
+    (rate eta) with per-segment weight decay lambda_s, fed one backward of sum_k xi_k in which output k's
+    gradient into the trunk is scaled by c_k gamma_k (`scale_grad`), so head k still sees grad xi_k.
+
+    Exact when weight decay is 0. Otherwise the reference decays weights already moved by the earlier
+    outputs' steps; the difference per step is O(eta^2 * lambda * |grad|), tested in
+    tests/training/test_multiway_fast.py.
+    """
+
+    name = "multiway"
+
+    def build_optimizers(self):
+        self.rate_factors = multiway_rate_factors(self.gammas)
+        groups = []
+        for s in range(self.model.num_outputs):
+            decay = self.cfg.weight_decay * sum(self.rate_factors[s:])
+            groups.append({"params": self.model.trunk_segment_params(s), "weight_decay": decay})
+        groups.append({"params": list(self.model.heads.parameters()), "weight_decay": self.cfg.weight_decay})
+        return [_sgd(groups, self.cfg, self.cfg.lr)]
+
+    def step(self, x, y):
+        self._zero()
+        scales = [c * g for c, g in zip(self.rate_factors, self.gammas)]
+        losses = [_ce(z, y) for z in self._forward(x, trunk_grad_scales=scales)]
+        sum(losses).backward()
+        self.optimizers[0].step()
+        return [loss.item() for loss in losses]
+
+
+_REGISTRY = {c.name: c for c in (NoneMethod, JointMethod, PairwiseMethod, MultiwayFast, MultiwayReference)}
+
+
+def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext) -> Method:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown training method {name!r}; valid: {', '.join(METHODS)}")
+    if name != "none" and model.num_outputs == 1:
+        name = "joint"  # with one output every method is plain SGD on the final loss
+    return _REGISTRY[name](model, cfg, autocast)

@@ -1,0 +1,155 @@
+"""python -m training.run: train AuxNet (or the plain-ResNet baseline) and write a checkpoint per epoch.
+
+The paper's recipe is the default (Sec. 4): SGD, momentum 0.9, Nesterov, lr 0.1 / 10 at 40% and 60%
+of the epochs, weight decay 1e-4, batch 128, He init, loss weights with nu = 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import load_checkpoint, save_atomic
+from training.config import ModelConfig
+from training.data import DATASETS, load_splits
+from training.data.batches import iterate
+from training.engine import evaluate, train_one_epoch
+from training.methods import METHODS, OptimConfig, build_method, loss_weights
+from training.model import AuxNet, segment_costs
+from training.precision import autocast_factory, pick_device, resolve_precision
+from training.presets import PRESETS, preset_config
+from training.report import exit_table
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m training.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    arch = p.add_argument_group("architecture (a preset, or explicit --depth/--exits)")
+    arch.add_argument("--preset", choices=sorted(PRESETS), help="a network from the paper's tables")
+    arch.add_argument("--family", default="cifar", choices=["cifar", "imagenet"])
+    arch.add_argument("--depth", type=int, help="explicit depth (6n+2 for cifar)")
+    arch.add_argument("--exits", help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
+    arch.add_argument("--width", type=int, default=1, help="width factor N")
+    arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
+    p.add_argument("--method", default="multiway", choices=METHODS,
+                   help="none = ResNet baseline (aux heads are probes); multiway = one-backward equivalent of "
+                        "multiway-reference")
+    p.add_argument("--dataset", default="synthetic", choices=DATASETS)
+    p.add_argument("--data-dir", default="data", help="where the data set lies (or is downloaded to)")
+    p.add_argument("--download", action="store_true", help="fetch from the official address, checksum verified")
+    p.add_argument("--val-size", type=int, default=None, help="validation images held out of train (default 5000; 10%% for synthetic)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--no-nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--nu", type=float, default=2.0, help="exponent of the loss weights")
+    p.add_argument("--joint-lr-adjust", action="store_true", help="joint: eta_k = eta / sum_{j>=k} gamma_j")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--workers", type=int, default=4, help="loader processes for large image folders")
+    return p
+
+
+def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
+    if args.preset:
+        if args.depth or args.exits:
+            raise ValueError("give either --preset or --depth/--exits, not both")
+        cfg = preset_config(args.preset, num_classes)
+        return ModelConfig(**{**cfg.to_dict(), "image_size": image_size if cfg.family == "cifar" else cfg.image_size,
+                              "shortcut_scale": args.shortcut_scale})
+    if not args.depth:
+        raise ValueError("give --preset NAME or --depth D [--exits L1,...,D]")
+    exits = tuple(int(e) for e in args.exits.split(",")) if args.exits else (args.depth,)
+    return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size)
+
+
+def main(args) -> dict:
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    ckpt = load_checkpoint(out) if args.resume else None
+    if ckpt is not None:
+        for key in ("method", "dataset", "preset", "depth", "exits", "width", "seed", "batch_size", "epochs", "lr"):
+            if ckpt["args"].get(key) != getattr(args, key):
+                raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
+                                 f"{ckpt['args'].get(key)!r}; pass the same arguments")
+    val_size = args.val_size if args.val_size is not None else (256 if args.dataset == "synthetic" else 5000)
+    splits = load_splits(args.dataset, args.data_dir, val_size, args.seed, args.download,
+                         val_indices=ckpt["data"]["val_indices"] if ckpt else None)
+    cfg = model_config(args, len(splits.classes), splits.image_size)
+    device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    autocast = autocast_factory(precision, device)
+    channels_last = precision == "bf16"
+    model = AuxNet(cfg)
+    costs = segment_costs(model)
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optim = OptimConfig(args.lr, args.momentum, not args.no_nesterov, args.weight_decay, args.nu, args.epochs,
+                        joint_lr_adjust=args.joint_lr_adjust)
+    method = build_method(args.method, model, optim, autocast)
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        method.load_state_dict(ckpt["method"])
+        start_epoch = ckpt["epoch"]
+    data_info = {"dataset": args.dataset, "classes": splits.classes, "normalization": splits.normalization(),
+                 "augment": splits.augment, "image_size": splits.image_size, "val_indices": splits.val_indices,
+                 "data_dir": str(args.data_dir)}
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{cfg.name()} exits {list(cfg.exits)} gammas {[round(g, 3) for g in loss_weights(cfg.exits, args.nu)]} "
+          f"method {method.name} on {device} ({precision}); train {len(splits.train)} val {len(splits.val)} "
+          f"test {len(splits.test)}", file=sys.stderr)
+    n_batches = -(-len(splits.train) // args.batch_size)
+    if args.max_batches:
+        n_batches = min(n_batches, args.max_batches)
+    metrics = {}
+    for epoch in range(start_epoch, args.epochs):
+        lr = method.base_lr()
+        batches = iterate(splits.train, splits, args.batch_size, True, args.seed * 100003 + epoch, device,
+                          channels_last, args.workers)
+        if args.max_batches:
+            batches = (b for _, b in zip(range(args.max_batches), batches))
+        stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}")
+        method.end_epoch()
+        val = evaluate(model, _eval_batches(splits.val, splits, device, channels_last, args), autocast)
+        test = evaluate(model, _eval_batches(splits.test, splits, device, channels_last, args), autocast)
+        metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
+                   "train_s": stats["train_s"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
+                   "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"], "time": time.time()}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "method": method.state_dict(),
+                     "epoch": epoch + 1, "config": cfg.to_dict(), "args": vars(args), "data": data_info,
+                     "precision": precision, "costs": costs, "metrics": metrics}, out / "last.pt")
+        print(f"epoch {epoch + 1}: val top1 err per exit {[round(e, 2) for e in val['top1_err']]} "
+              f"({stats['images_per_s']:.0f} img/s)", file=sys.stderr)
+    if metrics:
+        print(exit_table(costs, {"top1_err": metrics["val_top1_err"]},
+                         {"top1_err": metrics["test_top1_err"], "top5_err": metrics["test_top5_err"]}))
+    return metrics
+
+
+def _eval_batches(ds, splits, device, channels_last, args):
+    if len(ds) == 0:
+        return iter(())
+    return iterate(ds, splits, 256, False, 0, device, channels_last, args.workers)
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
