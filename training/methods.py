@@ -29,6 +29,9 @@ class OptimConfig:
     epochs: int = 1
     milestones: tuple[float, ...] = (0.4, 0.6)  # lr / 10 at these fractions of the epochs (paper)
     joint_lr_adjust: bool = False  # eta_k = eta / sum_{j>=k} gamma_j below exit k (joint only)
+    # joint only, the issue-5 ablation: trunk segment s decays at lambda * sum_{k>=s} c_k, the weight decay
+    # multi-way effectively applies (see MultiwayFast), so that only the loss weighting differs.
+    joint_match_multiway_decay: bool = False
 
 
 def loss_weights(exits: tuple[int, ...], nu: float) -> list[float]:
@@ -132,14 +135,20 @@ class JointMethod(Method):
     name = "joint"
 
     def build_optimizers(self):
-        if not self.cfg.joint_lr_adjust:
+        cfg = self.cfg
+        if not (cfg.joint_lr_adjust or cfg.joint_match_multiway_decay):
             return super().build_optimizers()
+        rates = multiway_rate_factors(self.gammas)
         groups = []
         for k in range(self.model.num_outputs):
-            scale = 1.0 / max(1.0, sum(self.gammas[k:]))
-            groups.append({"params": self.model.trunk_segment_params(k), "lr": self.cfg.lr * scale})
-        groups.append({"params": list(self.model.heads.parameters()), "lr": self.cfg.lr})
-        return [_sgd(groups, self.cfg, self.cfg.lr)]
+            group = {"params": self.model.trunk_segment_params(k), "lr": cfg.lr}
+            if cfg.joint_lr_adjust:
+                group["lr"] = cfg.lr / max(1.0, sum(self.gammas[k:]))
+            if cfg.joint_match_multiway_decay:
+                group["weight_decay"] = cfg.weight_decay * sum(rates[k:])
+            groups.append(group)
+        groups.append({"params": list(self.model.heads.parameters()), "lr": cfg.lr})
+        return [_sgd(groups, cfg, cfg.lr)]
 
     def step(self, x, y):
         self._zero()

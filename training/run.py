@@ -51,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--nu", type=float, default=2.0, help="exponent of the loss weights")
     p.add_argument("--joint-lr-adjust", action="store_true", help="joint: eta_k = eta / sum_{j>=k} gamma_j")
+    p.add_argument("--joint-match-multiway-decay", action="store_true",
+                   help="joint: per-segment weight decay equal to what multiway applies (ablation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +99,8 @@ def main(args) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optim = OptimConfig(args.lr, args.momentum, not args.no_nesterov, args.weight_decay, args.nu, args.epochs,
-                        joint_lr_adjust=args.joint_lr_adjust)
+                        joint_lr_adjust=args.joint_lr_adjust,
+                        joint_match_multiway_decay=args.joint_match_multiway_decay)
     method = build_method(args.method, model, optim, autocast)
     start_epoch = 0
     if ckpt is not None:

@@ -127,3 +127,11 @@ def test_step_schedule_at_40_and_60_percent():
     cfg = OptimConfig(epochs=30)
     assert [lr_factor(e, cfg) for e in (0, 11, 12, 17, 18, 29)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor(0, OptimConfig(epochs=1)) == 1.0
+
+
+def test_joint_matched_decay_equals_multiway_effective_decay():
+    model = tiny()
+    method = build_method("joint", model, OptimConfig(LR, MOM, True, WD, joint_match_multiway_decay=True))
+    rates = multiway_rate_factors(loss_weights(model.exits, 2.0))
+    decays = [g["weight_decay"] for g in method.optimizers[0].param_groups]
+    assert decays == pytest.approx([WD * sum(rates), WD * sum(rates[1:]), WD * 1.0, WD])
