@@ -1,0 +1,1 @@
+python -m training.run --preset auxnet56_5 --method joint --joint-match-multiway-decay --dataset folder --data-dir /tmp/cifar10-jpeg --epochs 30 --seed 0 --workers 2 
