@@ -72,7 +72,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"batch 128, {args.steps} steps x {args.rounds} rounds, median")
-    print(f"| model | method | precision | ms/step | images/s | x ResNet-56 step |")
+    print("| model | method | precision | ms/step | images/s | x ResNet-56 step |")
     print("|---|---|---|---:|---:|---:|")
     for pr in precisions:
         base = statistics.median(times[(CONFIGS[0], pr)])

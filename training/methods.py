@@ -7,12 +7,11 @@ its optimizers and LR schedulers because multi-way needs one optimizer state per
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
 
 from training.model import AuxNet
 

@@ -84,7 +84,7 @@ class AuxNet(nn.Module):
         trunk = [p for s in range(k + 1) for p in self.trunk_segment_params(s)]
         return trunk + list(self.heads[k].parameters())
 
-    def segment(self, k: int) -> "Segment":
+    def segment(self, k: int) -> Segment:
         return Segment(self.trunk_segment_modules(k), self.heads[k], final=k == self.num_outputs - 1)
 
     def prefix_params(self, k: int) -> int:

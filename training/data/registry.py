@@ -29,7 +29,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.labels[idx], None if self.images is None else self.images[idx],
                        None if self.files is None else [self.files[i] for i in idx])
 

@@ -1,0 +1,81 @@
+"""python -m training.run end to end on synthetic data: metrics, table, checkpoint, exact resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.run import get_args_parser, main
+
+ARGS = ["--depth", "14", "--exits", "5,9,14", "--dataset", "synthetic", "--precision", "fp32", "--device", "cpu",
+        "--batch-size", "64", "--max-batches", "4", "--val-size", "128", "--seed", "3"]
+
+
+def run(tmp_path, name, *extra):
+    return main(get_args_parser().parse_args(ARGS + ["--out", str(tmp_path / name), *extra]))
+
+
+def test_resume_from_epoch_1_matches(tmp_path, monkeypatch):
+    import training.run as tr
+
+    run(tmp_path, "straight", "--epochs", "2")
+    # Stop after the first epoch by making the loop see only epoch 0, as a killed process would leave it.
+    original = tr.save_atomic
+    calls = {"n": 0}
+
+    def save_then_die(obj, path):
+        original(obj, path)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "killed", "--epochs", "2")
+    monkeypatch.setattr(tr, "save_atomic", original)
+    assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
+    run(tmp_path, "killed", "--epochs", "2", "--resume")
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    assert b["epoch"] == 2
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0)
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_metrics_and_checkpoint_contents(tmp_path):
+    metrics = run(tmp_path, "m", "--epochs", "1")
+    assert len(metrics["val_top1_err"]) == 3 and len(metrics["loss"]) == 3
+    row = json.loads((tmp_path / "m" / "metrics.jsonl").read_text())
+    assert set(row) >= {"epoch", "lr", "loss", "images_per_s", "val_top1_err", "val_top5_err", "test_top1_err"}
+    ck = load_checkpoint(tmp_path / "m")
+    assert ck["config"]["exits"] == (5, 9, 14) and len(ck["data"]["val_indices"]) == 128
+    assert ck["args"]["method"] == "multiway" and "optimizers" in ck["method"]
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path):
+    run(tmp_path, "r", "--epochs", "1")
+    with pytest.raises(ValueError, match="--resume: method is 'joint' but the checkpoint was trained with 'multiway'"):
+        run(tmp_path, "r", "--epochs", "1", "--resume", "--method", "joint")
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="last.pt is corrupt or not a torch checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.slow
+def test_cli_prints_per_exit_table(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "training.run", "--preset", "auxnet20_2", "--epochs", "1", "--max-batches", "3",
+         "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "layers" in out.stdout and " 17 " in out.stdout and " 20 " in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "training.run", "--preset", "nonet"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'nonet'" in bad.stderr
