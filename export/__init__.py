@@ -1,0 +1,1 @@
+"""Checkpoint -> model repository: one ONNX (and optionally TensorRT) engine per exit, calibrated."""

@@ -1,0 +1,57 @@
+"""python -m export {all,exit,check}: turn a training checkpoint into a model repository.
+
+(Use the `python -m export` form: a console script named `export` would be shadowed by the shell builtin.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m export", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for cmd in ("all", "exit"):
+        s = sub.add_parser(cmd, help="export every exit" if cmd == "all" else "export exits 0..K only")
+        if cmd == "exit":
+            s.add_argument("k", type=int, help="exit index (0 = shallowest)")
+        s.add_argument("--checkpoint", required=True, help="a run directory (uses last.pt) or a .pt file")
+        s.add_argument("--out", required=True, help="model repository directory")
+        s.add_argument("--name", help="model name (default from the architecture and data set)")
+        s.add_argument("--data-dir", help="where the checkpoint's data set lies now (for calibration)")
+        s.add_argument("--trt", action="store_true", help="also build one TensorRT engine per exit")
+        s.add_argument("--fp16", action="store_true", help="TensorRT FP16 (TensorRT 10)")
+        s.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile maximum batch")
+        s.add_argument("--no-measure", action="store_true", help="skip the ONNX Runtime latency measurement")
+    c = sub.add_parser("check", help="validate a model directory REPO/NAME")
+    c.add_argument("model_dir")
+    c.add_argument("--checkpoint", help="also check parity with this checkpoint")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from export.trt import TensorRTUnavailable
+    from server.repository import RepositoryError
+
+    try:
+        if args.command == "check":
+            from export.check import check_model
+
+            return 1 if check_model(args.model_dir, args.checkpoint) else 0
+        from export.build import export_model
+
+        export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
+                     args.fp16, args.max_batch, measure=not args.no_measure)
+        return 0
+    except TensorRTUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (RepositoryError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

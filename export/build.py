@@ -1,0 +1,174 @@
+"""Checkpoint -> `<repo>/<name>/`: ONNX per exit, parity, calibration, costs, plot, manifest, optional TRT."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.atomic import staged_model
+from export.calibration import default_policy, fit_temperature, softmax, threshold_table
+from export.measure import machine_label, segment_latency_ms
+from export.plot import plot_tradeoff
+from export.segments import PARITY_ATOL, export_segment, segment_parity
+from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
+from training.checkpoint import load_checkpoint
+from training.config import ModelConfig
+from training.data import load_splits
+from training.data.batches import iterate
+from training.engine import collect_logits
+from training.model import AuxNet, segment_costs
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def model_from_checkpoint(ckpt: dict, path: str) -> AuxNet:
+    try:
+        cfg = ModelConfig.from_dict(dict(ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"checkpoint {path}: its model config is incompatible with this version ({e})") from e
+    model = AuxNet(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise ExportError(f"checkpoint {path}: weights do not fit the config {cfg.name()} ({' '.join(first)})") from e
+    return model.eval()
+
+
+def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[list[np.ndarray], np.ndarray, object]:
+    info = ckpt["data"]
+    root = data_dir or info.get("data_dir")
+    try:
+        splits = load_splits(info["dataset"], root, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0))
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(f"calibration needs the validation split of {info['dataset']} from {root}: {e} "
+                          "(pass --data-dir)") from e
+    if len(splits.val) == 0:
+        raise ExportError("the checkpoint recorded an empty validation split; calibration needs one (train with --val-size > 0)")
+    batches = iterate(splits.val, splits, 256, False, 0, torch.device("cpu"))
+    logits, labels = collect_logits(model, batches)
+    return [z.numpy().astype(np.float64) for z in logits], labels.numpy(), splits
+
+
+def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: str | None = None,
+                 only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
+                 measure: bool = True, log=print) -> Path:
+    """Build the whole repository entry in a staging folder and publish it atomically."""
+    if trt:  # refuse before any work, and leave nothing behind
+        from export.trt import require_tensorrt
+
+        require_tensorrt()
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, checkpoint)
+    cfg = model.cfg
+    name = name or f"{cfg.name().lower().replace('/', '_w')}-{ckpt['data']['dataset']}"
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    log(f"calibrating {cfg.name()} on the validation split ...")
+    logits, labels, splits = validation_logits(model, ckpt, data_dir)
+    costs = segment_costs(model)
+    temps = [fit_temperature(z, labels) for z in logits]
+    probs = [softmax(z / t) for z, t in zip(logits, temps)]
+    policy = default_policy(probs, labels, [c["mflops"] for c in costs])
+    if only_exit is not None and not 0 <= only_exit < model.num_outputs:
+        raise ExportError(f"exit {only_exit} does not exist; this model has exits 0..{model.num_outputs - 1}")
+    images = torch.from_numpy(_first_images(splits, 16))
+    repo_path = Path(repo)
+    with staged_model(repo_path, name) as stage:
+        x = torch.zeros(2, *model.input_shape())
+        exits, paths = [], []
+        for k in range(model.num_outputs):
+            path = stage / f"exit_{k}.onnx"
+            io = export_segment(model, k, x, path)
+            with torch.no_grad():
+                out = model.segment(k)(x)
+            x = out[0] if isinstance(out, tuple) else x
+            paths.append(path)
+            acc = float((probs[k].argmax(1) == labels).mean())
+            exits.append({"index": k, "layer": cfg.exits[k], "params": costs[k]["params"],
+                          "mflops": round(costs[k]["mflops"], 4), "segment_mflops": round(costs[k]["segment_mflops"], 4),
+                          "onnx": path.name, **io, "val_top1": round(acc, 5), "temperature": round(temps[k], 5),
+                          "thresholds": threshold_table(probs[k], labels)})
+        parity = segment_parity(model, paths, images) + segment_parity(model, paths, images[:1])
+        worst = max(max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) for r in parity)
+        if worst > PARITY_ATOL:
+            raise ExportError(f"ONNX differs from torch by {worst:.2e} > {PARITY_ATOL}: {parity}")
+        for e, path in zip(exits, paths):
+            e["sha256"] = sha256_file(path)
+            e["parity_max_abs_diff"] = max(r["segment_max_abs_diff"] for r in parity if r["exit"] == e["index"])
+            if measure:
+                e["latency_ms"] = {"onnxruntime_cpu": {"batch_1": segment_latency_ms(path, e["input_shape"], 1),
+                                                       "batch_32": segment_latency_ms(path, e["input_shape"], 32)},
+                                   "machine": machine_label()}
+        if only_exit is not None:
+            for k, path in enumerate(paths):  # `export exit K` keeps the segments that feed K
+                if k > only_exit:
+                    path.unlink()
+            exits = exits[: only_exit + 1]
+            policy = {**policy, "thresholds": [*policy["thresholds"][:only_exit], 0.0]}
+        if trt:
+            _build_trt(stage, exits, max_batch, fp16, log)
+        manifest = _manifest(name, cfg, ckpt, splits, exits, policy, len(labels))
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        plot_tradeoff(policy, exits, f"{cfg.name()} on {ckpt['data']['dataset']} (validation split)",
+                      stage / "tradeoff.png")
+        load_manifest(stage)  # the server's own validation, before anything is published
+    log(f"wrote {repo_path / name} ({len(exits)} exits; parity max |diff| {worst:.1e}; "
+        f"default policy t={policy['thresholds'][0]} -> val acc {policy['val_accuracy']:.4f}, "
+        f"{policy['mean_mflops']:.1f} MFLOPs/image vs {costs[-1]['mflops']:.1f})")
+    return repo_path / name
+
+
+def _first_images(splits, n: int) -> np.ndarray:
+    x, _ = next(iterate(splits.val, splits, n, False, 0, torch.device("cpu")))
+    return x.numpy()
+
+
+def _build_trt(stage: Path, exits: list[dict], max_batch: int, fp16: bool, log) -> None:
+    from export.trt import build_engine, gpu_name
+
+    cache = stage / "timing.cache"
+    for e in exits:
+        plan = stage / f"exit_{e['index']}.plan"
+        info = build_engine(stage / e["onnx"], plan, e["input_shape"], max_batch, fp16, cache)
+        e["plan"] = plan.name
+        e["trt"] = {**info, "gpu": gpu_name(), "sha256": sha256_file(plan)}
+        log(f"built {plan.name}")
+    cache.unlink(missing_ok=True)
+
+
+def _manifest(name, cfg, ckpt, splits, exits, policy, n_val) -> dict:
+    import onnx
+    import onnxruntime
+
+    args = ckpt.get("args", {})
+    dataset = ckpt["data"]["dataset"]
+    if dataset == "folder":  # name the folder, not just the format
+        dataset = f"folder:{Path(ckpt['data'].get('data_dir', '?')).name}"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "architecture": cfg.name(),
+        "model_config": {**cfg.to_dict(), "exits": list(cfg.exits)},
+        "classes": list(ckpt["data"]["classes"]),
+        "input": {"shape": list(exits[0]["input_shape"]), "dtype": "float32", "layout": "NCHW",
+                  "normalization": ckpt["data"]["normalization"]},
+        "training": {"method": args.get("method"), "dataset": dataset, "epochs": ckpt["epoch"],
+                     "seed": args.get("seed"), "batch_size": args.get("batch_size"), "lr": args.get("lr"),
+                     "precision": ckpt.get("precision"), "final_metrics": ckpt.get("metrics", {})},
+        "calibration": {"split": "validation (held out of the training set)", "images": n_val,
+                        "temperature": "per exit, NLL-fitted"},
+        "exits": exits,
+        "policy": policy,
+        "export": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+                   "command": " ".join(["python -m export", *sys.argv[1:]])},
+    }

@@ -1,0 +1,50 @@
+"""`python -m export check REPO/NAME`: what the server would refuse, plus ONNX checks and torch parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from server.repository import load_manifest
+
+
+def check_model(model_dir: str, checkpoint: str | None = None, log=print) -> list[str]:
+    """Return a list of problems (empty when the model is sound)."""
+    import onnx
+
+    from export.segments import PARITY_ATOL, onnx_session
+
+    info = load_manifest(model_dir)  # files, checksums, schema, chaining of declared shapes
+    problems = []
+    x = np.random.default_rng(0).standard_normal((3, *info.input_shape)).astype(np.float32)
+    for e in info.exits:
+        try:
+            onnx.checker.check_model(str(e.onnx), full_check=True)
+        except onnx.checker.ValidationError as err:
+            problems.append(f"{e.onnx}: ONNX checker: {str(err).splitlines()[0]}")
+            continue
+        out = onnx_session(e.onnx).run(None, {"input": x})
+        if out[-1].shape != (3, len(info.classes)):
+            problems.append(f"{e.onnx}: logits shape {out[-1].shape}, expected (3, {len(info.classes)})")
+        if e.feature_shape is not None:
+            if tuple(out[0].shape[1:]) != e.feature_shape:
+                problems.append(f"{e.onnx}: features {out[0].shape[1:]} but manifest says {e.feature_shape}")
+            x = out[0]
+    if checkpoint and not problems:
+        import torch
+
+        from export.build import model_from_checkpoint
+        from export.segments import segment_parity
+        from training.checkpoint import load_checkpoint
+
+        model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        images = torch.from_numpy(np.random.default_rng(1).standard_normal((16, *info.input_shape)).astype(np.float32))
+        for r in segment_parity(model, [e.onnx for e in info.exits], images):
+            worst = max(r["segment_max_abs_diff"], r["chain_max_abs_diff"])
+            if worst > PARITY_ATOL:
+                problems.append(f"exit {r['exit']}: ONNX differs from the checkpoint by {worst:.2e} > {PARITY_ATOL}")
+    log(f"{Path(model_dir)}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    for p in problems:
+        log(f"  - {p}")
+    return problems

@@ -1,0 +1,145 @@
+"""Export: parity, chain equivalence, costs, manifest, atomicity, check, errors (issue 3)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from export.__main__ import main as export_main
+from export.build import ExportError, export_model, model_from_checkpoint
+from export.check import check_model
+from export.segments import onnx_session
+from server.repository import SCHEMA_VERSION, RepositoryError, load_manifest
+from training.checkpoint import load_checkpoint
+
+
+def test_segments_and_chain_match_torch_at_batch_1_and_16(tiny_run, tiny_repo):
+    model = model_from_checkpoint(load_checkpoint(tiny_run), str(tiny_run))
+    info = load_manifest(tiny_repo / "tiny")
+    for batch in (1, 16):
+        x = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32))
+        with torch.no_grad():
+            expected = model(x)
+        feats = x.numpy()
+        for e in info.exits:
+            out = onnx_session(e.onnx).run(None, {"input": feats})
+            np.testing.assert_allclose(out[-1], expected[e.index].numpy(), atol=1e-4, rtol=0)
+            assert out[-1].shape == (batch, 10)
+            if len(out) == 2:
+                feats = out[0]
+    assert all(e.raw["parity_max_abs_diff"] <= 1e-4 for e in info.exits)
+
+
+def test_manifest_roundtrip_and_contents(tiny_repo):
+    info = load_manifest(tiny_repo / "tiny")
+    m = info.manifest
+    assert m["schema_version"] == SCHEMA_VERSION and m["architecture"] == "AuxNet-8-2"
+    assert [e.layer for e in info.exits] == [5, 8]
+    assert info.exits[0].feature_shape == (32, 16, 16) and info.exits[1].input_shape == (32, 16, 16)
+    assert m["training"]["method"] == "multiway" and m["training"]["dataset"] == "synthetic"
+    assert m["calibration"]["images"] == 200
+    for e in m["exits"]:
+        assert e["temperature"] > 0 and 0 <= e["val_top1"] <= 1
+        assert {"batch_1", "batch_32"} <= set(e["latency_ms"]["onnxruntime_cpu"])
+        rates = [r["exit_rate"] for r in e["thresholds"]]
+        assert rates == sorted(rates, reverse=True) and rates[0] == 1.0
+    assert len(m["policy"]["thresholds"]) == 2 and m["policy"]["thresholds"][-1] == 0.0
+    assert (tiny_repo / "tiny" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mflops_in_manifest_match_hand_count(tiny_repo):
+    m = load_manifest(tiny_repo / "tiny").manifest
+    # Depth 8 has one block per stage; exit layer 5 sits after block 2. Segment 0 at 32x32 input:
+    # stem conv 3->16: 32*32*16*27; block 1, two 16->16 convs: 2 * 32*32*16*144;
+    # block 2, 16->32 stride 2 then 32->32 at 16x16: 16*16*32*144 + 16*16*32*288; head fc 32->10.
+    expected = (32 * 32 * 16 * 27 + 2 * 32 * 32 * 16 * 144 + 16 * 16 * 32 * 144 + 16 * 16 * 32 * 288 + 32 * 10) / 1e6
+    assert m["exits"][0]["mflops"] == pytest.approx(expected, abs=1e-4)
+    # Segment 1: block 3, 32->64 stride 2 then 64->64 at 8x8, and head fc 64->10.
+    seg1 = (8 * 8 * 64 * 288 + 8 * 8 * 64 * 576 + 64 * 10) / 1e6
+    assert m["exits"][1]["segment_mflops"] == pytest.approx(seg1, abs=1e-4)
+
+
+def test_check_passes_then_catches_tampering(tiny_run, tiny_repo, tmp_path):
+    assert check_model(str(tiny_repo / "tiny"), str(tiny_run), log=lambda *a: None) == []
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_repo / "tiny", copy)
+    data = bytearray((copy / "exit_1.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "exit_1.onnx").write_bytes(bytes(data))
+    with pytest.raises(RepositoryError, match="exit_1.onnx: checksum mismatch"):
+        check_model(str(copy))
+
+
+def test_unknown_schema_and_broken_chain_are_refused(tiny_repo, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_repo / "tiny", copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**m, "schema_version": 99}))
+    with pytest.raises(RepositoryError, match="schema version 99 unknown; this server reads version 1"):
+        load_manifest(copy)
+    m["exits"][1]["input_shape"] = [8, 16, 16]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RepositoryError, match="segment 1 takes \\(8, 16, 16\\) but segment 0 produces"):
+        load_manifest(copy)
+
+
+def test_simulated_crash_leaves_old_model_intact(tiny_run, tiny_repo, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    export_model(str(tiny_run), str(repo), "m", measure=False, log=lambda *a: None)
+    before = (repo / "m" / "manifest.json").read_text()
+    import export.build as build
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("simulated crash while writing")
+
+    monkeypatch.setattr(build, "plot_tradeoff", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(str(tiny_run), str(repo), "m", measure=False, log=lambda *a: None)
+    assert (repo / "m" / "manifest.json").read_text() == before
+    load_manifest(repo / "m")
+    assert [p.name for p in (repo / ".versions").iterdir() if "staging" in p.name] == []
+    monkeypatch.undo()
+    export_model(str(tiny_run), str(repo), "m", measure=False, log=lambda *a: None)  # re-export replaces whole
+    assert len(list((repo / ".versions").iterdir())) == 1 and (repo / "m").is_symlink()
+
+
+def test_export_single_exit(tiny_run, tmp_path):
+    assert export_main(["exit", "0", "--checkpoint", str(tiny_run), "--out", str(tmp_path), "--name", "e0",
+                        "--no-measure"]) == 0
+    info = load_manifest(tmp_path / "e0")
+    assert len(info.exits) == 1 and not (tmp_path / "e0" / "exit_1.onnx").exists()
+
+
+def test_error_messages(tiny_run, tmp_path, capsys):
+    assert export_main(["all", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "r")]) == 2
+    assert "none.pt does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert export_main(["all", "--checkpoint", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "bad.pt is corrupt or not a torch checkpoint" in capsys.readouterr().err
+    ck = load_checkpoint(tiny_run)
+    ck["config"] = {**ck["config"], "depth": 14, "exits": (5, 14)}
+    torch.save(ck, tmp_path / "wrong.pt")
+    assert export_main(["all", "--checkpoint", str(tmp_path / "wrong.pt"), "--out", str(tmp_path / "r")]) == 2
+    assert "weights do not fit the config AuxNet-14-2" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert export_main(["all", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "afile" / "repo"),
+                        "--no-measure"]) == 2
+    assert "cannot create model repository" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="exit 5 does not exist"):
+        export_model(str(tiny_run), str(tmp_path / "r2"), "x", only_exit=5, measure=False, log=lambda *a: None)
+
+
+def test_trt_without_tensorrt_fails_cleanly(tiny_run, tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    assert export_main(["all", "--trt", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r")]) == 3
+    assert "--trt needs the 'tensorrt' Python package" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
