@@ -1,0 +1,78 @@
+"""python -m server --repo REPO: serve the models of a repository over gRPC, with early exit.
+
+SIGTERM or SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, admitted ones are answered,
+then the process exits 0 (within --grace-s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from server.app import ServerApp, ServerConfig
+from server.backends import default_threads
+from server.decode import ImageLimits
+from server.engine import EngineConfig
+from server.repository import RepositoryError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", required=True, help="model repository (written by python -m export)")
+    p.add_argument("--model", action="append", default=[], help="load only this model (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "tensorrt-ep"],
+                   help="ONNX Runtime execution provider (cuda/tensorrt-ep need onnxruntime-gpu)")
+    p.add_argument("--threads", type=int, default=default_threads(), help="segment threads (default: cores)")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    p.add_argument("--max-message-mb", type=float, default=16)
+    p.add_argument("--grace-s", type=float, default=10.0)
+    p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def serve(args) -> int:
+    cfg = ServerConfig(
+        repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
+        engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight),
+        limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
+        grace_s=args.grace_s)
+    app = ServerApp(cfg)
+    try:
+        app.load_models()
+    except (RepositoryError, RuntimeError, ValueError) as e:
+        logging.getLogger("auxnet.server").error("refusing to start: %s", e)
+        return 2
+    await app.start()
+    if args.port_file:
+        with open(args.port_file, "w") as f:
+            f.write(f"{app.port} {app.metrics_port or 0}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await app.shutdown()
+    return 0
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

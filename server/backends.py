@@ -1,0 +1,111 @@
+"""Execution backends behind one small interface: `run(batch) -> [features, logits]` or `[logits]`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    name: str  # e.g. "onnxruntime:CPUExecutionProvider", the provider that actually runs
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+
+PROVIDER_PREFERENCE = {
+    "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeBackend:
+    """One ONNX Runtime session per segment. With onnxruntime-gpu the CUDA (or TensorRT) execution
+    provider is asked for; ORT silently falls back to CPU when it cannot start it, so the provider that
+    actually runs is read back from the session and reported (GetModelInfo, logs)."""
+
+    def __init__(self, path: Path, device: str = "cpu", intra_op_threads: int = 1):
+        import onnxruntime as ort
+
+        if device not in PROVIDER_PREFERENCE:
+            raise ValueError(f"device {device!r} unknown; valid: {', '.join(PROVIDER_PREFERENCE)}")
+        available = set(ort.get_available_providers())
+        wanted = [p for p in PROVIDER_PREFERENCE[device] if p in available]
+        if device in ("cuda", "tensorrt-ep") and wanted[0] == "CPUExecutionProvider":
+            raise RuntimeError(f"--device {device} needs onnxruntime-gpu; this onnxruntime offers {sorted(available)}")
+        opts = ort.SessionOptions()
+        # The server runs several segments at once on a thread pool sized to the cores; one intra-op
+        # thread per session keeps the total at the core count (no oversubscription).
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=wanted)
+        self.name = f"onnxruntime:{self.session.get_providers()[0]}"
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {"input": x})
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine (`exit_<k>.plan`). UNVERIFIED: written against the TensorRT 10 Python
+    API (named I/O tensors, execute_async_v3) and cuda-python; no machine available to this project has
+    TensorRT, so this path has never run. The server refuses it unless asked for (--backend tensorrt)."""
+
+    def __init__(self, plan: Path):
+        try:
+            import tensorrt as trt
+            from cuda.bindings import runtime as cudart
+        except ImportError as e:
+            raise RuntimeError(f"--backend tensorrt needs the tensorrt and cuda-python packages ({e})") from e
+        self.trt, self.cudart = trt, cudart
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{plan}: TensorRT could not deserialize the engine (built by another version?)")
+        self.context = self.engine.create_execution_context()
+        self.outputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
+                        if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
+        _, self.stream = cudart.cudaStreamCreate()
+        self.name = "tensorrt"
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        cudart = self.cudart
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.context.set_input_shape("input", x.shape)
+        buffers, results = [], []
+        _, d_in = cudart.cudaMalloc(x.nbytes)
+        buffers.append(d_in)
+        cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream)
+        self.context.set_tensor_address("input", d_in)
+        for name in self.outputs:
+            out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=np.float32)
+            _, d_out = cudart.cudaMalloc(out.nbytes)
+            buffers.append(d_out)
+            self.context.set_tensor_address(name, d_out)
+            results.append((out, d_out))
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+        for out, d_out in results:
+            cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+        cudart.cudaStreamSynchronize(self.stream)
+        for b in buffers:
+            cudart.cudaFree(b)
+        return [out for out, _ in results]
+
+
+def make_backend(kind: str, onnx: Path, plan: Path | None, device: str, intra_op_threads: int) -> Backend:
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(onnx, device, intra_op_threads)
+    if kind == "tensorrt":
+        if plan is None:
+            raise RuntimeError(f"--backend tensorrt: {onnx.parent} has no TensorRT plan (export with --trt)")
+        return TensorRTBackend(plan)
+    raise ValueError(f"backend {kind!r} unknown; valid: onnxruntime, tensorrt")
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -1,0 +1,109 @@
+"""A small Python client, and `python -m server.client IMAGE... [--budget-ms] [--min-confidence]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos.auxnet.v1 import inference_pb2 as pb
+from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
+
+STOP_NAMES = {v: k for k, v in pb.StopReason.items()}
+
+
+def classify_request(image: bytes | np.ndarray, model: str = "", budget_ms: float | None = None,
+                     min_confidence: float | None = None, top_k: int = 0, max_exit: int | None = None,
+                     request_id: str = "") -> pb.ClassifyRequest:
+    """Encoded PNG/JPEG bytes, or a uint8 (H, W, C) array sent raw."""
+    req = pb.ClassifyRequest(model=model, top_k=top_k, request_id=request_id)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"raw images must be uint8 (H, W, C); got {image.dtype} {image.shape}")
+        req.raw.CopyFrom(pb.RawImage(data=image.tobytes(), height=image.shape[0], width=image.shape[1],
+                                     channels=image.shape[2], pixel_type=pb.PIXEL_TYPE_UINT8))
+    else:
+        req.encoded = image
+    if budget_ms is not None:
+        req.budget_ms = budget_ms
+    if min_confidence is not None:
+        req.min_confidence = min_confidence
+    if max_exit is not None:
+        req.max_exit = max_exit
+    return req
+
+
+class Client:
+    """Blocking client. `targets` may list several replicas ("host:port,host:port") or a dns:/// name;
+    calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone)."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3):
+        import json
+
+        service_config = {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{
+                "name": [{"service": "auxnet.v1.EarlyExitService"}],
+                "retryPolicy": {"maxAttempts": max(2, retries + 1), "initialBackoff": "0.05s", "maxBackoff": "1s",
+                                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+            }],
+        }
+        if "," in target:  # a static list of replicas
+            target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
+        options = [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
+                   ("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.EarlyExitServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def classify(self, image, timeout_s: float | None = None, **kw) -> pb.ClassifyResponse:
+        return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s)
+
+    def classify_batch(self, images, timeout_s: float | None = None, **kw) -> list[pb.ClassifyResponse]:
+        req = pb.ClassifyBatchRequest(requests=[classify_request(im, **kw) for im in images])
+        return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s).responses)
+
+    def model_info(self, model: str = "") -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(model=model), timeout=self.timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser("python -m server.client", description="Classify images with an AuxNet server.")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--target", default="127.0.0.1:8500")
+    p.add_argument("--model", default="")
+    p.add_argument("--budget-ms", type=float)
+    p.add_argument("--min-confidence", type=float)
+    p.add_argument("--top-k", type=int, default=0)
+    args = p.parse_args(argv)
+    failures = 0
+    with Client(args.target) as client:
+        for path in args.images:
+            try:
+                r = client.classify(Path(path).read_bytes(), model=args.model, budget_ms=args.budget_ms,
+                                    min_confidence=args.min_confidence, top_k=args.top_k)
+            except (OSError, grpc.RpcError) as e:
+                msg = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
+                print(f"{path}: error {msg}", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"{path}: {r.class_name} (label {r.label}) confidence {r.confidence:.3f} exit {r.exit_index} "
+                  f"(layer {r.exit_layer}) stop {STOP_NAMES[r.stop_reason].removeprefix('STOP_REASON_').lower()} "
+                  f"latency {r.server_latency_ms:.2f} ms{'' if r.budget_met else ' BUDGET MISSED'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

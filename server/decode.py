@@ -1,0 +1,110 @@
+"""Request images -> normalised float32 (C, H, W) arrays, refusing bad input with a message that says
+what is wrong. Limits keep a request from costing unbounded memory (no decompression bombs)."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.errors import InvalidInput
+
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = 4096 * 4096  # declared width * height, checked before decoding
+    max_side: int = 8192
+
+
+def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 RGB (H, W, 3)."""
+    if not data:
+        raise InvalidInput("image is empty: send PNG or JPEG bytes in 'encoded', or pixels in 'raw'")
+    if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
+        raise InvalidInput(f"image bytes are not PNG or JPEG (starts with {data[:8].hex()}); "
+                           "send an encoded PNG/JPEG file or use 'raw'")
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            _check_size(h, w, limits)
+            im.load()
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidInput(f"image refused as a decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
+        raise InvalidInput(f"{kind} image is truncated or corrupt: {e}") from e
+    return _to_rgb8(im)
+
+
+def _to_rgb8(im) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits, don't clip
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        g = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # gray, palette, RGBA (alpha dropped), CMYK
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_raw(data: bytes, height: int, width: int, channels: int, float32: bool, limits: ImageLimits) -> np.ndarray:
+    """Raw HWC pixels -> float RGB in [0, 1] (H, W, 3)."""
+    if height == 0 or width == 0:
+        raise InvalidInput(f"raw image has height {height} and width {width}; both must be positive")
+    _check_size(height, width, limits)
+    if channels not in (1, 3, 4):
+        raise InvalidInput(f"raw image has {channels} channels; valid: 1 (gray), 3 (RGB), 4 (RGBA)")
+    itemsize = 4 if float32 else 1
+    expected = height * width * channels * itemsize
+    if len(data) != expected:
+        raise InvalidInput(f"raw image data has {len(data)} bytes but {height}x{width}x{channels} "
+                           f"{'float32' if float32 else 'uint8'} needs {expected}")
+    if float32:
+        a = np.frombuffer(data, dtype="<f4").reshape(height, width, channels)
+        if not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise InvalidInput(f"raw float32 image has {bad} NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise InvalidInput(f"raw float32 pixels must lie in [0, 1]; got range [{lo:.4g}, {hi:.4g}]")
+        a = a.astype(np.float32)
+    else:
+        a = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels).astype(np.float32) / 255.0
+    if channels == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a[..., :3]
+
+
+def _check_size(h: int, w: int, limits: ImageLimits) -> None:
+    if h > limits.max_side or w > limits.max_side or h * w > limits.max_pixels:
+        raise InvalidInput(f"image of {w}x{h} pixels exceeds the limit ({limits.max_side} per side, "
+                           f"{limits.max_pixels} pixels in all)")
+
+
+def to_model_input(rgb: np.ndarray, shape: tuple[int, int, int], mean, std) -> np.ndarray:
+    """(H, W, 3) uint8 or [0, 1] float -> normalised float32 (C, H, W) at the model's size. Other sizes
+    are resized bilinearly (as a client would); the model's own size passes untouched."""
+    _, h, w = shape
+    if rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.float32) / 255.0
+    if rgb.shape[:2] != (h, w):
+        from PIL import Image
+
+        chans = [Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR) for c in range(3)]
+        rgb = np.stack([np.asarray(c, dtype=np.float32) for c in chans], axis=2)
+    x = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+    if not math.isfinite(float(x.sum())):
+        raise InvalidInput("image produced non-finite values after normalisation")
+    return x

@@ -1,0 +1,40 @@
+"""Domain errors and the one place that maps them to gRPC status codes (KServe/MLServer style)."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    code = grpc.StatusCode.INTERNAL
+    reason = "internal"
+
+
+class InvalidInput(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class UnknownModel(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "unknown_model"
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "queue_full"
+
+
+class NotServing(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "draining"
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "deadline"
+
+
+class Cancelled(ServingError):
+    code = grpc.StatusCode.CANCELLED
+    reason = "cancelled"

@@ -1,0 +1,47 @@
+"""Per-exit latency model: seconds to run segment k at batch size b, measured at start-up and updated
+online (EWMA), used to predict whether the next segment fits a request's budget."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+EWMA_ALPHA = 0.2  # weight of a new observation
+
+
+class LatencyModel:
+    def __init__(self, num_exits: int, max_batch: int):
+        self.max_batch = max_batch
+        self.table = np.zeros((num_exits, max_batch + 1))  # table[k, b] seconds, b = 1..max_batch
+
+    def calibrate(self, k: int, run, example: np.ndarray, repeats: int = 5) -> None:
+        """Measure segment k at batch 1, 2, 4, ..., max_batch and interpolate the sizes between."""
+        sizes = sorted({1, *[2**i for i in range(1, 12) if 2**i < self.max_batch], self.max_batch})
+        measured = []
+        for b in sizes:
+            x = np.repeat(example[None], b, axis=0)
+            run(x)  # warm-up: allocations, kernel choice
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - t)
+            measured.append(statistics.median(times))
+        self.table[k, 1:] = np.interp(np.arange(1, self.max_batch + 1), sizes, measured)
+
+    def observe(self, k: int, batch: int, seconds: float) -> None:
+        b = min(batch, self.max_batch)
+        self.table[k, b] = (1 - EWMA_ALPHA) * self.table[k, b] + EWMA_ALPHA * seconds
+
+    def predict(self, k: int, batch: int) -> float:
+        return float(self.table[k, max(1, min(batch, self.max_batch))])
+
+    def predict_wait_and_run(self, k: int, queued: int, busy: bool) -> float:
+        """Time for a request joining exit k's queue behind `queued` others to have its segment done."""
+        full, rest = divmod(queued, self.max_batch)
+        t = full * self.predict(k, self.max_batch) + self.predict(k, rest + 1)
+        if busy:  # the batch in flight finishes first; on average half of it is left
+            t += 0.5 * self.predict(k, self.max_batch if queued else 1)
+        return t

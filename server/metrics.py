@@ -1,0 +1,40 @@
+"""Prometheus metrics: base units (seconds), one prefix, counters end in _total, bounded labels (model,
+exit, reason, code; never a request value). One registry per server so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PREFIX = "auxnet"
+# Sub-millisecond exits need fine low buckets; budgets reach seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+                   0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(f"{PREFIX}_requests", "Classify requests (images) by final status code",
+                                ["model", "code"], registry=r)
+        self.exits = Counter(f"{PREFIX}_exits", "Answers by the exit that gave them and why it stopped there",
+                             ["model", "exit", "reason"], registry=r)
+        self.request_latency = Histogram(f"{PREFIX}_request_latency_seconds", "Arrival to answer, in the server",
+                                         ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_latency = Histogram(f"{PREFIX}_exit_compute_seconds", "Time to run one batch of a segment",
+                                         ["model", "exit"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per segment run", ["model", "exit"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for a segment", ["model", "exit"],
+                                 registry=r)
+        self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Admitted requests not yet answered", ["model"],
+                              registry=r)
+        self.budget_misses = Counter(f"{PREFIX}_budget_misses", "Answers given after their budget_ms",
+                                     ["model"], registry=r)
+        self.rejections = Counter(f"{PREFIX}_rejections", "Requests refused before compute",
+                                  ["model", "reason"], registry=r)
+        self.dropped = Counter(f"{PREFIX}_dropped", "Admitted requests dropped from a queue before compute",
+                               ["model", "exit", "reason"], registry=r)
+        self.model_info = Info(f"{PREFIX}_model", "Loaded model", ["model"], registry=r)
+        self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
+                                      "Latency model: one segment run at batch 1", ["model", "exit"], registry=r)

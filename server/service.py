@@ -1,0 +1,160 @@
+"""The gRPC servicer: decode -> engine -> encode. Thin on purpose; errors map to codes in `_guard`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import grpc
+import numpy as np
+
+from protos.auxnet.v1 import inference_pb2 as pb
+from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
+from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
+from server.engine import Answer, ModelEngine
+from server.errors import InvalidInput, ServingError, UnknownModel
+
+log = logging.getLogger("auxnet.server")
+REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
+               "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT}
+MAX_BUDGET_MS = 3_600_000.0
+DECODE_OFF_LOOP_BYTES = 64 * 1024  # bigger images decode on the thread pool, not the event loop
+UNKNOWN_MODEL_LABEL = "_unknown"  # keeps the model label bounded when clients send arbitrary names
+
+
+class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
+    def __init__(self, app):
+        self.app = app
+
+    # --- RPCs -----------------------------------------------------------------------------------------
+
+    async def Classify(self, request, context):
+        arrival = time.monotonic()
+        return await self._guard(context, request.model, self._classify(request, context, arrival))
+
+    async def ClassifyBatch(self, request, context):
+        arrival = time.monotonic()
+        model = request.requests[0].model if request.requests else ""
+
+        async def run():
+            if not request.requests:
+                raise InvalidInput("ClassifyBatch needs at least one request")
+            prepared = []
+            for i, r in enumerate(request.requests):  # validate all before computing any
+                try:
+                    prepared.append(await self._prepare(r, context, arrival))
+                except InvalidInput as e:
+                    raise InvalidInput(f"requests[{i}]: {e}") from e
+            answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))
+            return pb.ClassifyBatchResponse(responses=[
+                self._encode(engine, r, a) for (engine, _, r), a in zip(prepared, answers)])
+
+        return await self._guard(context, model, run(), images=max(1, len(request.requests)))
+
+    async def GetModelInfo(self, request, context):
+        async def run():
+            engine = self.app.engine_for(request.model)
+            info = engine.info
+            exits = [pb.ExitInfo(index=e.index, layer=e.layer, params=e.params, mflops=e.mflops, val_top1=e.val_top1,
+                                 temperature=e.temperature, default_threshold=e.threshold,
+                                 latency_ms_batch1=1000 * engine.latency.predict(e.index, 1),
+                                 latency_ms_per_image_batched=1000 * engine.latency.predict(e.index, engine.cfg.max_batch)
+                                 / engine.cfg.max_batch)
+                     for e in info.exits]
+            m = info.manifest
+            return pb.ModelInfo(name=info.name, version=info.version, architecture=m["architecture"],
+                                classes=list(info.classes), input_shape=list(info.input_shape), exits=exits,
+                                training_method=str(m.get("training", {}).get("method", "")),
+                                dataset=str(m.get("training", {}).get("dataset", "")),
+                                policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
+                                policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
+                                backend=engine.backends[0].name, max_batch_size=engine.cfg.max_batch)
+
+        return await self._guard(context, request.model, run(), count=False)
+
+    # --- steps ----------------------------------------------------------------------------------------
+
+    async def _classify(self, request, context, arrival):
+        engine, args, request = await self._prepare(request, context, arrival)
+        return self._encode(engine, request, await engine.classify(*args))
+
+    async def _prepare(self, r, context, arrival):
+        """Validate one request and decode its image: (engine, classify args, request)."""
+        engine = self.app.engine_for(r.model)
+        info = engine.info
+        budget = r.budget_ms if r.HasField("budget_ms") else None
+        if budget is not None and not (math.isfinite(budget) and 0 < budget <= MAX_BUDGET_MS):
+            raise InvalidInput(f"budget_ms must be a positive number of milliseconds up to {MAX_BUDGET_MS:.0f}; got {budget}")
+        conf = r.min_confidence if r.HasField("min_confidence") else None
+        if conf is not None and not (math.isfinite(conf) and 0.0 <= conf <= 1.0):
+            raise InvalidInput(f"min_confidence must be in [0, 1]; got {conf}")
+        if r.top_k > len(info.classes):
+            raise InvalidInput(f"top_k {r.top_k} exceeds the model's {len(info.classes)} classes")
+        max_exit = r.max_exit if r.HasField("max_exit") else None
+        if max_exit is not None and max_exit >= len(info.exits):
+            raise InvalidInput(f"max_exit {max_exit} does not exist; valid: 0..{len(info.exits) - 1}")
+        x = await self._decode(r, engine)
+        remaining = context.time_remaining()
+        deadline = arrival + remaining if remaining is not None else None
+        return engine, (x, arrival, budget, conf, max_exit, deadline), r
+
+    async def _decode(self, r, engine: ModelEngine) -> np.ndarray:
+        limits: ImageLimits = self.app.limits
+        info = engine.info
+        which = r.WhichOneof("image")
+        if which is None:
+            raise InvalidInput("request has no image: set 'encoded' (PNG/JPEG bytes) or 'raw' (pixels)")
+
+        def work():
+            if which == "encoded":
+                rgb = decode_encoded(r.encoded, limits)
+            else:
+                raw = r.raw
+                rgb = decode_raw(raw.data, raw.height, raw.width, raw.channels,
+                                 raw.pixel_type == pb.PIXEL_TYPE_FLOAT32, limits)
+            return to_model_input(rgb, info.input_shape, info.mean, info.std)
+
+        size = len(r.encoded) if which == "encoded" else len(r.raw.data)
+        if size <= DECODE_OFF_LOOP_BYTES:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self.app.executor, work)
+
+    def _encode(self, engine: ModelEngine, r, a: Answer) -> pb.ClassifyResponse:
+        info = engine.info
+        z = a.logits / info.exits[a.exit_index].temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(-p)
+        k = max(1, r.top_k)
+        top = [pb.ClassScore(label=int(c), class_name=info.classes[c], confidence=float(p[c])) for c in order[:k]]
+        best = int(order[0])
+        return pb.ClassifyResponse(
+            label=best, class_name=info.classes[best], confidence=float(p[best]), top_k=top if r.top_k else [],
+            exit_index=a.exit_index, exit_layer=info.exits[a.exit_index].layer, stop_reason=REASON_ENUM[a.reason],
+            server_latency_ms=1000 * a.latency_s, budget_met=a.budget_met, model=info.name,
+            model_version=info.version, request_id=r.request_id)
+
+    # --- errors: the one place that maps domain errors to status codes ---------------------------------
+
+    async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1):
+        label = model if model in self.app.engines else (self.app.default_model_name() if not model else UNKNOWN_MODEL_LABEL)
+        try:
+            result = await coro
+        except ServingError as e:
+            if count:
+                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, e.code.name).inc(images)
+            await context.abort(e.code, str(e))
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed
+            if count:
+                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, "CANCELLED").inc(images)
+            raise
+        except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
+            log.exception("internal error")
+            if count:
+                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, "INTERNAL").inc(images)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+        if count:
+            self.app.metrics.requests.labels(label, "OK").inc(images)
+        return result
