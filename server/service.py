@@ -14,7 +14,7 @@ from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
 from server.engine import Answer, ModelEngine
-from server.errors import InvalidInput, ServingError, UnknownModel
+from server.errors import InvalidInput, ServingError
 
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,

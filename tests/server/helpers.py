@@ -1,0 +1,36 @@
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from export.build import model_from_checkpoint
+from server.repository import load_manifest
+from training.checkpoint import load_checkpoint
+
+
+def images(n, seed=0, size=32):
+    return [np.random.default_rng(seed + i).integers(0, 256, (size, size, 3), dtype=np.uint8) for i in range(n)]
+
+
+def png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def torch_exit_logits(run_dir, repo_model_dir, imgs):
+    """What the torch model says at every exit for uint8 images, normalised as the manifest says."""
+    info = load_manifest(repo_model_dir)
+    model = model_from_checkpoint(load_checkpoint(run_dir), str(run_dir))
+    x = np.stack(imgs).astype(np.float32) / 255
+    x = (x - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    return [z.numpy() for z in out], [e.temperature for e in info.exits]
+
+
+def calibrated_confidence(logits, temperature):
+    z = logits / temperature
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).max(-1)
