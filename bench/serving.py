@@ -1,0 +1,105 @@
+"""Serving benchmark: a closed-loop load generator against a real server process, per policy, beside
+the reference limit (raw ONNX Runtime throughput of the whole model at the server's batch size).
+
+    python -m bench.serving [--repo models/repository] [--data ../shared/data/cifar10-jpeg/test]
+                            [--per-class 100] [--concurrency 16] [--requests 2000]
+
+Client and server share this machine's cores; all figures come from one run, so compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+from server.client import Client
+from server.demo import ROOT, start_server
+from server.loadgen import closed_loop, summarise
+from server.repository import list_models, load_manifest
+
+
+def load_test_images(root: str, per_class: int):
+    from pathlib import Path
+
+    data, names = [], []
+    for d in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        for f in sorted(d.iterdir())[:per_class]:
+            data.append(f.read_bytes())
+            names.append(d.name)
+    return data, names
+
+
+def raw_onnxruntime(model_dir, batch: int, threads: int, seconds: float = 5.0) -> float:
+    """Images/s of the full chain of segments in one process, no server, no decoding."""
+    import onnxruntime as ort
+
+    info = load_manifest(model_dir)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+    x0 = np.random.default_rng(0).standard_normal((batch, *info.input_shape)).astype(np.float32)
+
+    def chain():
+        x = x0
+        for s in sessions:
+            out = s.run(None, {"input": x})
+            x = out[0]
+
+    chain()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        chain()
+        n += batch
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--budgets-ms", type=float, nargs="+", default=[10.0, 20.0])
+    args = p.parse_args()
+    images, names = load_test_images(args.data, args.per_class)
+    model_dir = list_models(args.repo)[0]
+    proc, target = start_server(args.repo, ["--max-batch", str(args.max_batch)])
+    rows = []
+    try:
+        with Client(target) as c:
+            info = c.model_info()
+        labels = [list(info.classes).index(n) for n in names]
+        t = info.exits[0].default_threshold
+        policies = [("final exit only", {}), (f"calibrated early exit (t={t})", {"min_confidence": t})]
+        policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
+        closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
+        for name, kw in policies:
+            results, wall = closed_loop(target, images, args.concurrency, args.requests, **kw)
+            rows.append((name, summarise(results, wall, labels, len(info.exits))))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    raw = {th: raw_onnxruntime(model_dir, args.max_batch, threads=th) for th in (1, 2)}
+    print(f"machine: {platform.processor() or platform.machine()}, 2 cores shared by server and {args.concurrency} "
+          f"client threads; {len(images)} CIFAR-10 test images, {args.requests} requests per policy; "
+          f"server max batch {args.max_batch}")
+    print("| policy | throughput (img/s) | x final-only | p50 ms | p99 ms | accuracy | budget met | exit histogram |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    base = rows[0][1]["throughput_rps"]
+    for name, s in rows:
+        hist = " / ".join(f"{100 * h:.0f}%" for h in s["exit_histogram"])
+        err = f" (errors {s['errors']})" if s["errors"] else ""
+        print(f"| {name}{err} | {s['throughput_rps']:.0f} | {s['throughput_rps'] / base:.2f} | {s['p50_ms']:.1f} | "
+              f"{s['p99_ms']:.1f} | {100 * s['accuracy']:.1f}% | {100 * s['budget_met']:.0f}% | {hist} |")
+    for th, ips in raw.items():
+        print(f"| raw ONNX Runtime, full model, batch {args.max_batch}, {th} intra-op thread(s), no server | {ips:.0f} | "
+              f"{ips / base:.2f} | - | - | - | - | final only |")
+
+
+if __name__ == "__main__":
+    main()

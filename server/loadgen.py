@@ -1,0 +1,90 @@
+"""Closed-loop load: N concurrent clients, each sending its next image as soon as the last is answered.
+Used by the demo and by bench/serving.py."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from server.client import Client
+
+
+@dataclass
+class Result:
+    index: int
+    ok: bool
+    code: str
+    label: int = -1
+    exit_index: int = -1
+    client_ms: float = 0.0
+    server_ms: float = 0.0
+    budget_met: bool = True
+
+
+def load_labelled_folder(root: str | Path) -> tuple[list[bytes], list[str], list[str]]:
+    """Encoded images and their class names from root/<class>/<file>."""
+    root = Path(root)
+    data, names = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                data.append(f.read_bytes())
+                names.append(d.name)
+    if not data:
+        raise FileNotFoundError(f"no images under {root}/<class>/")
+    return data, names, sorted(set(names))
+
+
+def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, timeout_s: float = 10.0,
+                **request) -> tuple[list[Result], float]:
+    """Send `total` requests (cycling over `images`) from `concurrency` clients; return results and wall s."""
+    results: list[Result] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker():
+        with Client(target, timeout_s=timeout_s) as c:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t = time.perf_counter()
+                try:
+                    r = c.classify(images[i % len(images)], **request)
+                    res = Result(i, True, "OK", r.label, r.exit_index, 1000 * (time.perf_counter() - t),
+                                 r.server_latency_ms, r.budget_met)
+                except grpc.RpcError as e:
+                    res = Result(i, False, e.code().name, client_ms=1000 * (time.perf_counter() - t))
+                with lock:
+                    results.append(res)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sorted(results, key=lambda r: r.index), time.perf_counter() - t0
+
+
+def summarise(results: list[Result], wall_s: float, labels: list[int] | None, num_exits: int) -> dict:
+    ok = [r for r in results if r.ok]
+    lat = sorted(r.client_ms for r in ok)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
+    hist = Counter(r.exit_index for r in ok)
+    out = {"requests": len(results), "ok": len(ok), "errors": dict(Counter(r.code for r in results if not r.ok)),
+           "throughput_rps": len(ok) / wall_s if wall_s else 0.0, "p50_ms": q(0.5), "p99_ms": q(0.99),
+           "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+           "mean_server_ms": statistics.fmean(r.server_ms for r in ok) if ok else float("nan"),
+           "exit_histogram": [hist.get(k, 0) / max(len(ok), 1) for k in range(num_exits)],
+           "budget_met": sum(r.budget_met for r in ok) / max(len(ok), 1)}
+    if labels is not None and ok:
+        out["accuracy"] = sum(r.label == labels[r.index % len(labels)] for r in ok) / len(ok)
+    return out
