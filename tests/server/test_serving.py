@@ -256,3 +256,18 @@ def test_committed_stubs_equal_fresh_generation(tmp_path):
     for f in fresh:
         committed = ROOT / f.relative_to(tmp_path)
         assert committed.read_text() == f.read_text(), f"{committed} differs from a fresh generation: run python -m protos.generate"
+
+
+def test_grafana_dashboard_queries_only_exported_metrics(server):
+    import json
+    import re
+    from pathlib import Path
+
+    app, _ = server
+    dash = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/auxnet-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"auxnet_[a-z_]+", " ".join(exprs)))
+    # Families are listed (HELP/TYPE) even before their first sample.
+    families = {fam.name for fam in text_string_to_metric_families(scrape(app))}
+    exported = {f + suffix for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    assert used and used <= exported, used - exported
