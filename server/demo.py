@@ -7,7 +7,6 @@ images under a few policies, printing accuracy, exit histogram and latency.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
