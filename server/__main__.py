@@ -37,6 +37,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-message-mb", type=float, default=16)
     p.add_argument("--grace-s", type=float, default=10.0)
+    p.add_argument("--shed-late-budgets", action="store_true",
+                   help="refuse at admission (RESOURCE_EXHAUSTED) a request whose predicted queueing passes its budget")
+    p.add_argument("--poll-s", type=float, default=2.0, help="look for new model versions this often (0 = never)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    p.add_argument("--auth-token-file", help="require 'authorization: Bearer <token>' with the token in this file")
     p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -46,16 +53,17 @@ async def serve(args) -> int:
     cfg = ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
-        engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight),
+        engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
-        grace_s=args.grace_s)
+        grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file))
     app = ServerApp(cfg)
     try:
         app.load_models()
-    except (RepositoryError, RuntimeError, ValueError) as e:
+        await app.start()
+    except (RepositoryError, RuntimeError, ValueError, OSError) as e:
         logging.getLogger("auxnet.server").error("refusing to start: %s", e)
         return 2
-    await app.start()
     if args.port_file:
         with open(args.port_file, "w") as f:
             f.write(f"{app.port} {app.metrics_port or 0}\n")
@@ -66,6 +74,15 @@ async def serve(args) -> int:
     await stop.wait()
     await app.shutdown()
     return 0
+
+
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    token = open(path).read().strip()
+    if not token:
+        raise SystemExit(f"error: token file {path} is empty")
+    return token
 
 
 def main() -> int:

@@ -4,9 +4,11 @@ reflection) and Prometheus metrics, and shut down gracefully."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +25,7 @@ from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
 
 log = logging.getLogger("auxnet.server")
+REFUSAL_WINDOW_S = 0.5
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EarlyExitService"].full_name
 
 
@@ -40,6 +43,11 @@ class ServerConfig:
     limits: ImageLimits = ImageLimits()
     max_message_bytes: int = 16 * 1024 * 1024
     grace_s: float = 10.0
+    poll_s: float = 2.0  # how often to look for a new version of each model; 0 = never
+    tls_cert: str | None = None  # PEM server certificate chain; with tls_key, serve TLS only
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
+    auth_token: str | None = None  # require "authorization: Bearer <token>" on the inference service
 
 
 class ServerApp:
@@ -54,6 +62,9 @@ class ServerApp:
         self.port = 0
         self.metrics_port: int | None = None
         self._http = None
+        self._watch: asyncio.Task | None = None
+        self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
+        self._retiring: set[asyncio.Task] = set()
 
     # --- models ---------------------------------------------------------------------------------------
 
@@ -69,17 +80,51 @@ class ServerApp:
         if not dirs:
             raise RepositoryError(f"model repository {self.cfg.repo} holds no model (no */manifest.json)")
         for d in dirs:
-            info = load_manifest(d)
-            if info.name != d.name:
-                log.warning("model folder %s declares name %r; serving it as %r", d.name, info.name, d.name)
-                info = type(info)(**{**info.__dict__, "name": d.name})
-            backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
-            engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor)
-            engine.calibrate_latency()
-            log.info("loaded %s (%s, %d exits, %s); batch-1 latency per exit: %s", info.name, info.version,
-                     len(info.exits), backends[0].name,
-                     ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
-            self.engines[d.name] = engine
+            self.engines[d.name] = self._load_engine(d)
+
+    def _load_engine(self, model_dir: Path) -> ModelEngine:
+        """Validate, open the backends, measure latency (blocking). Raises RepositoryError and others."""
+        info = load_manifest(model_dir)
+        if info.name != model_dir.name:
+            log.warning("model folder %s declares name %r; serving it as %r", model_dir.name, info.name, model_dir.name)
+            info = type(info)(**{**info.__dict__, "name": model_dir.name})
+        backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
+        engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor)
+        engine.calibrate_latency()
+        log.info("loaded %s (%s, %d exits, %s); batch-1 latency per exit: %s", info.name, info.version,
+                 len(info.exits), backends[0].name,
+                 ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
+        return engine
+
+    async def _watch_repository(self) -> None:
+        """Reload without loss: when `REPO/NAME` points to a new version, load and warm it beside the old
+        one, switch atomically, and retire the old one once its admitted requests are answered. A broken
+        new version is refused with one log line and the old one keeps serving."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.poll_s)
+            for name, old in list(self.engines.items()):
+                try:
+                    current = (Path(self.cfg.repo) / name).resolve(strict=True)
+                except OSError:
+                    continue  # mid-switch or removed: keep serving what we have
+                if current == old.info.path or self._refused.get(name) == current:
+                    continue
+                try:
+                    new = await loop.run_in_executor(None, self._load_engine, Path(self.cfg.repo) / name)
+                except Exception as e:  # noqa: BLE001 - any failure means: keep the old version
+                    self._refused[name] = current
+                    self.metrics.reloads.labels(name, "refused").inc()
+                    log.error("refusing new version %s of model %s: %s; still serving %s", current.name, name, e,
+                              old.info.version)
+                    continue
+                new.start()
+                self.engines[name] = new  # the atomic switch: new lookups get the new version
+                self.metrics.reloads.labels(name, "ok").inc()
+                log.info("model %s switched from %s to %s", name, old.info.version, new.info.version)
+                task = asyncio.create_task(old.retire(new, settle_s=1.0, timeout_s=self.cfg.grace_s))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def default_model_name(self) -> str:
         return next(iter(self.engines)) if len(self.engines) == 1 else ""
@@ -100,13 +145,18 @@ class ServerApp:
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(options=opts)
+        interceptors = [BearerTokenInterceptor(self.cfg.auth_token)] if self.cfg.auth_token else []
+        self.server = grpc.aio.server(options=opts, interceptors=interceptors)
         pb_grpc.add_EarlyExitServiceServicer_to_server(EarlyExitServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server)
-        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        if self.cfg.tls_cert or self.cfg.tls_key:
+            self.port = self.server.add_secure_port(address, self._tls_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} (in use?)")
         for engine in self.engines.values():
@@ -119,6 +169,8 @@ class ServerApp:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.cfg.poll_s > 0:
+            self._watch = asyncio.create_task(self._watch_repository())
         log.info("serving %s on %s:%d (metrics on %s)", sorted(self.engines), self.cfg.host, self.port,
                  f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "none")
         return self.port
@@ -127,7 +179,13 @@ class ServerApp:
         """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop."""
         grace = self.cfg.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         drained = all(await asyncio.gather(*(e.drain(grace) for e in self.engines.values())))
+        # Requests refused while draining are still being answered UNAVAILABLE; stopping the port under
+        # them would turn that into CANCELLED, which clients do not retry elsewhere.
+        await asyncio.sleep(min(REFUSAL_WINDOW_S, grace))
         if self.server is not None:
             await self.server.stop(grace=1.0)
         for e in self.engines.values():
@@ -139,6 +197,38 @@ class ServerApp:
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")
         return drained
 
+    def _tls_credentials(self) -> grpc.ServerCredentials:
+        if not (self.cfg.tls_cert and self.cfg.tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        try:
+            cert, key = Path(self.cfg.tls_cert).read_bytes(), Path(self.cfg.tls_key).read_bytes()
+            ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None
+        except OSError as e:
+            raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
     async def wait(self) -> None:
         if self.server is not None:
             await self.server.wait_for_termination()
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Require `authorization: Bearer <token>` on the inference service. Health and reflection stay open,
+    as orchestrators' probes carry no credentials. The token is compared in constant time."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(f"/{SERVICE_NAME}/"):
+            got = dict(details.invocation_metadata or ()).get("authorization", "")
+            if not hmac.compare_digest(got.encode() if isinstance(got, str) else got, self.expected):
+                return _deny
+        return await continuation(details)
+
+
+async def _deny_call(request, context):
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in the 'authorization' metadata")
+
+
+_deny = grpc.unary_unary_rpc_method_handler(_deny_call)

@@ -40,7 +40,9 @@ class Client:
     """Blocking client. `targets` may list several replicas ("host:port,host:port") or a dns:/// name;
     calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone)."""
 
-    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3):
+    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3, tls_ca: bytes | None = None,
+                 client_cert: bytes | None = None, client_key: bytes | None = None, token: str | None = None,
+                 server_name: str | None = None):
         import json
 
         service_config = {
@@ -55,19 +57,28 @@ class Client:
             target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
         options = [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
                    ("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
-        self.channel = grpc.insecure_channel(target, options=options)
+        if tls_ca is not None or client_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=client_key,
+                                                 certificate_chain=client_cert)
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.EarlyExitServiceStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def classify(self, image, timeout_s: float | None = None, **kw) -> pb.ClassifyResponse:
-        return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s)
+        return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
+                                  metadata=self.metadata)
 
     def classify_batch(self, images, timeout_s: float | None = None, **kw) -> list[pb.ClassifyResponse]:
         req = pb.ClassifyBatchRequest(requests=[classify_request(im, **kw) for im in images])
-        return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s).responses)
+        return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s, metadata=self.metadata).responses)
 
     def model_info(self, model: str = "") -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(model=model), timeout=self.timeout_s)
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(model=model), timeout=self.timeout_s, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

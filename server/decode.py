@@ -41,9 +41,9 @@ def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidInput(f"image refused as a decompression bomb: {e}") from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, zlib.error, struct.error...
         kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
-        raise InvalidInput(f"{kind} image is truncated or corrupt: {e}") from e
+        raise InvalidInput(f"{kind} image is truncated or corrupt: {type(e).__name__}: {str(e)[:200]}") from e
     return _to_rgb8(im)
 
 

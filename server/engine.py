@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.backends import Backend
-from server.errors import Cancelled, DeadlineExceeded, NotServing, QueueFull
+from server.errors import DeadlineExceeded, NotServing, QueueFull
 from server.latency import LatencyModel
 from server.metrics import Metrics
 from server.policy import stop_reason
 from server.repository import ModelInfo
+
+# gRPC cancels a handler when the client's deadline passes, measured on the client's clock; a cancellation
+# this close to our estimate of the deadline is that expiry, not a client's cancel.
+DEADLINE_SLACK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class EngineConfig:
     max_batch: int = 32
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch only what is waiting
     max_inflight: int = 256  # admitted, unanswered requests; more get RESOURCE_EXHAUSTED at once
+    # Shed a request at admission when the predicted wait in exit 0's queue already passes its budget
+    # (always done for the gRPC deadline, a hard limit). Off by default: DESIGN.md answers a too-small
+    # budget from exit 0 with budget_met = false; under overload, shedding keeps accepted budgets.
+    shed_late_budgets: bool = False
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Job:
     logits: np.ndarray | None = None
     exit_index: int = -1
     seq: int = 0
+    drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
 
     @property
     def sort_key(self) -> float:
@@ -83,6 +92,8 @@ class ModelEngine:
         self._seq = itertools.count()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.successor: ModelEngine | None = None  # set when a reload replaces this version
+        self.stopped = False
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -114,21 +125,39 @@ class ModelEngine:
             return False
 
     async def stop(self) -> None:
+        self.stopped = True
         for w in self.workers:
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
+
+    async def retire(self, successor: ModelEngine, settle_s: float, timeout_s: float) -> bool:
+        """After a reload: answer everything admitted here, then stop. Requests that looked this version
+        up just before the switch (still decoding) are handed to the successor, so none is lost."""
+        self.successor = successor
+        await asyncio.sleep(settle_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            done = True
+        except asyncio.TimeoutError:
+            done = False
+        await self.stop()
+        return done
 
     # --- requests -------------------------------------------------------------------------------------
 
     async def classify(self, x: np.ndarray, arrival: float, budget_ms: float | None, min_confidence: float | None,
                        max_exit: int | None, deadline: float | None) -> Answer:
-        if not self.accepting:
+        if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
+            return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline)
+        if not self.accepting or self.stopped:
             self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
             raise NotServing("server is shutting down or not ready; retry on another replica")
         if self.inflight >= self.cfg.max_inflight:
             self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
             raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
-        job = Job(x, arrival, arrival + budget_ms / 1000 if budget_ms is not None else None, deadline, min_confidence,
+        budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
+        self._shed_if_hopeless(arrival, budget_end, deadline)
+        job = Job(x, arrival, budget_end, deadline, min_confidence,
                   self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future())
         self._admit()
         try:
@@ -136,8 +165,25 @@ class ModelEngine:
             return await job.future
         finally:
             self._release()
-            if not job.future.done():
-                job.future.cancel()  # the caller went away: the worker drops it before compute
+            # The caller went away (asyncio cancels the awaited future with the task): the worker drops
+            # the job before compute, counting why.
+            if not job.future.done() or job.future.cancelled():
+                expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
+                job.drop_reason = "deadline" if expired else "cancelled"
+                job.future.cancel()
+
+    def _shed_if_hopeless(self, arrival: float, budget_end: float | None, deadline: float | None) -> None:
+        """Refuse now, rather than queue until it times out, a request whose predicted wait behind the
+        requests already queued at exit 0 ends after its deadline (or budget, with shed_late_budgets)."""
+        q = self.queues[0]
+        if not q.heap and not q.busy:
+            return
+        wait = self.latency.predict_wait(0, len(q.heap), q.busy)
+        for end, what in ((deadline, "gRPC deadline"), (budget_end if self.cfg.shed_late_budgets else None, "budget")):
+            if end is not None and arrival + wait > end:
+                self.metrics.rejections.labels(self.info.name, "predicted_" + what.split()[-1]).inc()
+                raise QueueFull(f"predicted queueing delay {1000 * wait:.1f} ms exceeds the request's {what} "
+                                f"({1000 * (end - arrival):.1f} ms); retry later or on another replica")
 
     def _admit(self) -> None:
         self.inflight += 1
@@ -196,8 +242,8 @@ class ModelEngine:
         jobs, now = [], time.monotonic()
         while q.heap and len(jobs) < self.cfg.max_batch:
             _, _, job = heapq.heappop(q.heap)
-            if job.future.done():  # cancelled by the client (or the handler gave up)
-                self.metrics.dropped.labels(self.info.name, str(k), Cancelled.reason).inc()
+            if job.future.done():  # cancelled by the client, or its deadline passed and gRPC gave up on it
+                self.metrics.dropped.labels(self.info.name, str(k), job.drop_reason).inc()
                 continue
             if job.deadline is not None and now >= job.deadline:
                 self.metrics.dropped.labels(self.info.name, str(k), DeadlineExceeded.reason).inc()

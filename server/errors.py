@@ -30,11 +30,11 @@ class NotServing(ServingError):
     reason = "draining"
 
 
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
+
+
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "deadline"
-
-
-class Cancelled(ServingError):
-    code = grpc.StatusCode.CANCELLED
-    reason = "cancelled"

@@ -38,10 +38,13 @@ class LatencyModel:
     def predict(self, k: int, batch: int) -> float:
         return float(self.table[k, max(1, min(batch, self.max_batch))])
 
-    def predict_wait_and_run(self, k: int, queued: int, busy: bool) -> float:
-        """Time for a request joining exit k's queue behind `queued` others to have its segment done."""
-        full, rest = divmod(queued, self.max_batch)
-        t = full * self.predict(k, self.max_batch) + self.predict(k, rest + 1)
+    def predict_wait(self, k: int, queued: int, busy: bool) -> float:
+        """Time before a request joining exit k's queue behind `queued` others starts its own batch."""
+        t = (queued // self.max_batch) * self.predict(k, self.max_batch)
         if busy:  # the batch in flight finishes first; on average half of it is left
             t += 0.5 * self.predict(k, self.max_batch if queued else 1)
         return t
+
+    def predict_wait_and_run(self, k: int, queued: int, busy: bool) -> float:
+        """Time for a request joining exit k's queue behind `queued` others to have its segment done."""
+        return self.predict_wait(k, queued, busy) + self.predict(k, queued % self.max_batch + 1)

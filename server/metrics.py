@@ -3,7 +3,9 @@ exit, reason, code; never a request value). One registry per server so tests can
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+disable_created_metrics()  # no *_created series: they double the output and no dashboard reads them
 
 PREFIX = "auxnet"
 # Sub-millisecond exits need fine low buckets; budgets reach seconds.
@@ -36,5 +38,7 @@ class Metrics:
         self.dropped = Counter(f"{PREFIX}_dropped", "Admitted requests dropped from a queue before compute",
                                ["model", "exit", "reason"], registry=r)
         self.model_info = Info(f"{PREFIX}_model", "Loaded model", ["model"], registry=r)
+        self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
+                               ["model", "result"], registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
                                       "Latency model: one segment run at batch 1", ["model", "exit"], registry=r)

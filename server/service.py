@@ -13,7 +13,7 @@ import numpy as np
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
-from server.engine import Answer, ModelEngine
+from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
 from server.errors import InvalidInput, ServingError
 
 log = logging.getLogger("auxnet.server")
@@ -148,7 +148,9 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             await context.abort(e.code, str(e))
         except asyncio.CancelledError:  # the client cancelled or its deadline passed
             if count:
-                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, "CANCELLED").inc(images)
+                remaining = context.time_remaining()
+                code = "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S else "CANCELLED"
+                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, code).inc(images)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
             log.exception("internal error")

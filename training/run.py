@@ -111,6 +111,8 @@ def main(args) -> dict:
                  "augment": splits.augment, "image_size": splits.image_size, "val_indices": splits.val_indices,
                  "data_dir": str(args.data_dir)}
     out.mkdir(parents=True, exist_ok=True)
+    if ckpt is not None:
+        _truncate_metrics(out / "metrics.jsonl", start_epoch)
     print(f"{cfg.name()} exits {list(cfg.exits)} gammas {[round(g, 3) for g in loss_weights(cfg.exits, args.nu)]} "
           f"method {method.name} on {device} ({precision}); train {len(splits.train)} val {len(splits.val)} "
           f"test {len(splits.test)}", file=sys.stderr)
@@ -142,6 +144,16 @@ def main(args) -> dict:
         print(exit_table(costs, {"top1_err": metrics["val_top1_err"]},
                          {"top1_err": metrics["test_top1_err"], "top5_err": metrics["test_top5_err"]}))
     return metrics
+
+
+def _truncate_metrics(path: Path, epochs_kept: int) -> None:
+    """A run killed after logging an epoch but before checkpointing it would log that epoch twice on
+    resume: keep only the rows of epochs the checkpoint holds."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["epoch"] <= epochs_kept]
+        if len(kept) != len(rows):
+            path.write_text("".join(line + "\n" for line in kept))
 
 
 def _eval_batches(ds, splits, device, channels_last, args):

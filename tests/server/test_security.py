@@ -1,0 +1,67 @@
+"""TLS (server certificate; client certificates) and the bearer token, with credentials made here (issue 6)."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.client import Client
+from tests.server.certs import make_credentials
+from tests.server.conftest import running_server
+from tests.server.helpers import images
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory):
+    return make_credentials(tmp_path_factory.mktemp("tls"))
+
+
+def test_tls_server_certificate(tiny_repo, creds):
+    with running_server(tiny_repo, tls_cert=str(creds["server.pem"]), tls_key=str(creds["server.key"])) as (_, target):
+        with Client(target, tls_ca=creds["ca.pem"].read_bytes(), server_name="localhost") as c:
+            assert c.classify(images(1)[0]).class_name
+        with Client(target, timeout_s=3) as plain:  # a plaintext client cannot talk to a TLS-only server
+            with pytest.raises(grpc.RpcError) as e:
+                plain.classify(images(1)[0])
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate(tiny_repo, creds):
+    with running_server(tiny_repo, tls_cert=str(creds["server.pem"]), tls_key=str(creds["server.key"]),
+                        tls_client_ca=str(creds["ca.pem"])) as (_, target):
+        ca = creds["ca.pem"].read_bytes()
+        with Client(target, tls_ca=ca, client_cert=creds["client.pem"].read_bytes(),
+                    client_key=creds["client.key"].read_bytes(), server_name="localhost") as c:
+            assert c.classify(images(1)[0]).class_name
+        with Client(target, tls_ca=ca, server_name="localhost", timeout_s=3) as anonymous:
+            with pytest.raises(grpc.RpcError) as e:
+                anonymous.classify(images(1)[0])
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bearer_token(tiny_repo):
+    with running_server(tiny_repo, auth_token="s3cret-token") as (_, target):
+        with Client(target, token="s3cret-token") as c:
+            assert c.classify(images(1)[0]).class_name
+            assert c.model_info().name == "tiny"
+        for token in (None, "wrong"):
+            with Client(target, token=token) as c:
+                with pytest.raises(grpc.RpcError) as e:
+                    c.classify(images(1)[0])
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "bearer token" in e.value.details()
+        channel = grpc.insecure_channel(target)  # health probes carry no credentials and stay open
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+
+
+def test_unknown_model_name_is_bounded_in_metrics_and_message(server):
+    app, target = server
+    with Client(target) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.classify(images(1)[0], model="x" * 5000)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and len(e.value.details()) < 200
+    from tests.server.test_serving import scrape
+
+    text = scrape(app)
+    assert "x" * 70 not in text and 'model="_unknown"' in text
