@@ -26,6 +26,7 @@ from server.service import EarlyExitServicer
 
 log = logging.getLogger("auxnet.server")
 REFUSAL_WINDOW_S = 0.5
+CORE_HEADROOM_RPCS = 16
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EarlyExitService"].full_name
 
 
@@ -146,7 +147,10 @@ class ServerApp:
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
         interceptors = [BearerTokenInterceptor(self.cfg.auth_token)] if self.cfg.auth_token else []
-        self.server = grpc.aio.server(options=opts, interceptors=interceptors)
+        # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
+        # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
+        core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
+        self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         pb_grpc.add_EarlyExitServiceServicer_to_server(EarlyExitServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

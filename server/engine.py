@@ -149,12 +149,7 @@ class ModelEngine:
                        max_exit: int | None, deadline: float | None) -> Answer:
         if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
             return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline)
-        if not self.accepting or self.stopped:
-            self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
-            raise NotServing("server is shutting down or not ready; retry on another replica")
-        if self.inflight >= self.cfg.max_inflight:
-            self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
-            raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
+        self.check_admission()
         budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
         self._shed_if_hopeless(arrival, budget_end, deadline)
         job = Job(x, arrival, budget_end, deadline, min_confidence,
@@ -172,17 +167,26 @@ class ModelEngine:
                 job.drop_reason = "deadline" if expired else "cancelled"
                 job.future.cancel()
 
+    def check_admission(self) -> None:
+        if not self.accepting or self.stopped:
+            self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
+            raise NotServing("server is shutting down or not ready; retry on another replica")
+        if self.inflight >= self.cfg.max_inflight:
+            self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
+            raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
+
     def _shed_if_hopeless(self, arrival: float, budget_end: float | None, deadline: float | None) -> None:
-        """Refuse now, rather than queue until it times out, a request whose predicted wait behind the
-        requests already queued at exit 0 ends after its deadline (or budget, with shed_late_budgets)."""
+        """Refuse now, rather than queue until it times out, a request whose exit 0 is predicted to finish
+        (behind the requests already queued there) after its deadline (or budget, with shed_late_budgets).
+        A request that finds exit 0 idle is always admitted: it is answered, late if need be (DESIGN.md)."""
         q = self.queues[0]
         if not q.heap and not q.busy:
             return
-        wait = self.latency.predict_wait(0, len(q.heap), q.busy)
+        wait = self.latency.predict_wait_and_run(0, len(q.heap), q.busy)
         for end, what in ((deadline, "gRPC deadline"), (budget_end if self.cfg.shed_late_budgets else None, "budget")):
             if end is not None and arrival + wait > end:
                 self.metrics.rejections.labels(self.info.name, "predicted_" + what.split()[-1]).inc()
-                raise QueueFull(f"predicted queueing delay {1000 * wait:.1f} ms exceeds the request's {what} "
+                raise QueueFull(f"predicted time to the first exit {1000 * wait:.1f} ms exceeds the request's {what} "
                                 f"({1000 * (end - arrival):.1f} ms); retry later or on another replica")
 
     def _admit(self) -> None:

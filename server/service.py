@@ -95,6 +95,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         max_exit = r.max_exit if r.HasField("max_exit") else None
         if max_exit is not None and max_exit >= len(info.exits):
             raise InvalidInput(f"max_exit {max_exit} does not exist; valid: 0..{len(info.exits) - 1}")
+        engine.check_admission()  # refuse before paying for the decode
         x = await self._decode(r, engine)
         remaining = context.time_remaining()
         deadline = arrival + remaining if remaining is not None else None
@@ -145,7 +146,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         except ServingError as e:
             if count:
                 self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, e.code.name).inc(images)
-            await context.abort(e.code, str(e))
+            await _abort(context, e.code, str(e))
+            return None
         except asyncio.CancelledError:  # the client cancelled or its deadline passed
             if count:
                 remaining = context.time_remaining()
@@ -156,7 +158,18 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             log.exception("internal error")
             if count:
                 self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, "INTERNAL").inc(images)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+            return None
         if count:
             self.app.metrics.requests.labels(label, "OK").inc(images)
         return result
+
+
+async def _abort(context, code: grpc.StatusCode, message: str) -> None:
+    """Send the error status; if the client already went away (deadline, cancel) there is no one to tell."""
+    try:
+        await context.abort(code, message)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # noqa: BLE001 - grpc raises ExecuteBatchError on a call that is already over
+        log.debug("client gone before its %s status could be sent", code.name)
