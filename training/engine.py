@@ -31,7 +31,7 @@ class Progress:
             print(f"{self.label} {done}/{self.total} {extra}", file=sys.stderr, flush=True)
 
 
-def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str) -> dict:
+def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False) -> dict:
     method.model.train()
     sums = torch.zeros(method.model.num_outputs, dtype=torch.float64)
     images, seen, start = 0, 0, time.perf_counter()
@@ -41,7 +41,8 @@ def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: 
         sums += torch.tensor(losses, dtype=torch.float64) * len(y)
         images += len(y)
         seen = i
-        progress.update(i, f"loss {losses[-1]:.3f} {images / (time.perf_counter() - start):.0f} img/s")
+        if not quiet:
+            progress.update(i, f"loss {losses[-1]:.3f} {images / (time.perf_counter() - start):.0f} img/s")
     elapsed = time.perf_counter() - start
     return {"loss": (sums / max(images, 1)).tolist(), "images_per_s": images / elapsed, "train_s": elapsed,
             "batches": seen}

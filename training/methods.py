@@ -64,8 +64,11 @@ class Method:
 
     name = "?"
 
-    def __init__(self, model: AuxNet, cfg: OptimConfig, autocast: Callable[[], contextlib.AbstractContextManager]):
+    def __init__(self, model: AuxNet, cfg: OptimConfig, autocast: Callable[[], contextlib.AbstractContextManager],
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None):
         self.model, self.cfg, self.autocast = model, cfg, autocast
+        # Averages gradients across data-parallel ranks (training/distributed.py); a no-op alone.
+        self.grad_sync = grad_sync or (lambda tensors: None)
         self.gammas = loss_weights(model.exits, cfg.nu)
         self.optimizers: list[torch.optim.Optimizer] = self.build_optimizers()
         self.schedulers = [
@@ -108,6 +111,9 @@ class Method:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
 
+    def _sync_grads(self) -> None:
+        self.grad_sync([p.grad for p in self.model.parameters() if p.grad is not None])
+
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y)
@@ -123,6 +129,7 @@ class NoneMethod(Method):
         self._zero()
         losses = [_ce(z, y) for z in self._forward(x, detach_aux=True)]
         sum(losses).backward()
+        self._sync_grads()
         self.optimizers[0].step()
         return [loss.item() for loss in losses]
 
@@ -153,6 +160,7 @@ class JointMethod(Method):
         self._zero()
         losses = [_ce(z, y) for z in self._forward(x)]
         sum(g * loss for g, loss in zip(self.gammas, losses)).backward()
+        self._sync_grads()
         self.optimizers[0].step()
         return [loss.item() for loss in losses]
 
@@ -170,6 +178,7 @@ class PairwiseMethod(Method):
             with self.autocast():
                 loss = _ce(self.model.forward_to(x, k), y)
             (self.gammas[k] * loss).backward()
+            self._sync_grads()
             self.optimizers[0].step()
             out.append(loss.item())
         return out
@@ -212,6 +221,7 @@ class MultiwayReference(Method):
             head = list(self.model.heads[k].parameters())
             g = torch.autograd.grad(loss, trunk + head, retain_graph=k < last)
             grads.append(([self.gammas[k] * gi for gi in g[: len(trunk)]], list(g[len(trunk):]), trunk, head))
+        self.grad_sync([t for g_trunk, g_head, _, _ in grads for t in g_trunk + g_head])  # one all-reduce
         for k, (g_trunk, g_head, trunk, head) in enumerate(grads):
             for p, g in zip(trunk + head, g_trunk + g_head):
                 p.grad = g
@@ -257,6 +267,7 @@ class MultiwayFast(Method):
         scales = [c * g for c, g in zip(self.rate_factors, self.gammas)]
         losses = [_ce(z, y) for z in self._forward(x, trunk_grad_scales=scales)]
         sum(losses).backward()
+        self._sync_grads()
         self.optimizers[0].step()
         return [loss.item() for loss in losses]
 
@@ -264,9 +275,9 @@ class MultiwayFast(Method):
 _REGISTRY = {c.name: c for c in (NoneMethod, JointMethod, PairwiseMethod, MultiwayFast, MultiwayReference)}
 
 
-def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext) -> Method:
+def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext, grad_sync=None) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown training method {name!r}; valid: {', '.join(METHODS)}")
     if name != "none" and model.num_outputs == 1:
         name = "joint"  # with one output every method is plain SGD on the final loss
-    return _REGISTRY[name](model, cfg, autocast)
+    return _REGISTRY[name](model, cfg, autocast, grad_sync)

@@ -18,6 +18,7 @@ from training.checkpoint import load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
 from training.data.batches import iterate
+from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
 from training.model import AuxNet, segment_costs
@@ -60,6 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
     p.add_argument("--workers", type=int, default=4, help="loader processes for large image folders")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
     return p
 
 
@@ -90,18 +93,27 @@ def main(args) -> dict:
                          val_indices=ckpt["data"]["val_indices"] if ckpt else None)
     cfg = model_config(args, len(splits.classes), splits.image_size)
     device = pick_device(args.device)
+    dist_info = init_from_env(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
     precision = resolve_precision(args.precision, device)
     autocast = autocast_factory(precision, device)
     channels_last = precision == "bf16"
     model = AuxNet(cfg)
     costs = segment_costs(model)
+    if args.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    broadcast_model(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optim = OptimConfig(args.lr, args.momentum, not args.no_nesterov, args.weight_decay, args.nu, args.epochs,
                         joint_lr_adjust=args.joint_lr_adjust,
                         joint_match_multiway_decay=args.joint_match_multiway_decay)
-    method = build_method(args.method, model, optim, autocast)
+    method = build_method(args.method, model, optim, autocast, all_reduce_mean if dist_info.enabled else None)
     start_epoch = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -110,10 +122,14 @@ def main(args) -> dict:
     data_info = {"dataset": args.dataset, "classes": splits.classes, "normalization": splits.normalization(),
                  "augment": splits.augment, "image_size": splits.image_size, "val_indices": splits.val_indices,
                  "data_dir": str(args.data_dir)}
-    out.mkdir(parents=True, exist_ok=True)
-    if ckpt is not None:
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-    print(f"{cfg.name()} exits {list(cfg.exits)} gammas {[round(g, 3) for g in loss_weights(cfg.exits, args.nu)]} "
+    main_rank = dist_info.is_main  # only rank 0 evaluates, logs and writes checkpoints
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            _truncate_metrics(out / "metrics.jsonl", start_epoch)
+    rank = f"[rank {dist_info.rank}/{dist_info.world}] " if dist_info.enabled else ""
+    gammas = [round(g, 3) for g in loss_weights(cfg.exits, args.nu)]
+    print(f"{rank}{cfg.name()} exits {list(cfg.exits)} gammas {gammas} "
           f"method {method.name} on {device} ({precision}); train {len(splits.train)} val {len(splits.val)} "
           f"test {len(splits.test)}", file=sys.stderr)
     n_batches = -(-len(splits.train) // args.batch_size)
@@ -126,8 +142,12 @@ def main(args) -> dict:
                           channels_last, args.workers)
         if args.max_batches:
             batches = (b for _, b in zip(range(args.max_batches), batches))
-        stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}")
+        batches = (shard(x, y, dist_info) for x, y in batches)
+        stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}", quiet=not main_rank)
         method.end_epoch()
+        if not main_rank:
+            barrier()  # wait for rank 0 to evaluate and checkpoint this epoch
+            continue
         val = evaluate(model, _eval_batches(splits.val, splits, device, channels_last, args), autocast)
         test = evaluate(model, _eval_batches(splits.test, splits, device, channels_last, args), autocast)
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
@@ -139,7 +159,10 @@ def main(args) -> dict:
                      "epoch": epoch + 1, "config": cfg.to_dict(), "args": vars(args), "data": data_info,
                      "precision": precision, "costs": costs, "metrics": metrics}, out / "last.pt")
         print(f"epoch {epoch + 1}: val top1 err per exit {[round(e, 2) for e in val['top1_err']]} "
-              f"({stats['images_per_s']:.0f} img/s)", file=sys.stderr)
+              f"({stats['images_per_s'] * dist_info.world:.0f} img/s)", file=sys.stderr)
+        barrier()
+    if dist_info.enabled:
+        torch.distributed.destroy_process_group()
     if metrics:
         print(exit_table(costs, {"top1_err": metrics["val_top1_err"]},
                          {"top1_err": metrics["test_top1_err"], "top5_err": metrics["test_top5_err"]}))
