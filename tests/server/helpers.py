@@ -34,3 +34,34 @@ def calibrated_confidence(logits, temperature):
     z = logits / temperature
     p = np.exp(z - z.max(-1, keepdims=True))
     return (p / p.sum(-1, keepdims=True)).max(-1)
+
+
+def start_server_process(repo, folder, *extra):
+    """`python -m server` on free ports; returns (process, target, metrics_port)."""
+    import subprocess
+    import sys
+    import time
+
+    port_file = folder / f"ports-{time.monotonic_ns()}"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
+                             "--port-file", str(port_file), "--log-level", "WARNING", *extra],
+                            stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if port_file.exists() and port_file.read_text().strip():
+            port, metrics = port_file.read_text().split()
+            return proc, f"127.0.0.1:{port}", int(metrics)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def requests_ok(metrics_port) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "auxnet_requests_total" and s.labels.get("code") == "OK")
