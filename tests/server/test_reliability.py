@@ -22,7 +22,7 @@ from PIL import Image
 from protos.auxnet.v1 import inference_pb2 as pb
 from server.client import Client, classify_request
 from tests.server.conftest import running_server
-from tests.server.helpers import images, png
+from tests.server.helpers import images, png, start_server_process
 from tests.server.test_serving import metric
 
 GOOD = images(1, seed=42)[0]
@@ -152,25 +152,12 @@ def test_expired_and_cancelled_requests_leave_queues_before_compute(tiny_repo):
             assert c.classify(GOOD).class_name
 
 
-def start_process(repo, *extra, port_file):
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "-1",
-                             "--port-file", str(port_file), *extra], stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if port_file.exists() and port_file.read_text().strip():
-            return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
 @pytest.mark.slow
 def test_sigterm_under_load_answers_every_admitted_request(tiny_repo, tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    proc, target = start_process(tiny_repo, "--max-queue-delay-ms", "30", "--grace-s", "10",
-                                 port_file=tmp_path / "ports")
+    proc, target, _ = start_server_process(tiny_repo, tmp_path, "--max-queue-delay-ms", "30", "--grace-s", "10",
+                                           "--log-level", "INFO")
     codes, health_seen, stop = [], [], threading.Event()
 
     def send():
