@@ -34,9 +34,10 @@ async def open_loop(target: str, images: list[bytes], rate: float, seconds: floa
             t = time.perf_counter()
             try:
                 r = await stub.Classify(requests[i % len(requests)], timeout=1.0)
-                results.append(("OK", 1000 * (time.perf_counter() - t), r.budget_met, r.server_latency_ms))
+                results.append(("OK", 1000 * (time.perf_counter() - t), r.budget_met, r.server_latency_ms, i, r.label,
+                                r.exit_index))
             except grpc.aio.AioRpcError as e:
-                results.append((e.code().name, 1000 * (time.perf_counter() - t), False, float("nan")))
+                results.append((e.code().name, 1000 * (time.perf_counter() - t), False, float("nan"), i, -1, -1))
 
         tasks, t0, n = [], time.perf_counter(), int(rate * seconds)
         for i in range(n):
@@ -56,15 +57,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def report(name, results, seconds, sent_s):
+def report(name, results, seconds, sent_s, labels):
     codes = Counter(r[0] for r in results)
     ok = sorted(r[1] for r in results if r[0] == "OK")
     rej = sorted(r[1] for r in results if r[0] == "RESOURCE_EXHAUSTED")
     p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")  # noqa: E731
     kept = sum(1 for r in results if r[0] == "OK" and r[2]) / max(len(ok), 1)
     server = sorted(r[3] for r in results if r[0] == "OK")
+    answered = [r for r in results if r[0] == "OK"]
+    accuracy = sum(r[5] == labels[r[4] % len(labels)] for r in answered) / max(len(answered), 1)
+    mean_exit = statistics.fmean(r[6] for r in answered) if answered else float("nan")
     print(f"| {name} | {len(results) / sent_s:.0f} | {len(ok) / seconds:.0f} | {codes.get('RESOURCE_EXHAUSTED', 0) / seconds:.0f} | "
           f"{p(ok, 0.5):.1f} | {p(ok, 0.99):.1f} | {p(server, 0.99):.1f} | {100 * kept:.1f}% | {p(rej, 0.99):.1f} | "
+          f"{100 * accuracy:.1f}% | {mean_exit:.2f} | "
           f"{', '.join(f'{k} {v}' for k, v in sorted(codes.items()))} |")
 
 
@@ -77,13 +82,15 @@ def main() -> None:
     ap.add_argument("--server-threads", type=int, default=1,
                     help="segment threads; 1 leaves the other core of a 2-core machine to the load generator")
     args = ap.parse_args()
-    images, _, _ = load_labelled_folder(ROOT / "samples" / "cifar10-test")
+    images, names, _ = load_labelled_folder(ROOT / "samples" / "cifar10-test")
     proc, target = start_server(str(ROOT / "models" / "repository"),
                                 ["--shed-late-budgets", "--max-inflight", str(args.max_inflight),
                                  "--threads", str(args.server_threads)])
     try:
         with Client(target) as c:
-            threshold = c.model_info().exits[0].default_threshold
+            info = c.model_info()
+        threshold = info.exits[0].default_threshold
+        labels = [list(info.classes).index(n) for n in names]
         kw = {"budget_ms": args.budget_ms, "min_confidence": threshold}
         closed_loop(target, images, 16, 300, **kw)  # warm-up
         res, wall = closed_loop(target, images, 16, 1500, **kw)
@@ -92,14 +99,15 @@ def main() -> None:
         print(f"capacity (closed loop, 16 clients, min_confidence {threshold}, budget {args.budget_ms} ms): "
               f"{capacity:.0f} img/s; server peak RSS before overload {rss_before:.0f} MB")
         print("| phase | offered (req/s) | accepted (req/s) | rejected (req/s) | p50 accepted ms (client) | "
-              "p99 accepted ms (client) | p99 accepted ms (server) | accepted within budget | p99 rejection ms | codes |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+              "p99 accepted ms (client) | p99 accepted ms (server) | accepted within budget | p99 rejection ms | "
+              "accuracy of accepted | mean exit | codes |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         over, sent = asyncio.run(open_loop(target, images, args.factor * capacity, args.seconds, **kw))
-        report(f"overload {args.factor:.0f}x capacity, {args.seconds:.0f} s", over, args.seconds, sent)
+        report(f"overload {args.factor:.0f}x capacity, {args.seconds:.0f} s", over, args.seconds, sent, labels)
         rss_peak = peak_rss_mb(proc.pid)
         time.sleep(1.0)
         rec, sent = asyncio.run(open_loop(target, images, 0.5 * capacity, 5.0, **kw))
-        report("recovery at 0.5x capacity, 5 s", rec, 5.0, sent)
+        report("recovery at 0.5x capacity, 5 s", rec, 5.0, sent, labels)
         print(f"server peak RSS (VmHWM) after overload: {rss_peak:.0f} MB (before: {rss_before:.0f} MB)")
         print(f"mean of all accepted latencies in overload: {statistics.fmean(r[1] for r in over if r[0] == 'OK'):.1f} ms")
     finally:

@@ -4,7 +4,7 @@
 
 Inputs, all measured: per-image segment cost at batch 32 (ONNX Runtime CPU, from the manifest, measured at
 export), the default policy's exit rates (validation split), and the server's efficiency: measured server
-throughput over what the segment costs alone predict (bench/RESULTS.md section 4: 322 img/s at the final
+throughput over what the segment costs alone predict (bench/RESULTS.md section 4, its 21:43 run: 322 img/s at the final
 exit with 2 threads where the costs predict 836; the clients shared those cores, so this is pessimistic).
 
 Model: a replica serves mu = threads * efficiency / C images/s, C the mean per-image cost (a request that

@@ -83,6 +83,7 @@ class ModelEngine:
     def __init__(self, info: ModelInfo, backends: list[Backend], cfg: EngineConfig, metrics: Metrics,
                  executor: ThreadPoolExecutor):
         self.info, self.backends, self.cfg, self.metrics, self.executor = info, backends, cfg, metrics, executor
+        self.threads = max(1, executor._max_workers)  # segment runs share these threads across all exits
         self.last = len(info.exits) - 1
         self.latency = LatencyModel(len(info.exits), cfg.max_batch)
         self.queues: list[ExitQueue] = []
@@ -175,6 +176,17 @@ class ModelEngine:
             self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
             raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
 
+    def predict_finish(self, k: int) -> float:
+        """Seconds until a request joining exit k's queue now has its segment computed. Its own queue is one
+        bound; the other is contention: all exits share the segment threads, so the work queued or running
+        at every exit (at batched cost per request), spread over the threads, comes first too."""
+        q = self.queues[k]
+        own_queue = self.latency.predict_wait_and_run(k, len(q.heap), q.busy)
+        mb = self.cfg.max_batch
+        backlog = sum(len(qi.heap) * self.latency.predict(i, mb) / mb + (0.5 * self.latency.predict(i, mb) if qi.busy else 0)
+                      for i, qi in enumerate(self.queues))
+        return max(own_queue, backlog / self.threads + self.latency.predict(k, 1))
+
     def _shed_if_hopeless(self, arrival: float, budget_end: float | None, deadline: float | None) -> None:
         """Refuse now, rather than queue until it times out, a request whose exit 0 is predicted to finish
         (behind the requests already queued there) after its deadline (or budget, with shed_late_budgets).
@@ -182,7 +194,7 @@ class ModelEngine:
         q = self.queues[0]
         if not q.heap and not q.busy:
             return
-        wait = self.latency.predict_wait_and_run(0, len(q.heap), q.busy)
+        wait = self.predict_finish(0)
         for end, what in ((deadline, "gRPC deadline"), (budget_end if self.cfg.shed_late_budgets else None, "budget")):
             if end is not None and arrival + wait > end:
                 self.metrics.rejections.labels(self.info.name, "predicted_" + what.split()[-1]).inc()
@@ -262,7 +274,7 @@ class ModelEngine:
         temperature = self.info.exits[k].temperature
         now = time.monotonic()
         nxt = self.queues[k + 1] if k < self.last else None
-        next_estimate = self.latency.predict_wait_and_run(k + 1, len(nxt.heap), nxt.busy) if nxt else 0.0
+        next_estimate = self.predict_finish(k + 1) if nxt else 0.0
         for i, job in enumerate(jobs):
             if job.future.done():
                 continue
