@@ -194,9 +194,9 @@ class ModelEngine:
         q = self.queues[0]
         if not q.heap and not q.busy:
             return
-        wait = self.predict_finish(0)
+        wait, now = self.predict_finish(0), time.monotonic()
         for end, what in ((deadline, "gRPC deadline"), (budget_end if self.cfg.shed_late_budgets else None, "budget")):
-            if end is not None and arrival + wait > end:
+            if end is not None and now + wait > end:
                 self.metrics.rejections.labels(self.info.name, "predicted_" + what.split()[-1]).inc()
                 raise QueueFull(f"predicted time to the first exit {1000 * wait:.1f} ms exceeds the request's {what} "
                                 f"({1000 * (end - arrival):.1f} ms); retry later or on another replica")
