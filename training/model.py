@@ -8,7 +8,6 @@ module, which is what export turns into one engine per exit.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.config import IMAGENET_STAGES, ModelConfig
@@ -203,7 +202,3 @@ def segment_costs(model: AuxNet) -> list[dict]:
         })
     model.train(was_training)
     return costs
-
-
-def cross_entropy_per_output(logits: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-    return [F.cross_entropy(z.float(), y) for z in logits]
