@@ -83,7 +83,7 @@ def main() -> None:
                     help="segment threads; 1 leaves the other core of a 2-core machine to the load generator")
     args = ap.parse_args()
     images, names, _ = load_labelled_folder(ROOT / "samples" / "cifar10-test")
-    proc, target = start_server(str(ROOT / "models" / "repository"),
+    proc, target, _ = start_server(str(ROOT / "models" / "repository"),
                                 ["--shed-late-budgets", "--max-inflight", str(args.max_inflight),
                                  "--threads", str(args.server_threads)])
     try:

@@ -68,7 +68,7 @@ def main() -> None:
     args = p.parse_args()
     images, names = load_test_images(args.data, args.per_class)
     model_dir = list_models(args.repo)[0]
-    proc, target = start_server(args.repo, ["--max-batch", str(args.max_batch)])
+    proc, target, _ = start_server(args.repo, ["--max-batch", str(args.max_batch)])
     rows = []
     try:
         with Client(target) as c:

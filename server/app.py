@@ -90,7 +90,7 @@ class ServerApp:
             log.warning("model folder %s declares name %r; serving it as %r", model_dir.name, info.name, model_dir.name)
             info = type(info)(**{**info.__dict__, "name": model_dir.name})
         backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
-        engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor)
+        engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s); batch-1 latency per exit: %s", info.name, info.version,
                  len(info.exits), backends[0].name,

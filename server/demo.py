@@ -20,21 +20,25 @@ from server.loadgen import closed_loop, load_labelled_folder, summarise
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(repo: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False) -> tuple[subprocess.Popen, str, int]:
+    """`python -m server` on free ports, as its own process; returns (process, target, metrics port)."""
     port_file = Path(tempfile.mkdtemp()) / "ports"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--port", "0", "--metrics-port", "0",
-                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
+                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=ROOT, stderr=stderr,
+                            text=True)
     deadline = time.time() + 120
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with code {proc.returncode} before serving")
+            detail = proc.stderr.read() if stderr is not None else ""
+            raise SystemExit(f"server exited with code {proc.returncode} before serving {detail}")
         if time.time() > deadline:
             proc.kill()
             raise SystemExit("server did not start within 120 s")
         time.sleep(0.1)
     port, metrics = port_file.read_text().split()
-    print(f"server pid {proc.pid} on 127.0.0.1:{port}, metrics at http://127.0.0.1:{metrics}/metrics")
-    return proc, f"127.0.0.1:{port}"
+    if not quiet:
+        print(f"server pid {proc.pid} on 127.0.0.1:{port}, metrics at http://127.0.0.1:{metrics}/metrics")
+    return proc, f"127.0.0.1:{port}", int(metrics)
 
 
 def main(argv=None) -> int:
@@ -46,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-ms", type=float, nargs="+", default=[3.0, 15.0])
     args = p.parse_args(argv)
     images, names, _ = load_labelled_folder(args.images)
-    proc, target = start_server(args.repo, [])
+    proc, target, _ = start_server(args.repo, [])
     try:
         with Client(target) as c:
             info = c.model_info()

@@ -52,8 +52,6 @@ class Job:
     min_confidence: float | None
     max_exit: int
     future: asyncio.Future
-    logits: np.ndarray | None = None
-    exit_index: int = -1
     seq: int = 0
     drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
 
@@ -66,7 +64,7 @@ class Job:
 @dataclass
 class Answer:
     exit_index: int
-    logits: np.ndarray
+    probs: np.ndarray  # calibrated (temperature-scaled) class probabilities at that exit
     reason: str
     latency_s: float
     budget_met: bool
@@ -81,9 +79,9 @@ class ExitQueue:
 
 class ModelEngine:
     def __init__(self, info: ModelInfo, backends: list[Backend], cfg: EngineConfig, metrics: Metrics,
-                 executor: ThreadPoolExecutor):
+                 executor: ThreadPoolExecutor, threads: int):
         self.info, self.backends, self.cfg, self.metrics, self.executor = info, backends, cfg, metrics, executor
-        self.threads = max(1, executor._max_workers)  # segment runs share these threads across all exits
+        self.threads = max(1, threads)  # the executor's size: segment runs of all exits share these threads
         self.last = len(info.exits) - 1
         self.latency = LatencyModel(len(info.exits), cfg.max_batch)
         self.queues: list[ExitQueue] = []
@@ -269,20 +267,20 @@ class ModelEngine:
         return jobs
 
     def _route(self, k: int, jobs: list[Job], outputs: list[np.ndarray]) -> None:
-        logits = outputs[-1]
         features = outputs[0] if k < self.last else None
-        temperature = self.info.exits[k].temperature
+        # Calibrated probabilities for the whole batch, once: they decide the exit and are the answer.
+        z = outputs[-1] / self.info.exits[k].temperature
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        confidence = probs.max(axis=1)
         now = time.monotonic()
         nxt = self.queues[k + 1] if k < self.last else None
         next_estimate = self.predict_finish(k + 1) if nxt else 0.0
         for i, job in enumerate(jobs):
             if job.future.done():
                 continue
-            z = logits[i] / temperature
-            conf = float(1.0 / np.exp(z - z.max()).sum())  # calibrated top-1 probability
-            job.logits, job.exit_index = logits[i], k
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
-            reason = stop_reason(k, self.last, job.max_exit, conf, job.min_confidence, now, next_estimate, end)
+            reason = stop_reason(k, self.last, job.max_exit, float(confidence[i]), job.min_confidence, now, next_estimate, end)
             if reason is None:
                 job.x = features[i]
                 self._push(k + 1, job)
@@ -293,4 +291,4 @@ class ModelEngine:
             self.metrics.request_latency.labels(self.info.name).observe(latency)
             if not met:
                 self.metrics.budget_misses.labels(self.info.name).inc()
-            job.future.set_result(Answer(k, logits[i], reason, latency, met))
+            job.future.set_result(Answer(k, probs[i], reason, latency, met))

@@ -124,9 +124,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     def _encode(self, engine: ModelEngine, r, a: Answer) -> pb.ClassifyResponse:
         info = engine.info
-        z = a.logits / info.exits[a.exit_index].temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
+        p = a.probs
         order = np.argsort(-p)
         k = max(1, r.top_k)
         top = [pb.ClassScore(label=int(c), class_name=info.classes[c], confidence=float(p[c])) for c in order[:k]]

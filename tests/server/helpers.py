@@ -36,25 +36,13 @@ def calibrated_confidence(logits, temperature):
     return (p / p.sum(-1, keepdims=True)).max(-1)
 
 
-def start_server_process(repo, folder, *extra):
-    """`python -m server` on free ports; returns (process, target, metrics_port)."""
+def start_server_process(repo, *extra):
+    """`python -m server` on free ports; returns (process, target, metrics_port); stderr is captured."""
     import subprocess
-    import sys
-    import time
 
-    port_file = folder / f"ports-{time.monotonic_ns()}"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-                             "--port-file", str(port_file), "--log-level", "WARNING", *extra],
-                            stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if port_file.exists() and port_file.read_text().strip():
-            port, metrics = port_file.read_text().split()
-            return proc, f"127.0.0.1:{port}", int(metrics)
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start")
+    from server.demo import start_server
+
+    return start_server(repo, list(extra), stderr=subprocess.PIPE, quiet=True)
 
 
 def requests_ok(metrics_port) -> float:

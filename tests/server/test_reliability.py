@@ -156,7 +156,7 @@ def test_expired_and_cancelled_requests_leave_queues_before_compute(tiny_repo):
 def test_sigterm_under_load_answers_every_admitted_request(tiny_repo, tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    proc, target, _ = start_server_process(tiny_repo, tmp_path, "--max-queue-delay-ms", "30", "--grace-s", "10",
+    proc, target, _ = start_server_process(tiny_repo, "--max-queue-delay-ms", "30", "--grace-s", "10",
                                            "--log-level", "INFO")
     codes, health_seen, stop = [], [], threading.Event()
 

@@ -13,7 +13,7 @@ from tests.server.helpers import images, requests_ok, start_server_process
 
 @pytest.mark.slow
 def test_two_replicas_share_traffic_and_a_killed_one_loses_nothing(tiny_repo, tmp_path):
-    (a, target_a, metrics_a), (b, target_b, metrics_b) = (start_server_process(tiny_repo, tmp_path) for _ in range(2))
+    (a, target_a, metrics_a), (b, target_b, metrics_b) = (start_server_process(tiny_repo) for _ in range(2))
     try:
         targets = f"{target_a},{target_b}"
         imgs = images(8)
