@@ -24,6 +24,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--fp16", action="store_true", help="TensorRT FP16 (TensorRT 10)")
         s.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile maximum batch")
         s.add_argument("--no-measure", action="store_true", help="skip the ONNX Runtime latency measurement")
+        s.add_argument("--max-drop-pp", type=float, default=0.5,
+                       help="accuracy the early-exit policy may lose against the final exit, in percentage points, "
+                            "out of sample (default 0.5)")
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
     c.add_argument("--checkpoint", help="also check parity with this checkpoint")
@@ -43,7 +46,8 @@ def main(argv=None) -> int:
         from export.build import export_model
 
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
-                     args.fp16, args.max_batch, measure=not args.no_measure)
+                     args.fp16, args.max_batch, measure=not args.no_measure,
+                     max_drop_pp=args.max_drop_pp)
         return 0
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

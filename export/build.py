@@ -15,6 +15,7 @@ from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
 from export.plot import plot_tradeoff
+from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve
 from export.segments import PARITY_ATOL, export_segment, segment_parity
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
 from training.checkpoint import load_checkpoint
@@ -60,7 +61,7 @@ def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[
 
 def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: str | None = None,
                  only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
-                 measure: bool = True, log=print) -> Path:
+                 measure: bool = True, max_drop_pp: float = 0.5, log=print) -> Path:
     """Build the whole repository entry in a staging folder and publish it atomically."""
     if trt:  # refuse before any work, and leave nothing behind
         from export.trt import require_tensorrt
@@ -76,9 +77,14 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
     costs = segment_costs(model)
     temps = [fit_temperature(z, labels) for z in logits]
     probs = [softmax(z / t) for z, t in zip(logits, temps)]
-    policy = default_policy(probs, labels, [c["mflops"] for c in costs])
     if only_exit is not None and not 0 <= only_exit < model.num_outputs:
         raise ExportError(f"exit {only_exit} does not exist; this model has exits 0..{model.num_outputs - 1}")
+    if not 0 <= max_drop_pp <= 100:
+        raise ExportError(f"--max-drop-pp {max_drop_pp} must be a percentage-point drop in [0, 100]")
+    # `export exit K` serves a cascade that ends at K: its policy and figures are that cascade's.
+    kept = model.num_outputs if only_exit is None else only_exit + 1
+    policy = make_policy(probs[:kept], labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
+    scores = ExitScores.from_probs(probs[:kept], labels)
     images = torch.from_numpy(_first_images(splits, 16))
     repo_path = Path(repo)
     with staged_model(repo_path, name) as stage:
@@ -96,6 +102,10 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                           "mflops": round(costs[k]["mflops"], 4), "segment_mflops": round(costs[k]["segment_mflops"], 4),
                           "onnx": path.name, **io, "val_top1": round(acc, 5), "temperature": round(temps[k], 5),
                           "thresholds": threshold_table(probs[k], labels)})
+            if k < kept:
+                exits[-1]["conditional_thresholds"] = conditional_table(scores, policy["thresholds"], k)
+            if k < kept - 1:
+                exits[-1]["agreement"] = agreement_table(scores, k, policy["thresholds"])
         parity = segment_parity(model, paths, images) + segment_parity(model, paths, images[:1])
         worst = max(max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) for r in parity)
         if worst > PARITY_ATOL:
@@ -112,7 +122,6 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 if k > only_exit:
                     path.unlink()
             exits = exits[: only_exit + 1]
-            policy = {**policy, "thresholds": [*policy["thresholds"][:only_exit], 0.0]}
         if trt:
             _build_trt(stage, exits, max_batch, fp16, log)
         manifest = _manifest(name, cfg, ckpt, splits, exits, policy, len(labels))
@@ -121,9 +130,26 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                       stage / "tradeoff.png")
         load_manifest(stage)  # the server's own validation, before anything is published
     log(f"wrote {repo_path / name} ({len(exits)} exits; parity max |diff| {worst:.1e}; "
-        f"default policy t={policy['thresholds'][0]} -> val acc {policy['val_accuracy']:.4f}, "
-        f"{policy['mean_mflops']:.1f} MFLOPs/image vs {costs[-1]['mflops']:.1f})")
+        f"policy thresholds {policy['thresholds'][:-1]} -> held-out drop {100 * policy['held_out']['drop']:.2f} pp, "
+        f"{policy['held_out']['mean_mflops']:.1f} MFLOPs/image vs {costs[kept - 1]['mflops']:.1f})")
     return repo_path / name
+
+
+def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float) -> dict:
+    """The manifest's policy: per-exit thresholds (export/policy.py) at the top level, where the server reads
+    them, the shared-threshold rule beside them, and the curves the trade-off plot draws."""
+    chosen = choose_policy(probs, labels, mflops, max_drop)
+    per_exit, shared = chosen["per_exit"], chosen["shared"]
+    final_acc = float((probs[-1].argmax(axis=1) == labels).mean())
+    return {
+        "rule": (f"per-exit confidence thresholds of least mean MFLOPs whose accuracy drop against the final exit is "
+                 f"<= {100 * max_drop:g} pp out of sample: a safety margin found by 2-fold cross-validation on the "
+                 "validation split, then thresholds chosen on the whole split at (drop - margin)"),
+        "max_drop": max_drop, **per_exit, "final_exit_val_accuracy": round(final_acc, 5),
+        "shared": shared,
+        "curve": default_policy(probs, labels, mflops)["curve"],  # shared threshold swept over the grid
+        "per_exit_curve": drop_curve(ExitScores.from_probs(probs, labels), mflops),
+    }
 
 
 def _first_images(splits, n: int) -> np.ndarray:

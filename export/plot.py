@@ -14,13 +14,21 @@ def plot_tradeoff(policy: dict, exits: list[dict], title: str, path: Path) -> No
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     curve = sorted(policy["curve"], key=lambda r: r["mean_mflops"])
     ax.plot([r["mean_mflops"] for r in curve], [100 * r["accuracy"] for r in curve], "-", color="C0",
-            label="early exit, shared threshold varied")
+            label="one threshold shared by all exits, varied")
+    if policy.get("per_exit_curve"):
+        pe = sorted(policy["per_exit_curve"], key=lambda r: r["mean_mflops"])
+        ax.plot([r["mean_mflops"] for r in pe], [100 * r["accuracy"] for r in pe], "o-", ms=3, color="C2",
+                label="per-exit thresholds, optimised per allowed drop")
     ax.scatter([e["mflops"] for e in exits], [100 * e["val_top1"] for e in exits], color="C1", zorder=3,
                label="fixed exit")
     for e in exits:
         ax.annotate(f"L{e['layer']}", (e["mflops"], 100 * e["val_top1"]), textcoords="offset points", xytext=(4, -10))
+    if policy.get("shared"):
+        sh = policy["shared"]
+        ax.scatter([sh["mean_mflops"]], [100 * sh["val_accuracy"]], marker="s", s=50, color="C4", zorder=4,
+                   label=f"shared threshold t={sh['thresholds'][0]} (same promise)")
     ax.scatter([policy["mean_mflops"]], [100 * policy["val_accuracy"]], marker="*", s=150, color="C3", zorder=4,
-               label=f"default policy (t={policy['thresholds'][0]})")
+               label=f"default policy {policy['thresholds'][:-1]}")
     ax.set_xlabel("mean MFLOPs per image (multiply-adds)")
     ax.set_ylabel("validation top-1 accuracy (%)")
     ax.set_title(title, fontsize=9)

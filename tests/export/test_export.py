@@ -110,6 +110,23 @@ def test_export_single_exit(tiny_run, tmp_path):
                         "--no-measure"]) == 0
     info = load_manifest(tmp_path / "e0")
     assert len(info.exits) == 1 and not (tmp_path / "e0" / "exit_1.onnx").exists()
+    # The policy describes the served cascade (exit 0 alone), not the whole network's (issue 10 review).
+    policy = info.manifest["policy"]
+    assert policy["thresholds"] == [0.0] and policy["exit_rates"] == [1.0]
+    assert policy["mean_mflops"] == pytest.approx(info.exits[0].mflops, abs=1e-3)
+    assert policy["val_accuracy"] == pytest.approx(info.exits[0].val_top1, abs=1e-5)
+
+
+def test_manifest_policy_is_per_exit_with_held_out_figures(tiny_repo):
+    m = load_manifest(tiny_repo / "tiny").manifest
+    policy, e0 = m["policy"], m["exits"][0]
+    assert policy["max_drop"] == 0.005 and set(policy["held_out"]) >= {"drop", "mean_mflops", "accuracy"}
+    assert policy["held_out"]["drop"] <= 0.005 + 1e-9
+    assert policy["shared"]["thresholds"][-1] == 0.0 and len(policy["per_exit_curve"]) > 3
+    assert e0["conditional_thresholds"]["reach_rate"] == 1.0  # every image reaches the first exit
+    assert len(e0["agreement"]["agreement"]) == len(e0["agreement"]["bin_edges"]) - 1
+    assert sum(e0["agreement"]["count"]) == m["calibration"]["images"]
+    assert "agreement" not in m["exits"][-1]  # the final exit agrees with itself
 
 
 def test_error_messages(tiny_run, tmp_path, capsys):

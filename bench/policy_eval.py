@@ -1,0 +1,87 @@
+"""Early-exit policies judged on the test set (issue 13): each is chosen on the validation split only, then
+its accuracy drop against the final exit and its mean MFLOPs are measured on the 10,000 test images.
+
+    python -m bench.policy_eval [--checkpoint models/checkpoints/...pt] [--data-dir ../shared/data/cifar10-jpeg]
+                                [--max-drop-pp 0.5]
+
+Rules compared: the old one (one shared threshold chosen and reported on all of the validation split),
+the shared threshold with the cross-validated margin, and per-exit thresholds with the margin (the new
+default). Logits are cached under runs/policy_eval/ so a rerun takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.build import model_from_checkpoint
+from export.calibration import fit_temperature, softmax
+from export.policy import ExitScores, best_shared_threshold, choose_policy, evaluate
+from training.checkpoint import load_checkpoint
+from training.data import load_splits
+from training.data.batches import iterate
+from training.engine import collect_logits
+from training.model import segment_costs
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-multiway-cifar10jpeg-30ep-seed0.pt"
+
+
+def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
+    if cache.is_file():
+        return dict(np.load(cache))
+    ckpt = load_checkpoint(str(checkpoint))
+    model = model_from_checkpoint(ckpt, str(checkpoint))
+    info = ckpt["data"]
+    splits = load_splits(info["dataset"], data_dir, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0))
+    out = {}
+    with torch.no_grad():
+        for name, ds in (("val", splits.val), ("test", splits.test)):
+            logits, labels = collect_logits(model, iterate(ds, splits, 256, False, 0, torch.device("cpu")))
+            for k, z in enumerate(logits):
+                out[f"{name}_logits_{k}"] = z.numpy().astype(np.float64)
+            out[f"{name}_labels"] = labels.numpy()
+    out["mflops"] = np.array([c["mflops"] for c in segment_costs(model)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
+    p.add_argument("--max-drop-pp", type=float, default=0.5)
+    args = p.parse_args()
+    d = split_logits(Path(args.checkpoint), args.data_dir, ROOT / "runs" / "policy_eval" / (Path(args.checkpoint).stem + ".npz"))
+    k = sum(1 for key in d if key.startswith("val_logits_"))
+    mflops = [float(m) for m in d["mflops"]]
+    val = [d[f"val_logits_{i}"] for i in range(k)]
+    temps = [fit_temperature(z, d["val_labels"]) for z in val]
+    val_p = [softmax(z / t) for z, t in zip(val, temps)]
+    test_s = ExitScores.from_probs([softmax(d[f"test_logits_{i}"] / t) for i, t in enumerate(temps)], d["test_labels"])
+    val_s = ExitScores.from_probs(val_p, d["val_labels"])
+    drop = args.max_drop_pp / 100
+    chosen = choose_policy(val_p, d["val_labels"], mflops, drop)
+    rules = {"shared threshold, chosen and reported on all of validation (old default)":
+             [*best_shared_threshold(val_s, mflops, drop), 0.0],
+             "shared threshold, cross-validated margin": chosen["shared"]["thresholds"],
+             "per-exit thresholds, cross-validated margin (new default)": chosen["per_exit"]["thresholds"]}
+    print(f"checkpoint {Path(args.checkpoint).name}; val {val_s.n} / test {test_s.n} images; promise: drop <= "
+          f"{args.max_drop_pp} pp; final exit {mflops[-1]:.1f} MFLOPs, test accuracy {100 * test_s.correct[-1].mean():.2f}%")
+    print("| rule | thresholds | promised (val) drop pp | test accuracy | test drop pp | test mean MFLOPs | x final cost "
+          "| test exit rates |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for name, t in rules.items():
+        v, r = evaluate(val_s, t, mflops), evaluate(test_s, t, mflops)
+        held = chosen["per_exit" if "per-exit" in name else "shared"]["held_out"]["drop"] if "margin" in name else v["drop"]
+        rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
+        print(f"| {name} | {t[:-1]} | {100 * held:.2f} | {100 * r['accuracy']:.2f}% | {100 * r['drop']:.2f} | "
+              f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} | {rates} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from export.policy import (
+    GRID,
+    NEVER,
+    ExitScores,
+    agreement_table,
+    best_shared_threshold,
+    choose_policy,
+    conditional_table,
+    cross_validated,
+    evaluate,
+    optimise_thresholds,
+    stop_exits,
+)
+
+MFLOPS = [10.0, 20.0, 40.0]
+
+
+def planted() -> ExitScores:
+    """Three exits, 1,000 images, the final exit always right. Group A (300): exit 0 sure (0.97) and right.
+    Group D (200): exit 0 confidently wrong (0.9), exit 1 right at 0.75. Group C (500): both auxiliary exits
+    unsure (0.5 / 0.6) and right half the time. With no drop allowed the optimum is known by hand:
+    t0 in (0.9, 0.97], t1 in (0.6, 0.75] (ties go to the higher threshold: 0.97 and 0.75),
+    cost 0.3*10 + 0.2*20 + 0.5*40 = 27 MFLOPs. A shared threshold must exceed 0.9 for exit 0's sake, which
+    sends group D past exit 1 to the final exit: 0.3*10 + 0.7*40 = 31."""
+    conf = np.zeros((3, 1000))
+    correct = np.ones((3, 1000), dtype=bool)
+    a, d, c = slice(0, 300), slice(300, 500), slice(500, 1000)
+    conf[0, a], conf[0, d], conf[0, c] = 0.97, 0.9, 0.5
+    conf[1, a], conf[1, d], conf[1, c] = 0.99, 0.75, 0.6
+    conf[2] = 0.99
+    correct[0, d] = False
+    correct[0, 500:750] = False
+    correct[1, 500:750] = False
+    pred = np.where(correct, 0, 1)
+    return ExitScores(conf, correct, pred)
+
+
+def test_planted_optimum_is_found():
+    s = planted()
+    t = optimise_thresholds(s, MFLOPS, max_drop=0.0)
+    assert t == [0.97, 0.75]
+    r = evaluate(s, [*t, 0.0], MFLOPS)
+    assert r["drop"] == 0.0 and r["mean_mflops"] == pytest.approx(27.0)
+    shared = best_shared_threshold(s, MFLOPS, 0.0)
+    assert shared == [0.91, 0.91]  # the lowest grid value above exit 0's confidently wrong 0.9
+    assert evaluate(s, [*shared, 0.0], MFLOPS)["mean_mflops"] == pytest.approx(31.0)
+
+
+def random_scores(n: int, seed: int) -> ExitScores:
+    """Three exits whose confidence is informative: deeper exits are more often right."""
+    rng = np.random.default_rng(seed)
+    skill = rng.random(n)
+    conf, correct = [], []
+    for depth in (0.3, 0.6, 1.0):
+        c = np.clip(skill * depth + rng.normal(0, 0.15, n) + 0.1, 0.11, 0.999)
+        conf.append(c)
+        correct.append(rng.random(n) < 0.3 + 0.7 * c)
+    correct = np.array(correct)
+    return ExitScores(np.array(conf), correct, np.where(correct, 0, 1))
+
+
+@pytest.mark.parametrize("seed,drop", [(0, 0.005), (1, 0.01), (2, 0.02)])
+def test_coordinate_descent_matches_brute_force(seed, drop):
+    s = random_scores(1500, seed)
+    best = min((evaluate(s, [t0, t1, 0.0], MFLOPS)["mean_mflops"], (t0, t1)) for t0, t1 in itertools.product(GRID, GRID)
+               if evaluate(s, [t0, t1, 0.0], MFLOPS)["drop"] <= drop + 1e-12)
+    t = optimise_thresholds(s, MFLOPS, drop)
+    r = evaluate(s, [*t, 0.0], MFLOPS)
+    assert r["drop"] <= drop + 1e-12
+    assert r["mean_mflops"] == pytest.approx(best[0], abs=1e-9)
+    shared = evaluate(s, [*best_shared_threshold(s, MFLOPS, drop), 0.0], MFLOPS)
+    assert r["mean_mflops"] <= shared["mean_mflops"] + 1e-9
+
+
+def test_stop_exits_and_evaluate_by_hand():
+    conf = np.array([[0.95, 0.5, 0.5], [0.9, 0.9, 0.5], [0.1, 0.1, 0.1]])
+    correct = np.array([[True, False, False], [True, True, False], [True, True, True]])
+    s = ExitScores(conf, correct, np.where(correct, 0, 1))
+    assert stop_exits(s, [0.9, 0.9]).tolist() == [0, 1, 2]
+    r = evaluate(s, [0.9, 0.9, 0.0], MFLOPS)
+    assert r["accuracy"] == 1.0 and r["mean_mflops"] == pytest.approx((10 + 20 + 40) / 3)
+    assert stop_exits(s, [NEVER, NEVER]).tolist() == [2, 2, 2]
+
+
+def test_conditional_table_counts_only_inputs_that_reach_the_exit():
+    s = planted()
+    # Under t0 = 0.97 group A (300) leaves at exit 0; 700 reach exit 1: group D at 0.75 (all right) and
+    # group C at 0.6 (half right).
+    table = conditional_table(s, [0.97, 0.75, 0.0], 1)
+    rows = {r["threshold"]: r for r in table["rows"]}
+    assert table["reach_rate"] == 0.7
+    assert rows[0.7] == {"threshold": 0.7, "exit_rate": round(200 / 700, 5), "accuracy": 1.0}
+    assert rows[0.6] == {"threshold": 0.6, "exit_rate": 1.0, "accuracy": round(450 / 700, 5)}
+    assert rows[0.8]["exit_rate"] == 0.0 and rows[0.8]["accuracy"] is None
+    # The unconditional view of exit 1 would count group A (right at 0.99) too.
+    everyone = {r["threshold"]: r for r in conditional_table(s, [NEVER, NEVER, 0.0], 1)["rows"]}
+    assert everyone[0.99]["exit_rate"] == 0.3 and rows[0.99]["exit_rate"] == 0.0
+
+
+def test_agreement_table_by_hand():
+    s = planted()
+    t = agreement_table(s, 0, [0.97, 0.75, 0.0])
+    edges = t["bin_edges"]
+    i97, i90, i50 = (edges.index(e) for e in (0.95, 0.9, 0.5))
+    # exit 0 agrees with the final exit exactly where it is right: A yes (300), D no (200), C half (250 of 500).
+    assert t["count"][i97] == 300 and t["agreement"][i97] == pytest.approx(301 / 302, abs=1e-5)
+    assert t["count"][i90] == 200 and t["agreement"][i90] == pytest.approx(1 / 202, abs=1e-5)
+    assert t["count"][i50] == 500 and t["agreement"][i50] == pytest.approx(251 / 502, abs=1e-5)
+    assert t["policy_agreement"] == 1.0  # the policy answers only group A at exit 0
+
+
+def test_cross_validation_margin_keeps_the_promise_on_the_held_out_half():
+    s = random_scores(2000, 7)
+    cv = cross_validated(s, MFLOPS, 0.005, optimise_thresholds, seed=0)
+    assert all(f["drop"] <= 0.005 + 1e-12 for f in cv["folds"])
+    # Without the margin, thresholds chosen on one half overfit: at least one fold breaks the promise.
+    assert cv["margin"] > 0
+
+
+def test_choose_policy_reports_both_rules():
+    s = random_scores(3000, 3)
+    probs = []
+    for k in range(3):  # ten-class probabilities whose top-1 is the planted prediction at the planted confidence
+        p = np.repeat(((1 - s.conf[k]) / 9)[:, None], 10, axis=1)
+        p[np.arange(s.n), s.pred[k]] = s.conf[k]
+        probs.append(p)
+    labels = np.zeros(s.n, dtype=int)
+    out = choose_policy(probs, labels, MFLOPS, 0.005)
+    for rule in ("per_exit", "shared"):
+        assert out[rule]["thresholds"][-1] == 0.0 and len(out[rule]["thresholds"]) == 3
+        assert out[rule]["held_out"]["drop"] <= 0.005 + 1e-9
+    assert out["shared"]["thresholds"][0] == out["shared"]["thresholds"][1]
+    assert out["per_exit"]["mean_mflops"] <= out["shared"]["mean_mflops"] + 1e-6
