@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
     p.add_argument("--max-drop-pp", type=float, default=0.5)
+    p.add_argument("--sweep-pp", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                   help="also compare both rules (cross-validated) at these promised drops")
     args = p.parse_args()
     d = split_logits(Path(args.checkpoint), args.data_dir, ROOT / "runs" / "policy_eval" / (Path(args.checkpoint).stem + ".npz"))
     k = sum(1 for key in d if key.startswith("val_logits_"))
@@ -81,6 +83,16 @@ def main() -> None:
         rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
         print(f"| {name} | {t[:-1]} | {100 * held:.2f} | {100 * r['accuracy']:.2f}% | {100 * r['drop']:.2f} | "
               f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} | {rates} |")
+
+
+    print("\n| promised drop pp | rule | thresholds | test drop pp | test mean MFLOPs | x final cost |")
+    print("|---:|---|---|---:|---:|---:|")
+    for pp in args.sweep_pp:
+        c = choose_policy(val_p, d["val_labels"], mflops, pp / 100)
+        for rule in ("shared", "per_exit"):
+            r = evaluate(test_s, c[rule]["thresholds"], mflops)
+            print(f"| {pp} | {rule.replace('_', '-')} | {c[rule]['thresholds'][:-1]} | {100 * r['drop']:.2f} | "
+                  f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main() -> None:
     costs = per_image_costs_ms(info)
     policy = info.manifest["policy"]
     n = len(costs)
-    plans = {"final exit only": [0.0] * (n - 1) + [1.0], f"early exit (t={policy['thresholds'][0]})": policy["exit_rates"]}
+    plans = {"final exit only": [0.0] * (n - 1) + [1.0], f"early exit (t={policy['thresholds'][:-1]})": policy["exit_rates"]}
     print(f"per-image segment cost at batch 32 (ms): {[round(c, 3) for c in costs]}; exit rates {policy['exit_rates']}; "
           f"{args.threads} threads per replica, efficiency {args.efficiency}")
     mus = {}

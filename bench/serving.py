@@ -74,8 +74,8 @@ def main() -> None:
         with Client(target) as c:
             info = c.model_info()
         labels = [list(info.classes).index(n) for n in names]
-        t = info.exits[0].default_threshold
-        policies = [("final exit only", {}), (f"calibrated early exit (t={t})", {"min_confidence": t})]
+        t = [round(e.default_threshold, 3) for e in info.exits[:-1]]
+        policies = [("final exit only", {}), (f"calibrated policy (t={t})", {"calibrated_policy": True})]
         policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
         closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
         for name, kw in policies:

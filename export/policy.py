@@ -9,10 +9,11 @@ confidence than a deep one). Here:
 1. `optimise_thresholds` searches per-exit thresholds on a grid by coordinate descent from two feasible
    starts (the best shared threshold, and "never exit early"), keeping a move only if it lowers mean MFLOPs
    and the cascade's accuracy stays >= final-exit accuracy - drop. Never worse than the shared threshold.
-2. `choose_policy` makes the promise hold out of sample: two-fold cross-validation on the validation split
-   finds the smallest safety margin m such that thresholds chosen on one half for a drop of (max_drop - m)
-   lose at most max_drop on the other half, in both folds. The deployed thresholds are then chosen on the
-   whole split at max_drop - m; the manifest reports the held-out (cross-validated) accuracy and cost.
+2. `choose_policy` makes the promise hold out of sample: repeated two-fold cross-validation on the validation
+   split finds the smallest safety margin m such that thresholds chosen on one half for a drop of
+   (max_drop - m) lose at most max_drop on the other half, on average over the folds. The deployed
+   thresholds are then chosen on the whole split at max_drop - m; the manifest reports the held-out
+   (cross-validated) accuracy and cost, and whether even m = max_drop could not keep the promise.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from export.calibration import THRESHOLDS
 NEVER = 1.01  # a threshold no calibrated probability reaches: the exit never answers on confidence
 GRID = [float(t) for t in (*THRESHOLDS, NEVER)]
 MARGIN_STEP = 0.001  # safety margins tried by cross-validation, in steps of 0.1 pp
+CV_REPEATS = 5  # random 2-fold splits of the validation split
 # Confidence bins of the agreement table the server's monitor tests against (finer where most answers are).
 AGREEMENT_BIN_EDGES = [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0]
 
@@ -105,22 +107,38 @@ def optimise_thresholds(s: ExitScores, mflops: list[float], max_drop: float, max
     return best
 
 
+def _sweep(s: ExitScores, t: list[float], i: int, mflops: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and mean MFLOPs of the cascade for every grid value of exit i's threshold, the others fixed, in
+    one vectorised pass: an image reaching exit i stops there if its confidence passes, else where it would
+    stop with exit i never answering."""
+    cols = np.arange(s.n)
+    without = stop_exits(s, [*t[:i], NEVER, *t[i + 1:]])
+    base_correct, base_cost = s.correct[without, cols], np.asarray(mflops)[without]
+    reach = without > i  # without == i cannot happen: exit i never answers there
+    gain = s.correct[i, reach].astype(np.float64) - base_correct[reach]
+    saving = mflops[i] - base_cost[reach]
+    take = s.conf[i, reach][None, :] >= np.asarray(GRID)[:, None]  # (G, reaching)
+    return (base_correct.sum() + take @ gain) / s.n, (base_cost.sum() + take @ saving) / s.n
+
+
 def _improve(s, mflops, max_drop, t, cost, arity: int):
-    """The best feasible move of `arity` thresholds at once; ties in cost go to higher thresholds (same cost,
-    fewer answers at risk)."""
+    """The best feasible move of `arity` thresholds at once (1 or 2); ties in cost go to higher thresholds
+    (same cost, fewer answers at risk)."""
+    final = float(s.correct[-1].mean())
     best_t, best_cost = t, cost
     for idx in itertools.combinations(range(len(t)), arity):
-        for values in itertools.product(GRID, repeat=arity):
-            trial = list(t)
-            for i, v in zip(idx, values):
-                trial[i] = v
-            if trial == t:
-                continue
-            r = evaluate(s, trial, mflops)
-            if r["drop"] > max_drop + 1e-12:
-                continue
-            if r["mean_mflops"] < best_cost - 1e-9 or (abs(r["mean_mflops"] - best_cost) <= 1e-9 and trial > best_t):
-                best_t, best_cost = trial, r["mean_mflops"]
+        *fixed, swept = idx
+        for values in itertools.product(GRID, repeat=len(fixed)):
+            base = list(t)
+            for i, v in zip(fixed, values):
+                base[i] = v
+            acc, costs = _sweep(s, base, swept, mflops)
+            for g, a, c in zip(GRID, acc, costs):
+                trial = [*base[:swept], g, *base[swept + 1:]]
+                if trial == t or final - a > max_drop + 1e-12:
+                    continue
+                if c < best_cost - 1e-9 or (abs(c - best_cost) <= 1e-9 and trial > best_t):
+                    best_t, best_cost = trial, float(c)
     return best_t, best_cost, best_t != t
 
 
@@ -129,21 +147,25 @@ def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
 
 
-def cross_validated(s: ExitScores, mflops: list[float], max_drop: float, chooser, seed: int) -> dict:
-    """Find the smallest safety margin whose thresholds, chosen on one half, keep the drop on the other half
-    within max_drop in both folds; report the held-out figures at that margin."""
-    a, b = halves(s.n, seed)
+def cross_validated(s: ExitScores, mflops: list[float], max_drop: float, chooser, seed: int,
+                    repeats: int = CV_REPEATS) -> dict:
+    """The smallest safety margin m whose thresholds, chosen on one half of the split for a drop of
+    max_drop - m, lose at most max_drop on the other half, averaged over `repeats` random 2-fold splits (one
+    half of 2,500 images alone is too noisy to judge a 0.5 pp promise: its drop has a standard error near
+    0.4 pp). Returns the margin, every fold and the mean held-out figures at that margin."""
+    splits = [halves(s.n, seed + r) for r in range(repeats)]
     margin = 0.0
     while True:
         folds = []
-        for sel, held in ((a, b), (b, a)):
-            t = chooser(s.subset(sel), mflops, max(0.0, max_drop - margin))
-            folds.append({"thresholds": t, **evaluate(s.subset(held), [*t, 0.0], mflops)})
-        if all(f["drop"] <= max_drop + 1e-12 for f in folds) or margin >= max_drop:
+        for a, b in splits:
+            for sel, held in ((a, b), (b, a)):
+                t = chooser(s.subset(sel), mflops, max(0.0, max_drop - margin))
+                folds.append({"thresholds": t, **evaluate(s.subset(held), [*t, 0.0], mflops)})
+        held_out = {key: float(np.mean([f[key] for f in folds])) for key in ("accuracy", "final_accuracy", "drop", "mean_mflops")}
+        if held_out["drop"] <= max_drop + 1e-12 or margin >= max_drop:
             break
         margin = round(margin + MARGIN_STEP, 6)
-    held_out = {key: float(np.mean([f[key] for f in folds])) for key in ("accuracy", "final_accuracy", "drop", "mean_mflops")}
-    return {"margin": margin, "folds": folds, "held_out": held_out}
+    return {"margin": margin, "folds": folds, "held_out": held_out, "kept": held_out["drop"] <= max_drop + 1e-12}
 
 
 def choose_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float = 0.005,
@@ -156,7 +178,7 @@ def choose_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[floa
         cv = cross_validated(s, mflops, max_drop, chooser, seed)
         t = chooser(s, mflops, max(0.0, max_drop - cv["margin"]))
         whole = evaluate(s, [*t, 0.0], mflops)
-        out[name] = {"thresholds": [*t, 0.0], "margin": cv["margin"],
+        out[name] = {"thresholds": [*t, 0.0], "margin": cv["margin"], "promise_kept_in_cross_validation": cv["kept"],
                      "val_accuracy": round(whole["accuracy"], 5), "mean_mflops": round(whole["mean_mflops"], 3),
                      "exit_rates": [round(r, 5) for r in whole["exit_rates"]],
                      "held_out": {k: round(v, 5) for k, v in cv["held_out"].items()},

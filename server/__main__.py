@@ -39,6 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-s", type=float, default=10.0)
     p.add_argument("--shed-late-budgets", action="store_true",
                    help="refuse at admission (RESOURCE_EXHAUSTED) a request whose predicted queueing passes its budget")
+    p.add_argument("--monitor-fraction", type=float, default=0.05,
+                   help="fraction of early answers also run to the final exit in idle time to measure agreement (0 = off)")
+    p.add_argument("--monitor-false-alarm-samples", type=float, default=10_000,
+                   help="agreement alarm: mean monitored samples between false alarms is at least this")
+    p.add_argument("--monitor-adapt", action="store_true",
+                   help="raise an alarmed exit's confidence thresholds; lower them back once agreement recovers")
     p.add_argument("--poll-s", type=float, default=2.0, help="look for new model versions this often (0 = never)")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -53,7 +59,10 @@ async def serve(args) -> int:
     cfg = ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
-        engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets),
+        engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
+                            monitor_fraction=args.monitor_fraction,
+                            monitor_false_alarm_samples=args.monitor_false_alarm_samples,
+                            monitor_adapt=args.monitor_adapt),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file))
@@ -86,7 +95,12 @@ def _read_token(path: str | None) -> str | None:
 
 
 def main() -> int:
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if not 0 <= args.monitor_fraction <= 1:
+        parser.error(f"--monitor-fraction {args.monitor_fraction} must be in [0, 1]")
+    if args.monitor_false_alarm_samples <= 1:
+        parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples} must be more than 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve(args))
 

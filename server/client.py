@@ -17,9 +17,9 @@ STOP_NAMES = {v: k for k, v in pb.StopReason.items()}
 
 def classify_request(image: bytes | np.ndarray, model: str = "", budget_ms: float | None = None,
                      min_confidence: float | None = None, top_k: int = 0, max_exit: int | None = None,
-                     request_id: str = "") -> pb.ClassifyRequest:
+                     request_id: str = "", calibrated_policy: bool = False) -> pb.ClassifyRequest:
     """Encoded PNG/JPEG bytes, or a uint8 (H, W, C) array sent raw."""
-    req = pb.ClassifyRequest(model=model, top_k=top_k, request_id=request_id)
+    req = pb.ClassifyRequest(model=model, top_k=top_k, request_id=request_id, calibrated_policy=calibrated_policy)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"raw images must be uint8 (H, W, C); got {image.dtype} {image.shape}")
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="")
     p.add_argument("--budget-ms", type=float)
     p.add_argument("--min-confidence", type=float)
+    p.add_argument("--policy", action="store_true", help="stop by the model's calibrated per-exit thresholds")
     p.add_argument("--top-k", type=int, default=0)
     args = p.parse_args(argv)
     failures = 0
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
         for path in args.images:
             try:
                 r = client.classify(Path(path).read_bytes(), model=args.model, budget_ms=args.budget_ms,
-                                    min_confidence=args.min_confidence, top_k=args.top_k)
+                                    min_confidence=args.min_confidence, top_k=args.top_k,
+                                    calibrated_policy=args.policy)
             except (OSError, grpc.RpcError) as e:
                 msg = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
                 print(f"{path}: error {msg}", file=sys.stderr)

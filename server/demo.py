@@ -56,12 +56,12 @@ def main(argv=None) -> int:
             info = c.model_info()
         classes = list(info.classes)
         labels = [classes.index(n) for n in names]
-        threshold = info.exits[0].default_threshold
+        thresholds = [round(e.default_threshold, 3) for e in info.exits[:-1]]
         print(f"model {info.name}: {info.architecture}, exits at layers {[e.layer for e in info.exits]}, "
               f"trained {info.training_method} on {info.dataset}; backend {info.backend}")
         policies = [
             ("final exit only", {}),
-            (f"calibrated early exit (min_confidence {threshold})", {"min_confidence": threshold}),
+            (f"calibrated policy {thresholds}", {"calibrated_policy": True}),
         ] + [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budget_ms]
         print(f"\n{len(images)} CIFAR-10 test images, {args.concurrency} concurrent clients\n")
         print(f"{'policy':<44} {'accuracy':>8} {'mean ms':>8} {'p99 ms':>7}  exit histogram (layers "

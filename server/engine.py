@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +26,11 @@ from server.backends import Backend
 from server.errors import DeadlineExceeded, NotServing, QueueFull
 from server.latency import LatencyModel
 from server.metrics import Metrics
+from server.monitor import ExitMonitor, monitors_from_manifest
 from server.policy import stop_reason
 from server.repository import ModelInfo
+
+log = logging.getLogger("auxnet.server")
 
 # gRPC cancels a handler when the client's deadline passes, measured on the client's clock; a cancellation
 # this close to our estimate of the deadline is that expiry, not a client's cancel.
@@ -41,6 +46,13 @@ class EngineConfig:
     # (always done for the gRPC deadline, a hard limit). Off by default: DESIGN.md answers a too-small
     # budget from exit 0 with budget_met = false; under overload, shedding keeps accepted budgets.
     shed_late_budgets: bool = False
+    # Agreement monitor (server/monitor.py): this fraction of early answers is also run on to the final exit
+    # when every exit queue is idle, and compared with it; 0 turns it off.
+    monitor_fraction: float = 0.05
+    monitor_false_alarm_samples: float = 10_000  # CUSUM: mean samples between false alarms is at least this
+    monitor_adapt: bool = False  # raise an alarmed exit's thresholds, lower them back once it clears
+    monitor_adapt_every: int = 20  # samples at that exit between two adaptation steps
+    monitor_queue: int = 256  # sampled answers waiting for idle time; more are skipped (counted)
 
 
 @dataclass
@@ -52,6 +64,7 @@ class Job:
     min_confidence: float | None
     max_exit: int
     future: asyncio.Future
+    use_policy: bool = False  # thresholds from the model's calibrated policy instead of min_confidence
     seq: int = 0
     drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
 
@@ -68,6 +81,17 @@ class Answer:
     reason: str
     latency_s: float
     budget_met: bool
+
+
+@dataclass
+class ShadowJob:
+    """An early answer being carried on to the final exit for the monitor; never a request."""
+
+    x: np.ndarray  # input of `segment`
+    segment: int
+    exit_index: int  # where the request was answered
+    label: int  # what it was answered
+    confidence: float
 
 
 @dataclass
@@ -93,6 +117,17 @@ class ModelEngine:
         self._idle.set()
         self.successor: ModelEngine | None = None  # set when a reload replaces this version
         self.stopped = False
+        self.monitors: list[ExitMonitor] | None = None
+        if cfg.monitor_fraction > 0 and self.last > 0:
+            self.monitors = monitors_from_manifest(info.manifest["exits"], cfg.monitor_false_alarm_samples)
+            if self.monitors is None:
+                log.warning("model %s has no agreement tables (exported before the monitor existed): agreement "
+                            "monitor off; re-export it to turn it on", info.name)
+        self._sample_rng = random.Random(0)
+        self.shadow: list[ShadowJob] = []
+        self._shadow_wakeup = asyncio.Event()
+        self._quiet = asyncio.Event()  # set while no exit has work queued or running
+        self._quiet.set()
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -109,6 +144,10 @@ class ModelEngine:
         self.queues = [ExitQueue() for _ in self.backends]
         self.workers = [asyncio.create_task(self._worker(k), name=f"{self.info.name}-exit{k}")
                         for k in range(len(self.backends))]
+        if self.monitors is not None:
+            self.workers.append(asyncio.create_task(self._shadow_worker(), name=f"{self.info.name}-monitor"))
+            for k, m in enumerate(self.monitors):
+                self._export_threshold(k, m)
         self.accepting = True
         self.metrics.model_info.labels(self.info.name).info({
             "version": self.info.version, "architecture": self.info.manifest["architecture"],
@@ -145,14 +184,15 @@ class ModelEngine:
     # --- requests -------------------------------------------------------------------------------------
 
     async def classify(self, x: np.ndarray, arrival: float, budget_ms: float | None, min_confidence: float | None,
-                       max_exit: int | None, deadline: float | None) -> Answer:
+                       max_exit: int | None, deadline: float | None, use_policy: bool = False) -> Answer:
         if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
-            return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline)
+            return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy)
         self.check_admission()
         budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
         self._shed_if_hopeless(arrival, budget_end, deadline)
         job = Job(x, arrival, budget_end, deadline, min_confidence,
-                  self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future())
+                  self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future(),
+                  use_policy)
         self._admit()
         try:
             self._push(0, job)
@@ -215,6 +255,7 @@ class ModelEngine:
         q = self.queues[k]
         heapq.heappush(q.heap, (job.sort_key, job.seq, job))
         self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
+        self._quiet.clear()
         q.wakeup.set()
 
     # --- workers --------------------------------------------------------------------------------------
@@ -250,6 +291,8 @@ class ModelEngine:
                 self.metrics.compute_latency.labels(name, exit_label).observe(dt)
                 self.metrics.batch_size.labels(name, exit_label).observe(len(jobs))
                 self._route(k, jobs, outputs)
+            if all(not qi.heap and not qi.busy for qi in self.queues):
+                self._quiet.set()
 
     def _take_batch(self, k: int, q: ExitQueue) -> list[Job]:
         """Pop up to max_batch jobs in deadline order, dropping cancelled and expired ones before compute."""
@@ -280,7 +323,8 @@ class ModelEngine:
             if job.future.done():
                 continue
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
-            reason = stop_reason(k, self.last, job.max_exit, float(confidence[i]), job.min_confidence, now, next_estimate, end)
+            reason = stop_reason(k, self.last, job.max_exit, float(confidence[i]), self.threshold(k, job), now,
+                                 next_estimate, end)
             if reason is None:
                 job.x = features[i]
                 self._push(k + 1, job)
@@ -292,3 +336,86 @@ class ModelEngine:
             if not met:
                 self.metrics.budget_misses.labels(self.info.name).inc()
             job.future.set_result(Answer(k, probs[i], reason, latency, met))
+            if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction:
+                self._sample(ShadowJob(features[i], k + 1, k, int(probs[i].argmax()), float(confidence[i])))
+
+    def threshold(self, k: int, job: Job) -> float | None:
+        """The confidence a request needs to stop at exit k: its min_confidence or the calibrated policy's
+        threshold, made stricter while online adaptation holds exit k (server/monitor.py)."""
+        base = self.info.exits[k].threshold if job.use_policy else job.min_confidence
+        if base is None or self.monitors is None or k >= self.last:
+            return base
+        return self.monitors[k].effective_threshold(base)
+
+    def policy_threshold(self, k: int) -> float:
+        """The calibrated policy's threshold at exit k now (after any adaptation)."""
+        t = self.info.exits[k].threshold
+        return t if self.monitors is None or k >= self.last else self.monitors[k].effective_threshold(t)
+
+    # --- agreement monitor ----------------------------------------------------------------------------
+
+    def _sample(self, job: ShadowJob) -> None:
+        if len(self.shadow) >= self.cfg.monitor_queue:
+            self.metrics.monitor_skipped.labels(self.info.name).inc()
+            return
+        self.shadow.append(job)
+        self._shadow_wakeup.set()
+
+    async def _shadow_worker(self) -> None:
+        """Carry sampled early answers on to the final exit, one segment (batched) at a time, and only while
+        no exit has a real request queued or running. A request arriving meanwhile finds at most one shadow
+        segment run on the segment threads; shadow work is never counted in request, exit or batch metrics."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._shadow_wakeup.wait()
+            self._shadow_wakeup.clear()
+            while self.shadow:
+                await self._quiet.wait()
+                if not all(not q.heap and not q.busy for q in self.queues):
+                    self._quiet.clear()
+                    continue
+                seg = self.shadow[0].segment
+                batch = [j for j in self.shadow if j.segment == seg][: self.cfg.max_batch]
+                taken = {id(j) for j in batch}
+                self.shadow = [j for j in self.shadow if id(j) not in taken]
+                try:
+                    outputs = await loop.run_in_executor(self.executor, self.backends[seg].run,
+                                                         np.stack([j.x for j in batch]))
+                except Exception as e:  # noqa: BLE001 - the monitor must never hurt serving
+                    log.warning("agreement monitor: exit %d failed on %d samples (%s: %s); dropped", seg, len(batch),
+                                type(e).__name__, e)
+                    continue
+                for i, j in enumerate(batch):
+                    if seg == self.last:
+                        self._observe_agreement(j, int(outputs[-1][i].argmax()))
+                    else:
+                        j.x, j.segment = outputs[0][i], seg + 1
+                        self.shadow.append(j)
+
+    def _observe_agreement(self, job: ShadowJob, final_label: int) -> None:
+        k, name, m = job.exit_index, self.info.name, self.monitors[job.exit_index]
+        agreed = job.label == final_label
+        p = m.expected_agreement(job.confidence)
+        event = m.record(agreed, job.confidence)
+        self.metrics.monitor_samples.labels(name, str(k)).inc()
+        self.metrics.monitor_agreements.labels(name, str(k)).inc(int(agreed))
+        self.metrics.monitor_expected.labels(name, str(k)).inc(p)
+        self.metrics.monitor_cusum.labels(name, str(k)).set(m.cusum)
+        self.metrics.monitor_alarm.labels(name, str(k)).set(int(m.alarm))
+        if event == "alarm":
+            self.metrics.monitor_alarms.labels(name, str(k)).inc()
+            log.warning("agreement alarm: model %s exit %d (layer %d): early answers agreed with the final exit in "
+                        "%d of %d monitored samples where calibration predicted %.1f (CUSUM %.2f >= %.2f)", name, k,
+                        self.info.exits[k].layer, m.agreed, m.samples, m.expected, m.cusum, m.threshold)
+        elif event == "clear":
+            log.info("agreement alarm cleared: model %s exit %d after %d samples", name, k, m.samples)
+        if self.cfg.monitor_adapt and (step := m.adapt(self.cfg.monitor_adapt_every)):
+            self.metrics.threshold_changes.labels(name, str(k), step).inc()
+            self._export_threshold(k, m)
+            log.warning("adaptation: model %s exit %d thresholds %s: policy threshold now %.4f (scale %.4g)", name, k,
+                        "raised" if step == "raise" else "lowered", m.effective_threshold(self.info.exits[k].threshold),
+                        m.scale)
+
+    def _export_threshold(self, k: int, m: ExitMonitor) -> None:
+        self.metrics.threshold_scale.labels(self.info.name, str(k)).set(m.scale)
+        self.metrics.policy_threshold.labels(self.info.name, str(k)).set(m.effective_threshold(self.info.exits[k].threshold))

@@ -42,3 +42,26 @@ class Metrics:
                                ["model", "result"], registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
                                       "Latency model: one segment run at batch 1", ["model", "exit"], registry=r)
+        # Agreement monitor (server/monitor.py): early answers also run to the final exit in idle time.
+        self.monitor_samples = Counter(f"{PREFIX}_monitor_samples", "Early answers also run to the final exit in idle time",
+                                       ["model", "exit"], registry=r)
+        self.monitor_agreements = Counter(f"{PREFIX}_monitor_agreements", "Monitored early answers equal to the final exit's",
+                                          ["model", "exit"], registry=r)
+        self.monitor_expected = Counter(f"{PREFIX}_monitor_expected_agreements",
+                                        "Sum over monitored answers of the agreement calibration predicted for them",
+                                        ["model", "exit"], registry=r)
+        self.monitor_skipped = Counter(f"{PREFIX}_monitor_skipped", "Sampled early answers not monitored: queue full",
+                                       ["model"], registry=r)
+        self.monitor_cusum = Gauge(f"{PREFIX}_monitor_cusum", "CUSUM of disagreement evidence; alarm at its threshold",
+                                   ["model", "exit"], registry=r)
+        self.monitor_alarm = Gauge(f"{PREFIX}_monitor_alarm", "1 while the exit's agreement is below its calibrated value",
+                                   ["model", "exit"], registry=r)
+        self.monitor_alarms = Counter(f"{PREFIX}_monitor_alarms", "Agreement alarms raised", ["model", "exit"], registry=r)
+        self.threshold_scale = Gauge(f"{PREFIX}_exit_threshold_scale",
+                                     "Online adaptation: uncertainty a confidence threshold accepts, times this (1 = calibrated)",
+                                     ["model", "exit"], registry=r)
+        self.policy_threshold = Gauge(f"{PREFIX}_exit_policy_threshold",
+                                      "The calibrated policy's confidence threshold in force (after adaptation)",
+                                      ["model", "exit"], registry=r)
+        self.threshold_changes = Counter(f"{PREFIX}_monitor_threshold_changes", "Adaptation steps, by direction",
+                                         ["model", "exit", "direction"], registry=r)

@@ -58,7 +58,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             engine = self.app.engine_for(request.model)
             info = engine.info
             exits = [pb.ExitInfo(index=e.index, layer=e.layer, params=e.params, mflops=e.mflops, val_top1=e.val_top1,
-                                 temperature=e.temperature, default_threshold=e.threshold,
+                                 temperature=e.temperature, default_threshold=engine.policy_threshold(e.index),
                                  latency_ms_batch1=1000 * engine.latency.predict(e.index, 1),
                                  latency_ms_per_image_batched=1000 * engine.latency.predict(e.index, engine.cfg.max_batch)
                                  / engine.cfg.max_batch)
@@ -92,6 +92,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             raise InvalidInput(f"min_confidence must be in [0, 1]; got {conf}")
         if r.top_k > len(info.classes):
             raise InvalidInput(f"top_k {r.top_k} exceeds the model's {len(info.classes)} classes")
+        if r.calibrated_policy and conf is not None:
+            raise InvalidInput("set min_confidence or calibrated_policy, not both: the policy has its own threshold per exit")
         max_exit = r.max_exit if r.HasField("max_exit") else None
         if max_exit is not None and max_exit >= len(info.exits):
             raise InvalidInput(f"max_exit {max_exit} does not exist; valid: 0..{len(info.exits) - 1}")
@@ -99,7 +101,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         x = await self._decode(r, engine)
         remaining = context.time_remaining()
         deadline = arrival + remaining if remaining is not None else None
-        return engine, (x, arrival, budget, conf, max_exit, deadline), r
+        return engine, (x, arrival, budget, conf, max_exit, deadline, r.calibrated_policy), r
 
     async def _decode(self, r, engine: ModelEngine) -> np.ndarray:
         limits: ImageLimits = self.app.limits

@@ -13,6 +13,7 @@ from export.policy import (
     conditional_table,
     cross_validated,
     evaluate,
+    halves,
     optimise_thresholds,
     stop_exits,
 )
@@ -117,9 +118,14 @@ def test_agreement_table_by_hand():
 def test_cross_validation_margin_keeps_the_promise_on_the_held_out_half():
     s = random_scores(2000, 7)
     cv = cross_validated(s, MFLOPS, 0.005, optimise_thresholds, seed=0)
-    assert all(f["drop"] <= 0.005 + 1e-12 for f in cv["folds"])
-    # Without the margin, thresholds chosen on one half overfit: at least one fold breaks the promise.
+    assert len(cv["folds"]) == 10 and cv["kept"]
+    assert cv["held_out"]["drop"] == pytest.approx(np.mean([f["drop"] for f in cv["folds"]]))
+    assert cv["held_out"]["drop"] <= 0.005 + 1e-12
+    # Without the margin, thresholds chosen on one half overfit it and lose more than promised on the other.
     assert cv["margin"] > 0
+    at_zero = np.mean([evaluate(s.subset(held), [*optimise_thresholds(s.subset(sel), MFLOPS, 0.005), 0.0], MFLOPS)["drop"]
+                       for a, b in [halves(s.n, r) for r in range(5)] for sel, held in ((a, b), (b, a))])
+    assert at_zero > 0.005
 
 
 def test_choose_policy_reports_both_rules():

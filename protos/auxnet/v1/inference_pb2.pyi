@@ -44,7 +44,7 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., pixel_type: _Optional[_Union[PixelType, str]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "encoded", "raw", "budget_ms", "min_confidence", "top_k", "max_exit", "request_id")
+    __slots__ = ("model", "encoded", "raw", "budget_ms", "min_confidence", "top_k", "max_exit", "request_id", "calibrated_policy")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class ClassifyRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_EXIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_POLICY_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoded: bytes
     raw: RawImage
@@ -61,7 +62,8 @@ class ClassifyRequest(_message.Message):
     top_k: int
     max_exit: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., budget_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., top_k: _Optional[int] = ..., max_exit: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    calibrated_policy: bool
+    def __init__(self, model: _Optional[str] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., budget_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., top_k: _Optional[int] = ..., max_exit: _Optional[int] = ..., request_id: _Optional[str] = ..., calibrated_policy: _Optional[bool] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "class_name", "confidence")
