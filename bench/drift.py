@@ -15,8 +15,10 @@ import argparse
 import io
 import json
 import platform
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -63,38 +65,55 @@ def scrape(port: int) -> dict:
 
 def run(args, adapt: bool, phases, mflops) -> dict:
     extra = ["--monitor-fraction", str(args.monitor_fraction)] + (["--monitor-adapt"] if adapt else [])
-    proc, target, mport = start_server(args.repo, extra, quiet=True)
-    rows, timeline, shift_at = [], [], None
+    log_path = Path(tempfile.mkdtemp()) / "server.log"
+    with open(log_path, "w") as log:
+        proc, target, mport = start_server(args.repo, extra, stderr=log, quiet=True)
+    served, timeline, walls = [], [], []  # served: (phase, requests done when answered, response, image index)
     try:
         done = 0
-        for phase, (imgs, fin, lab, n) in enumerate(zip(*phases)):
-            if phase == 1:
-                shift_at = done
-            served, t0 = [], time.perf_counter()
+        for phase, (imgs, _fin, _lab, n) in enumerate(zip(*phases)):
+            t0 = time.perf_counter()
             for start in range(0, n, CHUNK):
                 idx = [(start + j) % len(imgs) for j in range(min(CHUNK, n - start))]
                 res, _ = closed_loop(target, [imgs[i] for i in idx], args.concurrency, len(idx), calibrated_policy=True)
-                served += [(r, idx[r.index]) for r in res if r.ok]
                 done += len(idx)
+                served += [(phase, done, r, idx[r.index]) for r in res if r.ok]
                 m = scrape(mport)
                 timeline.append({"requests": done, "alarm": [m.get(("auxnet_monitor_alarm", str(k), ""), 0) for k in range(4)],
                                  "threshold": [round(m.get(("auxnet_exit_policy_threshold", str(k), ""), 0), 4) for k in range(4)],
                                  "samples": sum(m.get(("auxnet_monitor_samples_total", str(k), ""), 0) for k in range(4))})
-            wall = time.perf_counter() - t0
-            agree = np.mean([r.label == fin[i] for r, i in served])
-            acc = np.mean([r.label == lab[i] for r, i in served])
-            cost = np.mean([mflops[r.exit_index] for r, _ in served])
-            hist = np.bincount([r.exit_index for r, _ in served], minlength=5) / len(served)
-            rows.append({"phase": ("clean", args.shift, "clean again")[phase], "requests": len(served),
-                         "agreement": agree, "accuracy": acc, "mean_mflops": cost, "throughput": len(served) / wall,
-                         "exit_histogram": hist, "threshold_end": timeline[-1]["threshold"]})
+            walls.append(time.perf_counter() - t0)
         final_metrics = scrape(mport)
     finally:
         proc.terminate()
         proc.wait(30)
-    alarm_at = next((t["requests"] - shift_at for t in timeline if t["requests"] > shift_at and any(t["alarm"])), None)
-    false_alarm = any(any(t["alarm"]) for t in timeline if t["requests"] <= shift_at)
-    return {"rows": rows, "alarm_after": alarm_at, "false_alarm_before_shift": false_alarm, "timeline": timeline,
+    shift_at = phases[3][0]
+    alarm_done = next((t["requests"] for t in timeline if t["requests"] > shift_at and any(t["alarm"])), None)
+    shift_end = shift_at + phases[3][1]
+    clear_done = None if alarm_done is None else next(
+        (t["requests"] for t in timeline if t["requests"] > max(shift_end, alarm_done) and not any(t["alarm"])), None)
+    segments = [("clean", lambda ph, d: ph == 0),
+                (f"{args.shift}, before the alarm", lambda ph, d: ph == 1 and (alarm_done is None or d <= alarm_done)),
+                (f"{args.shift}, after the alarm", lambda ph, d: ph == 1 and alarm_done is not None and d > alarm_done),
+                ("clean again", lambda ph, d: ph == 2)]
+    rows = []
+    for name, keep in segments:
+        part = [(r, ph, i) for ph, d, r, i in served if keep(ph, d)]
+        if not part:
+            continue
+        fin, lab = lambda ph, i: phases[1][ph][i], lambda ph, i: phases[2][ph][i]  # noqa: E731
+        rows.append({"phase": name, "requests": len(part),
+                     "agreement": float(np.mean([r.label == fin(ph, i) for r, ph, i in part])),
+                     "accuracy": float(np.mean([r.label == lab(ph, i) for r, ph, i in part])),
+                     "mean_mflops": float(np.mean([mflops[r.exit_index] for r, _, _ in part])),
+                     "exit_histogram": (np.bincount([r.exit_index for r, _, _ in part], minlength=5) / len(part)).tolist()})
+    alarms = [line.strip() for line in log_path.read_text().splitlines() if "agreement alarm:" in line]
+    return {"rows": rows, "alarm_after": None if alarm_done is None else alarm_done - shift_at,
+            "cleared_after": None if clear_done is None else clear_done - shift_end,
+            "false_alarm_before_shift": any(any(t["alarm"]) for t in timeline if t["requests"] <= shift_at),
+            "throughput_per_phase": [sum(1 for ph, *_ in served if ph == p) / w for p, w in enumerate(walls)],
+            "end_thresholds": [t["threshold"] for t in timeline if t["requests"] in (shift_at, shift_end, timeline[-1]["requests"])],
+            "alarm_log": alarms[:3], "timeline": timeline,
             "skipped": final_metrics.get(("auxnet_monitor_skipped_total", "", ""), 0)}
 
 
@@ -132,20 +151,22 @@ def main() -> None:
     results = {name: run(args, adapt, phases, mflops) for name, adapt in (("adaptation off", False), ("adaptation on", True))}
     print(f"machine: {platform.processor() or platform.machine()}; model {info.name}; shift {args.shift}; "
           f"monitor fraction {args.monitor_fraction}; {args.concurrency} concurrent clients; phases {args.requests} requests")
-    print("| run | phase | agreement with final exit | accuracy | mean MFLOPs | throughput (req/s) | exit histogram | "
-          "policy thresholds at end |")
-    print("|---|---|---:|---:|---:|---:|---|---|")
+    print("| run | phase | requests | agreement with final exit | accuracy | mean MFLOPs | exit histogram |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for name, r in results.items():
         for row in r["rows"]:
             hist = " / ".join(f"{100 * h:.0f}%" for h in row["exit_histogram"])
-            print(f"| {name} | {row['phase']} | {100 * row['agreement']:.1f}% | {100 * row['accuracy']:.1f}% | "
-                  f"{row['mean_mflops']:.1f} | {row['throughput']:.0f} | {hist} | {row['threshold_end']} |")
+            print(f"| {name} | {row['phase']} | {row['requests']} | {100 * row['agreement']:.1f}% | "
+                  f"{100 * row['accuracy']:.1f}% | {row['mean_mflops']:.1f} | {hist} |")
     for name, r in results.items():
-        print(f"{name}: alarm {r['alarm_after']} requests after the shift (resolution {CHUNK}); false alarm before it: "
-              f"{r['false_alarm_before_shift']}; samples skipped (no idle time): {r['skipped']:.0f}")
+        print(f"{name}: alarm {r['alarm_after']} requests after the shift began, cleared {r['cleared_after']} requests "
+              f"after it ended (resolution {CHUNK}); false alarm before the shift: {r['false_alarm_before_shift']}; "
+              f"policy thresholds at shift start / shift end / run end: {r['end_thresholds']}; throughput per phase "
+              f"{[round(t) for t in r['throughput_per_phase']]} req/s; samples skipped (no idle time): {r['skipped']:.0f}")
+        for line in r["alarm_log"]:
+            print(f"  log: {line}")
     with open(args.out, "w") as f:
-        json.dump({k: {**v, "rows": [{**row, "exit_histogram": list(row["exit_histogram"])} for row in v["rows"]]}
-                   for k, v in results.items()}, f, indent=1, default=float)
+        json.dump(results, f, indent=1, default=float)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")
+    p.add_argument("--health-port", type=int, default=-1,
+                   help="gRPC port serving only grpc.health.v1, outside the request limit, for probes (-1 = off)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "tensorrt-ep"],
                    help="ONNX Runtime execution provider (cuda/tensorrt-ep need onnxruntime-gpu)")
     p.add_argument("--threads", type=int, default=default_threads(), help="segment threads (default: cores)")
+    p.add_argument("--decode-threads", type=int, default=1, help="threads for images too large to decode inline")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
@@ -58,7 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 async def serve(args) -> int:
     cfg = ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        health_port=None if args.health_port < 0 else args.health_port,
         models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
+        decode_threads=args.decode_threads,
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
                             monitor_fraction=args.monitor_fraction,
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
@@ -75,7 +80,7 @@ async def serve(args) -> int:
         return 2
     if args.port_file:
         with open(args.port_file, "w") as f:
-            f.write(f"{app.port} {app.metrics_port or 0}\n")
+            f.write(f"{app.port} {app.metrics_port or 0} {app.health_port or 0}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,10 +36,14 @@ class ServerConfig:
     host: str = "127.0.0.1"  # localhost unless told otherwise
     port: int = 8500  # 0 = pick a free port
     metrics_port: int | None = 8501  # None = no HTTP metrics endpoint; 0 = pick a free port
+    # A second gRPC port serving only grpc.health.v1, outside the inference port's concurrency limit, so a
+    # flood of requests never fails an orchestrator's probes (issue 12). None = off; 0 = pick a free port.
+    health_port: int | None = None
     models: tuple[str, ...] = ()  # names to load; empty = every model in the repository
     backend: str = "onnxruntime"
     device: str = "cpu"
     threads: int = field(default_factory=default_threads)
+    decode_threads: int = 1  # for images too large to decode on the event loop
     engine: EngineConfig = EngineConfig()
     limits: ImageLimits = ImageLimits()
     max_message_bytes: int = 16 * 1024 * 1024
@@ -57,10 +61,14 @@ class ServerApp:
         self.metrics = Metrics()
         self.limits = cfg.limits
         self.executor = ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="segment")
+        # Large images decode here, apart from the segment threads (issue 12): they queue among themselves.
+        self.decode_executor = ThreadPoolExecutor(max_workers=cfg.decode_threads, thread_name_prefix="decode")
         self.engines: dict[str, ModelEngine] = {}
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
         self.port = 0
+        self.health_port: int | None = None
         self.metrics_port: int | None = None
         self._http = None
         self._watch: asyncio.Task | None = None
@@ -163,6 +171,16 @@ class ServerApp:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} (in use?)")
+        if self.cfg.health_port is not None:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # no concurrency limit
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            address = f"{self.cfg.host}:{self.cfg.health_port}"
+            secure = self.cfg.tls_cert or self.cfg.tls_key
+            self.health_port = (self.health_server.add_secure_port(address, self._tls_credentials()) if secure
+                                else self.health_server.add_insecure_port(address))
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {address} for health checks (in use?)")
+            await self.health_server.start()
         for engine in self.engines.values():
             engine.start()
         if self.cfg.metrics_port is not None:
@@ -192,12 +210,15 @@ class ServerApp:
         await asyncio.sleep(min(REFUSAL_WINDOW_S, grace))
         if self.server is not None:
             await self.server.stop(grace=1.0)
+        if self.health_server is not None:
+            await self.health_server.stop(grace=0.5)
         for e in self.engines.values():
             await e.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")
         return drained
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -12,7 +13,10 @@ import numpy as np
 
 from server.errors import InvalidInput
 
-PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+# Formats whose Pillow decoders are mature and bounded by the pixel limit below; everything else (EPS runs
+# Ghostscript, for one) is refused by name.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+_OBJECT_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
@@ -21,30 +25,65 @@ class ImageLimits:
     max_side: int = 8192
 
 
-def decode_encoded(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 RGB (H, W, 3)."""
+def _clean(message: str) -> str:
+    """Decoder messages without Python object reprs (`<_io.BytesIO object at 0x...>` means nothing to a client)."""
+    return _OBJECT_REPR.sub("the image bytes", message)[:200]
+
+
+def _open(data: bytes):
+    from PIL import Image, UnidentifiedImageError
+
     if not data:
-        raise InvalidInput("image is empty: send PNG or JPEG bytes in 'encoded', or pixels in 'raw'")
-    if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
-        raise InvalidInput(f"image bytes are not PNG or JPEG (starts with {data[:8].hex()}); "
-                           "send an encoded PNG/JPEG file or use 'raw'")
+        raise InvalidInput("image is empty: send encoded image bytes (PNG, JPEG, WebP, BMP, GIF, TIFF) in 'encoded', "
+                           "or pixels in 'raw'")
+    try:
+        with warnings.catch_warnings():  # the size is checked against our own, lower, limit right after
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as e:
+        raise InvalidInput(f"image refused as a decompression bomb: {_clean(str(e))}") from e
+    except UnidentifiedImageError as e:
+        raise InvalidInput(f"image bytes are not a supported image format (starts with {data[:8].hex()}); send "
+                           f"{', '.join(FORMATS)} bytes in 'encoded' or pixels in 'raw'") from e
+    except Exception as e:  # noqa: BLE001 - a header so broken that identification itself fails
+        raise InvalidInput(f"image header is corrupt: {type(e).__name__}: {_clean(str(e))}") from e
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the header alone (no decoding), to decide where to decode; 0 if unreadable (the
+    decode itself then reports the problem)."""
+    try:
+        w, h = _open(data).size
+        return w * h
+    except InvalidInput:
+        return 0
+
+
+def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Encoded image bytes -> uint8 RGB (H, W, 3). With `size` (H, W), larger images are reduced while still
+    8-bit (JPEG's DCT scaling, then Pillow's bilinear with antialiasing), not as full-size float copies."""
     from PIL import Image
 
+    im = _open(data)
+    kind = im.format
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
             w, h = im.size
             _check_size(h, w, limits)
+            if size is not None and kind == "JPEG" and (w > 2 * size[1] or h > 2 * size[0]):
+                im.draft("RGB", (size[1] * 2, size[0] * 2))  # decode at 1/2..1/8 scale: far less work
             im.load()
+            rgb = _to_rgb8(im)
+            if size is not None and rgb.shape[:2] != size:
+                rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InvalidInput(f"image refused as a decompression bomb: {e}") from e
+        raise InvalidInput(f"image refused as a decompression bomb: {_clean(str(e))}") from e
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, zlib.error, struct.error...
-        kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
-        raise InvalidInput(f"{kind} image is truncated or corrupt: {type(e).__name__}: {str(e)[:200]}") from e
-    return _to_rgb8(im)
+        raise InvalidInput(f"{kind} image is truncated or corrupt: {type(e).__name__}: {_clean(str(e))}") from e
+    return rgb
 
 
 def _to_rgb8(im) -> np.ndarray:

@@ -35,7 +35,7 @@ def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False) 
             proc.kill()
             raise SystemExit("server did not start within 120 s")
         time.sleep(0.1)
-    port, metrics = port_file.read_text().split()
+    port, metrics = port_file.read_text().split()[:2]
     if not quiet:
         print(f"server pid {proc.pid} on 127.0.0.1:{port}, metrics at http://127.0.0.1:{metrics}/metrics")
     return proc, f"127.0.0.1:{port}", int(metrics)

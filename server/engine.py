@@ -14,7 +14,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +52,9 @@ class EngineConfig:
     monitor_adapt: bool = False  # raise an alarmed exit's thresholds, lower them back once it clears
     monitor_adapt_every: int = 20  # samples at that exit between two adaptation steps
     monitor_queue: int = 256  # sampled answers waiting for idle time; more are skipped (counted)
+    # A request with neither budget nor gRPC deadline is queued as if due this long after arrival: earliest
+    # deadline first would otherwise put it behind every request that has one, forever under load.
+    undeadlined_due_ms: float = 1000.0
 
 
 @dataclass
@@ -68,10 +70,10 @@ class Job:
     seq: int = 0
     drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
 
-    @property
-    def sort_key(self) -> float:
+    def sort_key(self, undeadlined_due_s: float) -> float:
+        """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
         ends = [t for t in (self.budget_end, self.deadline) if t is not None]
-        return min(ends) if ends else math.inf
+        return min(ends) if ends else self.arrival + undeadlined_due_s
 
 
 @dataclass
@@ -99,6 +101,7 @@ class ExitQueue:
     heap: list = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     busy: bool = False
+    running: list = field(default_factory=list)  # the jobs of the batch being computed
 
 
 class ModelEngine:
@@ -163,10 +166,20 @@ class ModelEngine:
             return False
 
     async def stop(self) -> None:
+        """Stop the workers. Any request still queued or computing (a drain or retire that timed out) is
+        answered UNAVAILABLE, so that no caller waits forever and clients retry elsewhere."""
         self.stopped = True
         for w in self.workers:
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
+        for k, q in enumerate(self.queues):
+            for job in [j for _, _, j in q.heap] + q.running:
+                if not job.future.done():
+                    self.metrics.dropped.labels(self.info.name, str(k), "stopped").inc()
+                    job.future.set_exception(NotServing(f"model version {self.info.version} stopped before answering "
+                                                        "(shutdown or reload grace ran out); retry"))
+            q.heap.clear()
+            q.running = []
 
     async def retire(self, successor: ModelEngine, settle_s: float, timeout_s: float) -> bool:
         """After a reload: answer everything admitted here, then stop. Requests that looked this version
@@ -253,7 +266,7 @@ class ModelEngine:
     def _push(self, k: int, job: Job) -> None:
         job.seq = next(self._seq)
         q = self.queues[k]
-        heapq.heappush(q.heap, (job.sort_key, job.seq, job))
+        heapq.heappush(q.heap, (job.sort_key(self.cfg.undeadlined_due_ms / 1000), job.seq, job))
         self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
         self._quiet.clear()
         q.wakeup.set()
@@ -264,6 +277,13 @@ class ModelEngine:
         q = self.queues[k]
         loop = asyncio.get_running_loop()
         name, exit_label = self.info.name, str(k)
+        run = self.backends[k].run
+
+        def timed(batch):  # timed in the pool thread: the wait for a free thread is not compute
+            t0 = time.perf_counter()
+            out = run(batch)
+            return out, time.perf_counter() - t0
+
         while True:
             await q.wakeup.wait()
             q.wakeup.clear()
@@ -274,23 +294,26 @@ class ModelEngine:
                 self.metrics.queue_depth.labels(name, exit_label).set(len(q.heap))
                 if not jobs:
                     continue
-                batch = np.stack([j.x for j in jobs])
-                q.busy = True
-                t0 = time.perf_counter()
+                q.busy, q.running = True, jobs
                 try:
-                    outputs = await loop.run_in_executor(self.executor, self.backends[k].run, batch)
-                except Exception as e:  # a backend failure fails this batch, never the server
+                    batch = np.stack([j.x for j in jobs])
+                    outputs, dt = await loop.run_in_executor(self.executor, timed, batch)
+                    self.latency.observe(k, len(jobs), dt)
+                    self.metrics.compute_latency.labels(name, exit_label).observe(dt)
+                    self.metrics.batch_size.labels(name, exit_label).observe(len(jobs))
+                    q.busy = False
+                    self._route(k, jobs, outputs)
+                    q.running = []
+                except asyncio.CancelledError:
+                    raise  # stop(): it answers the jobs left in q.running
+                except Exception as e:  # noqa: BLE001 - a failure fails this batch, never the worker or the server
+                    log.exception("exit %d: batch of %d failed", k, len(jobs))
+                    q.running = []
                     for j in jobs:
                         if not j.future.done():
                             j.future.set_exception(RuntimeError(f"exit {k} failed: {type(e).__name__}: {e}"))
-                    continue
                 finally:
                     q.busy = False
-                dt = time.perf_counter() - t0
-                self.latency.observe(k, len(jobs), dt)
-                self.metrics.compute_latency.labels(name, exit_label).observe(dt)
-                self.metrics.batch_size.labels(name, exit_label).observe(len(jobs))
-                self._route(k, jobs, outputs)
             if all(not qi.heap and not qi.busy for qi in self.queues):
                 self._quiet.set()
 
@@ -328,6 +351,11 @@ class ModelEngine:
             if reason is None:
                 job.x = features[i]
                 self._push(k + 1, job)
+                if self.monitors is not None and self._held_back(k, job, float(confidence[i])) and \
+                        self._sample_rng.random() < self.cfg.monitor_fraction:
+                    # Adaptation kept this one from answering here: the monitor still judges what the calibrated
+                    # threshold would have answered, or it could never see an exit recover.
+                    self._sample(ShadowJob(features[i], k + 1, k, int(probs[i].argmax()), float(confidence[i])))
                 continue
             latency = now - job.arrival
             met = job.budget_end is None or now <= job.budget_end
@@ -346,6 +374,12 @@ class ModelEngine:
         if base is None or self.monitors is None or k >= self.last:
             return base
         return self.monitors[k].effective_threshold(base)
+
+    def _held_back(self, k: int, job: Job, confidence: float) -> bool:
+        """True when only online adaptation kept `job` from stopping at exit k on confidence."""
+        base = self.info.exits[k].threshold if job.use_policy else job.min_confidence
+        return (k < self.last and self.monitors[k].scale < 1 and base is not None and confidence >= base
+                and k < job.max_exit)
 
     def policy_threshold(self, k: int) -> float:
         """The calibrated policy's threshold at exit k now (after any adaptation)."""

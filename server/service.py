@@ -12,7 +12,7 @@ import numpy as np
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
-from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
+from server.decode import ImageLimits, declared_pixels, decode_encoded, decode_raw, to_model_input
 from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
 from server.errors import InvalidInput, ServingError
 
@@ -20,7 +20,8 @@ log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
                "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT}
 MAX_BUDGET_MS = 3_600_000.0
-DECODE_OFF_LOOP_BYTES = 64 * 1024  # bigger images decode on the thread pool, not the event loop
+DECODE_INLINE_MAX_BYTES = 64 * 1024  # bigger encoded images always decode on the decode threads
+INLINE_MAX_PIXELS = 128 * 128  # and so does anything larger than this once decoded
 UNKNOWN_MODEL_LABEL = "_unknown"  # keeps the model label bounded when clients send arbitrary names
 
 
@@ -31,22 +32,26 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
     # --- RPCs -----------------------------------------------------------------------------------------
 
     async def Classify(self, request, context):
-        arrival = time.monotonic()
-        return await self._guard(context, request.model, self._classify(request, context, arrival))
+        arrival, deadline = self._arrival(context)
+        return await self._guard(context, request.model, self._classify(request, arrival, deadline))
 
     async def ClassifyBatch(self, request, context):
-        arrival = time.monotonic()
+        arrival, deadline = self._arrival(context)
         model = request.requests[0].model if request.requests else ""
 
         async def run():
             if not request.requests:
                 raise InvalidInput("ClassifyBatch needs at least one request")
-            prepared = []
-            for i, r in enumerate(request.requests):  # validate all before computing any
-                try:
-                    prepared.append(await self._prepare(r, context, arrival))
-                except InvalidInput as e:
-                    raise InvalidInput(f"requests[{i}]: {e}") from e
+            # Validate and decode every item (concurrently: big ones on the decode threads) before computing any.
+            outcomes = await asyncio.gather(*(self._prepare(r, arrival, deadline) for r in request.requests),
+                                            return_exceptions=True)
+            for i, o in enumerate(outcomes):
+                if isinstance(o, InvalidInput):
+                    raise InvalidInput(f"requests[{i}]: {o}") from o
+            for o in outcomes:
+                if isinstance(o, BaseException):
+                    raise o
+            prepared = outcomes
             answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))
             return pb.ClassifyBatchResponse(responses=[
                 self._encode(engine, r, a) for (engine, _, r), a in zip(prepared, answers)])
@@ -76,11 +81,18 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     # --- steps ----------------------------------------------------------------------------------------
 
-    async def _classify(self, request, context, arrival):
-        engine, args, request = await self._prepare(request, context, arrival)
+    @staticmethod
+    def _arrival(context) -> tuple[float, float | None]:
+        """Arrival time and the gRPC deadline on our clock, both read before any work (decoding included)."""
+        arrival = time.monotonic()
+        remaining = context.time_remaining()
+        return arrival, (arrival + remaining if remaining is not None else None)
+
+    async def _classify(self, request, arrival, deadline):
+        engine, args, request = await self._prepare(request, arrival, deadline)
         return self._encode(engine, request, await engine.classify(*args))
 
-    async def _prepare(self, r, context, arrival):
+    async def _prepare(self, r, arrival, deadline):
         """Validate one request and decode its image: (engine, classify args, request)."""
         engine = self.app.engine_for(r.model)
         info = engine.info
@@ -99,8 +111,6 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             raise InvalidInput(f"max_exit {max_exit} does not exist; valid: 0..{len(info.exits) - 1}")
         engine.check_admission()  # refuse before paying for the decode
         x = await self._decode(r, engine)
-        remaining = context.time_remaining()
-        deadline = arrival + remaining if remaining is not None else None
         return engine, (x, arrival, budget, conf, max_exit, deadline, r.calibrated_policy), r
 
     async def _decode(self, r, engine: ModelEngine) -> np.ndarray:
@@ -108,21 +118,27 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         info = engine.info
         which = r.WhichOneof("image")
         if which is None:
-            raise InvalidInput("request has no image: set 'encoded' (PNG/JPEG bytes) or 'raw' (pixels)")
+            raise InvalidInput("request has no image: set 'encoded' (image file bytes) or 'raw' (pixels)")
 
         def work():
             if which == "encoded":
-                rgb = decode_encoded(r.encoded, limits)
+                rgb = decode_encoded(r.encoded, limits, size=info.input_shape[1:])
             else:
                 raw = r.raw
                 rgb = decode_raw(raw.data, raw.height, raw.width, raw.channels,
                                  raw.pixel_type == pb.PIXEL_TYPE_FLOAT32, limits)
             return to_model_input(rgb, info.input_shape, info.mean, info.std)
 
-        size = len(r.encoded) if which == "encoded" else len(r.raw.data)
-        if size <= DECODE_OFF_LOOP_BYTES:
+        # Decode on the event loop only what is small once decoded: a 4096x4096 PNG can compress to 49 KB.
+        # The rest goes to the decode threads, never to the segment threads, so big images wait for each
+        # other and neither the loop nor the segments wait for them.
+        if which == "encoded":
+            pixels = declared_pixels(r.encoded) if len(r.encoded) <= DECODE_INLINE_MAX_BYTES else INLINE_MAX_PIXELS + 1
+        else:
+            pixels = r.raw.height * r.raw.width
+        if pixels <= INLINE_MAX_PIXELS:
             return work()
-        return await asyncio.get_running_loop().run_in_executor(self.app.executor, work)
+        return await asyncio.get_running_loop().run_in_executor(self.app.decode_executor, work)
 
     def _encode(self, engine: ModelEngine, r, a: Answer) -> pb.ClassifyResponse:
         info = engine.info

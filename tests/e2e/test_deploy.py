@@ -27,7 +27,7 @@ def test_deployment_agrees_with_server_flags():
     args = get_args_parser().parse_args(container["args"])  # the server accepts every flag
     assert args.host == "0.0.0.0"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == args.port
+        assert container[probe]["grpc"]["port"] == args.health_port != args.port  # probes outside the request limit
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == args.metrics_port
     assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace_s + container["lifecycle"]["preStop"]["sleep"]["seconds"]
     service = yaml.safe_load((K8S / "service.yaml").read_text())

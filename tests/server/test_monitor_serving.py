@@ -115,6 +115,10 @@ def test_alarm_fires_and_adaptation_raises_the_threshold(tiny_repo, tmp_path, ca
                 assert r.exit_index == (0 if conf >= raised + 1e-6 else 1), (conf, t0, raised)
                 assert r.stop_reason == (pb.STOP_REASON_CONFIDENCE if r.exit_index == 0 else pb.STOP_REASON_FINAL)
             assert any(t0 <= conf < raised for conf in confs), "no image tests the raise; pick other images"
+        # Held back only by adaptation, those images are still sampled: the monitor keeps judging what the
+        # calibrated threshold would answer. 60 + 60 answers at exit 0, then every policy request with conf >= t0.
+        expected_samples = 2 * len(imgs) + sum(conf >= t0 for conf in confs)
+        assert wait_for(lambda: metric(app, "auxnet_monitor_samples_total", exit="0") == expected_samples)
     alarms = [r.getMessage() for r in caplog.records if "agreement alarm: model tiny exit 0" in r.getMessage()]
     assert len(alarms) == 1 and "where calibration predicted" in alarms[0]
     assert any("adaptation: model tiny exit 0 thresholds raised" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,263 @@
+"""The engine alone, on fake backends: the exit rule, the latency model and finish prediction, EDF order and
+starvation, shedding, failures, stop and reload forwarding, compute timing (issue 12)."""
+
+import asyncio
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.engine import EngineConfig, Job, ModelEngine
+from server.errors import NotServing, QueueFull
+from server.latency import LatencyModel
+from server.metrics import Metrics
+from server.policy import BUDGET, CONFIDENCE, FINAL, MAX_EXIT, stop_reason
+from server.repository import ExitInfo, ModelInfo
+
+CLASSES = 4
+
+
+class FakeBackend:
+    """Segment k: features = x; logits put `x[0]` (clipped to a class index) far ahead, so the label is
+    known from the input; optional delay and failure."""
+
+    def __init__(self, final: bool, delay_s: float = 0.0, tag: float = 0.0):
+        self.final, self.delay_s, self.tag, self.fail = final, delay_s, tag, None
+        self.name = "fake"
+
+    def run(self, x):
+        if self.fail:
+            raise self.fail
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        logits = np.zeros((len(x), CLASSES), np.float32)
+        logits[np.arange(len(x)), np.clip(x[:, 0].astype(int), 0, CLASSES - 1)] = 10.0 + self.tag
+        return [logits] if self.final else [x.copy(), logits]
+
+
+def fake_info(n=3, version="v1"):
+    exits = tuple(ExitInfo(k, 2 * k + 3, Path(f"exit_{k}.onnx"), None, (2,), None if k == n - 1 else (2,), 1.0,
+                           0.9 if k < n - 1 else 0.0, float(k + 1), 1, 0.5, {}) for k in range(n))
+    return ModelInfo("fake", Path(f"/tmp/fake-{version}"), {"exits": [{}] * n, "architecture": "fake"}, exits,
+                     tuple(f"c{i}" for i in range(CLASSES)), (2, 1, 1), (0.0,), (1.0,))
+
+
+def make_engine(n=3, threads=2, delays=None, cfg=None, tag=0.0):
+    backends = [FakeBackend(k == n - 1, (delays or [0.0] * n)[k], tag) for k in range(n)]
+    cfg = cfg or EngineConfig(max_batch=8, monitor_fraction=0.0)
+    engine = ModelEngine(fake_info(n), backends, cfg, Metrics(), ThreadPoolExecutor(threads), threads)
+    engine.latency.table[:] = 0.001
+    return engine
+
+
+def in_loop(test):
+    """Run an async test in a fresh event loop (the project has no pytest-asyncio)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+def x(label):
+    return np.array([label, 0.0], np.float32)
+
+
+# --- the exit rule ------------------------------------------------------------------------------------
+
+def test_stop_reason_checks_in_order():
+    assert stop_reason(2, 2, 2, 0.1, 0.9, 0.0, 9.0, 1.0) == FINAL
+    assert stop_reason(1, 2, 1, 0.1, None, 0.0, 0.0, None) == MAX_EXIT
+    assert stop_reason(0, 2, 2, 0.95, 0.9, 0.0, 9.0, 1.0) == CONFIDENCE  # confidence before budget
+    assert stop_reason(0, 2, 2, 0.5, 0.9, 0.0, 1.5, 1.0) == BUDGET  # next exit would end at 1.5 > 1.0
+    assert stop_reason(0, 2, 2, 0.5, 0.9, 0.0, 0.5, 1.0) is None
+    assert stop_reason(0, 2, 2, 0.5, None, 0.0, 0.5, None) is None
+
+
+# --- latency model and finish prediction -------------------------------------------------------------
+
+def test_latency_model_by_hand():
+    m = LatencyModel(1, 4)
+    m.table[0, 1:] = [0.010, 0.015, 0.020, 0.040]
+    assert m.predict(0, 9) == 0.040 and m.predict(0, 0) == 0.010
+    # 5 queued, one batch running: one full batch of 4 ahead (0.04), half the running one (0.02), then ours at
+    # batch 5 % 4 + 1 = 2 (0.015).
+    assert m.predict_wait_and_run(0, 5, True) == pytest.approx(0.04 + 0.02 + 0.015)
+    m.observe(0, 2, 0.025)
+    assert m.table[0, 2] == pytest.approx(0.8 * 0.015 + 0.2 * 0.025)
+    calls = []
+    m.calibrate(0, lambda b: (calls.append(len(b)), time.sleep(0.001 * len(b))), np.zeros(2), repeats=1)
+    assert sorted(set(calls)) == [1, 2, 4] and m.table[0, 4] > m.table[0, 1] > 0
+
+
+@in_loop
+async def test_predict_finish_counts_own_queue_and_shared_threads():
+    engine = make_engine(threads=2)
+    engine.latency.table[:, 1:] = np.array([[0.001] * 8, [0.002] * 8, [0.004] * 8])
+    engine.start()
+    try:
+        q0, q1, q2 = engine.queues
+        q0.heap.extend([None] * 3)
+        q2.busy = True
+        own = engine.latency.predict_wait_and_run(0, 3, False)  # 0.001 at batch 4
+        # backlog: exit 0 holds 3 at 0.001/8 each; exit 2 runs one batch of which half is left: 0.5 * 0.004.
+        backlog = 3 * 0.001 / 8 + 0.5 * 0.004
+        assert engine.predict_finish(0) == pytest.approx(max(own, backlog / 2 + 0.001))
+        q0.heap.clear()
+        q2.busy = False
+    finally:
+        await engine.stop()
+
+
+# --- queue order ---------------------------------------------------------------------------------------
+
+@in_loop
+async def test_earliest_deadline_first_and_no_starvation():
+    engine = make_engine(cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, undeadlined_due_ms=1000))
+    engine.queues = [type("Q", (), {"heap": [], "wakeup": asyncio.Event(), "busy": False, "running": []})()
+                     for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    now = time.monotonic()
+
+    def job(name, arrival, budget_end=None, deadline=None):
+        j = Job(x(0), arrival, budget_end, deadline, None, 2, loop.create_future())
+        j.name = name
+        engine._push(0, j)
+        return j
+
+    job("no deadline, just arrived", now)
+    job("budget in 0.3 s", now, budget_end=now + 0.3)
+    job("grpc deadline in 0.1 s", now, deadline=now + 0.1)
+    job("no deadline, waiting 2 s", now - 2.0)  # due at now - 1.0: ahead of every fresh deadline
+    job("budget 0.5 s, deadline 0.2 s", now, budget_end=now + 0.5, deadline=now + 0.2)
+    order = [j.name for j in engine._take_batch(0, engine.queues[0])]
+    assert order == ["no deadline, waiting 2 s", "grpc deadline in 0.1 s", "budget 0.5 s, deadline 0.2 s",
+                     "budget in 0.3 s", "no deadline, just arrived"]
+
+
+@in_loop
+async def test_request_without_deadline_is_served_under_sustained_deadline_traffic():
+    # One segment thread, a 20 ms segment, deadline traffic that always has 8 requests queued: before the fix
+    # the request without a deadline sorted after every one of them and never ran.
+    engine = make_engine(n=1, threads=1, delays=[0.02], cfg=EngineConfig(max_batch=1, monitor_fraction=0.0,
+                                                                         undeadlined_due_ms=200))
+    engine.start()
+    stop = asyncio.Event()
+
+    pending = set()
+
+    async def deadline_traffic():
+        async def one():
+            now = time.monotonic()
+            await engine.classify(x(1), now, None, None, None, now + 5.0)
+
+        while not stop.is_set():
+            while len(pending) < 8:
+                task = asyncio.ensure_future(one())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.sleep(0.005)
+
+    traffic = asyncio.ensure_future(deadline_traffic())
+    await asyncio.sleep(0.1)
+    try:
+        t0 = time.monotonic()
+        answer = await asyncio.wait_for(engine.classify(x(2), t0, None, None, None, None), timeout=3.0)
+        assert int(answer.probs.argmax()) == 2 and time.monotonic() - t0 < 1.0
+    finally:
+        stop.set()
+        await traffic
+        await asyncio.gather(*pending, return_exceptions=True)
+        await engine.stop()
+
+
+# --- admission, failures, stop ------------------------------------------------------------------------
+
+@in_loop
+async def test_shedding_at_the_inflight_limit():
+    engine = make_engine(n=1, delays=[0.05], cfg=EngineConfig(max_batch=8, max_inflight=2, monitor_fraction=0.0))
+    engine.start()
+    now = time.monotonic()
+    first = [asyncio.ensure_future(engine.classify(x(1), now, None, None, None, None)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match=r"at capacity \(2 requests in flight\)"):
+        await engine.classify(x(1), now, None, None, None, None)
+    assert all(int(a.probs.argmax()) == 1 for a in await asyncio.gather(*first))
+    assert engine.metrics.rejections.labels("fake", "queue_full")._value.get() == 1
+    await engine.stop()
+
+
+@in_loop
+async def test_backend_failure_fails_that_batch_and_the_worker_goes_on():
+    engine = make_engine()
+    engine.start()
+    engine.backends[1].fail = MemoryError("out of device memory")
+    with pytest.raises(RuntimeError, match="exit 1 failed: MemoryError: out of device memory"):
+        await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None), 5)
+    engine.backends[1].fail = None
+    answer = await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None), 5)
+    assert (answer.exit_index, int(answer.probs.argmax())) == (2, 3)
+    await engine.stop()
+
+
+@in_loop
+async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_worker_survives():
+    engine = make_engine()
+    engine.start()
+    now = time.monotonic()
+    # Two inputs of different shapes in one batch: np.stack raises. Before the fix the exception killed the
+    # exit's worker and every later request waited forever.
+    bad = [asyncio.ensure_future(engine.classify(v, now, None, None, None, None)) for v in (x(1), np.zeros(3, np.float32))]
+    results = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), 5)
+    assert all(isinstance(r, RuntimeError) and "exit 0 failed" in str(r) for r in results)
+    answer = await asyncio.wait_for(engine.classify(x(2), time.monotonic(), None, None, None, None), 5)
+    assert int(answer.probs.argmax()) == 2
+    await engine.stop()
+
+
+@in_loop
+async def test_stop_answers_queued_and_computing_requests_unavailable():
+    engine = make_engine(n=2, threads=1, delays=[0.2, 0.0], cfg=EngineConfig(max_batch=1, monitor_fraction=0.0))
+    engine.start()
+    now = time.monotonic()
+    calls = [asyncio.ensure_future(engine.classify(x(1), now, None, None, None, None)) for _ in range(3)]
+    await asyncio.sleep(0.05)  # one computing, two queued; none has a deadline
+    await engine.stop()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2)
+    assert all(isinstance(r, NotServing) and "stopped before answering" in str(r) for r in results)
+    assert engine.inflight == 0
+
+
+@in_loop
+async def test_requests_reaching_a_retired_version_are_forwarded_to_its_successor():
+    old, new = make_engine(), make_engine(tag=5.0)
+    old.start()
+    new.start()
+    await old.retire(new, settle_s=0.0, timeout_s=1.0)
+    answer = await asyncio.wait_for(old.classify(x(1), time.monotonic(), None, None, None, None), 5)
+    assert answer.probs.max() > 0.99 and old.inflight == 0 and new.inflight == 0
+    # The successor's backends answered: its logits carry the tag (10 + 5 against zeros).
+    z = np.zeros(CLASSES)
+    z[1] = 15.0
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(answer.probs, expected, rtol=1e-6)
+    await new.stop()
+
+
+@in_loop
+async def test_compute_time_excludes_the_wait_for_a_thread():
+    # One thread shared by two exits of 50 ms each: a batch often waits ~50 ms for the thread. The latency
+    # model must learn 50 ms, not 100.
+    engine = make_engine(n=2, threads=1, delays=[0.05, 0.05], cfg=EngineConfig(max_batch=1, monitor_fraction=0.0))
+    seen = []
+    observe = engine.latency.observe
+    engine.latency.observe = lambda k, b, s: (seen.append(s), observe(k, b, s))
+    engine.start()
+    now = time.monotonic()
+    await asyncio.gather(*(engine.classify(x(1), now, None, None, None, None) for _ in range(4)))
+    assert len(seen) == 8 and max(seen) < 0.08, seen
+    await engine.stop()
