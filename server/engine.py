@@ -26,7 +26,7 @@ from server.errors import DeadlineExceeded, NotServing, QueueFull
 from server.latency import LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
-from server.policy import stop_reason
+from server.policy import FINAL, stop_reason
 from server.repository import ModelInfo
 
 log = logging.getLogger("auxnet.server")
@@ -86,6 +86,19 @@ class Answer:
 
 
 @dataclass
+class Step:
+    """One segment run of one batch, as the pool thread decided it."""
+
+    k: int
+    jobs: list
+    outputs: list
+    probs: np.ndarray  # (B, classes) calibrated
+    reasons: list  # per job: why it stops here, or None to go on
+    dt: float  # compute seconds
+    now: float  # time.monotonic() of the decision
+
+
+@dataclass
 class ShadowJob:
     """An early answer being carried on to the final exit for the monitor; never a request."""
 
@@ -127,6 +140,7 @@ class ModelEngine:
                 log.warning("model %s has no agreement tables (exported before the monitor existed): agreement "
                             "monitor off; re-export it to turn it on", info.name)
         self._sample_rng = random.Random(0)
+        self._metric_children: dict = {}
         self.shadow: list[ShadowJob] = []
         self._shadow_wakeup = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no exit has work queued or running
@@ -276,14 +290,7 @@ class ModelEngine:
     async def _worker(self, k: int) -> None:
         q = self.queues[k]
         loop = asyncio.get_running_loop()
-        name, exit_label = self.info.name, str(k)
-        run = self.backends[k].run
-
-        def timed(batch):  # timed in the pool thread: the wait for a free thread is not compute
-            t0 = time.perf_counter()
-            out = run(batch)
-            return out, time.perf_counter() - t0
-
+        depth = self.metrics.queue_depth.labels(self.info.name, str(k))
         while True:
             await q.wakeup.wait()
             q.wakeup.clear()
@@ -291,31 +298,61 @@ class ModelEngine:
                 await asyncio.sleep(self.cfg.max_queue_delay_ms / 1000)
             while q.heap:
                 jobs = self._take_batch(k, q)
-                self.metrics.queue_depth.labels(name, exit_label).set(len(q.heap))
+                depth.set(len(q.heap))
                 if not jobs:
                     continue
                 q.busy, q.running = True, jobs
                 try:
-                    batch = np.stack([j.x for j in jobs])
-                    outputs, dt = await loop.run_in_executor(self.executor, timed, batch)
-                    self.latency.observe(k, len(jobs), dt)
-                    self.metrics.compute_latency.labels(name, exit_label).observe(dt)
-                    self.metrics.batch_size.labels(name, exit_label).observe(len(jobs))
+                    steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, np.stack([j.x for j in jobs]))
                     q.busy = False
-                    self._route(k, jobs, outputs)
+                    for i, step in enumerate(steps):
+                        self._apply(step, last=i == len(steps) - 1)
                     q.running = []
                 except asyncio.CancelledError:
                     raise  # stop(): it answers the jobs left in q.running
                 except Exception as e:  # noqa: BLE001 - a failure fails this batch, never the worker or the server
-                    log.exception("exit %d: batch of %d failed", k, len(jobs))
+                    failed = getattr(e, "exit_index", k)
+                    log.exception("exit %d: batch of %d failed", failed, len(jobs))
                     q.running = []
                     for j in jobs:
                         if not j.future.done():
-                            j.future.set_exception(RuntimeError(f"exit {k} failed: {type(e).__name__}: {e}"))
+                            j.future.set_exception(RuntimeError(f"exit {failed} failed: {type(e).__name__}: {e}"))
                 finally:
                     q.busy = False
             if all(not qi.heap and not qi.busy for qi in self.queues):
                 self._quiet.set()
+
+    def _compute(self, k: int, jobs: list[Job], x: np.ndarray) -> list[Step]:
+        """In a pool thread: run segment k on the batch and decide each request's exit. While every request
+        of the batch goes on, nobody waits at this worker's exit and the next exit is idle, run the next
+        segment here too: no hop through the event loop, no thread hand-off, features never leave this call
+        (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work."""
+        origin, steps = k, []
+        while True:
+            t0 = time.perf_counter()
+            try:
+                outputs = self.backends[k].run(x)
+            except Exception as e:
+                e.exit_index = k  # name the segment that failed, not the one the batch started at
+                raise
+            dt = time.perf_counter() - t0
+            z = outputs[-1] / self.info.exits[k].temperature
+            probs = np.exp(z - z.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            now = time.monotonic()
+            reasons = self._decide(k, jobs, probs, now)
+            steps.append(Step(k, jobs, outputs, probs, reasons, dt, now))
+            nxt = k + 1
+            if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
+                    or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
+                break
+            if k != origin:
+                self.queues[k].busy = False
+            self.queues[nxt].busy = True
+            k, x = nxt, outputs[0]
+        if k != origin:
+            self.queues[k].busy = False
+        return steps
 
     def _take_batch(self, k: int, q: ExitQueue) -> list[Job]:
         """Pop up to max_batch jobs in deadline order, dropping cancelled and expired ones before compute."""
@@ -332,40 +369,62 @@ class ModelEngine:
             jobs.append(job)
         return jobs
 
-    def _route(self, k: int, jobs: list[Job], outputs: list[np.ndarray]) -> None:
-        features = outputs[0] if k < self.last else None
-        # Calibrated probabilities for the whole batch, once: they decide the exit and are the answer.
-        z = outputs[-1] / self.info.exits[k].temperature
-        probs = np.exp(z - z.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+    def _decide(self, k: int, jobs: list[Job], probs: np.ndarray, now: float) -> list[str | None]:
+        """Why each request stops at exit k (server/policy.py), or None to go on."""
+        if k == self.last:
+            return [FINAL] * len(jobs)
         confidence = probs.max(axis=1)
-        now = time.monotonic()
-        nxt = self.queues[k + 1] if k < self.last else None
-        next_estimate = self.predict_finish(k + 1) if nxt else 0.0
+        next_estimate = self.predict_finish(k + 1)
+        reasons = []
         for i, job in enumerate(jobs):
+            end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
+            reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), self.threshold(k, job), now,
+                                       next_estimate, end))
+        return reasons
+
+    def _apply(self, step: Step, last: bool) -> None:
+        """On the event loop: metrics of one segment run, the answers it decided, and (for the last step of a
+        chain) the requests that go on joining the next exit's queue."""
+        k, name = step.k, self.info.name
+        self.latency.observe(k, len(step.jobs), step.dt)
+        self._metric(self.metrics.compute_latency, name, str(k)).observe(step.dt)
+        self._metric(self.metrics.batch_size, name, str(k)).observe(len(step.jobs))
+        features = step.outputs[0] if k < self.last else None
+        confidence = step.probs.max(axis=1)
+        answered = {}
+        for i, job in enumerate(step.jobs):
             if job.future.done():
                 continue
-            end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
-            reason = stop_reason(k, self.last, job.max_exit, float(confidence[i]), self.threshold(k, job), now,
-                                 next_estimate, end)
+            reason = step.reasons[i]
             if reason is None:
-                job.x = features[i]
-                self._push(k + 1, job)
+                if last:
+                    job.x = features[i]
+                    self._push(k + 1, job)
                 if self.monitors is not None and self._held_back(k, job, float(confidence[i])) and \
                         self._sample_rng.random() < self.cfg.monitor_fraction:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.
-                    self._sample(ShadowJob(features[i], k + 1, k, int(probs[i].argmax()), float(confidence[i])))
+                    self._sample(ShadowJob(features[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
                 continue
-            latency = now - job.arrival
-            met = job.budget_end is None or now <= job.budget_end
-            self.metrics.exits.labels(self.info.name, str(k), reason).inc()
-            self.metrics.request_latency.labels(self.info.name).observe(latency)
+            latency = step.now - job.arrival
+            met = job.budget_end is None or step.now <= job.budget_end
+            answered[reason] = answered.get(reason, 0) + 1
+            self._metric(self.metrics.request_latency, name).observe(latency)
             if not met:
-                self.metrics.budget_misses.labels(self.info.name).inc()
-            job.future.set_result(Answer(k, probs[i], reason, latency, met))
+                self._metric(self.metrics.budget_misses, name).inc()
+            job.future.set_result(Answer(k, step.probs[i], reason, latency, met))
             if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction:
-                self._sample(ShadowJob(features[i], k + 1, k, int(probs[i].argmax()), float(confidence[i])))
+                self._sample(ShadowJob(features[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+        for reason, n in answered.items():  # one counter update per batch and reason, not per request
+            self._metric(self.metrics.exits, name, str(k), reason).inc(n)
+
+    def _metric(self, family, *labels):
+        """A metric's labelled child, looked up once (prometheus_client's labels() costs a lock and a dict)."""
+        key = (id(family), labels)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = family.labels(*labels)
+        return child
 
     def threshold(self, k: int, job: Job) -> float | None:
         """The confidence a request needs to stop at exit k: its min_confidence or the calibrated policy's

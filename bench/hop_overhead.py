@@ -1,0 +1,139 @@
+"""What the server adds to a request that runs through every exit (issue 12): one client, sequential
+requests at batch 1, no early exit; the server's own latency against the sum of its segments' compute.
+
+    python -m bench.hop_overhead [--requests 400] [--compare-root /path/to/older/checkout]
+
+Per segment compute is what the server itself timed (`auxnet_exit_compute_seconds`, mean). With
+--compare-root the same measurement runs against a server started from another checkout, alternating,
+so that both figures come from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.client import Client
+from server.demo import ROOT
+from server.loadgen import load_labelled_folder
+
+
+def start(root: Path, repo: str) -> tuple[subprocess.Popen, str, int]:
+    port_file = Path(tempfile.mkdtemp()) / "ports"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--port", "0", "--metrics-port", "0",
+                             "--port-file", str(port_file), "--log-level", "WARNING"],
+                            cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    deadline = time.time() + 120
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"server from {root} did not start")
+        time.sleep(0.1)
+    port, metrics = port_file.read_text().split()[:2]
+    return proc, f"127.0.0.1:{port}", int(metrics)
+
+
+def compute_means(port: int) -> list[float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    sums, counts = {}, {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "auxnet_exit_compute_seconds_sum":
+                sums[s.labels["exit"]] = s.value
+            elif s.name == "auxnet_exit_compute_seconds_count":
+                counts[s.labels["exit"]] = s.value
+    return [sums[k] / counts[k] for k in sorted(sums, key=int) if counts.get(k)]
+
+
+def measure(root: Path, repo: str, images: list[bytes], n: int) -> dict:
+    proc, target, mport = start(root, repo)
+    try:
+        with Client(target) as c:
+            for im in images[:50]:  # warm-up
+                c.classify(im)
+            base = compute_means(mport)
+            server_ms, client_ms = [], []
+            for i in range(n):
+                t = time.perf_counter()
+                r = c.classify(images[i % len(images)])
+                client_ms.append(1000 * (time.perf_counter() - t))
+                server_ms.append(r.server_latency_ms)
+                assert r.exit_index == len(base) - 1
+            segs = compute_means(mport)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    compute = 1000 * sum(segs)
+    return {"server_p50": statistics.median(server_ms), "client_p50": statistics.median(client_ms),
+            "compute_ms": compute, "segments_ms": [1000 * s for s in segs]}
+
+
+def raw_chain_ms(repo: str, images: list[bytes], n: int) -> tuple[float, list[float]]:
+    """The same images through the five ONNX Runtime sessions in a tight loop in this process (one intra-op
+    thread, as the server runs them): median ms of the chain, and of each segment."""
+    import onnxruntime as ort
+
+    from server.decode import ImageLimits, decode_encoded, to_model_input
+    from server.repository import list_models, load_manifest
+
+    info = load_manifest(list_models(repo)[0])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sessions = [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+    xs = [to_model_input(decode_encoded(b, ImageLimits()), info.input_shape, info.mean, info.std)[None] for b in images]
+    per = [[] for _ in sessions]
+    chain = []
+    for i in range(n + 50):
+        x = xs[i % len(xs)]
+        t0 = time.perf_counter()
+        for k, s in enumerate(sessions):
+            t = time.perf_counter()
+            x = s.run(None, {"input": x})[0]
+            if i >= 50:
+                per[k].append(1000 * (time.perf_counter() - t))
+        if i >= 50:
+            chain.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(chain), [statistics.median(p) for p in per]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
+    p.add_argument("--images", default=str(ROOT / "samples" / "cifar10-test"))
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compare-root", help="another checkout of this project, measured alternately")
+    args = p.parse_args()
+    images, _, _ = load_labelled_folder(args.images)
+    roots = {"this checkout": ROOT}
+    if args.compare_root:
+        roots[f"compare: {args.compare_root}"] = Path(args.compare_root).resolve()
+    runs = {name: [] for name in roots}
+    for _ in range(args.rounds):
+        for name, root in roots.items():
+            runs[name].append(measure(root, str(Path(args.repo).resolve()), images, args.requests))
+    raw, raw_segs = raw_chain_ms(args.repo, images, args.requests)
+    print(f"machine: {platform.processor() or platform.machine()}; one client, {args.requests} sequential requests "
+          f"through every exit, {args.rounds} alternating rounds (medians)")
+    print("| server | server p50 ms | client p50 ms | segment compute in the server, sum ms | server / that | "
+          "server / raw chain | segments ms |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, rs in runs.items():
+        med = lambda key, rs=rs: statistics.median(r[key] for r in rs)  # noqa: E731
+        segs = " / ".join(f"{statistics.median(r['segments_ms'][k] for r in rs):.2f}" for k in range(len(rs[0]["segments_ms"])))
+        print(f"| {name} | {med('server_p50'):.2f} | {med('client_p50'):.2f} | {med('compute_ms'):.2f} | "
+              f"{med('server_p50') / med('compute_ms'):.2f} | {med('server_p50') / raw:.2f} | {segs} |")
+    print(f"| raw ONNX Runtime chain, tight loop, no server | - | - | {raw:.2f} | - | 1.00 | "
+          f"{' / '.join(f'{t:.2f}' for t in raw_segs)} |")
+
+
+if __name__ == "__main__":
+    main()
