@@ -53,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
     p.add_argument("--auth-token-file", help="require 'authorization: Bearer <token>' with the token in this file")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the ports (SO_REUSEPORT); metrics summed over them")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
     p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -70,7 +73,7 @@ async def serve(args) -> int:
                             monitor_adapt=args.monitor_adapt),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file))
+        tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)
     app = ServerApp(cfg)
     try:
         app.load_models()
@@ -106,7 +109,13 @@ def main() -> int:
         parser.error(f"--monitor-fraction {args.monitor_fraction} must be in [0, 1]")
     if args.monitor_false_alarm_samples <= 1:
         parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples} must be more than 1")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers} must be at least 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        from server.workers import supervise
+
+        return supervise(args, sys.argv[1:])
     return asyncio.run(serve(args))
 
 

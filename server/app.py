@@ -53,6 +53,7 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     auth_token: str | None = None  # require "authorization: Bearer <token>" on the inference service
+    reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
 
 
 class ServerApp:
@@ -153,7 +154,7 @@ class ServerApp:
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", int(self.cfg.reuse_port))]
         interceptors = [BearerTokenInterceptor(self.cfg.auth_token)] if self.cfg.auth_token else []
         # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
@@ -172,7 +173,8 @@ class ServerApp:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} (in use?)")
         if self.cfg.health_port is not None:
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # no concurrency limit
+            # No concurrency limit here: that is the point of this port.
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.cfg.reuse_port))])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             address = f"{self.cfg.host}:{self.cfg.health_port}"
             secure = self.cfg.tls_cert or self.cfg.tls_key

@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,9 +167,8 @@ class ModelEngine:
             for k, m in enumerate(self.monitors):
                 self._export_threshold(k, m)
         self.accepting = True
-        self.metrics.model_info.labels(self.info.name).info({
-            "version": self.info.version, "architecture": self.info.manifest["architecture"],
-            "exits": str(len(self.info.exits)), "backend": self.backends[0].name})
+        self.metrics.model_info.labels(self.info.name, self.info.version, self.info.manifest["architecture"],
+                                       str(len(self.info.exits)), self.backends[0].name).set(1)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting; wait until every admitted request is answered. True if it finished in time."""
@@ -183,6 +183,15 @@ class ModelEngine:
         """Stop the workers. Any request still queued or computing (a drain or retire that timed out) is
         answered UNAVAILABLE, so that no caller waits forever and clients retry elsewhere."""
         self.stopped = True
+        labels = (self.info.name, self.info.version, self.info.manifest["architecture"], str(len(self.info.exits)),
+                  self.backends[0].name)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a retired version is no longer the loaded model
+            self.metrics.model_info.labels(*labels).set(0)  # (series cannot be removed across processes)
+        else:
+            try:
+                self.metrics.model_info.remove(*labels)
+            except KeyError:
+                pass
         for w in self.workers:
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)

@@ -1,9 +1,13 @@
 """Prometheus metrics: base units (seconds), one prefix, counters end in _total, bounded labels (model,
-exit, reason, code; never a request value). One registry per server so tests can run several."""
+exit, reason, code; never a request value). One registry per server so tests can run several.
+
+With `--workers N` (server/workers.py) every process writes its values to PROMETHEUS_MULTIPROC_DIR and the
+supervisor's /metrics sums them: counters and histograms add up, and each gauge says how its processes
+combine (`multiprocess_mode`; ignored with one process)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 disable_created_metrics()  # no *_created series: they double the output and no dashboard reads them
 
@@ -28,20 +32,23 @@ class Metrics:
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per segment run", ["model", "exit"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for a segment", ["model", "exit"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Admitted requests not yet answered", ["model"],
-                              registry=r)
+                              registry=r, multiprocess_mode="livesum")
         self.budget_misses = Counter(f"{PREFIX}_budget_misses", "Answers given after their budget_ms",
                                      ["model"], registry=r)
         self.rejections = Counter(f"{PREFIX}_rejections", "Requests refused before compute",
                                   ["model", "reason"], registry=r)
         self.dropped = Counter(f"{PREFIX}_dropped", "Admitted requests dropped from a queue before compute",
                                ["model", "exit", "reason"], registry=r)
-        self.model_info = Info(f"{PREFIX}_model", "Loaded model", ["model"], registry=r)
+        # A gauge at 1 rather than an Info: Info does not work across processes. Same series name and labels.
+        self.model_info = Gauge(f"{PREFIX}_model_info", "Loaded model", ["model", "version", "architecture", "exits",
+                                                                         "backend"], registry=r, multiprocess_mode="livemax")
         self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
                                ["model", "result"], registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
-                                      "Latency model: one segment run at batch 1", ["model", "exit"], registry=r)
+                                      "Latency model: one segment run at batch 1", ["model", "exit"], registry=r,
+                                      multiprocess_mode="livemax")
         # Agreement monitor (server/monitor.py): early answers also run to the final exit in idle time.
         self.monitor_samples = Counter(f"{PREFIX}_monitor_samples", "Early answers also run to the final exit in idle time",
                                        ["model", "exit"], registry=r)
@@ -53,15 +60,15 @@ class Metrics:
         self.monitor_skipped = Counter(f"{PREFIX}_monitor_skipped", "Sampled early answers not monitored: queue full",
                                        ["model"], registry=r)
         self.monitor_cusum = Gauge(f"{PREFIX}_monitor_cusum", "CUSUM of disagreement evidence; alarm at its threshold",
-                                   ["model", "exit"], registry=r)
+                                   ["model", "exit"], registry=r, multiprocess_mode="livemax")
         self.monitor_alarm = Gauge(f"{PREFIX}_monitor_alarm", "1 while the exit's agreement is below its calibrated value",
-                                   ["model", "exit"], registry=r)
+                                   ["model", "exit"], registry=r, multiprocess_mode="livemax")
         self.monitor_alarms = Counter(f"{PREFIX}_monitor_alarms", "Agreement alarms raised", ["model", "exit"], registry=r)
         self.threshold_scale = Gauge(f"{PREFIX}_exit_threshold_scale",
                                      "Online adaptation: uncertainty a confidence threshold accepts, times this (1 = calibrated)",
-                                     ["model", "exit"], registry=r)
+                                     ["model", "exit"], registry=r, multiprocess_mode="livemin")
         self.policy_threshold = Gauge(f"{PREFIX}_exit_policy_threshold",
                                       "The calibrated policy's confidence threshold in force (after adaptation)",
-                                      ["model", "exit"], registry=r)
+                                      ["model", "exit"], registry=r, multiprocess_mode="livemax")
         self.threshold_changes = Counter(f"{PREFIX}_monitor_threshold_changes", "Adaptation steps, by direction",
                                          ["model", "exit", "direction"], registry=r)

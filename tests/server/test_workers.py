@@ -1,0 +1,89 @@
+"""`python -m server --workers 2`: one port, two processes, metrics summed, drain on SIGTERM, a dead worker
+replaced (issue 12)."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.client import Client
+from tests.server.helpers import images, png
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_workers(repo, *extra):
+    port_file = Path(tempfile.mkdtemp()) / "ports"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--workers", "2", "--threads", "1",
+                             "--port", "0", "--metrics-port", "0", "--health-port", "0", "--port-file", str(port_file),
+                             "--log-level", "WARNING", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (port_file.exists() and port_file.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "workers did not start"
+        time.sleep(0.1)
+    port, metrics, health, *pids = (int(v) for v in port_file.read_text().split())
+    return proc, port, metrics, health, pids
+
+
+def samples(metrics_port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo):
+    proc, port, mport, hport, pids = start_workers(tiny_repo)
+    try:
+        assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+        # Both workers listen on the same port (SO_REUSEPORT).
+        for pid in pids:
+            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert any(i.startswith("socket:") for i in inodes)
+        sent = 0
+        for i in range(12):  # new connections: the kernel spreads them over the workers
+            with Client(f"127.0.0.1:{port}") as c:
+                for im in images(3, seed=i):
+                    assert c.classify(png(im)).class_name
+                    sent += 1
+        ok = sum(s.value for s in samples(mport, "auxnet_requests_total") if s.labels["code"] == "OK")
+        assert ok == sent  # one /metrics for all workers
+        info = samples(mport, "auxnet_model_info")
+        assert info and info[0].labels["model"] == "tiny"
+        with grpc.insecure_channel(f"127.0.0.1:{hport}") as ch:
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        # A worker killed outright is replaced; the other keeps answering meanwhile. A connection that the
+        # kernel had queued on the dead worker's socket is reset: the client sees UNAVAILABLE and reconnects.
+        os.kill(pids[0], signal.SIGKILL)
+        deadline, answered, reset = time.time() + 60, 0, 0
+        while time.time() < deadline:
+            try:
+                with Client(f"127.0.0.1:{port}") as c:
+                    answered += bool(c.classify(png(images(1)[0])).class_name)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                reset += 1
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            if len(children) == 2 and str(pids[0]) not in children and answered >= 5:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the killed worker was not replaced ({answered} answered, {reset} reset)")
+        with Client(f"127.0.0.1:{port}") as c:
+            assert all(c.classify(png(im)).class_name for im in images(4, seed=99))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    assert not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
+                   for p in pids[1:])
