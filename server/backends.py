@@ -45,9 +45,35 @@ class OnnxRuntimeBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=wanted)
         self.name = f"onnxruntime:{self.session.get_providers()[0]}"
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        gpu = self.session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.device_type = "cuda" if gpu else "cpu"
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {"input": x})
+
+    def run_bound(self, x):
+        """Run with IOBinding: `x` is a host array or the features OrtValue of the previous segment; returns
+        [features OrtValue, logits array] (or [logits array] for the final segment). The features stay where the
+        provider computed them (device memory under CUDA), so a chain of segments never copies them to the
+        host and back; only the small logits come to the host, where the exit rule needs them."""
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        if isinstance(x, ort.OrtValue):
+            io.bind_ortvalue_input("input", x)
+        else:
+            io.bind_cpu_input("input", np.ascontiguousarray(x, dtype=np.float32))
+        for name in self.outputs:
+            io.bind_output(name, self.device_type if name == "features" else "cpu")
+        self.session.run_with_iobinding(io)
+        values = io.get_outputs()
+        return [v if name == "features" else v.numpy() for name, v in zip(self.outputs, values)]
+
+
+def to_host(features) -> np.ndarray:
+    """Features as a host array, whether a backend returned an array or an OrtValue (device-resident)."""
+    return features if isinstance(features, np.ndarray) else features.numpy()
 
 
 class TensorRTBackend:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.backends import Backend
+from server.backends import Backend, to_host
 from server.errors import DeadlineExceeded, NotServing, QueueFull
 from server.latency import LatencyModel
 from server.metrics import Metrics
@@ -56,6 +56,7 @@ class EngineConfig:
     # A request with neither budget nor gRPC deadline is queued as if due this long after arrival: earliest
     # deadline first would otherwise put it behind every request that has one, forever under load.
     undeadlined_due_ms: float = 1000.0
+    io_binding: bool = True  # keep features in the backend's memory along a chain of segments (issue 12)
 
 
 @dataclass
@@ -338,9 +339,11 @@ class ModelEngine:
         (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work."""
         origin, steps = k, []
         while True:
+            backend = self.backends[k]
             t0 = time.perf_counter()
             try:
-                outputs = self.backends[k].run(x)
+                # IOBinding where the backend has it: chained features stay in the backend's memory.
+                outputs = backend.run_bound(x) if self.cfg.io_binding and hasattr(backend, "run_bound") else backend.run(x)
             except Exception as e:
                 e.exit_index = k  # name the segment that failed, not the one the batch started at
                 raise
@@ -398,7 +401,13 @@ class ModelEngine:
         self.latency.observe(k, len(step.jobs), step.dt)
         self._metric(self.metrics.compute_latency, name, str(k)).observe(step.dt)
         self._metric(self.metrics.batch_size, name, str(k)).observe(len(step.jobs))
-        features = step.outputs[0] if k < self.last else None
+        host = []  # features copied to the host only if some request needs them (queued, or sampled)
+
+        def features():
+            if not host:
+                host.append(to_host(step.outputs[0]))
+            return host[0]
+
         confidence = step.probs.max(axis=1)
         answered = {}
         for i, job in enumerate(step.jobs):
@@ -407,13 +416,13 @@ class ModelEngine:
             reason = step.reasons[i]
             if reason is None:
                 if last:
-                    job.x = features[i]
+                    job.x = features()[i]
                     self._push(k + 1, job)
                 if self.monitors is not None and self._held_back(k, job, float(confidence[i])) and \
                         self._sample_rng.random() < self.cfg.monitor_fraction:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.
-                    self._sample(ShadowJob(features[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+                    self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
                 continue
             latency = step.now - job.arrival
             met = job.budget_end is None or step.now <= job.budget_end
@@ -423,7 +432,7 @@ class ModelEngine:
                 self._metric(self.metrics.budget_misses, name).inc()
             job.future.set_result(Answer(k, step.probs[i], reason, latency, met))
             if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction:
-                self._sample(ShadowJob(features[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+                self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
         for reason, n in answered.items():  # one counter update per batch and reason, not per request
             self._metric(self.metrics.exits, name, str(k), reason).inc(n)
 

@@ -261,3 +261,22 @@ async def test_compute_time_excludes_the_wait_for_a_thread():
     await asyncio.gather(*(engine.classify(x(1), now, None, None, None, None) for _ in range(4)))
     assert len(seen) == 8 and max(seen) < 0.08, seen
     await engine.stop()
+
+
+def test_io_binding_keeps_features_in_the_backend_and_matches_plain_runs(tiny_repo):
+    import onnxruntime as ort
+
+    from server.backends import OnnxRuntimeBackend
+    from server.repository import load_manifest
+
+    info = load_manifest(tiny_repo / "tiny")
+    backends = [OnnxRuntimeBackend(e.onnx) for e in info.exits]
+    x = np.random.default_rng(0).standard_normal((5, *info.input_shape)).astype(np.float32)
+    plain, bound = x, x
+    for k, b in enumerate(backends):
+        expected = b.run(plain)
+        got = b.run_bound(bound)
+        np.testing.assert_allclose(got[-1], expected[-1], rtol=0, atol=1e-6)
+        if k < len(backends) - 1:
+            assert isinstance(got[0], ort.OrtValue) and got[0].device_name() == "cpu"  # not copied out
+            plain, bound = expected[0], got[0]  # the OrtValue goes straight into the next segment
