@@ -76,7 +76,9 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
             im.load()
             rgb = _to_rgb8(im)
             if size is not None and rgb.shape[:2] != size:
-                rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+                # reducing_gap: box-reduce by an integer factor first, then resample: far cheaper from 4096 px
+                rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR, reducing_gap=3.0),
+                                 dtype=np.uint8)
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

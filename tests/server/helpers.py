@@ -53,3 +53,15 @@ def requests_ok(metrics_port) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "auxnet_requests_total" and s.labels.get("code") == "OK")
+
+
+def wait_for(predicate, timeout_s: float = 20.0, every_s: float = 0.02) -> bool:
+    """Poll until `predicate()` holds, under a generous limit: tests wait for events, not for fixed sleeps."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return bool(predicate())

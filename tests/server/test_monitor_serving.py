@@ -3,7 +3,6 @@
 import json
 import logging
 import shutil
-import time
 
 import grpc
 import numpy as np
@@ -14,17 +13,8 @@ from server.client import Client
 from server.engine import EngineConfig
 from server.monitor import MIN_SCALE
 from tests.server.conftest import running_server
-from tests.server.helpers import calibrated_confidence, images, torch_exit_logits
+from tests.server.helpers import calibrated_confidence, images, torch_exit_logits, wait_for
 from tests.server.test_serving import metric
-
-
-def wait_for(predicate, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_calibrated_policy_uses_each_exits_threshold(server, tiny_run, tiny_repo):

@@ -22,7 +22,7 @@ from PIL import Image
 from protos.auxnet.v1 import inference_pb2 as pb
 from server.client import Client, classify_request
 from tests.server.conftest import running_server
-from tests.server.helpers import images, png, start_server_process
+from tests.server.helpers import images, png, start_server_process, wait_for
 from tests.server.test_serving import metric
 
 GOOD = images(1, seed=42)[0]
@@ -139,12 +139,12 @@ def test_expired_and_cancelled_requests_leave_queues_before_compute(tiny_repo):
             with pytest.raises(grpc.RpcError) as e:
                 c.classify(GOOD, timeout_s=0.1)
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert wait_for(lambda: app.engines["tiny"].inflight == 0)
             call = c.stub.Classify.future(classify_request(GOOD), timeout=5)
-            time.sleep(0.1)
+            assert wait_for(lambda: app.engines["tiny"].inflight == 1)  # queued, waiting for company
             call.cancel()
-            time.sleep(0.8)
+            assert wait_for(lambda: metric(app, "auxnet_dropped_total", exit="0", reason="cancelled") == 1)
             assert metric(app, "auxnet_dropped_total", exit="0", reason="deadline") == 1
-            assert metric(app, "auxnet_dropped_total", exit="0", reason="cancelled") == 1
             assert metric(app, "auxnet_batch_size_sum", exit="0") == computed_before  # nothing was computed
             assert metric(app, "auxnet_requests_total", code="DEADLINE_EXCEEDED") == 1
             assert metric(app, "auxnet_requests_total", code="CANCELLED") == 1
@@ -274,7 +274,7 @@ def test_reload_under_load_loses_nothing_and_refuses_a_broken_version(tiny_run, 
         (staging / "exit_0.onnx").write_bytes(b"not onnx")
         with caplog.at_level("ERROR", logger="auxnet.server"):
             publish(repo, "tiny", staging)
-            time.sleep(1.5)
+            assert wait_for(lambda: metric(app, "auxnet_model_reloads_total", result="refused") == 1)
         assert any("refusing new version" in r.getMessage() and "checksum mismatch" in r.getMessage()
                    for r in caplog.records)
         with Client(target) as c:
