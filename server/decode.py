@@ -74,9 +74,13 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
             if size is not None and kind == "JPEG" and (w > 2 * size[1] or h > 2 * size[0]):
                 im.draft("RGB", (size[1] * 2, size[0] * 2))  # decode at 1/2..1/8 scale: far less work
             im.load()
+            if size is not None and im.size != (size[1], size[0]) and not im.mode.startswith("I"):
+                # Resize inside Pillow (it releases the GIL) before any full-size array exists; reducing_gap:
+                # box-reduce by an integer factor first, then resample: far cheaper from 4096 px.
+                im = (im if im.mode == "RGB" else im.convert("RGB")).resize((size[1], size[0]), Image.BILINEAR,
+                                                                             reducing_gap=3.0)
             rgb = _to_rgb8(im)
-            if size is not None and rgb.shape[:2] != size:
-                # reducing_gap: box-reduce by an integer factor first, then resample: far cheaper from 4096 px
+            if size is not None and rgb.shape[:2] != size:  # 16-bit gray: scaled to 8 bits first, then resized
                 rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR, reducing_gap=3.0),
                                  dtype=np.uint8)
     except InvalidInput:

@@ -56,7 +56,9 @@ class EngineConfig:
     # A request with neither budget nor gRPC deadline is queued as if due this long after arrival: earliest
     # deadline first would otherwise put it behind every request that has one, forever under load.
     undeadlined_due_ms: float = 1000.0
-    io_binding: bool = True  # keep features in the backend's memory along a chain of segments (issue 12)
+    # Keep features in the backend's memory along a chain of segments (IOBinding, issue 12). "auto": only
+    # where that memory is a device's; on CPU the features are host arrays anyway and binding costs ~5%.
+    io_binding: bool | str = "auto"
 
 
 @dataclass
@@ -343,7 +345,7 @@ class ModelEngine:
             t0 = time.perf_counter()
             try:
                 # IOBinding where the backend has it: chained features stay in the backend's memory.
-                outputs = backend.run_bound(x) if self.cfg.io_binding and hasattr(backend, "run_bound") else backend.run(x)
+                outputs = backend.run_bound(x) if self._binds(backend) else backend.run(x)
             except Exception as e:
                 e.exit_index = k  # name the segment that failed, not the one the batch started at
                 raise
@@ -380,6 +382,11 @@ class ModelEngine:
                 continue
             jobs.append(job)
         return jobs
+
+    def _binds(self, backend) -> bool:
+        if not hasattr(backend, "run_bound") or self.cfg.io_binding is False:
+            return False
+        return self.cfg.io_binding is True or getattr(backend, "device_type", "cpu") != "cpu"
 
     def _decide(self, k: int, jobs: list[Job], probs: np.ndarray, now: float) -> list[str | None]:
         """Why each request stops at exit k (server/policy.py), or None to go on."""

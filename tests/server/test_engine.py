@@ -280,3 +280,17 @@ def test_io_binding_keeps_features_in_the_backend_and_matches_plain_runs(tiny_re
         if k < len(backends) - 1:
             assert isinstance(got[0], ort.OrtValue) and got[0].device_name() == "cpu"  # not copied out
             plain, bound = expected[0], got[0]  # the OrtValue goes straight into the next segment
+
+
+def test_engine_answers_the_same_with_io_binding_forced_on(tiny_repo):
+    from server.client import Client
+    from tests.server.conftest import running_server
+    from tests.server.helpers import images, png
+
+    answers = {}
+    for binding in (False, True):
+        with running_server(tiny_repo, engine=EngineConfig(max_batch=16, io_binding=binding)) as (app, target):
+            with Client(target) as c:
+                answers[binding] = [(r.label, r.exit_index, round(r.confidence, 5))
+                                    for r in (c.classify(png(im)) for im in images(8, seed=77))]
+    assert answers[True] == answers[False] and all(e == 1 for _, e, _ in answers[True])
