@@ -7,6 +7,7 @@ its optimizers and LR schedulers because multi-way needs one optimizer state per
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,12 @@ class OptimConfig:
     # joint only, the issue-5 ablation: trunk segment s decays at lambda * sum_{k>=s} c_k, the weight decay
     # multi-way effectively applies (see MultiwayFast), so that only the loss weighting differs.
     joint_match_multiway_decay: bool = False
+    # Recipe options beyond the paper (issue 10), all off by default so that every method stays the paper's.
+    schedule: str = "step"  # "step": the paper's /10 at milestones; "cosine": cosine decay after a warm-up
+    warmup_epochs: int = 0  # cosine only: linear warm-up from lr/W to lr over the first W epochs
+    label_smoothing: float = 0.0  # Szegedy et al. 2016, Sec. 7: target (1 - eps) one-hot + eps uniform
+    distill_weight: float = 0.0  # alpha: auxiliary outputs also learn from the final output (self-distillation)
+    distill_temperature: float = 3.0  # T of the softened teacher and student distributions
 
 
 def loss_weights(exits: tuple[int, ...], nu: float) -> list[float]:
@@ -49,7 +56,17 @@ def multiway_rate_factors(gammas: list[float]) -> list[float]:
 
 def lr_factor(epoch: int, cfg: OptimConfig) -> float:
     """Step schedule: divided by 10 at each milestone fraction of the epochs (30 epochs: at 12 and 18).
-    A milestone that rounds to epoch 0 is skipped, so a 1-epoch run trains at the base rate."""
+    A milestone that rounds to epoch 0 is skipped, so a 1-epoch run trains at the base rate.
+
+    Cosine (Loshchilov & Hutter 2017, SGDR, without restarts) after a linear warm-up (Goyal et al. 2017):
+    epoch e < W trains at (e + 1) / W; then 0.5 (1 + cos(pi (e - W) / (E - W)))."""
+    if cfg.schedule == "cosine":
+        w = cfg.warmup_epochs
+        if epoch < w:
+            return (epoch + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * (epoch - w) / max(1, cfg.epochs - w)))
+    if cfg.schedule != "step":
+        raise ValueError(f"schedule {cfg.schedule!r} unknown; valid: step, cosine")
     passed = sum(0 < round(m * cfg.epochs) <= epoch for m in cfg.milestones)
     return 0.1**passed
 
@@ -115,8 +132,24 @@ class Method:
         self.grad_sync([p.grad for p in self.model.parameters() if p.grad is not None])
 
 
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y)
+def _ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+
+def output_losses(logits: list[torch.Tensor], y: torch.Tensor, cfg: OptimConfig) -> list[torch.Tensor]:
+    """xi_k of every output. With the defaults: plain cross-entropy (the paper).
+
+    Self-distillation (Zhang et al. 2019, "Be Your Own Teacher"; Li et al., ICCV 2019): auxiliary output k
+    learns (1 - alpha) xi_k + alpha T^2 KL(softmax(z_K / T) || softmax(z_k / T)), the final output z_K
+    detached as the teacher (it is not pulled towards its students); T^2 keeps the gradient scale of the
+    soft term independent of T (Hinton et al. 2015). The final output keeps its own loss."""
+    ce = [_ce(z, y, cfg.label_smoothing) for z in logits]
+    if cfg.distill_weight == 0 or len(logits) == 1:
+        return ce
+    a, t = cfg.distill_weight, cfg.distill_temperature
+    teacher = F.softmax(logits[-1].detach().float() / t, dim=1)
+    soft = [F.kl_div(F.log_softmax(z.float() / t, dim=1), teacher, reduction="batchmean") * t * t for z in logits[:-1]]
+    return [(1 - a) * c + a * s for c, s in zip(ce[:-1], soft)] + [ce[-1]]
 
 
 class NoneMethod(Method):
@@ -127,7 +160,7 @@ class NoneMethod(Method):
 
     def step(self, x, y):
         self._zero()
-        losses = [_ce(z, y) for z in self._forward(x, detach_aux=True)]
+        losses = output_losses(self._forward(x, detach_aux=True), y, self.cfg)
         sum(losses).backward()
         self._sync_grads()
         self.optimizers[0].step()
@@ -158,7 +191,7 @@ class JointMethod(Method):
 
     def step(self, x, y):
         self._zero()
-        losses = [_ce(z, y) for z in self._forward(x)]
+        losses = output_losses(self._forward(x), y, self.cfg)
         sum(g * loss for g, loss in zip(self.gammas, losses)).backward()
         self._sync_grads()
         self.optimizers[0].step()
@@ -176,7 +209,7 @@ class PairwiseMethod(Method):
         for k in range(self.model.num_outputs):
             self._zero()
             with self.autocast():
-                loss = _ce(self.model.forward_to(x, k), y)
+                loss = _ce(self.model.forward_to(x, k), y, self.cfg.label_smoothing)
             (self.gammas[k] * loss).backward()
             self._sync_grads()
             self.optimizers[0].step()
@@ -213,7 +246,7 @@ class MultiwayReference(Method):
         return opts
 
     def step(self, x, y):
-        losses = [_ce(z, y) for z in self._forward(x)]
+        losses = output_losses(self._forward(x), y, self.cfg)
         last = self.model.num_outputs - 1
         grads = []
         for k, loss in enumerate(losses):
@@ -265,7 +298,7 @@ class MultiwayFast(Method):
     def step(self, x, y):
         self._zero()
         scales = [c * g for c, g in zip(self.rate_factors, self.gammas)]
-        losses = [_ce(z, y) for z in self._forward(x, trunk_grad_scales=scales)]
+        losses = output_losses(self._forward(x, trunk_grad_scales=scales), y, self.cfg)
         sum(losses).backward()
         self._sync_grads()
         self.optimizers[0].step()
@@ -278,6 +311,12 @@ _REGISTRY = {c.name: c for c in (NoneMethod, JointMethod, PairwiseMethod, Multiw
 def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext, grad_sync=None) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown training method {name!r}; valid: {', '.join(METHODS)}")
+    if name == "pairwise" and cfg.distill_weight > 0:
+        raise ValueError("self-distillation needs the final output in the same forward pass; pair-wise runs one "
+                         "partial forward per output: use joint or multiway")
+    if not 0 <= cfg.distill_weight <= 1 or cfg.distill_temperature <= 0 or not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"distill weight {cfg.distill_weight} must be in [0, 1], temperature "
+                         f"{cfg.distill_temperature} > 0, label smoothing {cfg.label_smoothing} in [0, 1)")
     if name != "none" and model.num_outputs == 1:
         name = "joint"  # with one output every method is plain SGD on the final loss
     return _REGISTRY[name](model, cfg, autocast, grad_sync)

@@ -54,6 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint-lr-adjust", action="store_true", help="joint: eta_k = eta / sum_{j>=k} gamma_j")
     p.add_argument("--joint-match-multiway-decay", action="store_true",
                    help="joint: per-segment weight decay equal to what multiway applies (ablation)")
+    recipe = p.add_argument_group("recipe options beyond the paper (off by default)")
+    recipe.add_argument("--schedule", default="step", choices=["step", "cosine"],
+                        help="step: lr/10 at 40%% and 60%% of the epochs (paper); cosine: after --warmup-epochs")
+    recipe.add_argument("--warmup-epochs", type=int, default=0)
+    recipe.add_argument("--label-smoothing", type=float, default=0.0)
+    recipe.add_argument("--distill-weight", type=float, default=0.0,
+                        help="self-distillation: auxiliary outputs learn this much from the final output")
+    recipe.add_argument("--distill-temperature", type=float, default=3.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
@@ -88,6 +96,10 @@ def main(args) -> dict:
             if ckpt["args"].get(key) != getattr(args, key):
                 raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
                                  f"{ckpt['args'].get(key)!r}; pass the same arguments")
+        for key, default in (("schedule", "step"), ("warmup_epochs", 0), ("label_smoothing", 0.0), ("distill_weight", 0.0)):
+            if ckpt["args"].get(key, default) != getattr(args, key):  # recipe options (older checkpoints: defaults)
+                raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
+                                 f"{ckpt['args'].get(key, default)!r}; pass the same arguments")
     val_size = args.val_size if args.val_size is not None else (256 if args.dataset == "synthetic" else 5000)
     splits = load_splits(args.dataset, args.data_dir, val_size, args.seed, args.download,
                          val_indices=ckpt["data"]["val_indices"] if ckpt else None)
@@ -112,7 +124,9 @@ def main(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optim = OptimConfig(args.lr, args.momentum, not args.no_nesterov, args.weight_decay, args.nu, args.epochs,
                         joint_lr_adjust=args.joint_lr_adjust,
-                        joint_match_multiway_decay=args.joint_match_multiway_decay)
+                        joint_match_multiway_decay=args.joint_match_multiway_decay, schedule=args.schedule,
+                        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature)
     method = build_method(args.method, model, optim, autocast, all_reduce_mean if dist_info.enabled else None)
     start_epoch = 0
     if ckpt is not None:
