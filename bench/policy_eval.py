@@ -36,7 +36,8 @@ def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
     ckpt = load_checkpoint(str(checkpoint))
     model = model_from_checkpoint(ckpt, str(checkpoint))
     info = ckpt["data"]
-    splits = load_splits(info["dataset"], data_dir, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0))
+    splits = load_splits(info["dataset"], data_dir, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0),
+                         image_size=info.get("image_size", 32))
     out = {}
     with torch.no_grad():
         for name, ds in (("val", splits.val), ("test", splits.test)):

@@ -41,7 +41,7 @@ def check_model(model_dir: str, checkpoint: str | None = None, log=print) -> lis
         model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
         images = torch.from_numpy(np.random.default_rng(1).standard_normal((16, *info.input_shape)).astype(np.float32))
         for r in segment_parity(model, [e.onnx for e in info.exits], images):
-            worst = max(r["segment_max_abs_diff"], r["chain_max_abs_diff"])
+            worst = max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) / r["output_scale"]
             if worst > PARITY_ATOL:
                 problems.append(f"exit {r['exit']}: ONNX differs from the checkpoint by {worst:.2e} > {PARITY_ATOL}")
     log(f"{Path(model_dir)}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))

@@ -11,7 +11,7 @@ import torch
 from training.model import AuxNet
 
 OPSET = 17
-PARITY_ATOL = 1e-4  # fp32, issue 3
+PARITY_ATOL = 1e-4  # fp32, issue 3: |onnx - torch| <= this x max(1, largest |output|)
 
 
 def export_segment(model: AuxNet, k: int, example: torch.Tensor, path: Path) -> dict:
@@ -55,7 +55,11 @@ def segment_parity(model: AuxNet, paths: list[Path], images: torch.Tensor) -> li
         chain = sess.run(None, {"input": x_onnx})  # ONNX-only chain: end-to-end parity
         seg_diff = max(float(np.abs(o - t.numpy()).max()) for o, t in zip(o_out, t_out))
         chain_diff = float(np.abs(chain[-1] - full[k].numpy()).max())
-        report.append({"exit": k, "segment_max_abs_diff": seg_diff, "chain_max_abs_diff": chain_diff})
+        # float32 keeps ~7 significant digits: outputs in the thousands (a barely trained net) differ by 1e-3
+        # for rounding alone, so the tolerance scales with the largest output magnitude (at least 1).
+        scale = max(1.0, *(float(t.abs().max()) for t in t_out), float(full[k].abs().max()))
+        report.append({"exit": k, "segment_max_abs_diff": seg_diff, "chain_max_abs_diff": chain_diff,
+                       "output_scale": scale})
         if len(t_out) == 2:
             x_torch, x_onnx = t_out[0], chain[0]
     return report

@@ -28,9 +28,13 @@ class OptimConfig:
     nu: float = 2.0  # exponent of the loss weights gamma_k = max(0.01, (L_k / L_K)^nu)
     epochs: int = 1
     milestones: tuple[float, ...] = (0.4, 0.6)  # lr / 10 at these fractions of the epochs (paper)
-    joint_lr_adjust: bool = False  # eta_k = eta / sum_{j>=k} gamma_j below exit k (joint only)
+    # joint only, Sec. 3.2.1: the trunk segment below auxiliary exit k runs at eta_k = eta / sum_{j>=k} gamma_j,
+    # the sum over auxiliary outputs j only (the paper's Eq. 3 keeps the final loss xi apart from the
+    # weighted ones); the final segment and the heads keep eta.
+    joint_lr_adjust: bool = False
     # joint only, the issue-5 ablation: trunk segment s decays at lambda * sum_{k>=s} c_k, the weight decay
-    # multi-way effectively applies (see MultiwayFast), so that only the loss weighting differs.
+    # multi-way effectively applies (see MultiwayFast). Two differences remain: the trunk sees gamma_k xi_k
+    # (multi-way: c_k gamma_k xi_k), and head k's gradient is scaled by gamma_k (multi-way: unscaled).
     joint_match_multiway_decay: bool = False
     # Recipe options beyond the paper (issue 10), all off by default so that every method stays the paper's.
     schedule: str = "step"  # "step": the paper's /10 at milestones; "cosine": cosine decay after a warm-up
@@ -169,7 +173,8 @@ class NoneMethod(Method):
 
 class JointMethod(Method):
     """One backward of xi + sum_k gamma_k xi_k, one step. With `joint_lr_adjust` the trunk segment
-    below exit k runs at eta / sum_{j>=k} gamma_j (Sec. 3.2), which keeps its step size bounded."""
+    below auxiliary exit k runs at eta / sum_{j>=k} gamma_j, auxiliary j only (Sec. 3.2.1), which keeps its
+    step size bounded."""
 
     name = "joint"
 
@@ -181,8 +186,8 @@ class JointMethod(Method):
         groups = []
         for k in range(self.model.num_outputs):
             group = {"params": self.model.trunk_segment_params(k), "lr": cfg.lr}
-            if cfg.joint_lr_adjust:
-                group["lr"] = cfg.lr / max(1.0, sum(self.gammas[k:]))
+            if cfg.joint_lr_adjust and k < self.model.num_outputs - 1 and sum(self.gammas[:-1]) > 1:
+                group["lr"] = cfg.lr / sum(self.gammas[k:-1])  # auxiliary weights only (paper)
             if cfg.joint_match_multiway_decay:
                 group["weight_decay"] = cfg.weight_decay * sum(rates[k:])
             groups.append(group)

@@ -37,6 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     arch.add_argument("--exits", help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
     arch.add_argument("--width", type=int, default=1, help="width factor N")
     arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
+    arch.add_argument("--image-size", type=int, default=None,
+                      help="training crop of large-image folders (default 224 for the ImageNet family); small "
+                           "images train at their own size")
     p.add_argument("--method", default="multiway", choices=METHODS,
                    help="none = ResNet baseline (aux heads are probes); multiway = one-backward equivalent of "
                         "multiway-reference")
@@ -51,7 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nesterov", action="store_true")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--nu", type=float, default=2.0, help="exponent of the loss weights")
-    p.add_argument("--joint-lr-adjust", action="store_true", help="joint: eta_k = eta / sum_{j>=k} gamma_j")
+    p.add_argument("--joint-lr-adjust", action="store_true",
+                   help="joint: eta_k = eta / sum_{j>=k} gamma_j over auxiliary outputs (Sec. 3.2.1)")
     p.add_argument("--joint-match-multiway-decay", action="store_true",
                    help="joint: per-segment weight decay equal to what multiway applies (ablation)")
     recipe = p.add_argument_group("recipe options beyond the paper (off by default)")
@@ -79,12 +83,21 @@ def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
         if args.depth or args.exits:
             raise ValueError("give either --preset or --depth/--exits, not both")
         cfg = preset_config(args.preset, num_classes)
-        return ModelConfig(**{**cfg.to_dict(), "image_size": image_size if cfg.family == "cifar" else cfg.image_size,
-                              "shortcut_scale": args.shortcut_scale})
+        # The data decides what the net sees, so training, export and serving agree (issue 10: an ImageNet
+        # preset used to declare 224 px while its images were cropped to 32).
+        return ModelConfig(**{**cfg.to_dict(), "image_size": image_size, "shortcut_scale": args.shortcut_scale})
     if not args.depth:
         raise ValueError("give --preset NAME or --depth D [--exits L1,...,D]")
     exits = tuple(int(e) for e in args.exits.split(",")) if args.exits else (args.depth,)
     return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size)
+
+
+def intended_image_size(args) -> int:
+    """The crop for large-image folders: --image-size, else 224 for the ImageNet family, else 32."""
+    if args.image_size:
+        return args.image_size
+    family = PRESETS[args.preset][0] if args.preset else args.family
+    return 224 if family == "imagenet" else 32
 
 
 def main(args) -> dict:
@@ -102,7 +115,7 @@ def main(args) -> dict:
                                  f"{ckpt['args'].get(key, default)!r}; pass the same arguments")
     val_size = args.val_size if args.val_size is not None else (256 if args.dataset == "synthetic" else 5000)
     splits = load_splits(args.dataset, args.data_dir, val_size, args.seed, args.download,
-                         val_indices=ckpt["data"]["val_indices"] if ckpt else None)
+                         val_indices=ckpt["data"]["val_indices"] if ckpt else None, image_size=intended_image_size(args))
     cfg = model_config(args, len(splits.classes), splits.image_size)
     device = pick_device(args.device)
     dist_info = init_from_env(device.type)

@@ -69,9 +69,11 @@ def test_joint_gradient_is_weighted_sum():
 def test_joint_lr_adjust_scales_segments():
     model = tiny()
     method = build_method("joint", model, OptimConfig(LR, MOM, True, WD, joint_lr_adjust=True))
-    gammas = loss_weights(model.exits, 2.0)  # [(5/9)^2, 1, 1]
+    gammas = loss_weights(model.exits, 2.0)  # [(5/9)^2, 1, 1]: two auxiliary outputs, then the final one
     lrs = [g["lr"] for g in method.optimizers[0].param_groups]
-    assert lrs == pytest.approx([LR / sum(gammas), LR / 2, LR / 1, LR])
+    # Sec. 3.2.1: eta_k = eta / sum_{j>=k} gamma_j over the auxiliary outputs (the final loss xi is not weighted),
+    # applied because sum_k gamma_k = 1.31 > 1. Segments: below exit 0, below exit 1, the final one; then heads.
+    assert lrs == pytest.approx([LR / (gammas[0] + gammas[1]), LR / gammas[1], LR, LR])
 
 
 def test_multiway_reference_equals_per_output_sgd_by_hand():

@@ -79,3 +79,28 @@ def test_cli_prints_per_exit_table(tmp_path):
     assert "layers" in out.stdout and " 17 " in out.stdout and " 20 " in out.stdout
     bad = subprocess.run([sys.executable, "-m", "training.run", "--preset", "nonet"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'nonet'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_imagenet_preset_trains_and_exports_at_one_image_size(tmp_path):
+    """Issue 10 review: the ImageNet family trained on 32 px crops while its config (and so export and
+    serving) said 224. Now the crop is --image-size (default 224) and the config records what was trained."""
+    import numpy as np
+
+    from export.build import export_model
+    from server.repository import load_manifest
+    from tests.training.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "data", 80, n_per_class=4, suffix=".jpg")
+    metrics = main(get_args_parser().parse_args([
+        "--preset", "auxnet34_2", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "64",
+        "--val-size", "2", "--batch-size", "3", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+        "--workers", "0", "--out", str(tmp_path / "run")]))
+    assert len(metrics["val_top1_err"]) == 2
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["config"]["image_size"] == 64 and ckpt["config"]["family"] == "imagenet"
+    assert ckpt["data"]["image_size"] == 64 and ckpt["data"]["augment"] == "imagenet"
+    info = load_manifest(export_model(str(tmp_path / "run"), str(tmp_path / "repo"), "in34", measure=False,
+                                      log=lambda *a: None))
+    assert info.input_shape == (3, 64, 64) and [e.layer for e in info.exits] == [29, 34]
+    assert np.allclose(info.mean, (0.485, 0.456, 0.406))
