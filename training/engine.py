@@ -13,39 +13,42 @@ from training.model import AuxNet
 
 
 class Progress:
-    """A one-line progress bar on a terminal, a line per 25% otherwise (logs stay readable)."""
+    """A progress line every `every` batches and at the end (a terminal's line is rewritten in place). Only
+    when a line is due are the device's losses read: a read waits for the GPU to finish its queued work."""
 
-    def __init__(self, total: int, label: str):
+    def __init__(self, total: int, label: str, every: int | None = None):
         self.total, self.label, self.tty = max(total, 1), label, sys.stderr.isatty()
-        self.last_quarter = -1
+        self.every = every or max(1, self.total // (20 if self.tty else 4))
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0 or done >= self.total
 
     def update(self, done: int, extra: str = "") -> None:
-        frac = done / self.total
         if self.tty:
-            bar = "#" * int(30 * frac)
-            print(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}", end="", file=sys.stderr, flush=True)
-            if done >= self.total:
-                print(file=sys.stderr)
-        elif int(frac * 4) > self.last_quarter:
-            self.last_quarter = int(frac * 4)
+            bar = "#" * int(30 * done / self.total)
+            end = "\n" if done >= self.total else ""
+            print(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}", end=end, file=sys.stderr, flush=True)
+        else:
             print(f"{self.label} {done}/{self.total} {extra}", file=sys.stderr, flush=True)
 
 
 def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False) -> dict:
+    """One pass; losses are summed on the device and read only for progress lines and at the end, so the
+    host never waits for the device between steps (issue 10)."""
     method.model.train()
-    sums = torch.zeros(method.model.num_outputs, dtype=torch.float64)
-    images, seen, start = 0, 0, time.perf_counter()
+    sums, images, seen, start = None, 0, 0, time.perf_counter()
     progress = Progress(num_batches, label)
     for i, (x, y) in enumerate(batches, 1):
-        losses = method.step(x, y)
-        sums += torch.tensor(losses, dtype=torch.float64) * len(y)
+        losses = method.step(x, y)  # (outputs,) on the device
+        weighted = losses.double() * len(y)
+        sums = weighted if sums is None else sums + weighted
         images += len(y)
         seen = i
-        if not quiet:
-            progress.update(i, f"loss {losses[-1]:.3f} {images / (time.perf_counter() - start):.0f} img/s")
+        if not quiet and progress.due(i):
+            progress.update(i, f"loss {float(losses[-1]):.3f} {images / (time.perf_counter() - start):.0f} img/s")
+    loss = (sums / max(images, 1)).tolist() if sums is not None else [0.0] * method.model.num_outputs
     elapsed = time.perf_counter() - start
-    return {"loss": (sums / max(images, 1)).tolist(), "images_per_s": images / elapsed, "train_s": elapsed,
-            "batches": seen}
+    return {"loss": loss, "images_per_s": images / elapsed, "train_s": elapsed, "batches": seen}
 
 
 @torch.no_grad()

@@ -99,7 +99,8 @@ class Method:
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         return [_sgd(self.model.parameters(), self.cfg, self.cfg.lr)]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; returns the loss of every output as one detached tensor on the device."""
         raise NotImplementedError
 
     def end_epoch(self) -> None:
@@ -136,6 +137,11 @@ class Method:
         self.grad_sync([p.grad for p in self.model.parameters() if p.grad is not None])
 
 
+def _detached(losses: list[torch.Tensor]) -> torch.Tensor:
+    """The losses of one step, on the device: reading them (.item()) would wait for the GPU every step."""
+    return torch.stack([loss.detach().float() for loss in losses])
+
+
 def _ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
 
@@ -168,7 +174,7 @@ class NoneMethod(Method):
         sum(losses).backward()
         self._sync_grads()
         self.optimizers[0].step()
-        return [loss.item() for loss in losses]
+        return _detached(losses)
 
 
 class JointMethod(Method):
@@ -200,7 +206,7 @@ class JointMethod(Method):
         sum(g * loss for g, loss in zip(self.gammas, losses)).backward()
         self._sync_grads()
         self.optimizers[0].step()
-        return [loss.item() for loss in losses]
+        return _detached(losses)
 
 
 class PairwiseMethod(Method):
@@ -218,8 +224,8 @@ class PairwiseMethod(Method):
             (self.gammas[k] * loss).backward()
             self._sync_grads()
             self.optimizers[0].step()
-            out.append(loss.item())
-        return out
+            out.append(loss)
+        return _detached(out)
 
 
 class MultiwayReference(Method):
@@ -270,7 +276,7 @@ class MultiwayReference(Method):
                 self.optimizers[-1].step()
             for p in trunk + head:
                 p.grad = None
-        return [loss.item() for loss in losses]
+        return _detached(losses)
 
 
 class MultiwayFast(Method):
@@ -307,7 +313,7 @@ class MultiwayFast(Method):
         sum(losses).backward()
         self._sync_grads()
         self.optimizers[0].step()
-        return [loss.item() for loss in losses]
+        return _detached(losses)
 
 
 _REGISTRY = {c.name: c for c in (NoneMethod, JointMethod, PairwiseMethod, MultiwayFast, MultiwayReference)}

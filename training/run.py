@@ -18,6 +18,7 @@ from training.checkpoint import load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
 from training.data.batches import iterate
+from training.data.device import DeviceData
 from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
@@ -73,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
     p.add_argument("--workers", type=int, default=4, help="loader processes for large image folders")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
+                        "so every step has the same shape")
     p.add_argument("--sync-bn", action="store_true",
                    help="torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
     return p
@@ -135,6 +139,11 @@ def main(args) -> dict:
     broadcast_model(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:  # in place: the state_dict keeps its keys, so checkpoints and export are unchanged
+        model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
+    # Small-image sets live on the device for the whole run, batched and augmented there (training/data/device.py).
+    on_device = {name: DeviceData(ds, splits, device) for name, ds in
+                 (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds.images is not None and len(ds)}
     optim = OptimConfig(args.lr, args.momentum, not args.no_nesterov, args.weight_decay, args.nu, args.epochs,
                         joint_lr_adjust=args.joint_lr_adjust,
                         joint_match_multiway_decay=args.joint_match_multiway_decay, schedule=args.schedule,
@@ -159,14 +168,20 @@ def main(args) -> dict:
     print(f"{rank}{cfg.name()} exits {list(cfg.exits)} gammas {gammas} "
           f"method {method.name} on {device} ({precision}); train {len(splits.train)} val {len(splits.val)} "
           f"test {len(splits.test)}", file=sys.stderr)
-    n_batches = -(-len(splits.train) // args.batch_size)
+    if "train" in on_device:
+        n_batches = on_device["train"].num_batches(args.batch_size, drop_last=args.compile)
+    else:
+        n_batches = -(-len(splits.train) // args.batch_size)
     if args.max_batches:
         n_batches = min(n_batches, args.max_batches)
     metrics = {}
     for epoch in range(start_epoch, args.epochs):
         lr = method.base_lr()
-        batches = iterate(splits.train, splits, args.batch_size, True, args.seed * 100003 + epoch, device,
-                          channels_last, args.workers)
+        epoch_seed = args.seed * 100003 + epoch  # a resumed run draws exactly the batches of an uninterrupted one
+        if "train" in on_device:
+            batches = on_device["train"].batches(args.batch_size, True, epoch_seed, args.compile, channels_last)
+        else:
+            batches = iterate(splits.train, splits, args.batch_size, True, epoch_seed, device, channels_last, args.workers)
         if args.max_batches:
             batches = (b for _, b in zip(range(args.max_batches), batches))
         batches = (shard(x, y, dist_info) for x, y in batches)
@@ -175,8 +190,9 @@ def main(args) -> dict:
         if not main_rank:
             barrier()  # wait for rank 0 to evaluate and checkpoint this epoch
             continue
-        val = evaluate(model, _eval_batches(splits.val, splits, device, channels_last, args), autocast)
-        test = evaluate(model, _eval_batches(splits.test, splits, device, channels_last, args), autocast)
+        val = evaluate(model, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args), autocast)
+        test = evaluate(model, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
+                        autocast)
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
                    "train_s": stats["train_s"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
                    "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"], "time": time.time()}
@@ -206,9 +222,11 @@ def _truncate_metrics(path: Path, epochs_kept: int) -> None:
             path.write_text("".join(line + "\n" for line in kept))
 
 
-def _eval_batches(ds, splits, device, channels_last, args):
+def _eval_batches(resident, ds, splits, device, channels_last, args):
     if len(ds) == 0:
         return iter(())
+    if resident is not None:
+        return resident.batches(256, False, 0, channels_last=channels_last)
     return iterate(ds, splits, 256, False, 0, device, channels_last, args.workers)
 
 

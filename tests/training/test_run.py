@@ -104,3 +104,11 @@ def test_imagenet_preset_trains_and_exports_at_one_image_size(tmp_path):
                                       log=lambda *a: None))
     assert info.input_shape == (3, 64, 64) and [e.layer for e in info.exits] == [29, 34]
     assert np.allclose(info.mean, (0.485, 0.456, 0.406))
+
+
+@pytest.mark.slow
+def test_compile_trains_with_static_batches_and_plain_checkpoint_keys(tmp_path):
+    metrics = run(tmp_path, "compiled", "--compile", "--epochs", "1")
+    assert len(metrics["val_top1_err"]) == 3
+    ckpt = load_checkpoint(tmp_path / "compiled")
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # export reads it like any other
