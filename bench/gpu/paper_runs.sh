@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Issue 10's runs in ONE device call: measure the training speed, size the paper's schedule to the time left,
+# train the runs side by side on one GPU, and copy checkpoints and metrics under $OUT as they go (a timeout
+# still returns them). A second call with RESUME=1 continues every run from its last epoch, if the machine
+# is still warm (runs live in /tmp/paper_runs).
+#
+# On the GPU machine (device tool, carry .gpudata; pack it first with
+#   python -m bench.gpu.pack_jpeg_folder pack ../shared/data/cifar10-jpeg .gpudata/cifar10):
+#   BUDGET_S=480 bash bench/gpu/paper_runs.sh
+# Rehearsal on a CPU (tiny, a few minutes):
+#   DATA="--dataset synthetic" PROBE_BATCHES=3 MAX_BATCHES=4 FORCE_EPOCHS=2 BUDGET_S=120 OUT=/tmp/out \
+#     bash bench/gpu/paper_runs.sh
+#
+# Runs, in the issue's priority order (paper recipe: batch 128, lr 0.1 / 10 at 40% and 60%, wd 1e-4,
+# momentum 0.9, the same epochs for every run): a AuxNet-56-5 multiway; b ResNet-56 (none, probes);
+# c a + self-distillation + cosine; d AuxNet-56-5 joint; e AuxNet-44-3 multiway and ResNet-110.
+set -u
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+BUDGET_S=${BUDGET_S:-480}          # wall seconds for everything in this call
+MIN_EPOCHS=${MIN_EPOCHS:-160}      # the issue's floor; fewer runs are started rather than fewer epochs
+MAX_EPOCHS=${MAX_EPOCHS:-400}      # the paper's schedule
+FORCE_EPOCHS=${FORCE_EPOCHS:-}     # rehearsal: skip the sizing
+PROBE_BATCHES=${PROBE_BATCHES:-150}
+MAX_BATCHES=${MAX_BATCHES:-}
+RESUME=${RESUME:-}
+OUT=${OUT:-/tmp/out}
+RUNS=/tmp/paper_runs
+DATA=${DATA:-}
+EXTRA=${EXTRA:---compile}
+mkdir -p "$RUNS" "$OUT"
+start=$SECONDS
+if [ -z "$DATA" ]; then
+  [ -d /tmp/cifar10-jpeg ] || python3 -m bench.gpu.pack_jpeg_folder unpack .gpudata/cifar10 /tmp/cifar10-jpeg || exit 1
+  DATA="--dataset folder --data-dir /tmp/cifar10-jpeg"
+fi
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
+order=(a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110)
+declare -A cmd=(
+  [a_multiway]="--preset auxnet56_5 --method multiway"
+  [b_resnet56]="--preset auxnet56_5 --method none"
+  [c_multiway_distill]="--preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3"
+  [d_joint]="--preset auxnet56_5 --method joint"
+  [e_aux44]="--preset auxnet44_3 --method multiway"
+  [e_resnet110]="--preset resnet110 --method none"
+)
+limit=${MAX_BATCHES:+--max-batches $MAX_BATCHES}
+
+if [ -z "$RESUME" ]; then
+  # 1. Speed: one run alone, then as many side by side as we mean to start, for PROBE_BATCHES batches.
+  python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
+    --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+  alone=$(python3 -c "import json; print(json.loads(open('$RUNS/probe1/metrics.jsonl').readlines()[-1])['images_per_s'])")
+  for n in ${!order[@]}; do
+    python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
+      --out "$RUNS/probe_all_$n" > "$RUNS/probe_all_$n.log" 2>&1 &
+  done
+  wait
+  together=$(python3 -c "
+import json, glob
+print(sum(json.loads(open(f).readlines()[-1])['images_per_s'] for f in glob.glob('$RUNS/probe_all_*/metrics.jsonl')))")
+  echo "throughput: one run alone ${alone} img/s; ${#order[@]} side by side ${together} img/s in all" | tee "$RUNS/speed.txt"
+  # 2. Size: the most runs (in priority order) whose shared throughput fits MIN_EPOCHS in the time left,
+  #    then as many epochs as fit, up to the paper's. 45,000 training images; 10% margin for evaluation.
+  left=$((BUDGET_S - (SECONDS - start) - 30))
+  read -r NRUNS EPOCHS < <(python3 -c "
+alone, together, left, k = $alone, $together, $left, ${#order[@]}
+best = (1, 1)
+for n in range(1, k + 1):
+    per_run = alone if n == 1 else together / k * min(1.0, k / n)  # measured at k; fewer share it out
+    epochs = int(0.9 * left * per_run / 45000)
+    if epochs >= $MIN_EPOCHS:
+        best = (n, min(epochs, $MAX_EPOCHS))
+    elif n == 1:
+        best = (1, max(1, min(epochs, $MAX_EPOCHS)))
+print(*best)")
+  [ -n "$FORCE_EPOCHS" ] && EPOCHS=$FORCE_EPOCHS && NRUNS=${#order[@]}
+  echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt"
+else
+  read -r NRUNS EPOCHS < "$RUNS/plan.txt"
+fi
+echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS/speed.txt"
+
+# 3. Train side by side; the paper's schedule scaled to EPOCHS (milestones at 40% and 60%).
+for name in "${order[@]:0:$NRUNS}"; do
+  args="${cmd[$name]} $DATA --epochs $EPOCHS --seed 0 --workers 2 $EXTRA $limit"
+  [ "$name" = c_multiway_distill ] && args="$args --schedule cosine --warmup-epochs 5"
+  echo "python -m training.run $args" > "$RUNS/$name.cmd"
+  resume=""
+  [ -n "$RESUME" ] && [ -f "$RUNS/$name/last.pt" ] && resume="--resume"
+  python3 -m training.run $args --out "$RUNS/$name" $resume >> "$RUNS/$name.log" 2>&1 &
+done
+sync_out() {
+  for name in "${order[@]:0:$NRUNS}"; do
+    [ -f "$RUNS/$name/last.pt" ] && cp "$RUNS/$name/last.pt" "$OUT/ckpt_$name.pt"
+  done
+  tar czf "$OUT/runs.tar.gz" --exclude='*.pt' -C /tmp paper_runs 2>/dev/null
+}
+while [ -n "$(jobs -r)" ] && [ $((SECONDS - start)) -lt "$BUDGET_S" ]; do
+  sleep 10
+  sync_out
+  echo "t=$((SECONDS - start))s epochs done: $(for n in "${order[@]:0:$NRUNS}"; do f="$RUNS/$n/metrics.jsonl"; printf '%s:%s ' "$n" "$([ -f "$f" ] && wc -l < "$f" || echo 0)"; done)"
+done
+kill $(jobs -p) 2>/dev/null
+wait
+sync_out
+tail -n 2 "$RUNS"/*.log
