@@ -36,8 +36,8 @@ def model_from_checkpoint(ckpt: dict, path: str) -> AuxNet:
     except (TypeError, ValueError) as e:
         raise ExportError(f"checkpoint {path}: its model config is incompatible with this version ({e})") from e
     model = AuxNet(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
+    try:  # the averaged weights when the run kept them (--ema-decay): those were evaluated, those are served
+        model.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
     except RuntimeError as e:
         first = str(e).splitlines()[0:3]
         raise ExportError(f"checkpoint {path}: weights do not fit the config {cfg.name()} ({' '.join(first)})") from e
@@ -191,6 +191,7 @@ def _manifest(name, cfg, ckpt, splits, exits, policy, n_val) -> dict:
                   "normalization": ckpt["data"]["normalization"]},
         "training": {"method": args.get("method"), "dataset": dataset, "epochs": ckpt["epoch"],
                      "seed": args.get("seed"), "batch_size": args.get("batch_size"), "lr": args.get("lr"),
+                     "weights": "exponential moving average" if ckpt.get("model_ema") else "last step",
                      "precision": ckpt.get("precision"), "final_metrics": ckpt.get("metrics", {})},
         "calibration": {"split": "validation (held out of the training set)", "images": n_val,
                         "temperature": "per exit, NLL-fitted"},

@@ -32,7 +32,8 @@ class Progress:
             print(f"{self.label} {done}/{self.total} {extra}", file=sys.stderr, flush=True)
 
 
-def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False) -> dict:
+def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False,
+                    ema=None) -> dict:
     """One pass; losses are summed on the device and read only for progress lines and at the end, so the
     host never waits for the device between steps (issue 10)."""
     method.model.train()
@@ -40,6 +41,8 @@ def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: 
     progress = Progress(num_batches, label)
     for i, (x, y) in enumerate(batches, 1):
         losses = method.step(x, y)  # (outputs,) on the device
+        if ema is not None:
+            ema.update(method.model)
         weighted = losses.double() * len(y)
         sums = weighted if sums is None else sums + weighted
         images += len(y)

@@ -20,6 +20,7 @@ from training.data import DATASETS, load_splits
 from training.data.batches import iterate
 from training.data.device import DeviceData
 from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard
+from training.ema import ModelEma
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
 from training.model import AuxNet, segment_costs
@@ -67,6 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--distill-weight", type=float, default=0.0,
                         help="self-distillation: auxiliary outputs learn this much from the final output")
     recipe.add_argument("--distill-temperature", type=float, default=3.0)
+    recipe.add_argument("--ema-decay", type=float, default=0.0,
+                        help="evaluate and export an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +116,8 @@ def main(args) -> dict:
             if ckpt["args"].get(key) != getattr(args, key):
                 raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
                                  f"{ckpt['args'].get(key)!r}; pass the same arguments")
-        for key, default in (("schedule", "step"), ("warmup_epochs", 0), ("label_smoothing", 0.0), ("distill_weight", 0.0)):
+        for key, default in (("schedule", "step"), ("warmup_epochs", 0), ("label_smoothing", 0.0), ("distill_weight", 0.0),
+                             ("ema_decay", 0.0)):
             if ckpt["args"].get(key, default) != getattr(args, key):  # recipe options (older checkpoints: defaults)
                 raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
                                  f"{ckpt['args'].get(key, default)!r}; pass the same arguments")
@@ -139,6 +143,7 @@ def main(args) -> dict:
     broadcast_model(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = ModelEma(model, args.ema_decay) if args.ema_decay else None  # copied before compiling: evaluated eagerly
     if args.compile:  # in place: the state_dict keeps its keys, so checkpoints and export are unchanged
         model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     # Small-image sets live on the device for the whole run, batched and augmented there (training/data/device.py).
@@ -154,6 +159,8 @@ def main(args) -> dict:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         method.load_state_dict(ckpt["method"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["model_ema"])
         start_epoch = ckpt["epoch"]
     data_info = {"dataset": args.dataset, "classes": splits.classes, "normalization": splits.normalization(),
                  "augment": splits.augment, "image_size": splits.image_size, "val_indices": splits.val_indices,
@@ -185,20 +192,23 @@ def main(args) -> dict:
         if args.max_batches:
             batches = (b for _, b in zip(range(args.max_batches), batches))
         batches = (shard(x, y, dist_info) for x, y in batches)
-        stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}", quiet=not main_rank)
+        stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}", quiet=not main_rank,
+                                ema=ema)
         method.end_epoch()
         if not main_rank:
             barrier()  # wait for rank 0 to evaluate and checkpoint this epoch
             continue
-        val = evaluate(model, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args), autocast)
-        test = evaluate(model, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
+        judged = ema.module if ema is not None else model  # the weights that will be exported
+        val = evaluate(judged, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args), autocast)
+        test = evaluate(judged, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
                         autocast)
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
                    "train_s": stats["train_s"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
                    "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"], "time": time.time()}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "method": method.state_dict(),
+        extra = {"model_ema": {k: v.cpu() for k, v in ema.state_dict().items()}} if ema is not None else {}
+        save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **extra, "method": method.state_dict(),
                      "epoch": epoch + 1, "config": cfg.to_dict(), "args": vars(args), "data": data_info,
                      "precision": precision, "costs": costs, "metrics": metrics}, out / "last.pt")
         print(f"epoch {epoch + 1}: val top1 err per exit {[round(e, 2) for e in val['top1_err']]} "

@@ -81,3 +81,55 @@ def test_bad_recipe_options_are_refused():
         build_method("multiway", model, OptimConfig(distill_weight=1.5))
     with pytest.raises(ValueError, match="schedule 'linear' unknown"):
         lr_factor(0, OptimConfig(schedule="linear"))
+
+
+def test_ema_update_by_hand():
+    from training.ema import ModelEma
+
+    model = AuxNet(ModelConfig(depth=8, exits=(5, 8)))
+    ema = ModelEma(model, 0.9)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    steps = []
+    for delta in (1.0, -0.5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(delta)
+        steps.append([p.detach().clone() for p in model.parameters()])
+        ema.update(model)
+    for e, a, b, c in zip(ema.module.parameters(), w0, *steps):
+        # ema_1 = 0.9 w0 + 0.1 w1; ema_2 = 0.9 ema_1 + 0.1 w2
+        torch.testing.assert_close(e, 0.9 * (0.9 * a + 0.1 * b) + 0.1 * c)
+    with torch.no_grad():
+        next(b for b in model.buffers() if b.dtype.is_floating_point).fill_(3.0)
+    ema.update(model)
+    for eb, b in zip(ema.module.buffers(), model.buffers()):
+        assert torch.equal(eb, b)  # buffers are copied, not averaged
+    with pytest.raises(ValueError, match="EMA decay 1.0 must be in"):
+        ModelEma(model, 1.0)
+
+
+def test_ema_run_resumes_exactly_and_exports_the_averaged_weights(tmp_path, monkeypatch):
+    import training.run as tr
+    from export.build import model_from_checkpoint
+    from training.checkpoint import load_checkpoint
+
+    args = ["--depth", "8", "--exits", "5,8", "--dataset", "synthetic", "--precision", "fp32", "--device", "cpu",
+            "--batch-size", "64", "--max-batches", "3", "--val-size", "64", "--ema-decay", "0.9", "--epochs", "2"]
+    tr.main(tr.get_args_parser().parse_args(args + ["--out", str(tmp_path / "straight")]))
+    original = tr.save_atomic
+
+    def save_then_die(obj, path):  # killed right after the first epoch's checkpoint
+        original(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.main(tr.get_args_parser().parse_args(args + ["--out", str(tmp_path / "killed")]))
+    monkeypatch.setattr(tr, "save_atomic", original)
+    tr.main(tr.get_args_parser().parse_args(args + ["--out", str(tmp_path / "killed"), "--resume"]))
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    for key in a["model_ema"]:
+        torch.testing.assert_close(a["model_ema"][key], b["model_ema"][key], rtol=0, atol=0)
+    exported = model_from_checkpoint(a, "straight").state_dict()
+    assert all(torch.equal(exported[k], a["model_ema"][k]) for k in exported)
+    assert any(not torch.equal(a["model_ema"][k], a["model"][k]) for k in exported)
