@@ -23,6 +23,9 @@ class ModelConfig:
     num_classes: int = 10
     shortcut_scale: float = 1.0  # lambda of Eq. 1: x_{l+1} = lambda * x_l + F(x_l)
     image_size: int = 32
+    # Stage-transition shortcut fed BN-ReLU(x) as in He et al.'s pre-activation code, instead of raw x
+    # (issue 10: measure which trains better; raw x is what the committed models use).
+    preact_shortcut: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exits", tuple(sorted(int(e) for e in self.exits)))

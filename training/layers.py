@@ -23,8 +23,10 @@ class ShortcutA(nn.Module):
 class PreActBasicBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus lambda * shortcut (Eq. 1). Two layers."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut_scale: float, option_a: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut_scale: float, option_a: bool = True,
+                 preact_shortcut: bool = False):
         super().__init__()
+        self.preact_shortcut = preact_shortcut and (stride != 1 or in_ch != out_ch)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
@@ -33,9 +35,11 @@ class PreActBasicBlock(nn.Module):
         self.shortcut = _shortcut(in_ch, out_ch, stride, option_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + self.scale * self.shortcut(x)
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        # At a stage transition He et al.'s pre-activation code feeds the shortcut the pre-activated input;
+        # by default we feed it raw x (the committed models' choice): which trains better is measured on a GPU.
+        return out + self.scale * self.shortcut(pre if self.preact_shortcut else x)
 
 
 class PreActBottleneck(nn.Module):
@@ -43,7 +47,7 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, mid_ch: int, stride: int, shortcut_scale: float):
+    def __init__(self, in_ch: int, mid_ch: int, stride: int, shortcut_scale: float, preact_shortcut: bool = False):
         super().__init__()
         out_ch = mid_ch * self.expansion
         self.bn1, self.conv1 = nn.BatchNorm2d(in_ch), nn.Conv2d(in_ch, mid_ch, 1, bias=False)
@@ -51,12 +55,14 @@ class PreActBottleneck(nn.Module):
         self.bn3, self.conv3 = nn.BatchNorm2d(mid_ch), nn.Conv2d(mid_ch, out_ch, 1, bias=False)
         self.scale = shortcut_scale
         self.shortcut = _shortcut(in_ch, out_ch, stride, option_a=False)
+        self.preact_shortcut = preact_shortcut and (stride != 1 or in_ch != out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.bn1(x)))
+        pre = F.relu(self.bn1(x))
+        out = self.conv1(pre)
         out = self.conv2(F.relu(self.bn2(out)))
         out = self.conv3(F.relu(self.bn3(out)))
-        return out + self.scale * self.shortcut(x)
+        return out + self.scale * self.shortcut(pre if self.preact_shortcut else x)
 
 
 def _shortcut(in_ch: int, out_ch: int, stride: int, option_a: bool) -> nn.Module:

@@ -120,7 +120,7 @@ def _cifar_trunk(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], list[int
     for stage, out_ch in enumerate((16 * w, 32 * w, 64 * w)):
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
-            blocks.append(PreActBasicBlock(in_ch, out_ch, stride, cfg.shortcut_scale))
+            blocks.append(PreActBasicBlock(in_ch, out_ch, stride, cfg.shortcut_scale, preact_shortcut=cfg.preact_shortcut))
             in_ch = out_ch
             channels.append(out_ch)
     return stem, blocks, channels
@@ -140,10 +140,11 @@ def _imagenet_trunk(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], list[
         for i in range(count):
             stride = 2 if stage > 0 and i == 0 else 1
             if bottleneck:
-                blocks.append(PreActBottleneck(in_ch, mid, stride, cfg.shortcut_scale))
+                blocks.append(PreActBottleneck(in_ch, mid, stride, cfg.shortcut_scale, cfg.preact_shortcut))
                 in_ch = mid * PreActBottleneck.expansion
             else:
-                blocks.append(PreActBasicBlock(in_ch, mid, stride, cfg.shortcut_scale, option_a=False))
+                blocks.append(PreActBasicBlock(in_ch, mid, stride, cfg.shortcut_scale, option_a=False,
+                                                  preact_shortcut=cfg.preact_shortcut))
                 in_ch = mid
             channels.append(in_ch)
     return stem, blocks, channels

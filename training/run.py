@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     arch.add_argument("--exits", help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
     arch.add_argument("--width", type=int, default=1, help="width factor N")
     arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
+    arch.add_argument("--preact-shortcut", action="store_true",
+                      help="stage-transition shortcuts take BN-ReLU(x) (He et al.'s code) instead of raw x")
     arch.add_argument("--image-size", type=int, default=None,
                       help="training crop of large-image folders (default 224 for the ImageNet family); small "
                            "images train at their own size")
@@ -92,11 +94,13 @@ def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
         cfg = preset_config(args.preset, num_classes)
         # The data decides what the net sees, so training, export and serving agree (issue 10: an ImageNet
         # preset used to declare 224 px while its images were cropped to 32).
-        return ModelConfig(**{**cfg.to_dict(), "image_size": image_size, "shortcut_scale": args.shortcut_scale})
+        return ModelConfig(**{**cfg.to_dict(), "image_size": image_size, "shortcut_scale": args.shortcut_scale,
+                              "preact_shortcut": args.preact_shortcut})
     if not args.depth:
         raise ValueError("give --preset NAME or --depth D [--exits L1,...,D]")
     exits = tuple(int(e) for e in args.exits.split(",")) if args.exits else (args.depth,)
-    return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size)
+    return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size,
+                       args.preact_shortcut)
 
 
 def intended_image_size(args) -> int:

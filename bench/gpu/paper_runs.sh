@@ -13,7 +13,8 @@
 #
 # Runs, in the issue's priority order (paper recipe: batch 128, lr 0.1 / 10 at 40% and 60%, wd 1e-4,
 # momentum 0.9, the same epochs for every run): a AuxNet-56-5 multiway; b ResNet-56 (none, probes);
-# c a + self-distillation + cosine; d AuxNet-56-5 joint; e AuxNet-44-3 multiway and ResNet-110.
+# c a + self-distillation + cosine; d AuxNet-56-5 joint; e AuxNet-44-3 multiway and ResNet-110;
+# f a with stage-transition shortcuts after BN-ReLU (He et al.'s code) against a's raw x.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 BUDGET_S=${BUDGET_S:-480}          # wall seconds for everything in this call
@@ -34,7 +35,7 @@ if [ -z "$DATA" ]; then
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
-order=(a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110)
+order=(a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110 f_multiway_preact)
 declare -A cmd=(
   [a_multiway]="--preset auxnet56_5 --method multiway"
   [b_resnet56]="--preset auxnet56_5 --method none"
@@ -42,6 +43,7 @@ declare -A cmd=(
   [d_joint]="--preset auxnet56_5 --method joint"
   [e_aux44]="--preset auxnet44_3 --method multiway"
   [e_resnet110]="--preset resnet110 --method none"
+  [f_multiway_preact]="--preset auxnet56_5 --method multiway --preact-shortcut"  # review: shortcut after BN-ReLU?
 )
 limit=${MAX_BATCHES:+--max-batches $MAX_BATCHES}
 

@@ -106,3 +106,24 @@ def test_config_roundtrip_and_unknown_keys():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys \\['colour'\\]"):
         ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_preact_shortcut_changes_only_stage_transitions_and_no_parameter_count():
+    import torch
+
+    from training.config import ModelConfig
+    from training.model import AuxNet
+
+    raw, pre = AuxNet(ModelConfig(depth=14, exits=(9, 14))), AuxNet(ModelConfig(depth=14, exits=(9, 14), preact_shortcut=True))
+    pre.load_state_dict(raw.state_dict())  # same parameters: option A shortcuts have none either way
+    assert sum(p.numel() for p in raw.parameters()) == sum(p.numel() for p in pre.parameters())
+    flags = [b.preact_shortcut for b in pre.modules() if hasattr(b, "preact_shortcut")]
+    assert flags == [False, False, True, False, True, False]  # 2 blocks per stage: the first of stages 2, 3
+    for m in (raw, pre):
+        for mod in m.modules():  # running statistics that are not 0/1, so BN-ReLU(x) differs from x
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.fill_(0.3)
+        m.eval()
+    x = torch.randn(2, 3, 32, 32)
+    a, b = raw(x), pre(x)
+    assert not torch.allclose(a[-1], b[-1])
