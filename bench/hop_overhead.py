@@ -11,6 +11,7 @@ so that both figures come from one run on one machine.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ def start(root: Path, repo: str) -> tuple[subprocess.Popen, str, int]:
     port_file = Path(tempfile.mkdtemp()) / "ports"
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--port", "0", "--metrics-port", "0",
                              "--port-file", str(port_file), "--log-level", "WARNING"],
-                            cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     deadline = time.time() + 120
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None or time.time() > deadline:
