@@ -15,10 +15,7 @@ import io
 import platform
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -26,21 +23,13 @@ from PIL import Image
 
 from bench.serving import load_test_images
 from server.client import Client
-from server.demo import ROOT
+from server.demo import ROOT, start_server
 from server.loadgen import closed_loop, summarise
 
 
 def start(root: Path, repo: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port_file = Path(tempfile.mkdtemp()) / "ports"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--port", "0", "--metrics-port", "-1",
-                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=root,
-                            env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
-    deadline = time.time() + 120
-    while not port_file.exists() or not port_file.read_text().strip():
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"server from {root} with {extra} did not start")
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
+    proc, target, _ = start_server(repo, extra, quiet=True, root=root)
+    return proc, target
 
 
 def big_png() -> bytes:

@@ -11,12 +11,8 @@ so that both figures come from one run on one machine.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,22 +20,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.client import Client
-from server.demo import ROOT
+from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
-
-
-def start(root: Path, repo: str) -> tuple[subprocess.Popen, str, int]:
-    port_file = Path(tempfile.mkdtemp()) / "ports"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--port", "0", "--metrics-port", "0",
-                             "--port-file", str(port_file), "--log-level", "WARNING"],
-                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
-    deadline = time.time() + 120
-    while not port_file.exists() or not port_file.read_text().strip():
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"server from {root} did not start")
-        time.sleep(0.1)
-    port, metrics = port_file.read_text().split()[:2]
-    return proc, f"127.0.0.1:{port}", int(metrics)
 
 
 def compute_means(port: int) -> list[float]:
@@ -55,7 +37,7 @@ def compute_means(port: int) -> list[float]:
 
 
 def measure(root: Path, repo: str, images: list[bytes], n: int) -> dict:
-    proc, target, mport = start(root, repo)
+    proc, target, mport = start_server(repo, [], quiet=True, root=root)
     try:
         with Client(target) as c:
             for im in images[:50]:  # warm-up

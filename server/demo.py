@@ -7,6 +7,7 @@ images under a few policies, printing accuracy, exit histogram and latency.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -20,12 +21,15 @@ from server.loadgen import closed_loop, load_labelled_folder, summarise
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False) -> tuple[subprocess.Popen, str, int]:
-    """`python -m server` on free ports, as its own process; returns (process, target, metrics port)."""
+def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False,
+                 root: Path = ROOT) -> tuple[subprocess.Popen, str, int]:
+    """`python -m server` on free ports, as its own process; returns (process, target, metrics port).
+    `root`: the checkout to run it from (benchmarks compare against an older one)."""
     port_file = Path(tempfile.mkdtemp()) / "ports"
+    env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=ROOT, stderr=stderr,
-                            text=True)
+                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=root, stderr=stderr,
+                            text=True, env=env)
     deadline = time.time() + 120
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None:
