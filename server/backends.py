@@ -44,7 +44,14 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=wanted)
-        self.name = f"onnxruntime:{self.session.get_providers()[0]}"
+        running = self.session.get_providers()[0]
+        if device in ("cuda", "tensorrt-ep") and running == "CPUExecutionProvider":
+            # ORT lists the CUDA provider whenever onnxruntime-gpu is installed, then silently runs on the CPU
+            # when the CUDA libraries or the GPU cannot be loaded (issue 14): refuse rather than serve slowly.
+            raise RuntimeError(f"--device {device}: ONNX Runtime could not start {wanted[0]} for {path.name} and fell "
+                               "back to the CPU (CUDA 13 runtime libraries, cuDNN or a GPU missing? ONNX Runtime's "
+                               "log above names the library); refusing to serve on the CPU")
+        self.name = f"onnxruntime:{running}"
         self.outputs = [o.name for o in self.session.get_outputs()]
         gpu = self.session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.device_type = "cuda" if gpu else "cpu"

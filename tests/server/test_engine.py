@@ -294,3 +294,18 @@ def test_engine_answers_the_same_with_io_binding_forced_on(tiny_repo):
                 answers[binding] = [(r.label, r.exit_index, round(r.confidence, 5))
                                     for r in (c.classify(png(im)) for im in images(8, seed=77))]
     assert answers[True] == answers[False] and all(e == 1 for _, e, _ in answers[True])
+
+
+def test_cuda_requested_but_cpu_running_is_refused(tiny_repo, monkeypatch):
+    # A CPU build told that CUDA is available does what a broken CUDA install does: onnxruntime creates the
+    # session on the CPU provider and only warns. The backend must refuse, naming why.
+    import onnxruntime as ort
+
+    from server.backends import OnnxRuntimeBackend
+    from server.repository import load_manifest
+
+    onnx = load_manifest(tiny_repo / "tiny").exits[0].onnx
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider .* fell back to the CPU"):
+        OnnxRuntimeBackend(onnx, device="cuda")
+    assert OnnxRuntimeBackend(onnx, device="cpu").name == "onnxruntime:CPUExecutionProvider"
