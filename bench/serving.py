@@ -10,6 +10,7 @@ Client and server share this machine's cores; all figures come from one run, so 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from server.client import Client
 from server.demo import ROOT, start_server
-from server.loadgen import closed_loop, summarise
+from server.loadgen import closed_loop, closed_loop_procs, summarise
 from server.repository import list_models, load_manifest
 
 
@@ -32,14 +33,17 @@ def load_test_images(root: str, per_class: int):
     return data, names
 
 
-def raw_onnxruntime(model_dir, batch: int, threads: int, seconds: float = 5.0) -> float:
+def raw_onnxruntime(model_dir, batch: int, threads: int, seconds: float = 5.0, device: str = "cpu") -> float:
     """Images/s of the full chain of segments in one process, no server, no decoding."""
     import onnxruntime as ort
 
     info = load_manifest(model_dir)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    sessions = [ort.InferenceSession(str(e.onnx), opts, providers=providers) for e in info.exits]
+    if device == "cuda" and sessions[0].get_providers()[0] != "CUDAExecutionProvider":
+        raise SystemExit("raw reference: onnxruntime fell back to the CPU; no CUDA figures")
     x0 = np.random.default_rng(0).standard_normal((batch, *info.input_shape)).astype(np.float32)
 
     def chain():
@@ -65,10 +69,15 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--budgets-ms", type=float, nargs="+", default=[10.0, 20.0])
+    p.add_argument("--server-args", default="", help="extra server flags, e.g. '--device cuda --workers 2'")
+    p.add_argument("--client-procs", type=int, default=1, help="client processes sharing --concurrency")
+    p.add_argument("--raw-device", default="cpu", choices=["cpu", "cuda"],
+                   help="execution provider of the raw ONNX Runtime reference")
+    p.add_argument("--raw-threads", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
     images, names = load_test_images(args.data, args.per_class)
     model_dir = list_models(args.repo)[0]
-    proc, target, _ = start_server(args.repo, ["--max-batch", str(args.max_batch)])
+    proc, target, _ = start_server(args.repo, ["--max-batch", str(args.max_batch), *args.server_args.split()])
     rows = []
     try:
         with Client(target) as c:
@@ -79,14 +88,15 @@ def main() -> None:
         policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
         closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
         for name, kw in policies:
-            results, wall = closed_loop(target, images, args.concurrency, args.requests, **kw)
+            results, wall = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs, **kw)
             rows.append((name, summarise(results, wall, labels, len(info.exits))))
     finally:
         proc.terminate()
         proc.wait(30)
-    raw = {th: raw_onnxruntime(model_dir, args.max_batch, threads=th) for th in (1, 2)}
-    print(f"machine: {platform.processor() or platform.machine()}, 2 cores shared by server and {args.concurrency} "
-          f"client threads; {len(images)} CIFAR-10 test images, {args.requests} requests per policy; "
+    raw = {th: raw_onnxruntime(model_dir, args.max_batch, threads=th, device=args.raw_device) for th in args.raw_threads}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by server and "
+          f"{args.concurrency} client threads in {args.client_procs} process(es); server args '{args.server_args}'; "
+          f"{len(images)} CIFAR-10 test images, {args.requests} requests per policy; "
           f"server max batch {args.max_batch}")
     print("| policy | throughput (img/s) | x final-only | p50 ms | p99 ms | accuracy | budget met | exit histogram |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
@@ -97,7 +107,8 @@ def main() -> None:
         print(f"| {name}{err} | {s['throughput_rps']:.0f} | {s['throughput_rps'] / base:.2f} | {s['p50_ms']:.1f} | "
               f"{s['p99_ms']:.1f} | {100 * s['accuracy']:.1f}% | {100 * s['budget_met']:.0f}% | {hist} |")
     for th, ips in raw.items():
-        print(f"| raw ONNX Runtime, full model, batch {args.max_batch}, {th} intra-op thread(s), no server | {ips:.0f} | "
+        print(f"| raw ONNX Runtime ({args.raw_device}), full model, batch {args.max_batch}, {th} intra-op thread(s), "
+              f"no server | {ips:.0f} | "
               f"{ips / base:.2f} | - | - | - | - | final only |")
 
 

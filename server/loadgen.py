@@ -74,6 +74,27 @@ def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, 
     return sorted(results, key=lambda r: r.index), time.perf_counter() - t0
 
 
+def closed_loop_procs(target: str, images: list[bytes], concurrency: int, total: int, procs: int,
+                      **request) -> tuple[list[Result], float]:
+    """The same load from `procs` client processes (threads of one Python process cannot saturate a server
+    on a many-core host); their results merged, indices kept distinct, the wall time the slowest one's."""
+    if procs <= 1:
+        return closed_loop(target, images, concurrency, total, **request)
+    from concurrent.futures import ProcessPoolExecutor
+
+    share = [total // procs + (i < total % procs) for i in range(procs)]
+    with ProcessPoolExecutor(procs) as pool:
+        futures = [pool.submit(closed_loop, target, images, max(1, concurrency // procs), n, **request) for n in share]
+        parts = [f.result() for f in futures]
+    merged, offset = [], 0
+    for (results, _), n in zip(parts, share):
+        for r in results:
+            r.index += offset
+        merged += results
+        offset += n
+    return merged, max(wall for _, wall in parts)
+
+
 def summarise(results: list[Result], wall_s: float, labels: list[int] | None, num_exits: int) -> dict:
     ok = [r for r in results if r.ok]
     lat = sorted(r.client_ms for r in ok)

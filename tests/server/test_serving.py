@@ -271,3 +271,13 @@ def test_grafana_dashboard_queries_only_exported_metrics(server):
     families = {fam.name for fam in text_string_to_metric_families(scrape(app))}
     exported = {f + suffix for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
     assert used and used <= exported, used - exported
+
+
+def test_closed_loop_from_several_client_processes(server):
+    from server.loadgen import closed_loop_procs
+
+    _, target = server
+    blobs = [png(im) for im in images(5, seed=11)]
+    results, wall = closed_loop_procs(target, blobs, 4, 21, procs=2)
+    assert len(results) == 21 and sorted(r.index for r in results) == list(range(21)) and wall > 0
+    assert all(r.ok for r in results)
