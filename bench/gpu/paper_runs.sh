@@ -4,9 +4,16 @@
 # still returns them). A second call with RESUME=1 continues every run from its last epoch, if the machine
 # is still warm (runs live in /tmp/paper_runs).
 #
-# On the GPU machine (device tool, carry .gpudata; pack it first with
-#   python -m bench.gpu.pack_jpeg_folder pack ../shared/data/cifar10-jpeg .gpudata/cifar10):
-#   BUDGET_S=480 bash bench/gpu/paper_runs.sh
+# The packed CIFAR-10 JPEGs (56 MB) and the working tree (11 MB) exceed one call's 64 MiB, so the data
+# travels in two parts over two calls back to back (the machine keeps /tmp while warm, ~30 s idle). Here:
+#   python -m bench.gpu.pack_jpeg_folder pack ../shared/data/cifar10-jpeg .gpudata/cifar10
+#   mkdir -p .gpudata/parts && split -b 30M .gpudata/cifar10/blob.bin .gpudata/parts/blob.part- \
+#     && cp .gpudata/cifar10/index.json .gpudata/parts/ && (cd .gpudata/cifar10 && sha256sum blob.bin > ../parts/SHA256)
+# On the GPU machine (device tool):
+#   carry [".gpudata/parts/blob.part-aa", ".gpudata/parts/index.json", ".gpudata/parts/SHA256"]:
+#       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json .gpudata/parts/SHA256
+#   carry [".gpudata/parts/blob.part-ab"], timeout_s 560:
+#       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-ab && BUDGET_S=480 bash bench/gpu/paper_runs.sh
 # Rehearsal on a CPU (tiny, a few minutes):
 #   DATA="--dataset synthetic" PROBE_BATCHES=3 MAX_BATCHES=4 FORCE_EPOCHS=2 BUDGET_S=120 OUT=/tmp/out \
 #     bash bench/gpu/paper_runs.sh
@@ -28,10 +35,20 @@ OUT=${OUT:-/tmp/out}
 RUNS=/tmp/paper_runs
 DATA=${DATA:-}
 EXTRA=${EXTRA:---compile}
+if [ "${1:-}" = part ]; then  # stash carried data parts until the last call joins them
+  shift
+  mkdir -p /tmp/gpudata
+  cp "$@" /tmp/gpudata/ && ls -la /tmp/gpudata
+  exit $?
+fi
 mkdir -p "$RUNS" "$OUT"
 start=$SECONDS
 if [ -z "$DATA" ]; then
-  [ -d /tmp/cifar10-jpeg ] || python3 -m bench.gpu.pack_jpeg_folder unpack .gpudata/cifar10 /tmp/cifar10-jpeg || exit 1
+  if [ ! -d /tmp/cifar10-jpeg ]; then
+    cat /tmp/gpudata/blob.part-* > /tmp/gpudata/blob.bin || exit 1
+    (cd /tmp/gpudata && sha256sum -c SHA256) || { echo "data parts incomplete: carry every blob.part-*"; exit 1; }
+    python3 -m bench.gpu.pack_jpeg_folder unpack /tmp/gpudata /tmp/cifar10-jpeg || exit 1
+  fi
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
