@@ -330,32 +330,37 @@ class ModelEngine(AgreementSampling):
         segment here too: no hop through the event loop, no thread hand-off, features never leave this call
         (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work."""
         origin, steps = k, []
-        while True:
-            backend = self.backends[k]
-            t0 = time.perf_counter()
-            try:
-                # IOBinding where the backend has it: chained features stay in the backend's memory.
-                outputs = backend.run_bound(x) if self._binds(backend) else backend.run(x)
-            except Exception as e:
-                e.exit_index = k  # name the segment that failed, not the one the batch started at
-                raise
-            dt = time.perf_counter() - t0
-            z = outputs[-1] / self.info.exits[k].temperature
-            probs = np.exp(z - z.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            now = time.monotonic()
-            reasons = self._decide(k, jobs, probs, now)
-            steps.append(Step(k, jobs, outputs, probs, reasons, dt, now))
-            nxt = k + 1
-            if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
-                    or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
-                break
+        try:
+            while True:
+                backend = self.backends[k]
+                t0 = time.perf_counter()
+                try:
+                    # IOBinding where the backend has it: chained features stay in the backend's memory.
+                    outputs = backend.run_bound(x) if self._binds(backend) else backend.run(x)
+                except Exception as e:
+                    try:
+                        e.exit_index = k  # name the segment that failed, not the one the batch started at
+                    except AttributeError:
+                        pass
+                    raise
+                dt = time.perf_counter() - t0
+                z = outputs[-1] / self.info.exits[k].temperature
+                probs = np.exp(z - z.max(axis=1, keepdims=True))
+                probs /= probs.sum(axis=1, keepdims=True)
+                now = time.monotonic()
+                reasons = self._decide(k, jobs, probs, now)
+                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now))
+                nxt = k + 1
+                if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
+                        or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
+                    break
+                if k != origin:
+                    self.queues[k].busy = False
+                self.queues[nxt].busy = True
+                k, x = nxt, outputs[0]
+        finally:  # the worker clears its own exit's flag; a chained exit's is cleared here, failure or not
             if k != origin:
                 self.queues[k].busy = False
-            self.queues[nxt].busy = True
-            k, x = nxt, outputs[0]
-        if k != origin:
-            self.queues[k].busy = False
         return steps
 
     def _take_batch(self, k: int, q: ExitQueue) -> list[Job]:

@@ -198,6 +198,8 @@ async def test_backend_failure_fails_that_batch_and_the_worker_goes_on():
     engine.backends[1].fail = MemoryError("out of device memory")
     with pytest.raises(RuntimeError, match="exit 1 failed: MemoryError: out of device memory"):
         await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None), 5)
+    # exit 1 failed inside a chain started at exit 0: no exit is left marked busy, the engine is quiet again
+    assert not any(q.busy for q in engine.queues) and engine._quiet.is_set()
     engine.backends[1].fail = None
     answer = await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None), 5)
     assert (answer.exit_index, int(answer.probs.argmax())) == (2, 3)
