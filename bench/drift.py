@@ -166,7 +166,7 @@ def main() -> None:
         for line in r["alarm_log"]:
             print(f"  log: {line}")
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=1, default=float)
+        json.dump(results, f, separators=(",", ":"), default=float)  # raw timelines: compact
 
 
 if __name__ == "__main__":
