@@ -29,6 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")
     p.add_argument("--health-port", type=int, default=-1,
                    help="gRPC port serving only grpc.health.v1, outside the request limit, for probes (-1 = off)")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="Open Inference Protocol (KServe v2) HTTP/REST port (-1 = off); its gRPC side shares --port")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "tensorrt-ep"],
                    help="ONNX Runtime execution provider (cuda/tensorrt-ep need onnxruntime-gpu)")
@@ -65,6 +67,7 @@ async def serve(args) -> int:
     cfg = ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         health_port=None if args.health_port < 0 else args.health_port,
+        http_port=None if args.http_port < 0 else args.http_port,
         models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
         decode_threads=args.decode_threads,
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
@@ -83,7 +86,7 @@ async def serve(args) -> int:
         return 2
     if args.port_file:
         with open(args.port_file, "w") as f:
-            f.write(f"{app.port} {app.metrics_port or 0} {app.health_port or 0}\n")
+            f.write(f"{app.port} {app.metrics_port or 0} {app.health_port or 0} {app.http_port or 0}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

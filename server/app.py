@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
+from protos.inference import open_inference_pb2_grpc as oip_grpc
 from server.backends import default_threads, make_backend
 from server.decode import ImageLimits
 from server.engine import EngineConfig, ModelEngine
@@ -23,6 +24,10 @@ from server.errors import UnknownModel
 from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
+from server.v2.grpc_service import PROBE_METHODS as V2_PROBES
+from server.v2.grpc_service import SERVICE_NAME as V2_SERVICE_NAME
+from server.v2.grpc_service import OpenInferenceServicer
+from server.v2.http import OpenInferenceHTTP
 
 log = logging.getLogger("auxnet.server")
 REFUSAL_WINDOW_S = 0.5
@@ -39,6 +44,8 @@ class ServerConfig:
     # A second gRPC port serving only grpc.health.v1, outside the inference port's concurrency limit, so a
     # flood of requests never fails an orchestrator's probes (issue 12). None = off; 0 = pick a free port.
     health_port: int | None = None
+    # The Open Inference Protocol's HTTP/REST side (server/v2/http.py). None = off; 0 = pick a free port.
+    http_port: int | None = 8000
     models: tuple[str, ...] = ()  # names to load; empty = every model in the repository
     backend: str = "onnxruntime"
     device: str = "cpu"
@@ -73,6 +80,9 @@ class ServerApp:
         self.health_port: int | None = None
         self.metrics_port: int | None = None
         self._http = None
+        self.v2_http: OpenInferenceHTTP | None = None
+        self.http_port: int | None = None
+        self.draining = False
         self._watch: asyncio.Task | None = None
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
@@ -140,6 +150,10 @@ class ServerApp:
     def default_model_name(self) -> str:
         return next(iter(self.engines)) if len(self.engines) == 1 else ""
 
+    def ready(self) -> bool:
+        """Every loaded model is accepting requests (false before start and while draining)."""
+        return not self.draining and bool(self.engines) and all(e.accepting and not e.stopped for e in self.engines.values())
+
     def engine_for(self, name: str) -> ModelEngine:
         if not name:
             if len(self.engines) == 1:
@@ -162,10 +176,11 @@ class ServerApp:
         core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         pb_grpc.add_EarlyExitServiceServicer_to_server(EarlyExitServicer(self), self.server)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+            (SERVICE_NAME, V2_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
         address = f"{self.cfg.host}:{self.cfg.port}"
         if self.cfg.tls_cert or self.cfg.tls_key:
             self.port = self.server.add_secure_port(address, self._tls_credentials())
@@ -191,18 +206,24 @@ class ServerApp:
 
             self._http, _ = start_http_server(self.cfg.metrics_port, self.cfg.host, registry=self.metrics.registry)
             self.metrics_port = self._http.server_port
+        if self.cfg.http_port is not None:
+            self.v2_http = OpenInferenceHTTP(self, max_concurrent=core_limit)
+            self.http_port = await self.v2_http.start(self.cfg.host, self.cfg.http_port, self.cfg.reuse_port)
         await self.server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.cfg.poll_s > 0:
             self._watch = asyncio.create_task(self._watch_repository())
-        log.info("serving %s on %s:%d (metrics on %s)", sorted(self.engines), self.cfg.host, self.port,
-                 f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "none")
+        log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
+                 self.cfg.host, self.port, V2_SERVICE_NAME,
+                 f"http://{self.cfg.host}:{self.http_port}/v2" if self.http_port else "off",
+                 f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         return self.port
 
     async def shutdown(self, grace_s: float | None = None) -> bool:
         """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop."""
         grace = self.cfg.grace_s if grace_s is None else grace_s
+        self.draining = True
         await self.health.enter_graceful_shutdown()
         if self._watch is not None:
             self._watch.cancel()
@@ -213,6 +234,8 @@ class ServerApp:
         await asyncio.sleep(min(REFUSAL_WINDOW_S, grace))
         if self.server is not None:
             await self.server.stop(grace=1.0)
+        if self.v2_http is not None:
+            await self.v2_http.stop()
         if self.health_server is not None:
             await self.health_server.stop(grace=0.5)
         for e in self.engines.values():
@@ -253,14 +276,16 @@ def _lower_thread_priority() -> None:
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Require `authorization: Bearer <token>` on the inference service. Health and reflection stay open,
-    as orchestrators' probes carry no credentials. The token is compared in constant time."""
+    """Require `authorization: Bearer <token>` on both inference services. Health, reflection and the Open
+    Inference Protocol's liveness/readiness RPCs stay open, as orchestrators' probes carry no credentials.
+    The token is compared in constant time."""
 
     def __init__(self, token: str):
         self.expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, details):
-        if details.method.startswith(f"/{SERVICE_NAME}/"):
+        method = details.method
+        if method.startswith(f"/{SERVICE_NAME}/") or (method.startswith(f"/{V2_SERVICE_NAME}/") and method not in V2_PROBES):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
             if not hmac.compare_digest(got.encode() if isinstance(got, str) else got, self.expected):
                 return _deny

@@ -28,7 +28,7 @@ def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False,
     port_file = Path(tempfile.mkdtemp()) / "ports"
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-                             "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=root, stderr=stderr,
+                             "--http-port", "0", "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=root, stderr=stderr,
                             text=True, env=env)
     deadline = time.time() + 120
     while not port_file.exists() or not port_file.read_text().strip():

@@ -38,3 +38,9 @@ class Unauthenticated(ServingError):
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "deadline"
+
+
+# The same outcomes on the HTTP surface (Open Inference Protocol REST: a JSON body {"error": message}).
+HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.NOT_FOUND: 404,
+               grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+               grpc.StatusCode.DEADLINE_EXCEEDED: 504}

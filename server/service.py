@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 
 import grpc
@@ -12,17 +11,14 @@ import numpy as np
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
-from server.decode import ImageLimits, declared_pixels, decode_encoded, decode_raw, to_model_input
+from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
 from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
 from server.errors import InvalidInput, ServingError
+from server.requests import ExitControls, count, decode_where_cheap, encoded_pixels
 
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
                "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT}
-MAX_BUDGET_MS = 3_600_000.0
-DECODE_INLINE_MAX_BYTES = 64 * 1024  # bigger encoded images always decode on the decode threads
-INLINE_MAX_PIXELS = 128 * 128  # and so does anything larger than this once decoded
-UNKNOWN_MODEL_LABEL = "_unknown"  # keeps the model label bounded when clients send arbitrary names
 
 
 class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
@@ -96,22 +92,15 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         """Validate one request and decode its image: (engine, classify args, request)."""
         engine = self.app.engine_for(r.model)
         info = engine.info
-        budget = r.budget_ms if r.HasField("budget_ms") else None
-        if budget is not None and not (math.isfinite(budget) and 0 < budget <= MAX_BUDGET_MS):
-            raise InvalidInput(f"budget_ms must be a positive number of milliseconds up to {MAX_BUDGET_MS:.0f}; got {budget}")
-        conf = r.min_confidence if r.HasField("min_confidence") else None
-        if conf is not None and not (math.isfinite(conf) and 0.0 <= conf <= 1.0):
-            raise InvalidInput(f"min_confidence must be in [0, 1]; got {conf}")
+        controls = ExitControls(r.budget_ms if r.HasField("budget_ms") else None,
+                                r.min_confidence if r.HasField("min_confidence") else None,
+                                r.max_exit if r.HasField("max_exit") else None, r.calibrated_policy)
+        controls.check(len(info.exits))
         if r.top_k > len(info.classes):
             raise InvalidInput(f"top_k {r.top_k} exceeds the model's {len(info.classes)} classes")
-        if r.calibrated_policy and conf is not None:
-            raise InvalidInput("set min_confidence or calibrated_policy, not both: the policy has its own threshold per exit")
-        max_exit = r.max_exit if r.HasField("max_exit") else None
-        if max_exit is not None and max_exit >= len(info.exits):
-            raise InvalidInput(f"max_exit {max_exit} does not exist; valid: 0..{len(info.exits) - 1}")
         engine.check_admission()  # refuse before paying for the decode
         x = await self._decode(r, engine)
-        return engine, (x, arrival, budget, conf, max_exit, deadline, r.calibrated_policy), r
+        return engine, controls.classify_args(x, arrival, deadline), r
 
     async def _decode(self, r, engine: ModelEngine) -> np.ndarray:
         limits: ImageLimits = self.app.limits
@@ -129,16 +118,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
                                  raw.pixel_type == pb.PIXEL_TYPE_FLOAT32, limits)
             return to_model_input(rgb, info.input_shape, info.mean, info.std)
 
-        # Decode on the event loop only what is small once decoded: a 4096x4096 PNG can compress to 49 KB.
-        # The rest goes to the decode threads, never to the segment threads, so big images wait for each
-        # other and neither the loop nor the segments wait for them.
-        if which == "encoded":
-            pixels = declared_pixels(r.encoded) if len(r.encoded) <= DECODE_INLINE_MAX_BYTES else INLINE_MAX_PIXELS + 1
-        else:
-            pixels = r.raw.height * r.raw.width
-        if pixels <= INLINE_MAX_PIXELS:
-            return work()
-        return await asyncio.get_running_loop().run_in_executor(self.app.decode_executor, work)
+        pixels = encoded_pixels(r.encoded) if which == "encoded" else r.raw.height * r.raw.width
+        return await decode_where_cheap(self.app, work, pixels)
 
     def _encode(self, engine: ModelEngine, r, a: Answer) -> pb.ClassifyResponse:
         info = engine.info
@@ -156,29 +137,33 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
     # --- errors: the one place that maps domain errors to status codes ---------------------------------
 
     async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1):
-        label = model if model in self.app.engines else (self.app.default_model_name() if not model else UNKNOWN_MODEL_LABEL)
-        try:
-            result = await coro
-        except ServingError as e:
-            if count:
-                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, e.code.name).inc(images)
-            await _abort(context, e.code, str(e))
-            return None
-        except asyncio.CancelledError:  # the client cancelled or its deadline passed
-            if count:
-                remaining = context.time_remaining()
-                code = "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S else "CANCELLED"
-                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, code).inc(images)
-            raise
-        except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
-            log.exception("internal error")
-            if count:
-                self.app.metrics.requests.labels(label or UNKNOWN_MODEL_LABEL, "INTERNAL").inc(images)
-            await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
-            return None
-        if count:
-            self.app.metrics.requests.labels(label, "OK").inc(images)
-        return result
+        return await guard(self.app, context, model, coro, count, images)
+
+
+async def guard(app, context, model: str, coro, counted: bool = True, images: int = 1):
+    """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface)."""
+    try:
+        result = await coro
+    except ServingError as e:
+        if counted:
+            count(app, model, e.code.name, images)
+        await _abort(context, e.code, str(e))
+        return None
+    except asyncio.CancelledError:  # the client cancelled or its deadline passed
+        if counted:
+            remaining = context.time_remaining()
+            count(app, model, "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S
+                  else "CANCELLED", images)
+        raise
+    except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
+        log.exception("internal error")
+        if counted:
+            count(app, model, "INTERNAL", images)
+        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+        return None
+    if counted:
+        count(app, model, "OK", images)
+    return result
 
 
 async def _abort(context, code: grpc.StatusCode, message: str) -> None:

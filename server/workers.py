@@ -2,7 +2,7 @@
 Python process can use (or one GPU fed by several processes). Issue 12.
 
 The supervisor (this process) picks the ports, starts N ordinary `python -m server` processes that all bind
-the gRPC port (and the health port) with SO_REUSEPORT, so the kernel spreads connections over them, and
+the gRPC port (and the health and HTTP ports) with SO_REUSEPORT, so the kernel spreads connections over them, and
 serves /metrics itself: every worker writes its metrics to a shared PROMETHEUS_MULTIPROC_DIR and the
 supervisor adds them up. SIGTERM/SIGINT are passed on to every worker, each drains as a single server does
 (health NOT_SERVING, admitted requests answered), and the supervisor exits 0 once all have. A worker that
@@ -32,12 +32,12 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def worker_argv(argv: list[str], port: int, health_port: int | None, port_file: Path) -> list[str]:
+def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path) -> list[str]:
     """The supervisor's own arguments with what each worker must do differently appended (argparse keeps the
     last value of a repeated option)."""
     return [sys.executable, "-m", "server", *argv, "--workers", "1", "--reuse-port", "--port", str(port),
             "--metrics-port", "-1", "--health-port", str(-1 if health_port is None else health_port),
-            "--port-file", str(port_file)]
+            "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file)]
 
 
 def supervise(args, argv: list[str]) -> int:
@@ -46,6 +46,7 @@ def supervise(args, argv: list[str]) -> int:
     host = args.host
     port = args.port or free_port(host)
     health_port = None if args.health_port < 0 else (args.health_port or free_port(host))
+    http_port = None if args.http_port < 0 else (args.http_port or free_port(host))
     state = Path(tempfile.mkdtemp(prefix="auxnet-workers-"))
     metrics_dir = state / "metrics"
     metrics_dir.mkdir()
@@ -55,7 +56,7 @@ def supervise(args, argv: list[str]) -> int:
     def spawn(i: int) -> subprocess.Popen:
         port_file = state / f"worker-{i}.ports"
         port_file.unlink(missing_ok=True)
-        return subprocess.Popen(worker_argv(argv, port, health_port, port_file), env=env)
+        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file), env=env)
 
     def wait_ready(i: int, proc: subprocess.Popen) -> bool:
         deadline = time.time() + START_TIMEOUT_S
@@ -92,7 +93,7 @@ def supervise(args, argv: list[str]) -> int:
         http, _ = start_http_server(args.metrics_port, host, registry=registry)
     metrics_port = http.server_port if http else 0
     if args.port_file:
-        Path(args.port_file).write_text(f"{port} {metrics_port} {health_port or 0} "
+        Path(args.port_file).write_text(f"{port} {metrics_port} {health_port or 0} {http_port or 0} "
                                         f"{' '.join(str(p.pid) for p in procs)}\n")
     log.info("%d workers serving on %s:%d (metrics on %s)", len(procs), host, port,
              f"http://{host}:{metrics_port}/metrics" if http else "none")

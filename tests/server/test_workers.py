@@ -24,14 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_workers(repo, *extra):
     port_file = Path(tempfile.mkdtemp()) / "ports"
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--workers", "2", "--threads", "1",
-                             "--port", "0", "--metrics-port", "0", "--health-port", "0", "--port-file", str(port_file),
+                             "--port", "0", "--metrics-port", "0", "--health-port", "0", "--http-port", "0", "--port-file", str(port_file),
                              "--log-level", "WARNING", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (port_file.exists() and port_file.read_text().strip()):
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline, "workers did not start"
         time.sleep(0.1)
-    port, metrics, health, *pids = (int(v) for v in port_file.read_text().split())
+    port, metrics, health, http, *pids = (int(v) for v in port_file.read_text().split())
     return proc, port, metrics, health, pids
 
 

@@ -1,0 +1,71 @@
+"""What every request surface (auxnet.v1, Open Inference Protocol gRPC and HTTP) shares: the early-exit
+controls with their validation, where an image is decoded, and how outcomes are counted. One place, so the
+surfaces give the same answers and the same messages."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.decode import declared_pixels
+from server.errors import InvalidInput
+
+MAX_BUDGET_MS = 3_600_000.0
+DECODE_INLINE_MAX_BYTES = 64 * 1024  # bigger encoded images always decode on the decode threads
+INLINE_MAX_PIXELS = 128 * 128  # and so does anything larger than this once decoded
+UNKNOWN_MODEL_LABEL = "_unknown"  # keeps the model label bounded when clients send arbitrary names
+
+
+@dataclass(frozen=True)
+class ExitControls:
+    """Where a request may stop: a latency budget, a confidence threshold, the calibrated policy, a deepest exit."""
+
+    budget_ms: float | None = None
+    min_confidence: float | None = None
+    max_exit: int | None = None
+    calibrated_policy: bool = False
+
+    def check(self, n_exits: int) -> None:
+        """Raise InvalidInput naming the first control that is out of range."""
+        b, c = self.budget_ms, self.min_confidence
+        if b is not None and not (math.isfinite(b) and 0 < b <= MAX_BUDGET_MS):
+            raise InvalidInput(f"budget_ms must be a positive number of milliseconds up to {MAX_BUDGET_MS:.0f}; got {b}")
+        if c is not None and not (math.isfinite(c) and 0.0 <= c <= 1.0):
+            raise InvalidInput(f"min_confidence must be in [0, 1]; got {c}")
+        if self.calibrated_policy and c is not None:
+            raise InvalidInput("set min_confidence or calibrated_policy, not both: the policy has its own threshold per exit")
+        if self.max_exit is not None and not 0 <= self.max_exit < n_exits:
+            raise InvalidInput(f"max_exit {self.max_exit} does not exist; valid: 0..{n_exits - 1}")
+
+    def classify_args(self, x: np.ndarray, arrival: float, deadline: float | None) -> tuple:
+        """The positional arguments of ModelEngine.classify."""
+        return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy
+
+
+def encoded_pixels(data: bytes) -> int:
+    """Pixels an encoded image declares, or 'too many to decode inline' when the file alone is big."""
+    return declared_pixels(data) if len(data) <= DECODE_INLINE_MAX_BYTES else INLINE_MAX_PIXELS + 1
+
+
+async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -> np.ndarray:
+    """Run `work` on the event loop only if the image is small once decoded (a 4096x4096 PNG can compress
+    to 49 KB). The rest goes to the decode threads, never to the segment threads, so big images wait for
+    each other and neither the loop nor the segments wait for them."""
+    if pixels <= INLINE_MAX_PIXELS:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(app.decode_executor, work)
+
+
+def model_label(app, model: str) -> str:
+    """The `model` label of a request's metrics: bounded to the loaded names."""
+    if model in app.engines:
+        return model
+    return (app.default_model_name() if not model else "") or UNKNOWN_MODEL_LABEL
+
+
+def count(app, model: str, code: str, images: int = 1) -> None:
+    app.metrics.requests.labels(model_label(app, model), code).inc(images)

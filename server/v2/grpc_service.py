@@ -1,0 +1,100 @@
+"""`inference.GRPCInferenceService` (Open Inference Protocol, gRPC) on the same port as auxnet.v1.
+
+Answers in raw form (raw_output_contents), as Triton does; accepts inputs in raw or typed form. Errors are
+the same status codes and messages as auxnet.v1 (server/service.guard)."""
+
+from __future__ import annotations
+
+import time
+
+from protos.inference import open_inference_pb2 as oip
+from protos.inference import open_inference_pb2_grpc as oip_grpc
+from server import __version__
+from server.errors import InvalidInput
+from server.service import guard
+from server.v2 import model as v2
+from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
+
+SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+PROBE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token needed
+
+
+def parameter_value(p: oip.InferParameter):
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, app):
+        self.app = app
+
+    async def ServerLive(self, request, context):
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return oip.ServerReadyResponse(ready=self.app.ready())
+
+    async def ModelReady(self, request, context):
+        engine = self.app.engines.get(request.name)
+        ready = (engine is not None and engine.accepting and not engine.stopped
+                 and request.version in ("", engine.info.version))
+        return oip.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        return oip.ServerMetadataResponse(name=v2.SERVER_NAME, version=__version__, extensions=list(v2.EXTENSIONS))
+
+    async def ModelMetadata(self, request, context):
+        async def run():
+            m = v2.metadata(v2.resolve(self.app, request.name, request.version))
+            tensors = lambda specs: [oip.ModelMetadataResponse.TensorMetadata(**s) for s in specs]
+            return oip.ModelMetadataResponse(name=m["name"], versions=m["versions"], platform=m["platform"],
+                                             inputs=tensors(m["inputs"]), outputs=tensors(m["outputs"]))
+
+        return await guard(self.app, context, request.name, run(), counted=False)
+
+    async def ModelInfer(self, request, context):
+        arrival = time.monotonic()
+        remaining = context.time_remaining()
+        deadline = arrival + remaining if remaining is not None else None
+        images = max(1, request.inputs[0].shape[0]) if len(request.inputs) == 1 and request.inputs[0].shape else 1
+
+        async def run():
+            engine = v2.resolve(self.app, request.model_name, request.model_version)
+            params = {k: parameter_value(p) for k, p in request.parameters.items()}
+            controls, timeout_s, _ = v2.parse_parameters(params)
+            end = deadline
+            if timeout_s is not None:
+                end = min(end, arrival + timeout_s) if end is not None else arrival + timeout_s
+            inputs = _inputs(request)
+            requested = v2.check_outputs([o.name for o in request.outputs])
+            answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
+            out = v2.outputs(engine, answers, requested)
+            return oip.ModelInferResponse(
+                model_name=engine.info.name, model_version=engine.info.version, id=request.id,
+                outputs=[oip.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=list(t.shape))
+                         for t in out],
+                raw_output_contents=[to_raw(t) for t in out])
+
+        return await guard(self.app, context, request.model_name, run(), images=images)
+
+
+def _inputs(request) -> list[Tensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
+    out = []
+    for i, t in enumerate(request.inputs):
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidInput(f"input '{t.name[:64]}' sets contents while raw_input_contents is used; use one form")
+            out.append(from_raw(t.name, t.datatype, t.shape, raw[i]))
+            continue
+        check_header(t.name, t.datatype, t.shape)
+        field = CONTENTS_FIELD.get(t.datatype)
+        if field is None:
+            raise InvalidInput(f"input '{t.name[:64]}' of type {t.datatype} can only be sent in raw_input_contents")
+        out.append(from_values(t.name, t.datatype, t.shape, list(getattr(t.contents, field))))
+    if not out:
+        raise InvalidInput("request has no input tensor; send one of image, pixels, pixels_fp32, input")
+    return out
+

@@ -1,0 +1,327 @@
+"""The Open Inference Protocol over HTTP/REST, on its own port (aiohttp, on the server's event loop).
+
+    GET  /v2/health/live, /v2/health/ready              liveness, readiness (Kubernetes probes; no token)
+    GET  /v2                                            server metadata
+    GET  /v2/models/{model}[/versions/{version}]        model metadata
+    GET  /v2/models/{model}[/versions/{version}]/ready  model readiness (no token)
+    POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
+
+Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
+`Inference-Header-Content-Length` bytes followed by the tensors, in input order, each input saying its
+size in `parameters.binary_data_size`. Outputs come back the same way when the request sets
+`binary_data_output` or an output's `binary_data`. Errors: {"error": message} with 400/401/404/413/429/
+500/503/504, carrying the auxnet.v1 messages.
+
+Why aiohttp: one well-kept package that is an asyncio HTTP server, so it shares the gRPC server's event
+loop, engines and executors with no second framework (an ASGI stack would add a server, a framework and
+their dependencies) and it parses HTTP, compression and TLS itself."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import ssl
+import time
+import zlib
+
+from aiohttp import web
+
+from server import __version__
+from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
+from server.requests import count
+from server.v2 import model as v2
+from server.v2.tensors import BYTES, DTYPES, Tensor, from_raw, from_values, to_json_data, to_raw
+
+log = logging.getLogger("auxnet.server")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # and every .../ready: probes carry no credentials
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class OpenInferenceHTTP:
+    def __init__(self, app, max_concurrent: int):
+        self.app = app
+        self.max_concurrent = max_concurrent  # the gRPC port's core limit, the same here
+        self.active = 0
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def build(self) -> web.Application:
+        a = web.Application(client_max_size=self.app.cfg.max_message_bytes, middlewares=[self._guard])
+        versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
+        a.router.add_get("/v2/health/live", self.live)
+        a.router.add_get("/v2/health/ready", self.ready)
+        a.router.add_get("/v2", self.server_metadata)
+        for base in versioned:
+            a.router.add_get(base, self.model_metadata)
+            a.router.add_get(base + "/ready", self.model_ready)
+            a.router.add_post(base + "/infer", self.infer)
+        return a
+
+    async def start(self, host: str, port: int, reuse_port: bool) -> int:
+        self.runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=self.app.cfg.grace_s)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.app.cfg
+        if not (cfg.tls_cert or cfg.tls_key):
+            return None
+        if not (cfg.tls_cert and cfg.tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            if cfg.tls_client_ca:
+                ctx.load_verify_locations(cfg.tls_client_ca)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use TLS files {cfg.tls_cert}, {cfg.tls_key}: {e}") from e
+        return ctx
+
+    # --- every request: token, JSON errors ------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        token = self.app.cfg.auth_token
+        if token and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "missing or wrong bearer token in the 'Authorization' header",
+                                      {"WWW-Authenticate": "Bearer"})
+        try:
+            return await handler(request)
+        except web.HTTPException as e:  # aiohttp's own: unknown path (404), wrong method (405), too large (413)
+            if e.status < 400:
+                raise
+            text = e.text if e.text and not e.text.startswith("<") else e.reason
+            if e.status == 404:
+                text = f"no such endpoint: {request.method} {request.path[:100]}"
+            return error_response(e.status, text)
+
+    # --- health and metadata --------------------------------------------------------------------------
+
+    async def live(self, request):
+        return web.json_response({"live": True})
+
+    async def ready(self, request):
+        if self.app.ready():
+            return web.json_response({"ready": True})
+        return error_response(503, "server is shutting down or not ready")
+
+    async def server_metadata(self, request):
+        return web.json_response({"name": v2.SERVER_NAME, "version": __version__, "extensions": list(v2.EXTENSIONS)})
+
+    async def model_metadata(self, request):
+        try:
+            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
+        except ServingError as e:
+            return error_response(HTTP_STATUS[e.code], str(e))
+        return web.json_response(v2.metadata(engine))
+
+    async def model_ready(self, request):
+        try:
+            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
+        except ServingError as e:
+            return error_response(HTTP_STATUS[e.code], str(e))
+        if engine.accepting and not engine.stopped:
+            return web.json_response({"name": engine.info.name, "ready": True})
+        return error_response(503, f"model {engine.info.name!r} is not ready (loading or shutting down)")
+
+    # --- inference ------------------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request):
+        arrival = time.monotonic()
+        name = request.match_info["model"]
+        if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
+            e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
+            count(self.app, name, e.code.name)
+            return error_response(429, str(e))
+        self.active += 1
+        images = 1
+        try:
+            engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
+            if not engine.accepting or engine.stopped:
+                engine.check_admission()  # draining: refuse before reading the body
+            doc, binary = parse_body(await _read_body(request, self.app.cfg.max_message_bytes), request.headers)
+            inputs = parse_inputs(doc, binary)
+            images = v2.image_count(inputs)
+            params = doc.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise InvalidInput("'parameters' must be a JSON object")
+            controls, timeout_s, binary_all = v2.parse_parameters(params)
+            requested, binary_names = parse_outputs(doc, binary_all)
+            answers = await v2.infer(self.app, engine, inputs, controls, arrival,
+                                     arrival + timeout_s if timeout_s is not None else None)
+            response = encode_response(engine, doc.get("id"), v2.outputs(engine, answers, requested), binary_names)
+        except ServingError as e:
+            count(self.app, name, e.code.name, images)
+            return error_response(HTTP_STATUS.get(e.code, 500), str(e))
+        except web.HTTPException:
+            count(self.app, name, "INVALID_ARGUMENT", images)
+            raise
+        except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
+            log.exception("internal error")
+            count(self.app, name, "INTERNAL", images)
+            return error_response(500, f"internal error: {type(e).__name__}")
+        finally:
+            self.active -= 1
+        count(self.app, name, "OK", images)
+        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, decompressed when the client compressed it (tritonclient's request_compression_algorithm),
+    never past `limit` bytes either way."""
+    body = await request.read()  # aiohttp answers 413 past client_max_size
+    encoding = request.headers.get("Content-Encoding", "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding[:32]!r} is not supported; use gzip, deflate or none")
+    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"request body is not valid {encoding} data: {e}") from e
+    if len(out) > limit or d.unconsumed_tail:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(out),
+                                            text=f"request body decompresses to more than {limit} bytes")
+    return out
+
+
+def parse_body(body: bytes, headers) -> tuple[dict, memoryview]:
+    """(JSON header, the binary tensor data after it)."""
+    size = headers.get(HEADER_LENGTH)
+    if size is None:
+        header, binary = body, b""
+    else:
+        if not size.isdigit() or int(size) > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {size[:32]!r}; it must be the JSON header's length in bytes, at most "
+                               f"the body's {len(body)}")
+        header, binary = body[:int(size)], body[int(size):]
+    try:
+        doc = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as e:
+        hint = f" (binary data without the {HEADER_LENGTH} header?)" if size is None else ""
+        raise InvalidInput(f"request body is not valid JSON{hint}: {str(e)[:120]}") from e
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object with 'inputs'")
+    return doc, memoryview(binary)
+
+
+def parse_inputs(doc: dict, binary: memoryview) -> list[Tensor]:
+    specs = doc.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise InvalidInput("request needs 'inputs': a list with one tensor (image, pixels, pixels_fp32 or input)")
+    out, pos = [], 0
+    for spec in specs:
+        if not isinstance(spec, dict) or not all(k in spec for k in ("name", "datatype", "shape")):
+            raise InvalidInput("each input needs 'name', 'datatype' and 'shape'")
+        name, datatype, shape = str(spec["name"])[:64], spec["datatype"], spec["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise InvalidInput(f"input '{name}' shape must be a list of integers; got {str(shape)[:64]}")
+        params = spec.get("parameters") or {}
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or pos + size > len(binary):
+                raise InvalidInput(f"input '{name}' binary_data_size {size!r} runs past the {len(binary) - pos} "
+                                   f"bytes of binary data left")
+            out.append(from_raw(name, str(datatype), shape, bytes(binary[pos:pos + size])))
+            pos += size
+            continue
+        if "data" not in spec:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        out.append(from_values(name, str(datatype), shape, _flat_values(name, str(datatype), spec["data"], params)))
+    if pos != len(binary):
+        raise InvalidInput(f"{len(binary) - pos} bytes of binary data follow the JSON header that no input claims")
+    return out
+
+
+def _flat_values(name: str, datatype: str, data, params: dict) -> list:
+    """JSON `data` (flat or nested, row-major) -> flat list; BYTES from strings (base64 when the input's
+    parameters say content_type 'base64', as MLServer's codec does)."""
+    if datatype != BYTES:
+        import numpy as np
+
+        if datatype not in DTYPES:
+            return []  # check_header names the bad datatype
+        try:
+            return np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InvalidInput(f"input '{name}' data is not a (nested) list of {datatype} values: {str(e)[:100]}") from e
+    flat, stack = [], [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, str):
+            flat.append(v)
+        else:
+            raise InvalidInput(f"input '{name}' BYTES data must be strings; got {type(v).__name__}")
+    if params.get("content_type") == "base64":
+        try:
+            return [base64.b64decode(v, validate=True) for v in flat]
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"input '{name}' is not valid base64: {e}") from e
+    return [v.encode() for v in flat]
+
+
+def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[str], set[str]]:
+    specs = doc.get("outputs") or []
+    if not isinstance(specs, list):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...}")
+    names, binary = [], set()
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidInput("each requested output needs a 'name'")
+        params = spec.get("parameters") or {}
+        if params.get("classification"):
+            raise InvalidInput("the classification extension is not supported: request 'label', 'confidence' or "
+                               "'probabilities'")
+        names.append(spec["name"])
+        if params.get("binary_data", binary_all):
+            binary.add(spec["name"])
+    v2.check_outputs(names)
+    if not names and binary_all:
+        binary = set(v2.DEFAULT_OUTPUTS)
+    return names, binary
+
+
+def encode_response(engine, request_id, tensors: list[Tensor], binary_names: set[str]) -> web.Response:
+    doc = {"model_name": engine.info.name, "model_version": engine.info.version, "outputs": []}
+    if request_id is not None:
+        doc["id"] = str(request_id)
+    blobs = []
+    for t in tensors:
+        entry = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if t.name in binary_names:
+            raw = to_raw(t)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = to_json_data(t)
+        doc["outputs"].append(entry)
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return web.Response(body=header, content_type="application/json")
+    return web.Response(body=header + b"".join(blobs), content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(header))})
+

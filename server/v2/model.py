@@ -1,0 +1,196 @@
+"""The model as the Open Inference Protocol sees it, independent of gRPC or HTTP: metadata, the inputs
+accepted, the early-exit parameters, and the outputs. Both surfaces call `infer` and give the same answers
+and messages as auxnet.v1 `Classify` (validation and decoding are shared through server/requests.py).
+
+Inputs (exactly one per request; N images, each scheduled like a Classify of its own):
+  image        BYTES [N] or [N,1]  encoded image files (PNG, JPEG, WebP, BMP, GIF, TIFF)
+  pixels       UINT8 [N,H,W,C]     C = 1 (gray), 3 (RGB) or 4 (RGBA, alpha ignored); resized to the model's size
+  pixels_fp32  FP32  [N,H,W,C]     the same in [0, 1]
+  input        FP32  [N,3,H,W]     the model's own normalised input
+Outputs: see OUTPUT_DOCS."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+
+from server.decode import decode_encoded, decode_raw, to_model_input
+from server.engine import Answer, ModelEngine
+from server.errors import InvalidInput, UnknownModel
+from server.requests import ExitControls, decode_where_cheap, encoded_pixels
+from server.v2.tensors import BYTES, Tensor
+
+SERVER_NAME = "auxnet-serving"
+PLATFORM = "auxnet_early_exit"
+EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit")
+PIXEL_INPUTS = {"pixels": "UINT8", "pixels_fp32": "FP32"}
+OUTPUT_DOCS = {
+    "label": "INT64 [N] top-1 class index",
+    "class_name": "BYTES [N] top-1 class name",
+    "confidence": "FP32 [N] calibrated (temperature-scaled) top-1 probability at the exit that answered",
+    "probabilities": "FP32 [N,classes] calibrated class probabilities (only when requested by name)",
+    "exit_index": "INT32 [N] exit that answered, 0 = shallowest",
+    "exit_layer": "INT32 [N] network layer of that exit",
+    "stop_reason": "BYTES [N] confidence | budget | final | max_exit",
+    "server_latency_ms": "FP32 [N] arrival to answer, in the server",
+    "budget_met": "BOOL [N] answered within budget_ms (true without a budget)",
+}
+DEFAULT_OUTPUTS = tuple(n for n in OUTPUT_DOCS if n != "probabilities")
+# Request parameters: the early-exit controls, plus what Triton's clients send on their own.
+CONTROL_TYPES = {"budget_ms": "number", "min_confidence": "number", "max_exit": "integer", "calibrated_policy": "bool"}
+CLIENT_PARAMETERS = {"timeout": "integer",  # Triton: the request's timeout in microseconds; a deadline here
+                     "priority": "integer",  # accepted and ignored: scheduling is earliest-deadline-first
+                     "binary_data_output": "bool"}  # HTTP: every output in binary form
+
+
+def version_check(engine: ModelEngine, version: str) -> None:
+    if version and version != engine.info.version:
+        raise UnknownModel(f"model {engine.info.name!r} version {version[:64]!r} is not loaded; serving version "
+                           f"{engine.info.version!r}")
+
+
+def resolve(app, name: str, version: str = "") -> ModelEngine:
+    """The engine for a protocol request: the name is required (the URL and the spec both carry it)."""
+    if not name:
+        raise UnknownModel(f"model_name is empty; loaded: {sorted(app.engines)}")
+    engine = app.engine_for(name)
+    version_check(engine, version)
+    return engine
+
+
+def input_metadata(engine: ModelEngine) -> list[dict]:
+    c, h, w = engine.info.input_shape
+    return [{"name": "image", "datatype": BYTES, "shape": [-1]},
+            {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, -1]},
+            {"name": "pixels_fp32", "datatype": "FP32", "shape": [-1, -1, -1, -1]},
+            {"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}]
+
+
+def output_metadata(engine: ModelEngine) -> list[dict]:
+    n_classes = len(engine.info.classes)
+    out = []
+    for name, doc in OUTPUT_DOCS.items():
+        out.append({"name": name, "datatype": doc.split()[0], "shape": [-1, n_classes] if name == "probabilities" else [-1]})
+    return out
+
+
+def metadata(engine: ModelEngine) -> dict:
+    return {"name": engine.info.name, "versions": [engine.info.version], "platform": PLATFORM,
+            "inputs": input_metadata(engine), "outputs": output_metadata(engine)}
+
+
+def parse_parameters(params: dict) -> tuple[ExitControls, float | None, bool]:
+    """Request parameters -> (controls, timeout in seconds or None, binary_data_output). Unknown names and
+    wrong types are refused by name: a misspelt budget must not be ignored silently."""
+    known = {**CONTROL_TYPES, **CLIENT_PARAMETERS}
+    for key, value in params.items():
+        if key not in known:
+            raise InvalidInput(f"unknown request parameter {key[:64]!r}; valid: {', '.join(known)}")
+        kind = known[key]
+        ok = (isinstance(value, bool) if kind == "bool" else
+              isinstance(value, int) and not isinstance(value, bool) if kind == "integer" else
+              isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise InvalidInput(f"parameter {key!r} must be a {'boolean' if kind == 'bool' else kind}; got {value!r}"[:200])
+    get = params.get
+    controls = ExitControls(None if get("budget_ms") is None else float(get("budget_ms")),
+                            None if get("min_confidence") is None else float(get("min_confidence")),
+                            get("max_exit"), bool(get("calibrated_policy", False)))
+    timeout = get("timeout")
+    if timeout is not None and timeout <= 0:
+        raise InvalidInput(f"parameter 'timeout' must be a positive number of microseconds; got {timeout}")
+    return controls, None if timeout is None else timeout / 1e6, bool(get("binary_data_output", False))
+
+
+def image_count(inputs: list[Tensor]) -> int:
+    """Images in a request, for counting outcomes (1 when the request is too malformed to tell)."""
+    return max(1, inputs[0].shape[0]) if len(inputs) == 1 and inputs[0].shape else 1
+
+
+def check_outputs(requested: list[str]) -> list[str]:
+    for name in requested:
+        if name not in OUTPUT_DOCS:
+            raise InvalidInput(f"output {name[:64]!r} does not exist; valid: {', '.join(OUTPUT_DOCS)}")
+    return requested
+
+
+async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitControls, arrival: float,
+                deadline: float | None) -> list[Answer]:
+    """Validate, decode every image (big ones on the decode threads), then schedule each image like a Classify."""
+    controls.check(len(engine.info.exits))
+    works = _image_works(app, engine, inputs)
+    engine.check_admission()  # refuse before paying for the decode
+    xs = await asyncio.gather(*(decode_where_cheap(app, w, px) for w, px in works), return_exceptions=True)
+    for i, x in enumerate(xs):
+        if isinstance(x, InvalidInput):
+            raise InvalidInput(f"input '{inputs[0].name}' image {i}: {x}") from x
+    for x in xs:
+        if isinstance(x, BaseException):
+            raise x
+    return list(await asyncio.gather(*(engine.classify(*controls.classify_args(x, arrival, deadline)) for x in xs)))
+
+
+def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
+    """One (work, pixels) per image: `work()` returns the normalised (C, H, W) array."""
+    valid = ", ".join(d["name"] for d in input_metadata(engine))
+    if len(inputs) != 1:
+        raise InvalidInput(f"send exactly one input tensor (one of {valid}); got {len(inputs)}")
+    t = inputs[0]
+    info, limits = engine.info, app.limits
+    want = {d["name"]: d["datatype"] for d in input_metadata(engine)}
+    if t.name not in want:
+        raise InvalidInput(f"input {t.name[:64]!r} does not exist; valid: {valid}")
+    if t.datatype != want[t.name]:
+        hint = " (FP32 pixels in [0, 1] go in 'pixels_fp32')" if t.name == "pixels" and t.datatype == "FP32" else ""
+        raise InvalidInput(f"input '{t.name}' must be {want[t.name]}; got {t.datatype}{hint}")
+    if not t.shape or t.shape[0] == 0:
+        raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images (shape {list(t.shape)})")
+    size = info.input_shape[1:]
+    if t.name == "image":
+        if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
+            raise InvalidInput(f"input 'image' must have shape [N] or [N,1] (one encoded file per image); got {list(t.shape)}")
+        return [((lambda d=d: to_model_input(decode_encoded(d, limits, size=size), info.input_shape, info.mean, info.std)),
+                 encoded_pixels(d)) for d in t.data]
+    if t.name == "input":
+        if t.shape[1:] != tuple(info.input_shape):
+            raise InvalidInput(f"input 'input' must have shape [N,{','.join(map(str, info.input_shape))}]; got {list(t.shape)}")
+        return [((lambda x=x: _finite(np.ascontiguousarray(x, dtype=np.float32))), 0) for x in t.data]
+    if len(t.shape) != 4:
+        raise InvalidInput(f"input '{t.name}' must have shape [N,H,W,C] (row-major pixels); got {list(t.shape)}")
+    _, h, w, c = t.shape
+    as_float = PIXEL_INPUTS[t.name] == "FP32"
+    return [((lambda a=a: to_model_input(decode_raw(a.tobytes(), h, w, c, as_float, limits), info.input_shape,
+                                         info.mean, info.std)), h * w) for a in t.data]
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    if not math.isfinite(float(x.sum())):
+        raise InvalidInput(f"holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
+    return x
+
+
+def outputs(engine: ModelEngine, answers: list[Answer], requested: list[str]) -> list[Tensor]:
+    """The requested outputs (all default ones when none is named), in the order asked."""
+    info = engine.info
+    probs = np.stack([a.probs for a in answers]).astype(np.float32)
+    best = probs.argmax(1)
+    n = len(answers)
+    values = {
+        "label": lambda: best.astype(np.int64),
+        "class_name": lambda: [info.classes[int(b)].encode() for b in best],
+        "confidence": lambda: probs[np.arange(n), best],
+        "probabilities": lambda: probs,
+        "exit_index": lambda: np.array([a.exit_index for a in answers], np.int32),
+        "exit_layer": lambda: np.array([info.exits[a.exit_index].layer for a in answers], np.int32),
+        "stop_reason": lambda: [a.reason.encode() for a in answers],
+        "server_latency_ms": lambda: np.array([1000 * a.latency_s for a in answers], np.float32),
+        "budget_met": lambda: np.array([a.budget_met for a in answers], np.bool_),
+    }
+    out = []
+    for name in requested or DEFAULT_OUTPUTS:
+        data = values[name]()
+        shape = (n, probs.shape[1]) if name == "probabilities" else (n,)
+        out.append(Tensor(name, OUTPUT_DOCS[name].split()[0], shape, data))
+    return out
