@@ -1,4 +1,4 @@
-"""Generate the Python stubs from protos/auxnet/v1/*.proto and protos/inference/*.proto (never edit the
+"""Generate the Python stubs from protos/auxnet/v1/*.proto and protos/oip/*.proto (never edit the
 generated files).
 
     python -m protos.generate [--out DIR]
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = sorted((ROOT / "protos" / "auxnet" / "v1").glob("*.proto")) + sorted((ROOT / "protos" / "inference").glob("*.proto"))
+PROTOS = sorted((ROOT / "protos" / "auxnet" / "v1").glob("*.proto")) + sorted((ROOT / "protos" / "oip").glob("*.proto"))
 
 
 def generate(out: Path) -> list[Path]:

@@ -16,7 +16,6 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
-from protos.inference import open_inference_pb2_grpc as oip_grpc
 from server.backends import default_threads, make_backend
 from server.decode import ImageLimits
 from server.engine import EngineConfig, ModelEngine
@@ -24,9 +23,7 @@ from server.errors import UnknownModel
 from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
-from server.v2.grpc_service import PROBE_METHODS as V2_PROBES
-from server.v2.grpc_service import SERVICE_NAME as V2_SERVICE_NAME
-from server.v2.grpc_service import OpenInferenceServicer
+from server.v2 import grpc_service as v2_grpc
 from server.v2.http import OpenInferenceHTTP
 
 log = logging.getLogger("auxnet.server")
@@ -176,10 +173,10 @@ class ServerApp:
         core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         pb_grpc.add_EarlyExitServiceServicer_to_server(EarlyExitServicer(self), self.server)
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(self), self.server)
+        v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, V2_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         address = f"{self.cfg.host}:{self.cfg.port}"
         if self.cfg.tls_cert or self.cfg.tls_key:
@@ -210,12 +207,12 @@ class ServerApp:
             self.v2_http = OpenInferenceHTTP(self, max_concurrent=core_limit)
             self.http_port = await self.v2_http.start(self.cfg.host, self.cfg.http_port, self.cfg.reuse_port)
         await self.server.start()
-        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
+        for name in ("", SERVICE_NAME, *v2_grpc.SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.cfg.poll_s > 0:
             self._watch = asyncio.create_task(self._watch_repository())
         log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
-                 self.cfg.host, self.port, V2_SERVICE_NAME,
+                 self.cfg.host, self.port, v2_grpc.SPEC_SERVICE_NAME,
                  f"http://{self.cfg.host}:{self.http_port}/v2" if self.http_port else "off",
                  f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         return self.port
@@ -285,7 +282,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        if method.startswith(f"/{SERVICE_NAME}/") or (method.startswith(f"/{V2_SERVICE_NAME}/") and method not in V2_PROBES):
+        v2 = any(method.startswith(f"/{name}/") for name in v2_grpc.SERVICE_NAMES)
+        if method.startswith(f"/{SERVICE_NAME}/") or (v2 and method not in v2_grpc.PROBE_METHODS):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
             if not hmac.compare_digest(got.encode() if isinstance(got, str) else got, self.expected):
                 return _deny

@@ -1,22 +1,38 @@
 """`inference.GRPCInferenceService` (Open Inference Protocol, gRPC) on the same port as auxnet.v1.
 
 Answers in raw form (raw_output_contents), as Triton does; accepts inputs in raw or typed form. Errors are
-the same status codes and messages as auxnet.v1 (server/service.guard)."""
+the same status codes and messages as auxnet.v1 (server/service.guard). Why the stubs' package is
+`auxnet.oip` while the service answers the specification's `inference.` path: protos/oip/open_inference.proto."""
 
 from __future__ import annotations
 
 import time
 
-from protos.inference import open_inference_pb2 as oip
-from protos.inference import open_inference_pb2_grpc as oip_grpc
+import grpc
+
+from protos.oip import open_inference_pb2 as oip
+from protos.oip import open_inference_pb2_grpc as oip_grpc
 from server import __version__
 from server.errors import InvalidInput
 from server.service import guard
 from server.v2 import model as v2
 from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
 
-SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-PROBE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token needed
+SPEC_SERVICE_NAME = "inference.GRPCInferenceService"  # the path every Open Inference Protocol client calls
+OWN_SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # what reflection describes
+SERVICE_NAMES = (SPEC_SERVICE_NAME, OWN_SERVICE_NAME)
+PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token
+
+
+def add_to_server(servicer: OpenInferenceServicer, server) -> None:
+    """Register the servicer under both service names (the generated helper knows only the package's)."""
+    methods = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+    handlers = {m.name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, m.name), request_deserializer=getattr(oip, m.input_type.name).FromString,
+        response_serializer=getattr(oip, m.output_type.name).SerializeToString) for m in methods}
+    for name in SERVICE_NAMES:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
 
 
 def parameter_value(p: oip.InferParameter):

@@ -29,6 +29,8 @@ def test_deployment_agrees_with_server_flags():
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == args.health_port != args.port  # probes outside the request limit
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == args.metrics_port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": args.port, "metrics": args.metrics_port, "health": args.health_port, "http": args.http_port}
     assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace_s + container["lifecycle"]["preStop"]["sleep"]["seconds"]
     service = yaml.safe_load((K8S / "service.yaml").read_text())
     assert service["spec"]["clusterIP"] == "None"  # headless: clients see every pod
@@ -45,3 +47,38 @@ def test_dockerfile_command_parses():
     cmd = next(line for line in text.splitlines() if line.startswith("CMD "))
     args = get_args_parser().parse_args(json.loads(cmd[4:]))
     assert args.repo == "/models" and args.host == "0.0.0.0"
+
+
+# KServe's ComponentExtensionSpec (serving.kserve.io/v1beta1): the predictor fields that are not PodSpec.
+KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
+                           "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher", "labels",
+                           "annotations", "deploymentStrategy", "autoScaling"}
+
+
+def test_kserve_inferenceservice_is_valid_and_agrees_with_server_flags(tiny_repo):
+    """The InferenceService is a custom resource, so its schema is not in kubernetes-validate: the predictor
+    (KServe inlines a core v1 PodSpec plus its own component fields) is validated as a Pod, strictly, and its
+    probes are called on a real server started with the container's own arguments."""
+    import kubernetes_validate
+
+    from tests.server.v2_helpers import http, v2_server
+
+    isvc = yaml.safe_load((K8S / "kserve-inferenceservice.yaml").read_text())
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"  # two ports
+    predictor = dict(isvc["spec"]["predictor"])
+    component = {k: predictor.pop(k) for k in list(predictor) if k in KSERVE_COMPONENT_FIELDS}
+    assert component["minReplicas"] >= 2 and component["maxReplicas"] >= component["minReplicas"]
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "auxnet-predictor"},
+                                  "spec": predictor}, "1.37.0", strict=True)
+    container = predictor["containers"][0]
+    assert container["name"] == "kserve-container"  # the name KServe expects of a custom predictor
+    args = get_args_parser().parse_args(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http1": args.http_port, "h2c": args.port, "metrics": args.metrics_port}
+    assert predictor["terminationGracePeriodSeconds"] > args.grace_s
+    probes = [container[p]["httpGet"] for p in ("readinessProbe", "livenessProbe", "startupProbe")]
+    assert all(p["port"] == args.http_port for p in probes)
+    with v2_server(tiny_repo) as (_, _, url):
+        for p in probes:
+            assert http(f"http://{url}{p['path']}")[0] == 200, p["path"]

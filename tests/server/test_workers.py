@@ -1,6 +1,8 @@
 """`python -m server --workers 2`: one port, two processes, metrics summed, drain on SIGTERM, a dead worker
 replaced (issue 12)."""
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +34,7 @@ def start_workers(repo, *extra):
         assert time.time() < deadline, "workers did not start"
         time.sleep(0.1)
     port, metrics, health, http, *pids = (int(v) for v in port_file.read_text().split())
-    return proc, port, metrics, health, pids
+    return proc, port, metrics, health, http, pids
 
 
 def samples(metrics_port, name):
@@ -42,7 +44,7 @@ def samples(metrics_port, name):
 
 @pytest.mark.slow
 def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo):
-    proc, port, mport, hport, pids = start_workers(tiny_repo)
+    proc, port, mport, hport, http_port, pids = start_workers(tiny_repo)
     try:
         assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
         # Both workers listen on the same port (SO_REUSEPORT).
@@ -55,6 +57,13 @@ def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo
                 for im in images(3, seed=i):
                     assert c.classify(png(im)).class_name
                     sent += 1
+        for i in range(6):  # the Open Inference Protocol's HTTP port is shared the same way
+            body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters":
+                                           {"content_type": "base64"}, "data": [base64.b64encode(png(images(1, seed=i)[0])).decode()]}]})
+            req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/tiny/infer", body.encode(), method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert json.loads(r.read())["outputs"][0]["name"] == "label"
+            sent += 1
         ok = sum(s.value for s in samples(mport, "auxnet_requests_total") if s.labels["code"] == "OK")
         assert ok == sent  # one /metrics for all workers
         info = samples(mport, "auxnet_model_info")

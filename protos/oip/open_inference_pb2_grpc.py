@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.inference import open_inference_pb2 as protos_dot_inference_dot_open__inference__pb2
+from protos.oip import open_inference_pb2 as protos_dot_oip_dot_open__inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/inference/open_inference_pb2_grpc.py depends on'
+        + ' but the generated code in protos/oip/open_inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -35,34 +35,34 @@ class GRPCInferenceServiceStub:
             channel: A grpc.Channel.
         """
         self.ServerLive = channel.unary_unary(
-                '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerLiveResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ServerLive',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
-                '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerReadyResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ServerReady',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
-                '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelReadyResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ModelReady',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
-                '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerMetadataResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ServerMetadata',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
-                '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelMetadataResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ModelMetadata',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
-                '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=protos_dot_inference_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelInferResponse.FromString,
+                '/auxnet.oip.GRPCInferenceService/ModelInfer',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
 
 
@@ -110,39 +110,39 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerLiveRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerLiveRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerReadyRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerReadyRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelReadyRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelReadyRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=protos_dot_inference_dot_open__inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=protos_dot_inference_dot_open__inference__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_open__inference__pb2.ModelInferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'inference.GRPCInferenceService', rpc_method_handlers)
+            'auxnet.oip.GRPCInferenceService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('inference.GRPCInferenceService', rpc_method_handlers)
+    server.add_registered_method_handlers('auxnet.oip.GRPCInferenceService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -163,9 +163,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ServerLive',
-            protos_dot_inference_dot_open__inference__pb2.ServerLiveRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ServerLiveResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ServerLive',
+            protos_dot_oip_dot_open__inference__pb2.ServerLiveRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,9 +190,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ServerReady',
-            protos_dot_inference_dot_open__inference__pb2.ServerReadyRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ServerReadyResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ServerReady',
+            protos_dot_oip_dot_open__inference__pb2.ServerReadyRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,9 +217,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ModelReady',
-            protos_dot_inference_dot_open__inference__pb2.ModelReadyRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ModelReadyResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ModelReady',
+            protos_dot_oip_dot_open__inference__pb2.ModelReadyRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -244,9 +244,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ServerMetadata',
-            protos_dot_inference_dot_open__inference__pb2.ServerMetadataRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ServerMetadataResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ServerMetadata',
+            protos_dot_oip_dot_open__inference__pb2.ServerMetadataRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -271,9 +271,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ModelMetadata',
-            protos_dot_inference_dot_open__inference__pb2.ModelMetadataRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ModelMetadataResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ModelMetadata',
+            protos_dot_oip_dot_open__inference__pb2.ModelMetadataRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -298,9 +298,9 @@ class GRPCInferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/inference.GRPCInferenceService/ModelInfer',
-            protos_dot_inference_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
-            protos_dot_inference_dot_open__inference__pb2.ModelInferResponse.FromString,
+            '/auxnet.oip.GRPCInferenceService/ModelInfer',
+            protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
+            protos_dot_oip_dot_open__inference__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

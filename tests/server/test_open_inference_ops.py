@@ -1,0 +1,173 @@
+"""The Open Inference Protocol surfaces under the same operations as auxnet.v1: token auth, TLS, size and
+pixel limits, shedding, deadlines, draining and metrics, each on v2 gRPC and v2 HTTP (issue 11)."""
+
+import asyncio
+import gzip
+import http.client as http_client
+import json
+import ssl
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
+
+from server.engine import EngineConfig
+from tests.server.certs import make_credentials
+from tests.server.helpers import images, png, requests_ok, wait_for
+from tests.server.v2_helpers import error_of, http, v2_server
+
+MODEL = "tiny"
+
+
+def image_input(module, n=1, seed=0):
+    inp = module.InferInput("image", [n], "BYTES")
+    inp.set_data_from_numpy(np.array([png(a) for a in images(n, seed=seed)], dtype=object))
+    return inp
+
+
+def infer_body(n=1):
+    import base64
+
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [n], "parameters": {"content_type": "base64"},
+                        "data": [base64.b64encode(png(a)).decode() for a in images(n)]}]}
+
+
+def test_bearer_token_on_v2_grpc_and_http_with_probes_open(tiny_repo):
+    with v2_server(tiny_repo, auth_token="s3cret") as (_, target, url):
+        for module, where in ((tgrpc, target), (thttp, url)):
+            c = module.InferenceServerClient(where)
+            assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)  # probes carry no token
+            for headers in (None, {"authorization": "Bearer wrong"}):
+                with pytest.raises(InferenceServerException) as e:
+                    c.infer(MODEL, [image_input(module)], headers=headers)
+                assert "bearer token" in e.value.message()
+                assert e.value.status() == ("StatusCode.UNAUTHENTICATED" if module is tgrpc else "401")
+                with pytest.raises(InferenceServerException):
+                    c.get_model_metadata(MODEL, headers=headers)
+            r = c.infer(MODEL, [image_input(module)], headers={"authorization": "Bearer s3cret"})
+            assert r.as_numpy("label").shape == (1,)
+        status, headers, _ = http(f"http://{url}/v2", "GET")
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_tls_and_mutual_tls_on_the_http_side(tiny_repo, tmp_path):
+    creds = make_credentials(tmp_path)
+    tls = {"tls_cert": str(creds["server.pem"]), "tls_key": str(creds["server.key"]), "tls_client_ca": str(creds["ca.pem"])}
+    with v2_server(tiny_repo, **tls) as (_, target, url):
+        ctx = ssl.create_default_context(cafile=str(creds["ca.pem"]))
+        ctx.load_cert_chain(str(creds["client.pem"]), str(creds["client.key"]))
+        status, _, body = http(f"https://localhost:{url.split(':')[1]}/v2/models/{MODEL}/infer", "POST", infer_body(), context=ctx)
+        assert status == 200 and json.loads(body)["outputs"][0]["name"] == "label"
+        anonymous = ssl.create_default_context(cafile=str(creds["ca.pem"]))  # no client certificate
+        # TLS 1.3 rejects the missing client certificate after the client's handshake: the server hangs up.
+        with pytest.raises((OSError, http_client.HTTPException)):
+            http(f"https://localhost:{url.split(':')[1]}/v2/health/live", context=anonymous)
+        with pytest.raises((OSError, http_client.HTTPException)):  # plaintext to a TLS port
+            http(f"http://{url}/v2/health/live")
+        # gRPC v2 on the TLS port with a client certificate
+        c = tgrpc.InferenceServerClient(f"localhost:{target.split(':')[1]}", ssl=True,
+                                        root_certificates=str(creds["ca.pem"]), private_key=str(creds["client.key"]),
+                                        certificate_chain=str(creds["client.pem"]))
+        assert c.infer(MODEL, [image_input(tgrpc)]).as_numpy("label").shape == (1,)
+
+
+def test_size_and_pixel_limits(tiny_repo):
+    from server.decode import ImageLimits
+
+    with v2_server(tiny_repo, max_message_bytes=200_000, limits=ImageLimits(max_pixels=64 * 64)) as (_, target, url):
+        infer = f"http://{url}/v2/models/{MODEL}/infer"
+        big = np.zeros((1, 260, 260, 3), np.uint8)  # 202,800 bytes of pixels: over the message limit
+        body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(big.shape),
+                                       "parameters": {"binary_data_size": big.nbytes}}]}).encode()
+        status, message = error_of(http(infer, "POST", body + big.tobytes(), {"Inference-Header-Content-Length": str(len(body))}))
+        assert status == 413 and "200000" in message
+        bomb = gzip.compress(json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
+                                                     "data": ["a" * 1_000_000]}]}).encode())
+        assert len(bomb) < 200_000  # small on the wire, 1 MB once decompressed: refused all the same
+        assert error_of(http(infer, "POST", bomb, {"Content-Encoding": "gzip"}))[0] == 413
+        with pytest.raises(InferenceServerException) as e:  # gRPC: the message limit of the port
+            tgrpc.InferenceServerClient(target).infer(MODEL, [_pixels(tgrpc, big)])
+        assert e.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        for module, where in ((tgrpc, target), (thttp, url)):  # pixel limit: 65x65 > 64*64
+            with pytest.raises(InferenceServerException) as e:
+                module.InferenceServerClient(where).infer(MODEL, [_pixels(module, np.zeros((1, 65, 65, 3), np.uint8))])
+            assert "image of 65x65 pixels exceeds the limit" in e.value.message()
+
+
+def _pixels(module, a):
+    inp = module.InferInput("pixels", list(a.shape), "UINT8")
+    inp.set_data_from_numpy(a)
+    return inp
+
+
+def test_shedding_and_deadlines_map_to_429_and_504(tiny_repo):
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=0)) as (_, target, url):
+        for module, where, code in ((tgrpc, target, "StatusCode.RESOURCE_EXHAUSTED"), (thttp, url, "429")):
+            with pytest.raises(InferenceServerException) as e:
+                module.InferenceServerClient(where).infer(MODEL, [image_input(module)])
+            assert e.value.status() == code and "server is at capacity" in e.value.message()
+    with v2_server(tiny_repo) as (_, target, url):
+        for module, where, code in ((tgrpc, target, "StatusCode.DEADLINE_EXCEEDED"), (thttp, url, "504")):
+            with pytest.raises(InferenceServerException) as e:  # Triton's `timeout` parameter: 1 microsecond
+                module.InferenceServerClient(where).infer(MODEL, [image_input(module)], timeout=1)
+            assert e.value.status() == code, e.value.message()
+
+
+def test_draining_turns_readiness_and_refuses_new_requests(tiny_repo):
+    """While a held request is in flight the server drains: v2 readiness turns false (HTTP 503, gRPC
+    ready=false), new inferences are refused 503/UNAVAILABLE, the held one is answered."""
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_queue_delay_ms=3000)) as (app, target, url):
+        held = {}
+
+        def send():
+            held["r"] = http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body())
+
+        t = threading.Thread(target=send)
+        t.start()
+        assert wait_for(lambda: app.engines[MODEL].inflight == 1)
+        shutdown = asyncio.run_coroutine_threadsafe(app.shutdown(10.0), app.loop)
+        assert wait_for(lambda: http(f"http://{url}/v2/health/ready")[0] == 503)
+        assert not tgrpc.InferenceServerClient(target).is_server_ready()
+        assert not tgrpc.InferenceServerClient(target).is_model_ready(MODEL)
+        assert http(f"http://{url}/v2/models/{MODEL}/ready")[0] == 503
+        assert http(f"http://{url}/v2/health/live")[0] == 200
+        status, message = error_of(http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body()))
+        assert status == 503 and "shutting down" in message
+        with pytest.raises(InferenceServerException) as e:
+            tgrpc.InferenceServerClient(target).infer(MODEL, [image_input(tgrpc)])
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        t.join(20)
+        assert held["r"][0] == 200  # admitted before the drain: answered
+        assert shutdown.result(30) is True
+
+
+def test_metrics_count_v2_requests_by_image_and_code(tiny_repo):
+    with v2_server(tiny_repo) as (app, target, url):
+        before = requests_ok(app.metrics_port)
+        tgrpc.InferenceServerClient(target).infer(MODEL, [image_input(tgrpc, n=3)])
+        thttp.InferenceServerClient(url).infer(MODEL, [image_input(thttp, n=2)])
+        assert requests_ok(app.metrics_port) == before + 5
+        http(f"http://{url}/v2/models/{MODEL}/infer", "POST", {"inputs": [{"name": "nope", "datatype": "BYTES",
+                                                                            "shape": [4], "data": ["a"] * 4}]})
+        sample = app.metrics.requests.labels(MODEL, "INVALID_ARGUMENT")._value.get()
+        assert sample == 4  # four images refused
+        http(f"http://{url}/v2/models/other/infer", "POST", infer_body())
+        assert app.metrics.requests.labels("_unknown", "NOT_FOUND")._value.get() == 1
+
+
+def test_reflection_lists_the_v2_service_and_the_spec_path_answers(tiny_repo):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with v2_server(tiny_repo) as (_, target, _url):
+        channel = grpc.insecure_channel(target)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert "auxnet.oip.GRPCInferenceService" in names and "auxnet.v1.EarlyExitService" in names
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=5)
+        assert live == b"\x08\x01"  # ServerLiveResponse{live: true} on the wire
+        channel.close()
