@@ -170,4 +170,10 @@ def test_reflection_lists_the_v2_service_and_the_spec_path_answers(tiny_repo):
         assert "auxnet.oip.GRPCInferenceService" in names and "auxnet.v1.EarlyExitService" in names
         live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=5)
         assert live == b"\x08\x01"  # ServerLiveResponse{live: true} on the wire
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("inference.GRPCInferenceService", "auxnet.oip.GRPCInferenceService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, service
         channel.close()
