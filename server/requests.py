@@ -60,6 +60,19 @@ async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -
     return await asyncio.get_running_loop().run_in_executor(app.decode_executor, work)
 
 
+async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
+    """Await every item's validation and decode together (big ones on the decode threads); only if all
+    succeed is anything computed. The first invalid item fails the call, named by `name_of(index)`."""
+    outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
+    for i, o in enumerate(outcomes):
+        if isinstance(o, InvalidInput):
+            raise InvalidInput(f"{name_of(i)}: {o}") from o
+    for o in outcomes:
+        if isinstance(o, BaseException):
+            raise o
+    return outcomes
+
+
 def model_label(app, model: str) -> str:
     """The `model` label of a request's metrics: bounded to the loaded names."""
     if model in app.engines:

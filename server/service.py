@@ -14,7 +14,7 @@ from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
 from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
 from server.errors import InvalidInput, ServingError
-from server.requests import ExitControls, count, decode_where_cheap, encoded_pixels
+from server.requests import ExitControls, count, decode_where_cheap, encoded_pixels, prepare_all
 
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
@@ -38,16 +38,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         async def run():
             if not request.requests:
                 raise InvalidInput("ClassifyBatch needs at least one request")
-            # Validate and decode every item (concurrently: big ones on the decode threads) before computing any.
-            outcomes = await asyncio.gather(*(self._prepare(r, arrival, deadline) for r in request.requests),
-                                            return_exceptions=True)
-            for i, o in enumerate(outcomes):
-                if isinstance(o, InvalidInput):
-                    raise InvalidInput(f"requests[{i}]: {o}") from o
-            for o in outcomes:
-                if isinstance(o, BaseException):
-                    raise o
-            prepared = outcomes
+            prepared = await prepare_all((self._prepare(r, arrival, deadline) for r in request.requests),
+                                         lambda i: f"requests[{i}]")
             answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))
             return pb.ClassifyBatchResponse(responses=[
                 self._encode(engine, r, a) for (engine, _, r), a in zip(prepared, answers)])

@@ -19,7 +19,7 @@ import numpy as np
 from server.decode import decode_encoded, decode_raw, to_model_input
 from server.engine import Answer, ModelEngine
 from server.errors import InvalidInput, UnknownModel
-from server.requests import ExitControls, decode_where_cheap, encoded_pixels
+from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
 from server.v2.tensors import BYTES, Tensor
 
 SERVER_NAME = "auxnet-serving"
@@ -122,13 +122,7 @@ async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitCo
     controls.check(len(engine.info.exits))
     works = _image_works(app, engine, inputs)
     engine.check_admission()  # refuse before paying for the decode
-    xs = await asyncio.gather(*(decode_where_cheap(app, w, px) for w, px in works), return_exceptions=True)
-    for i, x in enumerate(xs):
-        if isinstance(x, InvalidInput):
-            raise InvalidInput(f"input '{inputs[0].name}' image {i}: {x}") from x
-    for x in xs:
-        if isinstance(x, BaseException):
-            raise x
+    xs = await prepare_all((decode_where_cheap(app, w, px) for w, px in works), lambda i: f"input '{inputs[0].name}' image {i}")
     return list(await asyncio.gather(*(engine.classify(*controls.classify_args(x, arrival, deadline)) for x in xs)))
 
 
