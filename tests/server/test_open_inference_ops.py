@@ -110,7 +110,11 @@ def test_shedding_and_deadlines_map_to_429_and_504(tiny_repo):
             with pytest.raises(InferenceServerException) as e:
                 module.InferenceServerClient(where).infer(MODEL, [image_input(module)])
             assert e.value.status() == code and "server is at capacity" in e.value.message()
-    with v2_server(tiny_repo) as (_, target, url):
+    with v2_server(tiny_repo) as (app, target, url):
+        limit, app.v2_http.max_concurrent = app.v2_http.max_concurrent, 0  # the HTTP port's own limit, before any body
+        status, message = error_of(http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body()))
+        assert status == 429 and "HTTP requests in progress" in message
+        app.v2_http.max_concurrent = limit
         for module, where, code in ((tgrpc, target, "StatusCode.DEADLINE_EXCEEDED"), (thttp, url, "504")):
             with pytest.raises(InferenceServerException) as e:  # Triton's `timeout` parameter: 1 microsecond
                 module.InferenceServerClient(where).infer(MODEL, [image_input(module)], timeout=1)
