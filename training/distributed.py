@@ -1,9 +1,13 @@
-"""Data-parallel training under torchrun (NCCL on GPUs, gloo on CPUs) without DDP.
+"""Data-parallel training under torchrun (NCCL on GPUs, gloo on CPUs), two ways to average gradients.
 
-DDP's reducer expects exactly one backward pass per iteration; the multi-way reference takes one
-`autograd.grad` per output and pair-wise one backward per output. So gradients are averaged explicitly:
-after each method computes its (per-output) gradients on its shard, `all_reduce_mean` flattens them into
-one buffer, all-reduces it once (sum), divides by the world size and writes it back. Each rank holds the
+`--grad-sync allreduce` (every method): after a method computes its (per-output) gradients on its shard,
+`all_reduce_mean` flattens them into one buffer, all-reduces it once (sum), divides by the world size and
+writes it back. DDP's reducer expects exactly one backward pass per iteration, and the multi-way reference
+takes one `autograd.grad` per output and pair-wise one backward per output, so those need this path.
+`--grad-sync ddp` (the one-backward methods: none, joint, multiway): torch's DistributedDataParallel
+around the model, whose buckets all-reduce during the backward pass, overlapping it. Both give the weights
+of one process with the same global batch (tests/training/test_distributed.py); what each costs:
+bench/ddp_vs_allreduce.py. Each rank holds the
 same weights and optimizer states (same seed, same averaged gradients), so every per-output SGD step is
 taken identically everywhere. Because each shard has the same size, the mean of the shard gradients is
 the gradient of the global batch's mean loss: with batch statistics that agree (SyncBatchNorm on GPUs),
@@ -58,6 +62,20 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around `model` for the forward pass. Buffers (batch-norm running statistics)
+    are not broadcast each step, as on the all-reduce path: each rank keeps its own and rank 0's are saved."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    # torch 2.13 renamed the option (broadcast_model has made the buffers equal at the start either way)
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
 
 def shard(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from training.model import AuxNet
 
 METHODS = ("none", "joint", "pairwise", "multiway", "multiway-reference")
+ONE_BACKWARD_METHODS = ("none", "joint", "multiway")  # what DistributedDataParallel can train
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,14 @@ class Method:
     name = "?"
 
     def __init__(self, model: AuxNet, cfg: OptimConfig, autocast: Callable[[], contextlib.AbstractContextManager],
-                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None):
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
+                 forward_module: torch.nn.Module | None = None):
         self.model, self.cfg, self.autocast = model, cfg, autocast
         # Averages gradients across data-parallel ranks (training/distributed.py); a no-op alone.
         self.grad_sync = grad_sync or (lambda tensors: None)
+        # What the forward pass calls: the model, or DistributedDataParallel around it (which then averages
+        # the gradients during the one backward pass; parameters and optimizers stay the model's own).
+        self.forward_module = forward_module if forward_module is not None else model
         self.gammas = loss_weights(model.exits, cfg.nu)
         self.optimizers: list[torch.optim.Optimizer] = self.build_optimizers()
         self.schedulers = [
@@ -127,7 +132,7 @@ class Method:
 
     def _forward(self, x, **kw) -> list[torch.Tensor]:
         with self.autocast():
-            return self.model(x, **kw)
+            return self.forward_module(x, **kw)
 
     def _zero(self) -> None:
         for o in self.optimizers:
@@ -319,9 +324,13 @@ class MultiwayFast(Method):
 _REGISTRY = {c.name: c for c in (NoneMethod, JointMethod, PairwiseMethod, MultiwayFast, MultiwayReference)}
 
 
-def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext, grad_sync=None) -> Method:
+def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib.nullcontext, grad_sync=None,
+                 forward_module: torch.nn.Module | None = None) -> Method:
     if name not in _REGISTRY:
         raise ValueError(f"unknown training method {name!r}; valid: {', '.join(METHODS)}")
+    if forward_module is not None and name not in ONE_BACKWARD_METHODS:
+        raise ValueError(f"method {name!r} takes several backward passes per batch, which DistributedDataParallel "
+                         f"cannot reduce; use --grad-sync allreduce (DDP: {', '.join(ONE_BACKWARD_METHODS)})")
     if name == "pairwise" and cfg.distill_weight > 0:
         raise ValueError("self-distillation needs the final output in the same forward pass; pair-wise runs one "
                          "partial forward per output: use joint or multiway")
@@ -330,4 +339,4 @@ def build_method(name: str, model: AuxNet, cfg: OptimConfig, autocast=contextlib
                          f"{cfg.distill_temperature} > 0, label smoothing {cfg.label_smoothing} in [0, 1)")
     if name != "none" and model.num_outputs == 1:
         name = "joint"  # with one output every method is plain SGD on the final loss
-    return _REGISTRY[name](model, cfg, autocast, grad_sync)
+    return _REGISTRY[name](model, cfg, autocast, grad_sync, forward_module)

@@ -19,7 +19,7 @@ from training.config import ModelConfig
 from training.data import DATASETS, load_splits
 from training.data.batches import iterate
 from training.data.device import DeviceData
-from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard
+from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard, wrap_ddp
 from training.ema import ModelEma
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
@@ -84,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "so every step has the same shape")
     p.add_argument("--sync-bn", action="store_true",
                    help="torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
+    p.add_argument("--grad-sync", choices=["allreduce", "ddp"], default="allreduce",
+                   help="torchrun: average gradients by one flat all-reduce after the backward (every method), or "
+                        "with DistributedDataParallel during it (none, joint, multiway); bench/ddp_vs_allreduce.py")
     return p
 
 
@@ -158,7 +161,9 @@ def main(args) -> dict:
                         joint_match_multiway_decay=args.joint_match_multiway_decay, schedule=args.schedule,
                         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature)
-    method = build_method(args.method, model, optim, autocast, all_reduce_mean if dist_info.enabled else None)
+    ddp = dist_info.enabled and args.grad_sync == "ddp"
+    method = build_method(args.method, model, optim, autocast, all_reduce_mean if dist_info.enabled and not ddp else None,
+                          forward_module=wrap_ddp(model, device) if ddp else None)
     start_epoch = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from training.config import ModelConfig
-from training.distributed import DistInfo, all_reduce_mean, shard
+from training.distributed import DistInfo, all_reduce_mean, shard, wrap_ddp
 from training.methods import OptimConfig, build_method
 from training.model import AuxNet
 
@@ -36,18 +36,21 @@ def batches():
             for _ in range(STEPS)]
 
 
-def train(method_name, info: DistInfo):
+def train(method_name, info: DistInfo, ddp: bool = False):
     model = model_with_frozen_bn()
-    m = build_method(method_name, model, CFG, grad_sync=all_reduce_mean if info.enabled else None)
+    if ddp:
+        m = build_method(method_name, model, CFG, forward_module=wrap_ddp(model, torch.device("cpu")))
+    else:
+        m = build_method(method_name, model, CFG, grad_sync=all_reduce_mean if info.enabled else None)
     for x, y in batches():
         m.step(*shard(x, y, info))
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _worker(rank, world, init_file, method_name, out_file):
+def _worker(rank, world, init_file, method_name, out_file, ddp=False):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        params = train(method_name, DistInfo(rank, world, rank))
+        params = train(method_name, DistInfo(rank, world, rank), ddp)
         if rank == 0:
             torch.save(params, out_file)
     finally:
@@ -66,6 +69,24 @@ def test_two_gloo_processes_equal_one_process(method_name, tmp_path):
     assert moved > 1e-3  # the comparison is not between untouched weights
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method_name", ["joint", "multiway", "none"])
+def test_two_gloo_processes_under_ddp_equal_one_process(method_name, tmp_path):
+    """--grad-sync ddp: DistributedDataParallel's in-backward reduction gives the same weights too."""
+    single = train(method_name, DistInfo())
+    out = tmp_path / "params.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), method_name, str(out), True), nprocs=2, join=True)
+    for a, b in zip(single, torch.load(out)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_refuses_methods_with_several_backward_passes():
+    model = model_with_frozen_bn()
+    for name in ("pairwise", "multiway-reference"):
+        with pytest.raises(ValueError, match="cannot reduce; use --grad-sync allreduce"):
+            build_method(name, model, CFG, forward_module=model)
+
+
 def test_shard_refuses_uneven_batches():
     x, y = torch.zeros(6, 3), torch.zeros(6)
     assert shard(x, y, DistInfo(1, 3, 1))[1].shape == (2,)
@@ -74,9 +95,11 @@ def test_shard_refuses_uneven_batches():
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_end_to_end_and_resume(tmp_path):
+@pytest.mark.parametrize("grad_sync", ["allreduce", "ddp"])
+def test_torchrun_two_processes_end_to_end_and_resume(tmp_path, grad_sync):
     args = ["--depth", "8", "--exits", "5,8", "--dataset", "synthetic", "--precision", "fp32", "--device", "cpu",
-            "--batch-size", "32", "--max-batches", "3", "--val-size", "64", "--out", str(tmp_path / "run")]
+            "--batch-size", "32", "--max-batches", "3", "--val-size", "64", "--out", str(tmp_path / "run"),
+            "--grad-sync", grad_sync]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as s:  # torchrun's --master_port 0 does not work: pick a free port ourselves
         s.bind(("127.0.0.1", 0))
