@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.backends import Backend, to_host
-from server.errors import DeadlineExceeded, NotServing, QueueFull
+from server.errors import DeadlineExceeded, InvalidInput, NotServing, QueueFull
 from server.latency import LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
@@ -235,11 +235,16 @@ class ModelEngine(AgreementSampling):
                 job.drop_reason = "deadline" if expired else "cancelled"
                 job.future.cancel()
 
-    def check_admission(self) -> None:
+    def check_admission(self, n: int = 1) -> None:
+        """Refuse before any work: not serving, or no room for `n` more requests (a request of N images
+        asks for N at once, before any of them is decoded)."""
         if not self.accepting or self.stopped:
             self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
             raise NotServing("server is shutting down or not ready; retry on another replica")
-        if self.inflight >= self.cfg.max_inflight:
+        if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
+            raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
+                               "limit): split the request")
+        if self.inflight + n > self.cfg.max_inflight:
             self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
             raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
 

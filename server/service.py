@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 import grpc
 import numpy as np
@@ -14,7 +15,8 @@ from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
 from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
 from server.errors import InvalidInput, ServingError
-from server.requests import ExitControls, count, decode_where_cheap, encoded_pixels, prepare_all
+from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
+from server.requests import count as count_images
 
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
@@ -38,6 +40,9 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         async def run():
             if not request.requests:
                 raise InvalidInput("ClassifyBatch needs at least one request")
+            wanted = Counter(r.model for r in request.requests)
+            for name, n in wanted.items():  # room for every item, before decoding any
+                self.app.engine_for(name).check_admission(n)
             prepared = await prepare_all((self._prepare(r, arrival, deadline) for r in request.requests),
                                          lambda i: f"requests[{i}]")
             answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))
@@ -132,29 +137,32 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         return await guard(self.app, context, model, coro, count, images)
 
 
-async def guard(app, context, model: str, coro, counted: bool = True, images: int = 1):
-    """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface)."""
+async def guard(app, context, model: str, coro, counted: bool = True, images=1):
+    """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface).
+    `images`: how many to count, or a function saying so once the request is parsed (never a count that a
+    malformed request declares: a shape of 2**62 images must not reach a counter)."""
+    count = lambda a, m, c: count_images(a, m, c, images() if callable(images) else images)  # noqa: E731
     try:
         result = await coro
     except ServingError as e:
         if counted:
-            count(app, model, e.code.name, images)
+            count(app, model, e.code.name)
         await _abort(context, e.code, str(e))
         return None
     except asyncio.CancelledError:  # the client cancelled or its deadline passed
         if counted:
             remaining = context.time_remaining()
             count(app, model, "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S
-                  else "CANCELLED", images)
+                  else "CANCELLED")
         raise
     except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
         log.exception("internal error")
         if counted:
-            count(app, model, "INTERNAL", images)
+            count(app, model, "INTERNAL")
         await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
         return None
     if counted:
-        count(app, model, "OK", images)
+        count(app, model, "OK")
     return result
 
 

@@ -72,7 +72,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         arrival = time.monotonic()
         remaining = context.time_remaining()
         deadline = arrival + remaining if remaining is not None else None
-        images = max(1, request.inputs[0].shape[0]) if len(request.inputs) == 1 and request.inputs[0].shape else 1
+        parsed: list[Tensor] = []
 
         async def run():
             engine = v2.resolve(self.app, request.model_name, request.model_version)
@@ -82,6 +82,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             if timeout_s is not None:
                 end = min(end, arrival + timeout_s) if end is not None else arrival + timeout_s
             inputs = _inputs(request)
+            parsed.extend(inputs)
             requested = v2.check_outputs([o.name for o in request.outputs])
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
             out = v2.outputs(engine, answers, requested)
@@ -91,7 +92,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                          for t in out],
                 raw_output_contents=[to_raw(t) for t in out])
 
-        return await guard(self.app, context, request.model_name, run(), images=images)
+        return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed))
 
 
 def _inputs(request) -> list[Tensor]:

@@ -106,7 +106,10 @@ def parse_parameters(params: dict) -> tuple[ExitControls, float | None, bool]:
 
 def image_count(inputs: list[Tensor]) -> int:
     """Images in a request, for counting outcomes (1 when the request is too malformed to tell)."""
-    return max(1, inputs[0].shape[0]) if len(inputs) == 1 and inputs[0].shape else 1
+    if len(inputs) != 1 or not inputs[0].shape:
+        return 1
+    t = inputs[0]  # its data matched its shape, but a shape like [2**62, 0, 0, 0] holds no image at all
+    return max(1, min(t.shape[0], t.count))
 
 
 def check_outputs(requested: list[str]) -> list[str]:
@@ -120,8 +123,7 @@ async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitCo
                 deadline: float | None) -> list[Answer]:
     """Validate, decode every image (big ones on the decode threads), then schedule each image like a Classify."""
     controls.check(len(engine.info.exits))
-    works = _image_works(app, engine, inputs)
-    engine.check_admission()  # refuse before paying for the decode
+    works = _image_works(app, engine, inputs)  # refuses, before any decode, more images than there is room for
     xs = await prepare_all((decode_where_cheap(app, w, px) for w, px in works), lambda i: f"input '{inputs[0].name}' image {i}")
     return list(await asyncio.gather(*(engine.classify(*controls.classify_args(x, arrival, deadline)) for x in xs)))
 
@@ -139,8 +141,10 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
     if t.datatype != want[t.name]:
         hint = " (FP32 pixels in [0, 1] go in 'pixels_fp32')" if t.name == "pixels" and t.datatype == "FP32" else ""
         raise InvalidInput(f"input '{t.name}' must be {want[t.name]}; got {t.datatype}{hint}")
-    if not t.shape or t.shape[0] == 0:
-        raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images (shape {list(t.shape)})")
+    if not t.shape or t.shape[0] == 0 or t.count == 0:
+        raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images and none "
+                           f"may be 0 (shape {list(t.shape)})")
+    engine.check_admission(t.shape[0])
     size = info.input_shape[1:]
     if t.name == "image":
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):

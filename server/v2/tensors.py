@@ -5,6 +5,7 @@ each BYTES element is preceded by its length as a 4-byte little-endian unsigned 
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "
                   "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                   "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", BYTES: "bytes_contents"}
 MAX_DIMS = 8
+MAX_DIM = 2**31 - 1  # no real tensor is longer along one axis; numpy refuses some larger empty shapes outright
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Tensor:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python integers: np.prod of int64 wraps around on huge shapes
 
 
 def check_header(name: str, datatype: str, shape) -> tuple[int, ...]:
@@ -43,14 +45,15 @@ def check_header(name: str, datatype: str, shape) -> tuple[int, ...]:
     if datatype != BYTES and datatype not in DTYPES:
         raise InvalidInput(f"input '{name}' has unknown datatype {datatype!r}; valid: {', '.join([*DTYPES, BYTES])}")
     shape = tuple(int(d) for d in shape)
-    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be >= 0, at most {MAX_DIMS} of them")
+    if len(shape) > MAX_DIMS or any(d < 0 or d > MAX_DIM for d in shape):
+        raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be in [0, {MAX_DIM}], at most "
+                           f"{MAX_DIMS} of them")
     return shape
 
 
 def from_raw(name: str, datatype: str, shape, raw: bytes) -> Tensor:
     shape = check_header(name, datatype, shape)
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)
     if datatype == BYTES:
         return Tensor(name, datatype, shape, split_bytes(name, raw, n))
     dt = DTYPES[datatype]
@@ -62,7 +65,7 @@ def from_raw(name: str, datatype: str, shape, raw: bytes) -> Tensor:
 def from_values(name: str, datatype: str, shape, values) -> Tensor:
     """Typed values (gRPC contents, or the flattened JSON `data`) -> Tensor, the count checked."""
     shape = check_header(name, datatype, shape)
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)
     if len(values) != n:
         raise InvalidInput(f"input '{name}' has {len(values)} elements but shape {list(shape)} needs {n}")
     if datatype == BYTES:

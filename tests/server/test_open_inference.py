@@ -245,7 +245,7 @@ def test_malformed_http_bodies_name_what_is_wrong(srv):
         ({"inputs": []}, {}, "request needs 'inputs'"),
         ({"inputs": [{**one, "data": [1, 2, 3]}]}, {}, "input 'pixels' has 3 elements but shape [1, 2, 2, 3] needs 12"),
         ({"inputs": [{**one, "data": ["a"] * 12}]}, {}, "input 'pixels' data is not a (nested) list of UINT8 values"),
-        ({"inputs": [{**one, "shape": [1, -2, 2, 3], "data": [0] * 12}]}, {}, "dimensions must be >= 0"),
+        ({"inputs": [{**one, "shape": [1, -2, 2, 3], "data": [0] * 12}]}, {}, "dimensions must be in [0, 2147483647]"),
         ({"inputs": [{**one, "datatype": "FP8", "data": [0]}]}, {}, "unknown datatype 'FP8'"),
         ({"inputs": [{**one, "data": [0] * 12}], "outputs": [{"name": "label", "parameters": {"classification": 3}}]},
          {}, "the classification extension is not supported"),

@@ -104,6 +104,28 @@ def _pixels(module, a):
     return inp
 
 
+def test_more_images_than_the_inflight_limit_are_refused_before_decoding(tiny_repo):
+    from protos.auxnet.v1 import inference_pb2 as pb
+    from server.client import Client, classify_request
+
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=4)) as (app, target, url):
+        for module, where in ((tgrpc, target), (thttp, url)):
+            with pytest.raises(InferenceServerException) as e:
+                module.InferenceServerClient(where).infer(MODEL, [image_input(module, n=5)])
+            assert "5 images in one request; at most 4" in e.value.message()
+            assert module.InferenceServerClient(where).infer(MODEL, [image_input(module, n=4)]).as_numpy("label").shape == (4,)
+        with Client(target) as c, pytest.raises(grpc.RpcError) as e:
+            c.stub.ClassifyBatch(pb.ClassifyBatchRequest(requests=[classify_request(png(images(1)[0]))] * 5), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 4" in e.value.details()
+        for shape, message in (([2**62, 0, 0, 3], "dimensions must be in [0, 2147483647]"),
+                               ([2**31 - 1, 0, 0, 3], "holds no image")):
+            empty = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": shape, "data": []}]}
+            status, got = error_of(http(f"http://{url}/v2/models/{MODEL}/infer", "POST", empty))
+            assert status == 400 and message in got
+        # 5 images refused three times, then two requests that hold none: counted as one each, never 2**62
+        assert app.metrics.requests.labels(MODEL, "INVALID_ARGUMENT")._value.get() == 3 * 5 + 2
+
+
 def test_shedding_and_deadlines_map_to_429_and_504(tiny_repo):
     with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=0)) as (_, target, url):
         for module, where, code in ((tgrpc, target, "StatusCode.RESOURCE_EXHAUSTED"), (thttp, url, "429")):
