@@ -18,6 +18,7 @@ their dependencies) and it parses HTTP, compression and TLS itself."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -37,6 +38,8 @@ from server.v2.tensors import BYTES, DTYPES, Tensor, from_raw, from_values, to_j
 log = logging.getLogger("auxnet.server")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # and every .../ready: probes carry no credentials
+BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this holds a request slot: refuse it (408)
+HTTP_ERROR_CODES = {408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}  # metric code of aiohttp-raised errors
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
@@ -50,6 +53,7 @@ class OpenInferenceHTTP:
         self.active = 0
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.body_timeout_s = BODY_TIMEOUT_S
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class OpenInferenceHTTP:
             engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
             if not engine.accepting or engine.stopped:
                 engine.check_admission()  # draining: refuse before reading the body
-            doc, binary = parse_body(await _read_body(request), request.headers)
+            doc, binary = parse_body(await _read_body(request, self.body_timeout_s), request.headers)
             inputs = parse_inputs(doc, binary)
             images = v2.image_count(inputs)
             params = doc.get("parameters") or {}
@@ -171,8 +175,8 @@ class OpenInferenceHTTP:
         except ServingError as e:
             count(self.app, name, e.code.name, images)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
-        except web.HTTPException:
-            count(self.app, name, "INVALID_ARGUMENT", images)
+        except web.HTTPException as e:
+            count(self.app, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
             log.exception("internal error")
@@ -186,11 +190,14 @@ class OpenInferenceHTTP:
         return response
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body; aiohttp undoes gzip/deflate (tritonclient's request_compression_algorithm) as it reads and
-    answers 413 once the decompressed body passes client_max_size."""
+    answers 413 once the decompressed body passes client_max_size. A body slower than `timeout_s` (a
+    slowloris client holding request slots) is refused 408."""
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), timeout_s)
+    except asyncio.TimeoutError as e:
+        raise web.HTTPRequestTimeout(text=f"request body not received within {timeout_s:g} s") from e
     except web.HTTPException:
         raise
     except Exception as e:  # noqa: BLE001 - RequestPayloadError and its causes: bad or unknown encoding, cut off

@@ -126,6 +126,21 @@ def test_more_images_than_the_inflight_limit_are_refused_before_decoding(tiny_re
         assert app.metrics.requests.labels(MODEL, "INVALID_ARGUMENT")._value.get() == 3 * 5 + 2
 
 
+def test_a_trickling_body_is_refused_408_and_frees_its_slot(tiny_repo):
+    import socket
+
+    with v2_server(tiny_repo) as (app, _, url):
+        app.v2_http.body_timeout_s = 0.5
+        host, port = url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+            reply = s.recv(4096).decode()  # nothing more is sent: the server gives up on the body
+        assert reply.startswith("HTTP/1.1 408") and "request body not received within 0.5 s" in reply
+        assert app.v2_http.active == 0
+        assert app.metrics.requests.labels(MODEL, "DEADLINE_EXCEEDED")._value.get() == 1
+        assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body())[0] == 200
+
+
 def test_shedding_and_deadlines_map_to_429_and_504(tiny_repo):
     with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=0)) as (_, target, url):
         for module, where, code in ((tgrpc, target, "StatusCode.RESOURCE_EXHAUSTED"), (thttp, url, "429")):
