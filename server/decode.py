@@ -3,6 +3,7 @@ what is wrong. Limits keep a request from costing unbounded memory (no decompres
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -49,22 +50,29 @@ def _open(data: bytes):
         raise InvalidInput(f"image header is corrupt: {type(e).__name__}: {_clean(str(e))}") from e
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width x height from the header alone (no decoding), to decide where to decode; 0 if unreadable (the
-    decode itself then reports the problem)."""
+def probe(data: bytes):
+    """(opened image, width x height) from the header alone (no decoding), to decide where to decode;
+    (None, 0) if unreadable (the decode itself then reports the problem). Pass the image on to
+    `decode_encoded(..., opened=)`: identifying the format again costs as much as a small decode."""
     try:
-        w, h = _open(data).size
-        return w * h
+        im = _open(data)
+        w, h = im.size
+        return im, w * h
     except InvalidInput:
-        return 0
+        return None, 0
 
 
-def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | None = None) -> np.ndarray:
+def declared_pixels(data: bytes) -> int:
+    return probe(data)[1]
+
+
+def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | None = None, opened=None) -> np.ndarray:
     """Encoded image bytes -> uint8 RGB (H, W, 3). With `size` (H, W), larger images are reduced while still
-    8-bit (JPEG's DCT scaling, then Pillow's bilinear with antialiasing), not as full-size float copies."""
+    8-bit (JPEG's DCT scaling, then Pillow's bilinear with antialiasing), not as full-size float copies.
+    `opened`: the image `probe` returned for these bytes, not yet loaded."""
     from PIL import Image
 
-    im = _open(data)
+    im = opened if opened is not None else _open(data)
     kind = im.format
     try:
         with warnings.catch_warnings():
@@ -137,10 +145,26 @@ def _check_size(h: int, w: int, limits: ImageLimits) -> None:
                            f"{limits.max_pixels} pixels in all)")
 
 
+@functools.lru_cache(maxsize=16)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: channel c, value v -> (v / 255 - mean[c]) / std[c], by the very float32 operations
+    of the general path below, so the two give identical inputs."""
+    v = np.arange(256, dtype=np.float32)[None, :] / 255.0
+    return (v - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+
+
+_CHANNEL = np.arange(3)[:, None, None]
+
+
 def to_model_input(rgb: np.ndarray, shape: tuple[int, int, int], mean, std) -> np.ndarray:
     """(H, W, 3) uint8 or [0, 1] float -> normalised float32 (C, H, W) at the model's size. Other sizes
     are resized bilinearly (as a client would); the model's own size passes untouched."""
     _, h, w = shape
+    if rgb.dtype == np.uint8 and rgb.shape[:2] == (h, w):
+        # The common case (an 8-bit image at the model's size): one table lookup instead of five array
+        # passes, 3x cheaper (issue 12); table values are finite, so no check is needed.
+        planes = np.ascontiguousarray(rgb.transpose(2, 0, 1))  # the result takes the index array's layout
+        return _normalise_table(tuple(mean), tuple(std))[_CHANNEL, planes]
     if rgb.dtype == np.uint8:
         rgb = rgb.astype(np.float32) / 255.0
     if rgb.shape[:2] != (h, w):

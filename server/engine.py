@@ -393,7 +393,9 @@ class ModelEngine(AgreementSampling):
         if k == self.last:
             return [FINAL] * len(jobs)
         confidence = probs.max(axis=1)
-        next_estimate = self.predict_finish(k + 1)
+        # Only a request with a budget or deadline needs the prediction (its cost is ~20 us a segment: issue 12).
+        timed = any(job.budget_end is not None or job.deadline is not None for job in jobs)
+        next_estimate = self.predict_finish(k + 1) if timed else 0.0
         reasons = []
         for i, job in enumerate(jobs):
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.decode import declared_pixels
+from server.decode import probe
 from server.errors import InvalidInput
 
 MAX_BUDGET_MS = 3_600_000.0
@@ -46,9 +46,10 @@ class ExitControls:
         return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy
 
 
-def encoded_pixels(data: bytes) -> int:
-    """Pixels an encoded image declares, or 'too many to decode inline' when the file alone is big."""
-    return declared_pixels(data) if len(data) <= DECODE_INLINE_MAX_BYTES else INLINE_MAX_PIXELS + 1
+def encoded_pixels(data: bytes) -> tuple[object | None, int]:
+    """(opened image or None, pixels it declares), or 'too many to decode inline' when the file alone is big
+    (then it is opened where it is decoded)."""
+    return probe(data) if len(data) <= DECODE_INLINE_MAX_BYTES else (None, INLINE_MAX_PIXELS + 1)
 
 
 async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -> np.ndarray:

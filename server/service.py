@@ -106,16 +106,17 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         if which is None:
             raise InvalidInput("request has no image: set 'encoded' (image file bytes) or 'raw' (pixels)")
 
+        opened, pixels = encoded_pixels(r.encoded) if which == "encoded" else (None, r.raw.height * r.raw.width)
+
         def work():
             if which == "encoded":
-                rgb = decode_encoded(r.encoded, limits, size=info.input_shape[1:])
+                rgb = decode_encoded(r.encoded, limits, size=info.input_shape[1:], opened=opened)
             else:
                 raw = r.raw
                 rgb = decode_raw(raw.data, raw.height, raw.width, raw.channels,
                                  raw.pixel_type == pb.PIXEL_TYPE_FLOAT32, limits)
             return to_model_input(rgb, info.input_shape, info.mean, info.std)
 
-        pixels = encoded_pixels(r.encoded) if which == "encoded" else r.raw.height * r.raw.width
         return await decode_where_cheap(self.app, work, pixels)
 
     def _encode(self, engine: ModelEngine, r, a: Answer) -> pb.ClassifyResponse:

@@ -149,8 +149,12 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
     if t.name == "image":
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
             raise InvalidInput(f"input 'image' must have shape [N] or [N,1] (one encoded file per image); got {list(t.shape)}")
-        return [((lambda d=d: to_model_input(decode_encoded(d, limits, size=size), info.input_shape, info.mean, info.std)),
-                 encoded_pixels(d)) for d in t.data]
+        works = []
+        for d in t.data:
+            opened, pixels = encoded_pixels(d)
+            works.append((lambda d=d, o=opened: to_model_input(decode_encoded(d, limits, size=size, opened=o),
+                                                               info.input_shape, info.mean, info.std), pixels))
+        return works
     if t.name == "input":
         if t.shape[1:] != tuple(info.input_shape):
             raise InvalidInput(f"input 'input' must have shape [N,{','.join(map(str, info.input_shape))}]; got {list(t.shape)}")

@@ -164,3 +164,22 @@ def test_health_port_shares_state_with_the_inference_port(tiny_repo):
             asyncio.run_coroutine_threadsafe(app.health.enter_graceful_shutdown(), app.loop).result(5)
             assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
                 health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_table_normalisation_gives_exactly_the_float_path():
+    """to_model_input's lookup table (8-bit images at the model's size) and the general float path agree
+    bit for bit, so the table changes no answer."""
+    import numpy as np
+
+    from server.decode import to_model_input
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rgb[0, 0] = (0, 255, 128)
+    general = np.ascontiguousarray(((rgb.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+                                    / np.asarray(std, np.float32)).transpose(2, 0, 1))
+    table = to_model_input(rgb, (3, 32, 32), mean, std)
+    assert table.dtype == np.float32 and table.shape == (3, 32, 32) and table.flags.c_contiguous
+    assert np.array_equal(table, general)
+    as_float = to_model_input(rgb.astype(np.float32) / 255.0, (3, 32, 32), mean, std)  # the float path itself
+    assert np.array_equal(as_float, general)
