@@ -59,9 +59,11 @@ def measure(root: Path, repo: str, images: list[bytes], n: int) -> dict:
             "compute_ms": compute, "segments_ms": [1000 * s for s in segs]}
 
 
-def raw_chain_ms(repo: str, images: list[bytes], n: int) -> tuple[float, list[float]]:
-    """The same images through the five ONNX Runtime sessions in a tight loop in this process (one intra-op
-    thread, as the server runs them): median ms of the chain, and of each segment."""
+def raw_chain_ms(repo: str, images: list[bytes], n: int) -> dict:
+    """The same images through the five ONNX Runtime sessions in this process (one intra-op thread, as the
+    server runs them), two ways: a tight loop over pre-decoded inputs (every cache hot with the previous
+    identical chain), and as a request runs, each chain right after decoding its own image (what a server
+    cannot avoid: the decode and the chain evict each other's caches). Medians in ms."""
     import onnxruntime as ort
 
     from server.decode import ImageLimits, decode_encoded, to_model_input
@@ -71,20 +73,32 @@ def raw_chain_ms(repo: str, images: list[bytes], n: int) -> tuple[float, list[fl
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     sessions = [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
-    xs = [to_model_input(decode_encoded(b, ImageLimits()), info.input_shape, info.mean, info.std)[None] for b in images]
-    per = [[] for _ in sessions]
-    chain = []
-    for i in range(n + 50):
-        x = xs[i % len(xs)]
+    limits, size = ImageLimits(), info.input_shape[1:]
+    decode = lambda b: to_model_input(decode_encoded(b, limits, size=size), info.input_shape, info.mean, info.std)[None]  # noqa: E731
+    xs = [decode(b) for b in images]
+
+    def chain(x, per=None):
         t0 = time.perf_counter()
         for k, s in enumerate(sessions):
             t = time.perf_counter()
             x = s.run(None, {"input": x})[0]
-            if i >= 50:
+            if per is not None:
                 per[k].append(1000 * (time.perf_counter() - t))
+        return 1000 * (time.perf_counter() - t0)
+
+    per = [[] for _ in sessions]
+    tight = [chain(xs[i % len(xs)], per if i >= 50 else None) for i in range(n + 50)][50:]
+    as_run, decoded = [], []
+    for i in range(n + 50):
+        t = time.perf_counter()
+        x = decode(images[i % len(images)])
+        d = 1000 * (time.perf_counter() - t)
+        c = chain(x)
         if i >= 50:
-            chain.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(chain), [statistics.median(p) for p in per]
+            as_run.append(c)
+            decoded.append(d + c)
+    return {"tight": statistics.median(tight), "segments": [statistics.median(p) for p in per],
+            "as_run": statistics.median(as_run), "decode_and_chain": statistics.median(decoded)}
 
 
 def main() -> None:
@@ -103,7 +117,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, root in roots.items():
             runs[name].append(measure(root, str(Path(args.repo).resolve()), images, args.requests))
-    raw, raw_segs = raw_chain_ms(args.repo, images, args.requests)
+    ref = raw_chain_ms(args.repo, images, args.requests)
+    raw, raw_segs = ref["tight"], ref["segments"]
     print(f"machine: {platform.processor() or platform.machine()}; one client, {args.requests} sequential requests "
           f"through every exit, {args.rounds} alternating rounds (medians)")
     print("| server | server p50 ms | client p50 ms | segment compute in the server, sum ms | server / that | "
@@ -116,6 +131,12 @@ def main() -> None:
               f"{med('server_p50') / med('compute_ms'):.2f} | {med('server_p50') / raw:.2f} | {segs} |")
     print(f"| raw ONNX Runtime chain, tight loop, no server | - | - | {raw:.2f} | - | 1.00 | "
           f"{' / '.join(f'{t:.2f}' for t in raw_segs)} |")
+    print(f"\nNo server, each chain right after decoding its own image: chain {ref['as_run']:.2f} ms, decode + chain "
+          f"{ref['decode_and_chain']:.2f} ms. The server's p50 against them:")
+    for name, rs in runs.items():
+        p50 = statistics.median(r["server_p50"] for r in rs)
+        print(f"- {name}: {p50 / ref['as_run']:.2f}x the chain as a request runs it, "
+              f"{p50 / ref['decode_and_chain']:.2f}x decode + chain (what the server adds beyond them)")
 
 
 if __name__ == "__main__":
