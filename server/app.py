@@ -176,8 +176,8 @@ class ServerApp:
         v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, v2_grpc.TRITON_CONFIG_SERVICE,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
         address = f"{self.cfg.host}:{self.cfg.port}"
         if self.cfg.tls_cert or self.cfg.tls_key:
             self.port = self.server.add_secure_port(address, self._tls_credentials())
@@ -282,7 +282,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        v2 = any(method.startswith(f"/{name}/") for name in v2_grpc.SERVICE_NAMES)
+        v2 = any(method.startswith(f"/{name}/") for name in v2_grpc.PROTECTED)
         if method.startswith(f"/{SERVICE_NAME}/") or (v2 and method not in v2_grpc.PROBE_METHODS):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
             if not hmac.compare_digest(got.encode() if isinstance(got, str) else got, self.expected):

@@ -12,6 +12,7 @@ import grpc
 
 from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
+from protos.oip import triton_compat_pb2 as triton
 from server import __version__
 from server.errors import InvalidInput
 from server.service import guard
@@ -21,18 +22,26 @@ from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, fr
 SPEC_SERVICE_NAME = "inference.GRPCInferenceService"  # the path every Open Inference Protocol client calls
 OWN_SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # what reflection describes
 SERVICE_NAMES = (SPEC_SERVICE_NAME, OWN_SERVICE_NAME)
+TRITON_CONFIG_SERVICE = triton.DESCRIPTOR.services_by_name["TritonModelConfig"].full_name
+PROTECTED = (*SERVICE_NAMES, TRITON_CONFIG_SERVICE)  # the bearer token applies to all of these but the probes
 PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token
 
 
 def add_to_server(servicer: OpenInferenceServicer, server) -> None:
-    """Register the servicer under both service names (the generated helper knows only the package's)."""
-    methods = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
-    handlers = {m.name: grpc.unary_unary_rpc_method_handler(
-        getattr(servicer, m.name), request_deserializer=getattr(oip, m.input_type.name).FromString,
-        response_serializer=getattr(oip, m.output_type.name).SerializeToString) for m in methods}
-    for name in SERVICE_NAMES:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-        server.add_registered_method_handlers(name, handlers)
+    """Register the servicer by name (the generated helpers know only our package's names): the protocol's
+    RPCs and Triton's ModelConfig under the specification's service, and each under the name reflection
+    describes."""
+    def handlers(module, service):
+        return {m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name), request_deserializer=getattr(module, m.input_type.name).FromString,
+            response_serializer=getattr(module, m.output_type.name).SerializeToString)
+            for m in module.DESCRIPTOR.services_by_name[service].methods}
+
+    protocol, config = handlers(oip, "GRPCInferenceService"), handlers(triton, "TritonModelConfig")
+    for name, table in ((SPEC_SERVICE_NAME, {**protocol, **config}), (OWN_SERVICE_NAME, protocol),
+                        (TRITON_CONFIG_SERVICE, config)):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
+        server.add_registered_method_handlers(name, table)
 
 
 def parameter_value(p: oip.InferParameter):
@@ -65,6 +74,16 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             tensors = lambda specs: [oip.ModelMetadataResponse.TensorMetadata(**s) for s in specs]
             return oip.ModelMetadataResponse(name=m["name"], versions=m["versions"], platform=m["platform"],
                                              inputs=tensors(m["inputs"]), outputs=tensors(m["outputs"]))
+
+        return await guard(self.app, context, request.name, run(), counted=False)
+
+    async def ModelConfig(self, request, context):
+        """Triton's, not the protocol's: protos/oip/triton_compat.proto."""
+        async def run():
+            from google.protobuf import json_format
+
+            config = v2.triton_config(v2.resolve(self.app, request.name, request.version))
+            return triton.ModelConfigResponse(config=json_format.ParseDict(config, triton.ModelConfig()))
 
         return await guard(self.app, context, request.name, run(), counted=False)
 

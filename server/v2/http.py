@@ -4,6 +4,7 @@
     GET  /v2                                            server metadata
     GET  /v2/models/{model}[/versions/{version}]        model metadata
     GET  /v2/models/{model}[/versions/{version}]/ready  model readiness (no token)
+    GET  /v2/models/{model}[/versions/{version}]/config Triton's model configuration (Triton's clients ask)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
@@ -66,6 +67,7 @@ class OpenInferenceHTTP:
         for base in versioned:
             a.router.add_get(base, self.model_metadata)
             a.router.add_get(base + "/ready", self.model_ready)
+            a.router.add_get(base + "/config", self.model_config)
             a.router.add_post(base + "/infer", self.infer)
         return a
 
@@ -136,6 +138,14 @@ class OpenInferenceHTTP:
         except ServingError as e:
             return error_response(HTTP_STATUS[e.code], str(e))
         return web.json_response(v2.metadata(engine))
+
+    async def model_config(self, request):
+        """Triton's model configuration (not part of the protocol; Triton's clients and tools ask for it)."""
+        try:
+            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
+        except ServingError as e:
+            return error_response(HTTP_STATUS[e.code], str(e))
+        return web.json_response(v2.triton_config(engine))
 
     async def model_ready(self, request):
         try:

@@ -81,6 +81,39 @@ def metadata(engine: ModelEngine) -> dict:
             "inputs": input_metadata(engine), "outputs": output_metadata(engine)}
 
 
+TRITON_TYPES = {"BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "INT32": "TYPE_INT32",
+                "INT64": "TYPE_INT64", "FP32": "TYPE_FP32"}
+
+
+def triton_config(engine: ModelEngine) -> dict:
+    """Triton's model configuration (its JSON form) for Triton's clients and tools: dims without the batch
+    dimension; each request sends exactly one of the (optional) inputs; per-image outputs are [1] reshaped
+    to a scalar per image, as Triton writes them. max_batch_size is the batching cap of each exit (a request
+    may carry more images, up to the in-flight limit: each is scheduled like one request)."""
+    info, cfg = engine.info, engine.cfg
+    c, h, w = info.input_shape
+    inputs = [("image", "BYTES", "FORMAT_NONE", [1]), ("pixels", "UINT8", "FORMAT_NHWC", [-1, -1, -1]),
+              ("pixels_fp32", "FP32", "FORMAT_NHWC", [-1, -1, -1]), ("input", "FP32", "FORMAT_NCHW", [c, h, w])]
+    outputs = []
+    for o in output_metadata(engine):
+        entry = {"name": o["name"], "data_type": TRITON_TYPES[o["datatype"]]}
+        if o["name"] == "probabilities":
+            entry["dims"] = [len(info.classes)]
+        else:
+            entry.update(dims=[1], reshape={"shape": []})
+        outputs.append(entry)
+    return {
+        "name": info.name, "platform": PLATFORM, "backend": "auxnet", "max_batch_size": cfg.max_batch,
+        "input": [{"name": n, "data_type": TRITON_TYPES[t], "format": f, "dims": d, "optional": True} for n, t, f, d in inputs],
+        "output": outputs,
+        "dynamic_batching": {"max_queue_delay_microseconds": str(int(cfg.max_queue_delay_ms * 1000))},
+        "parameters": {"exit_layers": {"string_value": ",".join(str(e.layer) for e in info.exits)},
+                       "policy_thresholds": {"string_value": ",".join(f"{engine.policy_threshold(e.index):.4g}"
+                                                                      for e in info.exits[:-1])},
+                       "max_images_per_request": {"string_value": str(cfg.max_inflight)}},
+    }
+
+
 def parse_parameters(params: dict) -> tuple[ExitControls, float | None, bool]:
     """Request parameters -> (controls, timeout in seconds or None, binary_data_output). Unknown names and
     wrong types are refused by name: a misspelt budget must not be ignored silently."""

@@ -71,6 +71,27 @@ def test_health_and_metadata_through_tritonclient(srv, module):
     assert e.value.status() == ("StatusCode.NOT_FOUND" if module is tgrpc else "404")
 
 
+@pytest.mark.parametrize("module", [tgrpc, thttp], ids=["grpc", "http"])
+def test_triton_model_config_for_tritons_clients(srv, module):
+    """Not the protocol's, but what Triton's clients and tools read (max_batch_size, inputs, formats)."""
+    app, target, url = srv
+    c = module.InferenceServerClient(target if module is tgrpc else url)
+    cfg = c.get_model_config(MODEL, as_json=True)["config"] if module is tgrpc else c.get_model_config(MODEL)
+    engine = app.engines[MODEL]
+    assert cfg["name"] == MODEL and int(cfg["max_batch_size"]) == engine.cfg.max_batch == 16
+    inputs = {i["name"]: (i["data_type"], i.get("format", "FORMAT_NONE"), [int(d) for d in i["dims"]]) for i in cfg["input"]}
+    assert inputs == {"image": ("TYPE_STRING", "FORMAT_NONE", [1]), "pixels": ("TYPE_UINT8", "FORMAT_NHWC", [-1, -1, -1]),
+                      "pixels_fp32": ("TYPE_FP32", "FORMAT_NHWC", [-1, -1, -1]), "input": ("TYPE_FP32", "FORMAT_NCHW", [3, 32, 32])}
+    assert all(i["optional"] for i in cfg["input"])
+    outputs = {o["name"]: o for o in cfg["output"]}
+    assert [int(d) for d in outputs["probabilities"]["dims"]] == [len(engine.info.classes)]
+    assert outputs["label"]["data_type"] == "TYPE_INT64" and [int(d) for d in outputs["label"]["dims"]] == [1]
+    assert cfg["parameters"]["exit_layers"]["string_value"] == ",".join(str(e.layer) for e in engine.info.exits)
+    with pytest.raises(InferenceServerException) as e:
+        c.get_model_config("nope")
+    assert "model 'nope' is not loaded" in e.value.message()
+
+
 def test_http_probes_and_unknown_paths(srv):
     _, _, url = srv
     assert http(f"http://{url}/v2/health/live")[0] == 200

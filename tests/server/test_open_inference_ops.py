@@ -48,6 +48,8 @@ def test_bearer_token_on_v2_grpc_and_http_with_probes_open(tiny_repo):
                 assert e.value.status() == ("StatusCode.UNAUTHENTICATED" if module is tgrpc else "401")
                 with pytest.raises(InferenceServerException):
                     c.get_model_metadata(MODEL, headers=headers)
+                with pytest.raises(InferenceServerException):
+                    c.get_model_config(MODEL, headers=headers)
             r = c.infer(MODEL, [image_input(module)], headers={"authorization": "Bearer s3cret"})
             assert r.as_numpy("label").shape == (1,)
         status, headers, _ = http(f"http://{url}/v2", "GET")
