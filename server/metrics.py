@@ -1,5 +1,5 @@
 """Prometheus metrics: base units (seconds), one prefix, counters end in _total, bounded labels (model,
-exit, reason, code; never a request value). One registry per server so tests can run several.
+exit, reason, code, surface; never a request value). One registry per server so tests can run several.
 
 With `--workers N` (server/workers.py) every process writes its values to PROMETHEUS_MULTIPROC_DIR and the
 supervisor's /metrics sums them: counters and histograms add up, and each gauge says how its processes
@@ -21,8 +21,9 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(f"{PREFIX}_requests", "Classify requests (images) by final status code",
-                                ["model", "code"], registry=r)
+        self.requests = Counter(f"{PREFIX}_requests", "Requests (images) by final status code and the surface they came "
+                                "through (auxnet.v1, v2-grpc, v2-http: the Open Inference Protocol)",
+                                ["model", "surface", "code"], registry=r)
         self.exits = Counter(f"{PREFIX}_exits", "Answers by the exit that gave them and why it stopped there",
                              ["model", "exit", "reason"], registry=r)
         self.request_latency = Histogram(f"{PREFIX}_request_latency_seconds", "Arrival to answer, in the server",

@@ -81,5 +81,8 @@ def model_label(app, model: str) -> str:
     return (app.default_model_name() if not model else "") or UNKNOWN_MODEL_LABEL
 
 
-def count(app, model: str, code: str, images: int = 1) -> None:
-    app.metrics.requests.labels(model_label(app, model), code).inc(images)
+SURFACES = ("auxnet.v1", "v2-grpc", "v2-http")  # the `surface` label of auxnet_requests_total
+
+
+def count(app, model: str, code: str, images: int = 1, surface: str = "auxnet.v1") -> None:
+    app.metrics.requests.labels(model_label(app, model), surface, code).inc(images)

@@ -135,14 +135,14 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
     # --- errors: the one place that maps domain errors to status codes ---------------------------------
 
     async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1):
-        return await guard(self.app, context, model, coro, count, images)
+        return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1")
 
 
-async def guard(app, context, model: str, coro, counted: bool = True, images=1):
+async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1"):
     """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface).
     `images`: how many to count, or a function saying so once the request is parsed (never a count that a
     malformed request declares: a shape of 2**62 images must not reach a counter)."""
-    count = lambda a, m, c: count_images(a, m, c, images() if callable(images) else images)  # noqa: E731
+    count = lambda a, m, c: count_images(a, m, c, images() if callable(images) else images, surface)  # noqa: E731
     try:
         result = await coro
     except ServingError as e:

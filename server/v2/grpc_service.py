@@ -111,7 +111,8 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                          for t in out],
                 raw_output_contents=[to_raw(t) for t in out])
 
-        return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed))
+        return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed),
+                           surface="v2-grpc")
 
 
 def _inputs(request) -> list[Tensor]:

@@ -40,6 +40,7 @@ log = logging.getLogger("auxnet.server")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # and every .../ready: probes carry no credentials
 BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this holds a request slot: refuse it (408)
+SURFACE = "v2-http"  # the surface label of auxnet_requests_total
 HTTP_ERROR_CODES = {408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}  # metric code of aiohttp-raised errors
 
 
@@ -163,7 +164,7 @@ class OpenInferenceHTTP:
         name = request.match_info["model"]
         if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
             e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
-            count(self.app, name, e.code.name)
+            count(self.app, name, e.code.name, surface=SURFACE)
             return error_response(429, str(e))
         self.active += 1
         images = 1
@@ -183,18 +184,18 @@ class OpenInferenceHTTP:
                                      arrival + timeout_s if timeout_s is not None else None)
             response = encode_response(engine, doc.get("id"), v2.outputs(engine, answers, requested), binary_names)
         except ServingError as e:
-            count(self.app, name, e.code.name, images)
+            count(self.app, name, e.code.name, images, surface=SURFACE)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
         except web.HTTPException as e:
-            count(self.app, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images)
+            count(self.app, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, surface=SURFACE)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
             log.exception("internal error")
-            count(self.app, name, "INTERNAL", images)
+            count(self.app, name, "INTERNAL", images, surface=SURFACE)
             return error_response(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        count(self.app, name, "OK", images)
+        count(self.app, name, "OK", images, surface=SURFACE)
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response

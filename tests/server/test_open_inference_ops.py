@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from server.engine import EngineConfig
 from tests.server.certs import make_credentials
 from tests.server.helpers import images, png, requests_ok, wait_for
-from tests.server.v2_helpers import error_of, http, v2_server
+from tests.server.v2_helpers import counted, error_of, http, v2_server
 
 MODEL = "tiny"
 
@@ -125,7 +125,7 @@ def test_more_images_than_the_inflight_limit_are_refused_before_decoding(tiny_re
             status, got = error_of(http(f"http://{url}/v2/models/{MODEL}/infer", "POST", empty))
             assert status == 400 and message in got
         # 5 images refused three times, then two requests that hold none: counted as one each, never 2**62
-        assert app.metrics.requests.labels(MODEL, "INVALID_ARGUMENT")._value.get() == 3 * 5 + 2
+        assert counted(app, MODEL, "INVALID_ARGUMENT") == 3 * 5 + 2
 
 
 def test_a_trickling_body_is_refused_408_and_frees_its_slot(tiny_repo):
@@ -139,7 +139,7 @@ def test_a_trickling_body_is_refused_408_and_frees_its_slot(tiny_repo):
             reply = s.recv(4096).decode()  # nothing more is sent: the server gives up on the body
         assert reply.startswith("HTTP/1.1 408") and "request body not received within 0.5 s" in reply
         assert app.v2_http.active == 0
-        assert app.metrics.requests.labels(MODEL, "DEADLINE_EXCEEDED")._value.get() == 1
+        assert counted(app, MODEL, "DEADLINE_EXCEEDED") == 1
         assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body())[0] == 200
 
 
@@ -194,12 +194,13 @@ def test_metrics_count_v2_requests_by_image_and_code(tiny_repo):
         tgrpc.InferenceServerClient(target).infer(MODEL, [image_input(tgrpc, n=3)])
         thttp.InferenceServerClient(url).infer(MODEL, [image_input(thttp, n=2)])
         assert requests_ok(app.metrics_port) == before + 5
+        assert counted(app, MODEL, "OK", "v2-grpc") == 3 and counted(app, MODEL, "OK", "v2-http") == 2
         http(f"http://{url}/v2/models/{MODEL}/infer", "POST", {"inputs": [{"name": "nope", "datatype": "BYTES",
                                                                             "shape": [4], "data": ["a"] * 4}]})
-        sample = app.metrics.requests.labels(MODEL, "INVALID_ARGUMENT")._value.get()
+        sample = counted(app, MODEL, "INVALID_ARGUMENT")
         assert sample == 4  # four images refused
         http(f"http://{url}/v2/models/other/infer", "POST", infer_body())
-        assert app.metrics.requests.labels("_unknown", "NOT_FOUND")._value.get() == 1
+        assert counted(app, "_unknown", "NOT_FOUND") == 1
 
 
 def test_reflection_lists_the_v2_service_and_the_spec_path_answers(tiny_repo):

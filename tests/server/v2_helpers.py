@@ -31,3 +31,15 @@ def http(url: str, method: str = "GET", body: bytes | dict | None = None, header
 def error_of(status_body) -> tuple[int, str]:
     status, _, body = status_body
     return status, json.loads(body)["error"]
+
+
+def counted(app, model: str, code: str, surface: str | None = None) -> float:
+    """auxnet_requests_total for a model and code, summed over surfaces unless one is named."""
+    total = 0.0
+    for family in app.metrics.registry.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name == "auxnet_requests_total" and labels["model"] == model and labels["code"] == code
+                    and surface in (None, labels["surface"])):
+                total += sample.value
+    return total
