@@ -230,6 +230,8 @@ def parse_body(body: bytes, headers) -> tuple[dict, memoryview]:
         header, binary = body[:int(size)], body[int(size):]
     try:
         doc = json.loads(header)
+    except RecursionError as e:
+        raise InvalidInput("request body is JSON nested too deeply to parse") from e
     except (ValueError, UnicodeDecodeError) as e:
         hint = f" (binary data without the {HEADER_LENGTH} header?)" if size is None else ""
         raise InvalidInput(f"request body is not valid JSON{hint}: {str(e)[:120]}") from e

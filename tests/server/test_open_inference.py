@@ -257,12 +257,21 @@ def test_bad_requests_get_the_protocols_error_with_the_classify_message(srv, mod
         assert ERRORS[0][2] in e.value.details()
 
 
+def deep(levels: int):
+    value = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def test_malformed_http_bodies_name_what_is_wrong(srv):
     _, _, url = srv
     infer = f"http://{url}/v2/models/{MODEL}/infer"
     one = {"name": "pixels", "datatype": "UINT8", "shape": [1, 2, 2, 3]}
     cases = [
         (b"{not json", {}, "request body is not valid JSON"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, "request body is JSON nested too deeply"),
+        ({"inputs": [{**one, "data": deep(70)}]}, {}, "input 'pixels' data is not a (nested) list of UINT8 values"),
         ({"inputs": []}, {}, "request needs 'inputs'"),
         ({"inputs": [{**one, "data": [1, 2, 3]}]}, {}, "input 'pixels' has 3 elements but shape [1, 2, 2, 3] needs 12"),
         ({"inputs": [{**one, "data": ["a"] * 12}]}, {}, "input 'pixels' data is not a (nested) list of UINT8 values"),
