@@ -17,6 +17,7 @@ from server.errors import InvalidInput
 MAX_BUDGET_MS = 3_600_000.0
 DECODE_INLINE_MAX_BYTES = 64 * 1024  # bigger encoded images always decode on the decode threads
 INLINE_MAX_PIXELS = 128 * 128  # and so does anything larger than this once decoded
+PARSE_INLINE_MAX_BYTES = 64 * 1024  # v2 requests bigger than this are parsed on the decode threads
 UNKNOWN_MODEL_LABEL = "_unknown"  # keeps the model label bounded when clients send arbitrary names
 
 
@@ -72,6 +73,15 @@ async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
         if isinstance(o, BaseException):
             raise o
     return outcomes
+
+
+async def parse_where_cheap(app, nbytes: int, work: Callable):
+    """Run a request's parsing on the event loop only if the request is small: 16 MB of JSON numbers takes
+    about a second to parse and becomes ~20x its size in Python objects. Big ones go to the decode threads
+    (lowest priority, few), which also bounds how many are expanded in memory at once."""
+    if nbytes <= PARSE_INLINE_MAX_BYTES:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(app.decode_executor, work)
 
 
 def model_label(app, model: str) -> str:

@@ -15,6 +15,7 @@ from protos.oip import open_inference_pb2_grpc as oip_grpc
 from protos.oip import triton_compat_pb2 as triton
 from server import __version__
 from server.errors import InvalidInput
+from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
 from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
@@ -100,7 +101,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             end = deadline
             if timeout_s is not None:
                 end = min(end, arrival + timeout_s) if end is not None else arrival + timeout_s
-            inputs = _inputs(request)
+            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: _inputs(request))
             parsed.extend(inputs)
             requested = v2.check_outputs([o.name for o in request.outputs])
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from server import __version__
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
-from server.requests import count
+from server.requests import count, parse_where_cheap
 from server.v2 import model as v2
 from server.v2.tensors import BYTES, DTYPES, Tensor, from_raw, from_values, to_json_data, to_raw
 
@@ -172,8 +172,8 @@ class OpenInferenceHTTP:
             engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
             if not engine.accepting or engine.stopped:
                 engine.check_admission()  # draining: refuse before reading the body
-            doc, binary = parse_body(await _read_body(request, self.body_timeout_s), request.headers)
-            inputs = parse_inputs(doc, binary)
+            body = await _read_body(request, self.body_timeout_s)
+            doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers))
             images = v2.image_count(inputs)
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
@@ -216,6 +216,11 @@ async def _read_body(request: web.Request, timeout_s: float) -> bytes:
         encoding = request.headers.get("Content-Encoding", "")
         what = f"with Content-Encoding {encoding[:32]!r} (gzip, deflate or none)" if encoding else ""
         raise InvalidInput(f"request body cannot be read {what}: {str(cause).strip()[:160]}".replace("  ", " ")) from e
+
+
+def parse_request(body: bytes, headers) -> tuple[dict, list[Tensor]]:
+    doc, binary = parse_body(body, headers)
+    return doc, parse_inputs(doc, binary)
 
 
 def parse_body(body: bytes, headers) -> tuple[dict, memoryview]:

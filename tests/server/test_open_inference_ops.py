@@ -221,3 +221,27 @@ def test_reflection_lists_the_v2_service_and_the_spec_path_answers(tiny_repo):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING, service
         channel.close()
+
+
+def test_big_requests_are_parsed_off_the_event_loop(tiny_repo, monkeypatch):
+    """16 MB of JSON numbers takes about a second to parse: on the event loop it would stall every other
+    request. Requests over 64 KB are parsed on the decode threads; small ones stay inline."""
+    import server.v2.grpc_service as grpc_module
+    import server.v2.http as http_module
+
+    seen = []
+    for module, name in ((http_module, "parse_request"), (grpc_module, "_inputs")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, **k: (seen.append(threading.current_thread().name),
+                                                                      real(*a, **k))[1])
+    with v2_server(tiny_repo) as (_, target, url):
+        a = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+        body = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(a.shape), "data": a.ravel().tolist()}]}
+        assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", body)[0] == 200  # ~90 KB of JSON
+        assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", infer_body())[0] == 200  # ~2 KB
+        c = tgrpc.InferenceServerClient(target)
+        inp = tgrpc.InferInput("pixels", list(a.shape), "UINT8")
+        inp.set_data_from_numpy(a)
+        c.infer(MODEL, [inp])  # 24 KB raw: inline
+        c.infer(MODEL, [_pixels(tgrpc, np.zeros((80, 32, 32, 3), np.uint8))])  # 245 KB
+    assert [s.startswith("decode") for s in seen] == [True, False, False, True], seen
