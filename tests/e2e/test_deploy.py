@@ -75,10 +75,17 @@ def test_kserve_inferenceservice_is_valid_and_agrees_with_server_flags(tiny_repo
     assert container["name"] == "kserve-container"  # the name KServe expects of a custom predictor
     args = get_args_parser().parse_args(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http1": args.http_port, "h2c": args.port, "metrics": args.metrics_port}
+    assert ports == {"http1": args.http_port, "h2c": args.port, "metrics": args.metrics_port, "health": args.health_port}
     assert predictor["terminationGracePeriodSeconds"] > args.grace_s
-    probes = [container[p]["httpGet"] for p in ("readinessProbe", "livenessProbe", "startupProbe")]
-    assert all(p["port"] == args.http_port for p in probes)
-    with v2_server(tiny_repo) as (_, _, url):
-        for p in probes:
-            assert http(f"http://{url}{p['path']}")[0] == 200, p["path"]
+    probes = [container[p]["grpc"] for p in ("readinessProbe", "livenessProbe", "startupProbe")]
+    assert all(p["port"] == args.health_port != args.port for p in probes)  # outside the request limit
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with v2_server(tiny_repo, health_port=0) as (app, _, url):
+        with grpc.insecure_channel(f"127.0.0.1:{app.health_port}") as channel:
+            for p in probes:  # the probed service names exist and serve
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=p.get("service", "")),
+                                                                  timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, p
+        assert http(f"http://{url}/v2/health/ready")[0] == 200
