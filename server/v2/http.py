@@ -108,6 +108,8 @@ class OpenInferenceHTTP:
                                       {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
+        except ServingError as e:  # the one place domain errors become HTTP statuses (inference counts its own)
+            return error_response(HTTP_STATUS.get(e.code, 500), str(e))
         except web.HTTPException as e:  # aiohttp's own: unknown path (404), wrong method (405), too large (413)
             if e.status < 400:
                 raise
@@ -129,26 +131,19 @@ class OpenInferenceHTTP:
     async def server_metadata(self, request):
         return web.json_response({"name": v2.SERVER_NAME, "version": __version__, "extensions": list(v2.EXTENSIONS)})
 
+    def _engine(self, request):
+        """The model the path names (UnknownModel: 404 through _guard)."""
+        return v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
+
     async def model_metadata(self, request):
-        try:
-            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
-        except ServingError as e:
-            return error_response(HTTP_STATUS[e.code], str(e))
-        return web.json_response(v2.metadata(engine))
+        return web.json_response(v2.metadata(self._engine(request)))
 
     async def model_config(self, request):
         """Triton's model configuration (not part of the protocol; Triton's clients and tools ask for it)."""
-        try:
-            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
-        except ServingError as e:
-            return error_response(HTTP_STATUS[e.code], str(e))
-        return web.json_response(v2.triton_config(engine))
+        return web.json_response(v2.triton_config(self._engine(request)))
 
     async def model_ready(self, request):
-        try:
-            engine = v2.resolve(self.app, request.match_info["model"], request.match_info.get("version", ""))
-        except ServingError as e:
-            return error_response(HTTP_STATUS[e.code], str(e))
+        engine = self._engine(request)
         if engine.accepting and not engine.stopped:
             return web.json_response({"name": engine.info.name, "ready": True})
         return error_response(503, f"model {engine.info.name!r} is not ready (loading or shutting down)")
