@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import grpc
+from google.protobuf import json_format
 
 from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
@@ -81,8 +82,6 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         """Triton's, not the protocol's: protos/oip/triton_compat.proto."""
         async def run():
-            from google.protobuf import json_format
-
             config = v2.triton_config(v2.resolve(self.app, request.name, request.version))
             return triton.ModelConfigResponse(config=json_format.ParseDict(config, triton.ModelConfig()))
 
@@ -122,16 +121,17 @@ def _inputs(request) -> list[Tensor]:
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
     out = []
     for i, t in enumerate(request.inputs):
+        name = t.name[:64]  # for messages: no valid input name is longer
         if raw:
             if t.HasField("contents"):
-                raise InvalidInput(f"input '{t.name[:64]}' sets contents while raw_input_contents is used; use one form")
-            out.append(from_raw(t.name, t.datatype, t.shape, raw[i]))
+                raise InvalidInput(f"input '{name}' sets contents while raw_input_contents is used; use one form")
+            out.append(from_raw(name, t.datatype, t.shape, raw[i]))
             continue
-        check_header(t.name, t.datatype, t.shape)
+        check_header(name, t.datatype, t.shape)
         field = CONTENTS_FIELD.get(t.datatype)
         if field is None:
-            raise InvalidInput(f"input '{t.name[:64]}' of type {t.datatype} can only be sent in raw_input_contents")
-        out.append(from_values(t.name, t.datatype, t.shape, list(getattr(t.contents, field))))
+            raise InvalidInput(f"input '{name}' of type {t.datatype} can only be sent in raw_input_contents")
+        out.append(from_values(name, t.datatype, t.shape, getattr(t.contents, field)))
     if not out:
         raise InvalidInput("request has no input tensor; send one of image, pixels, pixels_fp32, input")
     return out

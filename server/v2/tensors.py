@@ -43,7 +43,7 @@ class Tensor:
 def check_header(name: str, datatype: str, shape) -> tuple[int, ...]:
     """Validate a tensor's declared data type and shape; returns the shape as a tuple."""
     if datatype != BYTES and datatype not in DTYPES:
-        raise InvalidInput(f"input '{name}' has unknown datatype {datatype!r}; valid: {', '.join([*DTYPES, BYTES])}")
+        raise InvalidInput(f"input '{name}' has unknown datatype {datatype[:16]!r}; valid: {', '.join([*DTYPES, BYTES])}")
     shape = tuple(int(d) for d in shape)
     if len(shape) > MAX_DIMS or any(d < 0 or d > MAX_DIM for d in shape):
         raise InvalidInput(f"input '{name}' has shape {list(shape)}: dimensions must be in [0, {MAX_DIM}], at most "
@@ -70,6 +70,7 @@ def from_values(name: str, datatype: str, shape, values) -> Tensor:
         raise InvalidInput(f"input '{name}' has {len(values)} elements but shape {list(shape)} needs {n}")
     if datatype == BYTES:
         return Tensor(name, datatype, shape, [v if isinstance(v, bytes) else str(v).encode() for v in values])
+    # values: a list, an array, or protobuf's repeated field (converted straight, with no list in between)
     try:
         a = np.asarray(values, dtype=DTYPES[datatype])
     except (TypeError, ValueError, OverflowError) as e:
