@@ -65,6 +65,12 @@ async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -
 async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
     """Await every item's validation and decode together (big ones on the decode threads); only if all
     succeed is anything computed. The first invalid item fails the call, named by `name_of(index)`."""
+    awaitables = list(awaitables)
+    if len(awaitables) == 1:  # the common case, without gather's task per item (~25 us)
+        try:
+            return [await awaitables[0]]
+        except InvalidInput as e:
+            raise InvalidInput(f"{name_of(0)}: {e}") from e
     outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
     for i, o in enumerate(outcomes):
         if isinstance(o, InvalidInput):
