@@ -1,5 +1,6 @@
 """What every request surface (auxnet.v1, Open Inference Protocol gRPC and HTTP) shares: the early-exit
-controls with their validation, where an image is decoded, and how outcomes are counted. One place, so the
+controls with their validation, where a request is parsed and an image decoded (on the event loop only when
+cheap), how the items of a many-image request are prepared, and how outcomes are counted. One place, so the
 surfaces give the same answers and the same messages."""
 
 from __future__ import annotations
