@@ -24,7 +24,6 @@ from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
 from server.v2 import grpc_service as v2_grpc
-from server.v2.http import OpenInferenceHTTP
 
 log = logging.getLogger("auxnet.server")
 REFUSAL_WINDOW_S = 0.5
@@ -77,7 +76,7 @@ class ServerApp:
         self.health_port: int | None = None
         self.metrics_port: int | None = None
         self._http = None
-        self.v2_http: OpenInferenceHTTP | None = None
+        self.v2_http = None  # server/v2/http.py's OpenInferenceHTTP while the HTTP side serves
         self.http_port: int | None = None
         self.draining = False
         self._watch: asyncio.Task | None = None
@@ -164,6 +163,7 @@ class ServerApp:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> int:
+        http_surface = self._http_surface()  # before binding anything: a missing aiohttp refuses to start cleanly
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port))]
@@ -203,8 +203,8 @@ class ServerApp:
 
             self._http, _ = start_http_server(self.cfg.metrics_port, self.cfg.host, registry=self.metrics.registry)
             self.metrics_port = self._http.server_port
-        if self.cfg.http_port is not None:
-            self.v2_http = OpenInferenceHTTP(self, max_concurrent=core_limit)
+        if http_surface is not None:
+            self.v2_http = http_surface(self, max_concurrent=core_limit)
             self.http_port = await self.v2_http.start(self.cfg.host, self.cfg.http_port, self.cfg.reuse_port)
         await self.server.start()
         for name in ("", SERVICE_NAME, *v2_grpc.SERVICE_NAMES):
@@ -244,6 +244,17 @@ class ServerApp:
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")
         return drained
+
+    def _http_surface(self):
+        """The HTTP side's class, imported only when it serves: a gRPC-only deployment needs no aiohttp."""
+        if self.cfg.http_port is None:
+            return None
+        try:
+            from server.v2.http import OpenInferenceHTTP
+        except ImportError as e:
+            raise RuntimeError(f"the HTTP side (--http-port) needs aiohttp ({e}); install it, or turn the HTTP side "
+                               "off with --http-port -1") from e
+        return OpenInferenceHTTP
 
     def _tls_credentials(self) -> grpc.ServerCredentials:
         if not (self.cfg.tls_cert and self.cfg.tls_key):

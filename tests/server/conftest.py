@@ -12,8 +12,8 @@ from server.engine import EngineConfig
 
 @contextmanager
 def running_server(repo, **overrides):
-    cfg = ServerConfig(repo=str(repo), port=0, metrics_port=0, http_port=0, threads=2,
-                       **{"engine": EngineConfig(max_batch=16), **overrides})
+    cfg = ServerConfig(repo=str(repo), port=0, metrics_port=0, threads=2,
+                       **{"engine": EngineConfig(max_batch=16), "http_port": 0, **overrides})
     app = ServerApp(cfg)
     app.load_models()
     loop = asyncio.new_event_loop()

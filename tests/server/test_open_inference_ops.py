@@ -245,3 +245,21 @@ def test_big_requests_are_parsed_off_the_event_loop(tiny_repo, monkeypatch):
         c.infer(MODEL, [inp])  # 24 KB raw: inline
         c.infer(MODEL, [_pixels(tgrpc, np.zeros((80, 32, 32, 3), np.uint8))])  # 245 KB
     assert [s.startswith("decode") for s in seen] == [True, False, False, True], seen
+
+
+def test_without_aiohttp_the_http_side_refuses_to_start_by_name_and_grpc_only_serves(tiny_repo, monkeypatch):
+    import sys
+
+    from server.app import ServerApp, ServerConfig
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "server.v2.http", raising=False)
+    monkeypatch.delitem(sys.modules, "server.v2.http_codec", raising=False)
+    app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=0, poll_s=0))
+    app.load_models()
+    with pytest.raises(RuntimeError, match=r"the HTTP side \(--http-port\) needs aiohttp .* --http-port -1"):
+        asyncio.run(app.start())
+    assert app.server is None  # refused before binding any port
+    with v2_server(tiny_repo, http_port=None) as (app, target, _):
+        assert app.v2_http is None
+        assert tgrpc.InferenceServerClient(target).infer(MODEL, [image_input(tgrpc)]).as_numpy("label").shape == (1,)
