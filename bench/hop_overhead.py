@@ -36,8 +36,8 @@ def compute_means(port: int) -> list[float]:
     return [sums[k] / counts[k] for k in sorted(sums, key=int) if counts.get(k)]
 
 
-def measure(root: Path, repo: str, images: list[bytes], n: int) -> dict:
-    proc, target, mport = start_server(repo, [], quiet=True, root=root)
+def measure(root: Path, repo: str, images: list[bytes], n: int, extra: list[str] = ()) -> dict:
+    proc, target, mport = start_server(repo, list(extra), quiet=True, root=root)
     try:
         with Client(target) as c:
             for im in images[:50]:  # warm-up
@@ -108,15 +108,18 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compare-root", help="another checkout of this project, measured alternately")
+    p.add_argument("--compare-args", help="server flags measured alternately with the defaults, e.g. '--inline-max-ms 5'")
     args = p.parse_args()
     images, _, _ = load_labelled_folder(args.images)
-    roots = {"this checkout": ROOT}
+    roots = {"this checkout": (ROOT, [])}
     if args.compare_root:
-        roots[f"compare: {args.compare_root}"] = Path(args.compare_root).resolve()
+        roots[f"compare: {args.compare_root}"] = (Path(args.compare_root).resolve(), [])
+    if args.compare_args:
+        roots[f"this checkout {args.compare_args}"] = (ROOT, args.compare_args.split())
     runs = {name: [] for name in roots}
     for _ in range(args.rounds):
-        for name, root in roots.items():
-            runs[name].append(measure(root, str(Path(args.repo).resolve()), images, args.requests))
+        for name, (root, extra) in roots.items():
+            runs[name].append(measure(root, str(Path(args.repo).resolve()), images, args.requests, extra))
     ref = raw_chain_ms(args.repo, images, args.requests)
     raw, raw_segs = ref["tight"], ref["segments"]
     print(f"machine: {platform.processor() or platform.machine()}; one client, {args.requests} sequential requests "
