@@ -39,9 +39,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
-    p.add_argument("--inline-max-ms", type=float, default=0.0,
-                   help="run a request on the event-loop thread when the engine is idle and its chain is predicted "
-                        "within this many ms (no thread hand-offs; blocks the loop meanwhile; 0 = off)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-message-mb", type=float, default=16)
     p.add_argument("--grace-s", type=float, default=10.0)
@@ -76,7 +73,7 @@ async def serve(args) -> int:
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
                             monitor_fraction=args.monitor_fraction,
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
-                            monitor_adapt=args.monitor_adapt, inline_max_ms=args.inline_max_ms),
+                            monitor_adapt=args.monitor_adapt),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)

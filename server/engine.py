@@ -60,12 +60,6 @@ class EngineConfig:
     # Keep features in the backend's memory along a chain of segments (IOBinding, issue 12). "auto": only
     # where that memory is a device's; on CPU the features are host arrays anyway and binding costs ~5%.
     io_binding: bool | str = "auto"
-    # Run a request on the event-loop thread itself when it finds the engine idle and its whole chain is
-    # predicted to take at most this long (issue 12): no worker hop, no thread hand-off either way, decode and
-    # compute in one thread's caches. The loop is blocked meanwhile, so a second request arriving then waits
-    # for it instead of running beside it: worth it where a chain is short (a GPU), not for multi-ms CPU
-    # chains under concurrent load (bench/RESULTS.md section 9). 0 = off.
-    inline_max_ms: float = 0.0
 
 
 @dataclass
@@ -230,12 +224,7 @@ class ModelEngine(AgreementSampling):
                   use_policy)
         self._admit()
         try:
-            # One loop turn first: while an inline run blocked the loop, arrived requests piled up unseen; their
-            # handlers run now and are admitted, so this one sees them and does not serialise the load.
-            if self._runs_inline(job) and (await asyncio.sleep(0)) is None and self._runs_inline(job):
-                self._run_batch(0, [job], x[None])
-            else:
-                self._push(0, job)
+            self._push(0, job)
             return await job.future
         finally:
             self._release()
@@ -334,27 +323,6 @@ class ModelEngine(AgreementSampling):
                     q.busy = False
             if all(not qi.heap and not qi.busy for qi in self.queues):
                 self._quiet.set()
-
-    def _runs_inline(self, job: Job) -> bool:
-        """Whether this request runs on the event-loop thread (EngineConfig.inline_max_ms): alone in an idle
-        engine, with its chain to its deepest exit predicted within the bound."""
-        if self.cfg.inline_max_ms <= 0 or self.inflight != 1 or any(q.heap or q.busy for q in self.queues):
-            return False
-        chain_s = sum(self.latency.predict(k, 1) for k in range(job.max_exit + 1))
-        return chain_s * 1000 <= self.cfg.inline_max_ms
-
-    def _run_batch(self, k: int, jobs: list[Job], x: np.ndarray) -> None:
-        """Compute and answer a batch right here, on the event-loop thread (see _runs_inline)."""
-        q = self.queues[k]
-        q.busy, q.running = True, jobs
-        try:
-            steps = self._compute(k, jobs, x)
-            q.busy = False
-            self._apply_all(steps)
-        except Exception as e:  # noqa: BLE001 - as in the worker: a failure fails this batch only
-            self._fail(k, jobs, e)
-        finally:
-            q.busy, q.running = False, []
 
     def _apply_all(self, steps: list[Step]) -> None:
         for i, step in enumerate(steps):

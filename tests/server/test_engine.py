@@ -3,7 +3,6 @@ starvation, shedding, failures, stop and reload forwarding, compute timing (issu
 
 import asyncio
 import functools
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -313,64 +312,3 @@ def test_cuda_requested_but_cpu_running_is_refused(tiny_repo, monkeypatch):
         OnnxRuntimeBackend(onnx, device="cuda")
     assert OnnxRuntimeBackend(onnx, device="cpu").name == "onnxruntime:CPUExecutionProvider"
 
-
-# --- inline runs on the event loop (EngineConfig.inline_max_ms) ---------------------------------------
-
-class ThreadRecorder(FakeBackend):
-    def run(self, x):
-        self.threads.append(threading.current_thread().name)
-        return super().run(x)
-
-
-def recording_engine(cfg, n=3):
-    engine = make_engine(n=n, cfg=cfg)
-    for b in engine.backends:
-        b.__class__, b.threads = ThreadRecorder, []
-    return engine
-
-
-@in_loop
-async def test_a_request_alone_in_an_idle_engine_runs_inline_when_its_chain_is_short():
-    """Chain predicted at 3 x 1 ms: inline under a 5 ms bound (on the loop's own thread, same answer and
-    metrics), on the pool threads under a 2 ms bound or when another request is in flight."""
-    loop_thread = threading.current_thread().name
-    for bound, inline in ((5.0, True), (2.0, False), (0.0, False)):
-        engine = recording_engine(EngineConfig(max_batch=8, monitor_fraction=0.0, inline_max_ms=bound))
-        engine.start()
-        answer = await asyncio.wait_for(engine.classify(x(2), time.monotonic(), None, None, None, None), 5)
-        assert (answer.exit_index, answer.reason, int(answer.probs.argmax())) == (2, FINAL, 2)
-        ran = [t for b in engine.backends for t in b.threads]
-        assert len(ran) == 3 and all((t == loop_thread) == inline for t in ran), (bound, ran)
-        assert engine.metrics.compute_latency.labels("fake", "2")._sum.get() > 0
-        assert engine.inflight == 0 and not any(q.busy for q in engine.queues)
-        await engine.stop()
-    # Not alone, or not idle, or a chain too long for the bound: the pool threads.
-    engine = make_engine(cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, inline_max_ms=5.0))
-    job = lambda max_exit: Job(x(1), time.monotonic(), None, None, None, max_exit, None)  # noqa: E731
-    engine.start()
-    engine.inflight = 1
-    assert engine._runs_inline(job(2))
-    engine.inflight = 2
-    assert not engine._runs_inline(job(2))
-    engine.inflight = 1
-    engine.queues[1].busy = True
-    assert not engine._runs_inline(job(2))
-    engine.queues[1].busy = False
-    engine.latency.table[:] = 0.002  # 3 x 2 ms > 5 ms, but exits 0-1 alone fit
-    assert not engine._runs_inline(job(2)) and engine._runs_inline(job(1))
-    engine.inflight = 0
-    await engine.stop()
-
-
-@in_loop
-async def test_an_inline_failure_fails_that_request_only():
-    engine = make_engine(cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, inline_max_ms=5.0))
-    engine.start()
-    engine.backends[1].fail = MemoryError("out of device memory")
-    with pytest.raises(RuntimeError, match="exit 1 failed: MemoryError: out of device memory"):
-        await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None), 5)
-    assert not any(q.busy for q in engine.queues) and engine.inflight == 0
-    engine.backends[1].fail = None
-    answer = await asyncio.wait_for(engine.classify(x(3), time.monotonic(), None, None, None, None, True), 5)
-    assert int(answer.probs.argmax()) == 3
-    await engine.stop()
