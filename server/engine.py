@@ -62,6 +62,13 @@ class EngineConfig:
     io_binding: bool | str = "auto"
 
 
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(B, classes) logits -> temperature-scaled class probabilities."""
+    z = logits / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 @dataclass
 class Job:
     x: np.ndarray  # input of the next segment, one sample
@@ -97,7 +104,7 @@ class Step:
     k: int
     jobs: list
     outputs: list
-    probs: np.ndarray  # (B, classes) calibrated
+    probs: np.ndarray | None  # (B, classes) calibrated; None where nobody stops and none has a threshold
     reasons: list  # per job: why it stops here, or None to go on
     dt: float  # compute seconds
     now: float  # time.monotonic() of the decision
@@ -355,11 +362,15 @@ class ModelEngine(AgreementSampling):
                         pass
                     raise
                 dt = time.perf_counter() - t0
-                z = outputs[-1] / self.info.exits[k].temperature
-                probs = np.exp(z - z.max(axis=1, keepdims=True))
-                probs /= probs.sum(axis=1, keepdims=True)
+                # Probabilities only where a request may stop on confidence or does stop here: one that just
+                # passes through an exit needs none (issue 12: five numpy passes a segment saved).
+                thresholds = [self.threshold(k, j) for j in jobs]
+                needed = k == self.last or any(t is not None for t in thresholds)
+                probs = calibrated(outputs[-1], self.info.exits[k].temperature) if needed else None
                 now = time.monotonic()
-                reasons = self._decide(k, jobs, probs, now)
+                reasons = self._decide(k, jobs, probs, thresholds, now)
+                if probs is None and any(r is not None for r in reasons):  # budget or max_exit: the answer's
+                    probs = calibrated(outputs[-1], self.info.exits[k].temperature)
                 steps.append(Step(k, jobs, outputs, probs, reasons, dt, now))
                 nxt = k + 1
                 if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
@@ -394,18 +405,20 @@ class ModelEngine(AgreementSampling):
             return False
         return self.cfg.io_binding is True or getattr(backend, "device_type", "cpu") != "cpu"
 
-    def _decide(self, k: int, jobs: list[Job], probs: np.ndarray, now: float) -> list[str | None]:
-        """Why each request stops at exit k (server/policy.py), or None to go on."""
+    def _decide(self, k: int, jobs: list[Job], probs: np.ndarray | None, thresholds: list[float | None],
+                now: float) -> list[str | None]:
+        """Why each request stops at exit k (server/policy.py), or None to go on. `probs` may be None when no
+        request has a confidence threshold here."""
         if k == self.last:
             return [FINAL] * len(jobs)
-        confidence = probs.max(axis=1)
+        confidence = probs.max(axis=1) if probs is not None else np.zeros(len(jobs))
         # Only a request with a budget or deadline needs the prediction (its cost is ~20 us a segment: issue 12).
         timed = any(job.budget_end is not None or job.deadline is not None for job in jobs)
         next_estimate = self.predict_finish(k + 1) if timed else 0.0
         reasons = []
         for i, job in enumerate(jobs):
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
-            reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), self.threshold(k, job), now,
+            reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), thresholds[i], now,
                                        next_estimate, end))
         return reasons
 
@@ -423,7 +436,7 @@ class ModelEngine(AgreementSampling):
                 host.append(to_host(step.outputs[0]))
             return host[0]
 
-        confidence = step.probs.max(axis=1)
+        confidence = step.probs.max(axis=1) if step.probs is not None else None  # None: nobody stops or needs it
         answered = {}
         for i, job in enumerate(step.jobs):
             if job.future.done():
@@ -433,7 +446,7 @@ class ModelEngine(AgreementSampling):
                 if last:
                     job.x = features()[i]
                     self._push(k + 1, job)
-                if self.monitors is not None and self._held_back(k, job, float(confidence[i])) and \
+                if self.monitors is not None and confidence is not None and self._held_back(k, job, float(confidence[i])) and \
                         self._sample_rng.random() < self.cfg.monitor_fraction:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.

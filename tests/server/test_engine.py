@@ -312,3 +312,22 @@ def test_cuda_requested_but_cpu_running_is_refused(tiny_repo, monkeypatch):
         OnnxRuntimeBackend(onnx, device="cuda")
     assert OnnxRuntimeBackend(onnx, device="cpu").name == "onnxruntime:CPUExecutionProvider"
 
+
+
+def test_probabilities_only_where_a_request_may_or_does_stop():
+    """A request passing through an exit with no threshold there needs no softmax (issue 12); where it stops
+    (final, max_exit, budget) or may stop (a threshold), the calibrated probabilities are computed."""
+    from server.engine import ExitQueue
+
+    engine = make_engine(n=3)
+    engine.queues = [ExitQueue() for _ in engine.backends]  # as start() makes them, without workers
+    from concurrent.futures import Future
+
+    job = lambda max_exit, conf=None: Job(x(2), time.monotonic(), None, None, conf, max_exit, Future())  # noqa: E731
+    steps = engine._compute(0, [job(2)], x(2)[None])
+    assert [s.probs is None for s in steps] == [True, True, False] and steps[-1].reasons == [FINAL]
+    steps = engine._compute(0, [job(1)], x(2)[None])
+    assert steps[0].probs is None and steps[1].reasons == [MAX_EXIT] and int(steps[1].probs.argmax()) == 2
+    steps = engine._compute(0, [job(2, conf=0.99)], x(2)[None])
+    assert steps[0].probs is not None and steps[0].reasons == [CONFIDENCE]
+    np.testing.assert_allclose(steps[0].probs.sum(axis=1), 1.0, rtol=1e-6)
