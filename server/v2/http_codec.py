@@ -79,10 +79,7 @@ def _flat_values(name: str, datatype: str, data, params: dict) -> list:
     if datatype != BYTES:
         if datatype not in DTYPES:
             return []  # check_header names the bad datatype
-        try:
-            return np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise InvalidInput(f"input '{name}' data is not a (nested) list of {datatype} values: {str(e)[:100]}") from e
+        return _numbers(name, datatype, data)
     flat, stack = [], [data]
     while stack:
         v = stack.pop()
@@ -98,6 +95,33 @@ def _flat_values(name: str, datatype: str, data, params: dict) -> list:
         except (binascii.Error, ValueError) as e:
             raise InvalidInput(f"input '{name}' is not valid base64: {e}") from e
     return [v.encode() for v in flat]
+
+
+def _numbers(name: str, datatype: str, data) -> np.ndarray:
+    """JSON numbers -> a flat array of `datatype`, refusing what a cast would silently change: fractions or
+    booleans for an integer type (3.7 would become 3), values outside the type's range (300 would wrap to 44
+    as UINT8; 1e40 would become inf as FP32), anything but true/false for BOOL."""
+    target = DTYPES[datatype]
+    bad = f"input '{name}' data is not a (nested) list of {datatype} values"
+    try:
+        a = np.asarray(data)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidInput(f"{bad}: {str(e)[:100]}") from e
+    if a.dtype.kind not in "biuf":  # ragged lists, strings, integers beyond 64 bits
+        raise InvalidInput(bad)
+    if (target.kind == "b") != (a.dtype.kind == "b"):
+        raise InvalidInput(f"{bad}: {'only' if target.kind == 'b' else 'no'} true/false")
+    if target.kind in "iu":
+        if a.dtype.kind == "f":
+            raise InvalidInput(f"{bad}: {datatype} takes integers; got fractional numbers")
+        info = np.iinfo(target)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise InvalidInput(f"{bad}: values outside [{info.min}, {info.max}]")
+    if target.kind == "f" and a.size:
+        finite = a[np.isfinite(a)]
+        if finite.size and np.abs(finite).max() > np.finfo(target).max:
+            raise InvalidInput(f"{bad}: values beyond {datatype}'s range")
+    return a.astype(target).reshape(-1)
 
 
 def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[str], set[str]]:
