@@ -13,7 +13,7 @@ from aiohttp import web
 
 from server.errors import InvalidInput
 from server.v2 import model as v2
-from server.v2.tensors import BYTES, DTYPES, Tensor, from_raw, from_values, to_json_data, to_raw
+from server.v2.tensors import BYTES, DTYPES, Tensor, check_header, from_raw, from_values, to_json_data, to_raw
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -67,6 +67,7 @@ def parse_inputs(doc: dict, binary: memoryview) -> list[Tensor]:
             continue
         if "data" not in spec:
             raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        check_header(name, str(datatype), shape)  # the declared tensor first, then its data
         out.append(from_values(name, str(datatype), shape, _flat_values(name, str(datatype), spec["data"], params)))
     if pos != len(binary):
         raise InvalidInput(f"{len(binary) - pos} bytes of binary data follow the JSON header that no input claims")
@@ -107,6 +108,8 @@ def _numbers(name: str, datatype: str, data) -> np.ndarray:
         a = np.asarray(data)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidInput(f"{bad}: {str(e)[:100]}") from e
+    if a.size == 0:
+        return a.astype(target).reshape(-1)
     if a.dtype.kind not in "biuf":  # ragged lists, strings, integers beyond 64 bits
         raise InvalidInput(bad)
     if (target.kind == "b") != (a.dtype.kind == "b"):
