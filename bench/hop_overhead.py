@@ -61,9 +61,10 @@ def measure(root: Path, repo: str, images: list[bytes], n: int, extra: list[str]
 
 def raw_chain_ms(repo: str, images: list[bytes], n: int) -> dict:
     """The same images through the five ONNX Runtime sessions in this process (one intra-op thread, as the
-    server runs them), two ways: a tight loop over pre-decoded inputs (every cache hot with the previous
-    identical chain), and as a request runs, each chain right after decoding its own image (what a server
-    cannot avoid: the decode and the chain evict each other's caches). Medians in ms."""
+    server runs them; measured once per round, right after that round's servers), two ways: a tight loop
+    over pre-decoded inputs (every cache hot with the previous identical chain), and as a request runs it,
+    each chain right after decoding its own image (what a server cannot avoid: the decode and the chain
+    evict each other's caches). Medians in ms."""
     import onnxruntime as ort
 
     from server.decode import ImageLimits, decode_encoded, to_model_input
@@ -117,11 +118,14 @@ def main() -> None:
     if args.compare_args:
         roots[f"this checkout {args.compare_args}"] = (ROOT, args.compare_args.split())
     runs = {name: [] for name in roots}
+    refs = []  # the raw chain measured in every round too, right after the servers: ratios paired in time
     for _ in range(args.rounds):
         for name, (root, extra) in roots.items():
             runs[name].append(measure(root, str(Path(args.repo).resolve()), images, args.requests, extra))
-    ref = raw_chain_ms(args.repo, images, args.requests)
-    raw, raw_segs = ref["tight"], ref["segments"]
+        refs.append(raw_chain_ms(args.repo, images, args.requests))
+    ref = {key: statistics.median(r[key] for r in refs) for key in ("tight", "as_run", "decode_and_chain")}
+    raw = ref["tight"]
+    raw_segs = [statistics.median(r["segments"][k] for r in refs) for k in range(len(refs[0]["segments"]))]
     print(f"machine: {platform.processor() or platform.machine()}; one client, {args.requests} sequential requests "
           f"through every exit, {args.rounds} alternating rounds (medians)")
     print("| server | server p50 ms | client p50 ms | segment compute in the server, sum ms | server / that | "
@@ -140,6 +144,10 @@ def main() -> None:
         p50 = statistics.median(r["server_p50"] for r in rs)
         print(f"- {name}: {p50 / ref['as_run']:.2f}x the chain as a request runs it, "
               f"{p50 / ref['decode_and_chain']:.2f}x decode + chain (what the server adds beyond them)")
+    print("\nPer round (server p50 / the tight-loop chain measured right after it):")
+    for name, rs in runs.items():
+        ratios = [r["server_p50"] / f["tight"] for r, f in zip(rs, refs)]
+        print(f"- {name}: {', '.join(f'{v:.2f}x' for v in ratios)}; median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
