@@ -5,7 +5,10 @@ the decode's cost is the caches a chain leaves behind.
 
 Part 1: a real server in this process (its own event-loop thread), sequential requests from a client in
 another process; the engine's compute call and the servicer's decode are wrapped with timers. Part 2, no
-server: the same decode in a tight loop, and alternating with the five-segment ONNX Runtime chain.
+server: the same decode in a tight loop, and alternating with the five-segment ONNX Runtime chain. Part 3:
+the chain in a tight loop, and right after each of a real gRPC Classify round trip to a server process
+(what every request's chain follows inside a server: the client's and the server's request work on the
+same cores).
 """
 
 from __future__ import annotations
@@ -108,6 +111,42 @@ def decode_alone_and_interleaved(repo: str, n: int) -> dict:
     return {"alone": 1000 * statistics.median(alone[WARMUP:]), "interleaved": 1000 * statistics.median(interleaved[WARMUP:])}
 
 
+def chain_after_round_trips(repo: str, n: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from server.client import Client
+    from server.demo import start_server
+    from server.loadgen import load_labelled_folder
+    from server.repository import list_models, load_manifest
+
+    info = load_manifest(list_models(repo)[0])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sessions = [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+    x0 = np.random.default_rng(0).standard_normal((1, *info.input_shape)).astype(np.float32)
+    images, _, _ = load_labelled_folder(ROOT / "samples" / "cifar10-test")
+
+    def chain():
+        t, x = time.perf_counter(), x0
+        for s in sessions:
+            x = s.run(None, {"input": x})[0]
+        return time.perf_counter() - t
+
+    proc, target, _ = start_server(repo, [], quiet=True)
+    try:
+        with Client(target) as c:
+            tight = [chain() for _ in range(n)][WARMUP:]
+            after = []
+            for i in range(n):
+                c.classify(images[i % len(images)], max_exit=0)  # a real request, answered at exit 0
+                after.append(chain())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"tight": 1000 * statistics.median(tight), "after": 1000 * statistics.median(after[WARMUP:])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
@@ -120,6 +159,9 @@ def main() -> None:
           f"{s['call']:.2f} (ONNX Runtime runs {s['segments']:.2f}, Python between them {s['call'] - s['segments']:.2f})")
     print(f"decode, no server: {d['alone']:.3f} ms in a tight loop, {d['interleaved']:.3f} ms alternating with the "
           f"five-segment chain")
+    r = chain_after_round_trips(args.repo, args.requests)
+    print(f"five-segment chain, no server: {r['tight']:.2f} ms in a tight loop, {r['after']:.2f} ms right after a gRPC "
+          f"Classify round trip to a server process ({r['after'] / r['tight']:.2f}x)")
 
 
 if __name__ == "__main__":
