@@ -263,3 +263,20 @@ def test_without_aiohttp_the_http_side_refuses_to_start_by_name_and_grpc_only_se
     with v2_server(tiny_repo, http_port=None) as (app, target, _):
         assert app.v2_http is None
         assert tgrpc.InferenceServerClient(target).infer(MODEL, [image_input(tgrpc)]).as_numpy("label").shape == (1,)
+
+
+def test_a_backend_failure_is_internal_on_both_v2_sides_and_the_server_goes_on(tiny_repo):
+    with v2_server(tiny_repo) as (app, target, url):
+        backend = app.engines[MODEL].backends[0]
+
+        def broken(x):
+            raise MemoryError("out of memory in a segment")
+
+        backend.run = broken
+        for module, where, code in ((tgrpc, target, "StatusCode.INTERNAL"), (thttp, url, "500")):
+            with pytest.raises(InferenceServerException) as e:
+                module.InferenceServerClient(where).infer(MODEL, [image_input(module)])
+            assert e.value.status() == code and "internal error: RuntimeError" in e.value.message()
+        assert counted(app, MODEL, "INTERNAL", "v2-grpc") == 1 and counted(app, MODEL, "INTERNAL", "v2-http") == 1
+        del backend.run  # the class's own run again
+        assert thttp.InferenceServerClient(url).infer(MODEL, [image_input(thttp)]).as_numpy("label").shape == (1,)
