@@ -17,7 +17,7 @@ import torch
 from training.checkpoint import load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
-from training.data.batches import iterate
+from training.data.batches import DEFAULT_WORKERS, iterate
 from training.data.device import DeviceData
 from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard, wrap_ddp
 from training.ema import ModelEma
@@ -78,7 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
-    p.add_argument("--workers", type=int, default=4, help="loader processes for large image folders")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="loader processes for large image folders (default: 4, or the cores if fewer)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
                         "so every step has the same shape")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from training.data.registry import Dataset, DataSplits
+
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # loader processes for large-image folders: no more than the cores
 
 
 def iterate(
@@ -18,7 +21,7 @@ def iterate(
     seed: int,
     device: torch.device,
     channels_last: bool = False,
-    workers: int = 4,
+    workers: int = DEFAULT_WORKERS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x (B, 3, H, W) float normalised, y (B,)). Shuffling and augmentation draw from a generator
     seeded by `seed`, so epoch e of a resumed run sees exactly the batches of an uninterrupted one."""
