@@ -100,8 +100,9 @@ def test_the_deadline_counts_from_arrival_not_from_after_the_decode(tiny_repo, m
     arrival, deadline, after_decode = seen[0]
     assert after_decode - arrival >= 1.0
     # The client's 5 s run from when the request arrived (less transit): the decode does not eat into them.
-    # Measured after the decode, as before the fix, they would be at most 4.0.
-    assert 4.2 < deadline - arrival <= 5.0
+    # Measured after the decode, as before the fix, they would be at most 4.0. The upper bound allows for
+    # gRPC's timeout header, whose unit rounding let it reach 5.009 s once under load.
+    assert 4.2 < deadline - arrival <= 5.05
 
 
 def test_probes_on_the_health_port_answer_through_a_flood(tiny_repo):
