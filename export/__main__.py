@@ -1,4 +1,4 @@
-"""python -m export {all,exit,check}: turn a training checkpoint into a model repository.
+"""python -m export {all,exit,check,choose}: turn a training checkpoint into a model repository.
 
 (Use the `python -m export` form: a console script named `export` would be shadowed by the shell builtin.)
 """
@@ -27,6 +27,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-drop-pp", type=float, default=0.5,
                        help="accuracy the early-exit policy may lose against the final exit, in percentage points, "
                             "out of sample (default 0.5)")
+    ch = sub.add_parser("choose", help="export the best of several checkpoints, judged on validation (export/choose.py)")
+    ch.add_argument("--checkpoint", action="append", required=True, help="a candidate run directory (repeat)")
+    ch.add_argument("--out", required=True, help="model repository directory")
+    ch.add_argument("--name", required=True, help="model name to publish the winner under")
+    ch.add_argument("--data-dir", help="where the checkpoints' data set lies now (for calibration)")
+    ch.add_argument("--max-drop-pp", type=float, default=0.5, help="the policy's promise (default 0.5)")
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
     c.add_argument("--checkpoint", help="also check parity with this checkpoint")
@@ -43,6 +49,11 @@ def main(argv=None) -> int:
             from export.check import check_model
 
             return 1 if check_model(args.model_dir, args.checkpoint) else 0
+        if args.command == "choose":
+            from export.choose import choose
+
+            choose(args.checkpoint, args.out, args.name, args.data_dir, args.max_drop_pp)
+            return 0
         from export.build import export_model
 
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
