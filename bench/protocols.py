@@ -1,6 +1,7 @@
 """What each request surface costs: the same closed-loop load through auxnet.v1 Classify, the Open
-Inference Protocol's gRPC side (tritonclient.grpc) and its HTTP side (tritonclient.http, binary tensors),
-against one server process, side by side in one run (issue 11).
+Inference Protocol's gRPC side (tritonclient.grpc), its HTTP side with binary tensors (tritonclient.http)
+and with plain JSON and base64 (http.client, as curl would send), against one server process, side by side
+in one run (issue 11).
 
     python -m bench.protocols [--repo models/repository] [--data ../shared/data/cifar10-jpeg/test]
                               [--concurrency 8] [--requests 1500] [--rounds 2] [--policy final|calibrated]
@@ -25,7 +26,8 @@ from bench.serving import load_test_images
 from server.demo import ROOT, start_server
 from server.workers import free_port
 
-SURFACES = ("auxnet.v1 Classify (gRPC)", "v2 ModelInfer (gRPC, tritonclient)", "v2 infer (HTTP binary, tritonclient)")
+SURFACES = ("auxnet.v1 Classify (gRPC)", "v2 ModelInfer (gRPC, tritonclient)", "v2 infer (HTTP binary, tritonclient)",
+            "v2 infer (HTTP JSON + base64, http.client)")
 
 
 def process_cpu_s(pid: int) -> float:
@@ -40,6 +42,27 @@ def make_call(surface: int, target: str, http_target: str, model: str, params: d
 
         c = Client(target, timeout_s=30)
         return lambda img: c.classify(img, **params).label
+    if surface == 3:  # what curl or any plain HTTP client sends: JSON, the image base64, one keep-alive connection
+        import base64
+        import http.client
+        import json
+
+        host, port = http_target.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+        def call_json(img):
+            body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
+                                "data": [base64.b64encode(img).decode()]}], "outputs": [{"name": "label"}]}
+            if params:
+                body["parameters"] = params
+            conn.request("POST", f"/v2/models/{model}/infer", json.dumps(body), {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            data = json.loads(reply.read())
+            if reply.status != 200:
+                raise RuntimeError(data.get("error"))
+            return int(data["outputs"][0]["data"][0])
+
+        return call_json
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
