@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compare-root", help="another checkout of this project, measured alternately")
-    p.add_argument("--compare-args", help="server flags measured alternately with the defaults, e.g. '--inline-max-ms 5'")
+    p.add_argument("--compare-args", help="server flags measured alternately with the defaults, e.g. '--threads 1'")
     args = p.parse_args()
     images, _, _ = load_labelled_folder(args.images)
     roots = {"this checkout": (ROOT, [])}

@@ -62,10 +62,6 @@ def probe(data: bytes):
         return None, 0
 
 
-def declared_pixels(data: bytes) -> int:
-    return probe(data)[1]
-
-
 def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | None = None, opened=None) -> np.ndarray:
     """Encoded image bytes -> uint8 RGB (H, W, 3). With `size` (H, W), larger images are reduced while still
     8-bit (JPEG's DCT scaling, then Pillow's bilinear with antialiasing), not as full-size float copies.

@@ -54,13 +54,18 @@ def encoded_pixels(data: bytes) -> tuple[object | None, int]:
     return probe(data) if len(data) <= DECODE_INLINE_MAX_BYTES else (None, INLINE_MAX_PIXELS + 1)
 
 
-async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -> np.ndarray:
-    """Run `work` on the event loop only if the image is small once decoded (a 4096x4096 PNG can compress
-    to 49 KB). The rest goes to the decode threads, never to the segment threads, so big images wait for
-    each other and neither the loop nor the segments wait for them."""
-    if pixels <= INLINE_MAX_PIXELS:
+async def _inline_or_decode_threads(app, inline: bool, work: Callable):
+    """`work()` here on the event loop when it is cheap, else on the decode threads (lowest priority, few,
+    never the segment threads): expensive requests wait for each other, and neither the loop nor the
+    segments wait for them."""
+    if inline:
         return work()
     return await asyncio.get_running_loop().run_in_executor(app.decode_executor, work)
+
+
+async def decode_where_cheap(app, work: Callable[[], np.ndarray], pixels: int) -> np.ndarray:
+    """Decode on the loop only an image that is small once decoded (a 4096x4096 PNG can compress to 49 KB)."""
+    return await _inline_or_decode_threads(app, pixels <= INLINE_MAX_PIXELS, work)
 
 
 async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
@@ -83,12 +88,9 @@ async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
 
 
 async def parse_where_cheap(app, nbytes: int, work: Callable):
-    """Run a request's parsing on the event loop only if the request is small: 16 MB of JSON numbers takes
-    about a second to parse and becomes ~20x its size in Python objects. Big ones go to the decode threads
-    (lowest priority, few), which also bounds how many are expanded in memory at once."""
-    if nbytes <= PARSE_INLINE_MAX_BYTES:
-        return work()
-    return await asyncio.get_running_loop().run_in_executor(app.decode_executor, work)
+    """Parse on the loop only a small request: 16 MB of JSON numbers takes about a second and becomes ~20x
+    its size in Python objects (on the few decode threads, few are expanded in memory at once)."""
+    return await _inline_or_decode_threads(app, nbytes <= PARSE_INLINE_MAX_BYTES, work)
 
 
 def model_label(app, model: str) -> str:
@@ -98,8 +100,6 @@ def model_label(app, model: str) -> str:
     return (app.default_model_name() if not model else "") or UNKNOWN_MODEL_LABEL
 
 
-SURFACES = ("auxnet.v1", "v2-grpc", "v2-http")  # the `surface` label of auxnet_requests_total
-
-
 def count(app, model: str, code: str, images: int = 1, surface: str = "auxnet.v1") -> None:
+    """auxnet_requests_total; surface: auxnet.v1, v2-grpc or v2-http."""
     app.metrics.requests.labels(model_label(app, model), surface, code).inc(images)

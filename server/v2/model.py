@@ -25,7 +25,6 @@ from server.v2.tensors import BYTES, Tensor
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
 EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit")
-PIXEL_INPUTS = {"pixels": "UINT8", "pixels_fp32": "FP32"}
 OUTPUT_DOCS = {
     "label": "INT64 [N] top-1 class index",
     "class_name": "BYTES [N] top-1 class name",
@@ -60,12 +59,14 @@ def resolve(app, name: str, version: str = "") -> ModelEngine:
     return engine
 
 
+INPUT_TYPES = {"image": BYTES, "pixels": "UINT8", "pixels_fp32": "FP32", "input": "FP32"}
+VALID_INPUTS = ", ".join(INPUT_TYPES)
+
+
 def input_metadata(engine: ModelEngine) -> list[dict]:
     c, h, w = engine.info.input_shape
-    return [{"name": "image", "datatype": BYTES, "shape": [-1]},
-            {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, -1]},
-            {"name": "pixels_fp32", "datatype": "FP32", "shape": [-1, -1, -1, -1]},
-            {"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}]
+    shapes = {"image": [-1], "pixels": [-1, -1, -1, -1], "pixels_fp32": [-1, -1, -1, -1], "input": [-1, c, h, w]}
+    return [{"name": n, "datatype": t, "shape": shapes[n]} for n, t in INPUT_TYPES.items()]
 
 
 def output_metadata(engine: ModelEngine) -> list[dict]:
@@ -165,17 +166,15 @@ async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitCo
 
 def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
     """One (work, pixels) per image: `work()` returns the normalised (C, H, W) array."""
-    valid = ", ".join(d["name"] for d in input_metadata(engine))
     if len(inputs) != 1:
-        raise InvalidInput(f"send exactly one input tensor (one of {valid}); got {len(inputs)}")
+        raise InvalidInput(f"send exactly one input tensor (one of {VALID_INPUTS}); got {len(inputs)}")
     t = inputs[0]
     info, limits = engine.info, app.limits
-    want = {d["name"]: d["datatype"] for d in input_metadata(engine)}
-    if t.name not in want:
-        raise InvalidInput(f"input {t.name[:64]!r} does not exist; valid: {valid}")
-    if t.datatype != want[t.name]:
+    if t.name not in INPUT_TYPES:
+        raise InvalidInput(f"input {t.name[:64]!r} does not exist; valid: {VALID_INPUTS}")
+    if t.datatype != INPUT_TYPES[t.name]:
         hint = " (FP32 pixels in [0, 1] go in 'pixels_fp32')" if t.name == "pixels" and t.datatype == "FP32" else ""
-        raise InvalidInput(f"input '{t.name}' must be {want[t.name]}; got {t.datatype}{hint}")
+        raise InvalidInput(f"input '{t.name}' must be {INPUT_TYPES[t.name]}; got {t.datatype}{hint}")
     if not t.shape or t.shape[0] == 0 or t.count == 0:
         raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images and none "
                            f"may be 0 (shape {list(t.shape)})")
@@ -197,7 +196,7 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
     if len(t.shape) != 4:
         raise InvalidInput(f"input '{t.name}' must have shape [N,H,W,C] (row-major pixels); got {list(t.shape)}")
     _, h, w, c = t.shape
-    as_float = PIXEL_INPUTS[t.name] == "FP32"
+    as_float = INPUT_TYPES[t.name] == "FP32"
     return [((lambda a=a: to_model_input(decode_raw(a.tobytes(), h, w, c, as_float, limits), info.input_shape,
                                          info.mean, info.std)), h * w) for a in t.data]
 
