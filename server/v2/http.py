@@ -73,7 +73,7 @@ class OpenInferenceHTTP:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
@@ -103,7 +103,7 @@ class OpenInferenceHTTP:
         token = self.app.cfg.auth_token
         if token and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
             got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            if not hmac.compare_digest(got.encode("utf-8", "replace"), f"Bearer {token}".encode()):
                 return error_response(401, "missing or wrong bearer token in the 'Authorization' header",
                                       {"WWW-Authenticate": "Bearer"})
         try:

@@ -54,6 +54,7 @@ def test_bearer_token_on_v2_grpc_and_http_with_probes_open(tiny_repo):
             assert r.as_numpy("label").shape == (1,)
         status, headers, _ = http(f"http://{url}/v2", "GET")
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        assert http(f"http://{url}/v2", "GET", headers={"Authorization": "Bearer s3crét"})[0] == 401  # not ASCII: no 500
 
 
 def test_tls_and_mutual_tls_on_the_http_side(tiny_repo, tmp_path):
