@@ -8,7 +8,8 @@ another process; the engine's compute call and the servicer's decode are wrapped
 server: the same decode in a tight loop, and alternating with the five-segment ONNX Runtime chain. Part 3:
 the chain in a tight loop, and right after each of a real gRPC Classify round trip to a server process
 (what every request's chain follows inside a server: the client's and the server's request work on the
-same cores).
+same cores). Part 4: the engine's compute call alone, in this process, no server and no event loop: the
+Python it spends between segments (softmax, exit rule, bookkeeping) beside ONNX Runtime's runs.
 """
 
 from __future__ import annotations
@@ -147,6 +148,34 @@ def chain_after_round_trips(repo: str, n: int) -> dict:
     return {"tight": 1000 * statistics.median(tight), "after": 1000 * statistics.median(after[WARMUP:])}
 
 
+def compute_call_alone(repo: str, n: int) -> dict:
+    import numpy as np
+
+    from server.app import ServerApp, ServerConfig
+    from server.engine import ExitQueue, Job
+
+    app = ServerApp(ServerConfig(repo=repo, port=0, metrics_port=None, http_port=None, threads=1, poll_s=0))
+    app.load_models()
+    engine = next(iter(app.engines.values()))
+    engine.queues = [ExitQueue() for _ in engine.backends]  # as start() makes them, without the workers
+    x = np.random.default_rng(0).standard_normal((1, *engine.info.input_shape)).astype(np.float32)
+    from concurrent.futures import Future
+
+    walls, runs = [], []
+    for _ in range(n):
+        job = Job(x[0], time.monotonic(), None, None, None, engine.last, Future())
+        t = time.perf_counter()
+        steps = engine._compute(0, [job], x)
+        walls.append(time.perf_counter() - t)
+        runs.append(sum(s.dt for s in steps))
+        for q in engine.queues:
+            q.busy = False
+    app.executor.shutdown()
+    app.decode_executor.shutdown()
+    wall, run = statistics.median(walls[WARMUP:]), statistics.median(runs[WARMUP:])
+    return {"wall": 1000 * wall, "runs": 1000 * run}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
@@ -162,6 +191,9 @@ def main() -> None:
     r = chain_after_round_trips(args.repo, args.requests)
     print(f"five-segment chain, no server: {r['tight']:.2f} ms in a tight loop, {r['after']:.2f} ms right after a gRPC "
           f"Classify round trip to a server process ({r['after'] / r['tight']:.2f}x)")
+    c = compute_call_alone(args.repo, args.requests)
+    print(f"the engine's compute call alone, final-only request through every exit: {c['wall']:.3f} ms, of which "
+          f"ONNX Runtime {c['runs']:.3f} ms: Python between segments {c['wall'] - c['runs']:.3f} ms")
 
 
 if __name__ == "__main__":
