@@ -88,8 +88,9 @@ async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
 
 
 async def parse_where_cheap(app, nbytes: int, work: Callable):
-    """Parse on the loop only a small request: 16 MB of JSON numbers takes about a second and becomes ~20x
-    its size in Python objects (on the few decode threads, few are expanded in memory at once)."""
+    """Parse on the loop only a small request: 18 MB of JSON numbers takes ~0.2 s and twice its size in
+    Python objects (bench/json_parse_cost.py): on the few decode threads, the loop never stalls that long and
+    few bodies are expanded in memory at once."""
     return await _inline_or_decode_threads(app, nbytes <= PARSE_INLINE_MAX_BYTES, work)
 
 
