@@ -72,7 +72,7 @@ async def prepare_all(awaitables, name_of: Callable[[int], str]) -> list:
     """Await every item's validation and decode together (big ones on the decode threads); only if all
     succeed is anything computed. The first invalid item fails the call, named by `name_of(index)`."""
     awaitables = list(awaitables)
-    if len(awaitables) == 1:  # the common case, without gather's task per item (~25 us)
+    if len(awaitables) == 1:  # the common case, without gather's task per item (11 us in an idle loop)
         try:
             return [await awaitables[0]]
         except InvalidInput as e:
