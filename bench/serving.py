@@ -60,6 +60,28 @@ def raw_onnxruntime(model_dir, batch: int, threads: int, seconds: float = 5.0, d
     return n / (time.perf_counter() - t)
 
 
+def raw_static(model_dir, batch: int, seconds: float = 5.0, device: str = "cpu") -> float:
+    """Images/s of the same chain on static buffers (server/static_batches.py): features chained in the
+    bound buffers, one CUDA graph per segment on the CUDA provider. The reference for --static-batches."""
+    from server.static_batches import static_chain
+
+    info = load_manifest(model_dir)
+    chain = static_chain([e.onnx for e in info.exits], device, batch)
+    x0 = np.random.default_rng(0).standard_normal((batch, *info.input_shape)).astype(np.float32)
+
+    def run():
+        x = x0
+        for b in chain:
+            x = b.run_bound(x)[0]
+
+    run()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        run()
+        n += batch
+    return n / (time.perf_counter() - t)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
@@ -74,6 +96,8 @@ def main() -> None:
     p.add_argument("--raw-device", default="cpu", choices=["cpu", "cuda"],
                    help="execution provider of the raw ONNX Runtime reference")
     p.add_argument("--raw-threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--raw-static", action="store_true",
+                   help="also measure the raw chain on static buffers (CUDA graphs on the CUDA provider)")
     args = p.parse_args()
     images, names = load_test_images(args.data, args.per_class)
     model_dir = list_models(args.repo)[0]
@@ -93,7 +117,11 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
-    raw = {th: raw_onnxruntime(model_dir, args.max_batch, threads=th, device=args.raw_device) for th in args.raw_threads}
+    raw = {f"{th} intra-op thread(s)": raw_onnxruntime(model_dir, args.max_batch, threads=th, device=args.raw_device)
+           for th in args.raw_threads}
+    if args.raw_static:
+        raw["static buffers" + (", CUDA graphs" if args.raw_device == "cuda" else "")] = raw_static(
+            model_dir, args.max_batch, device=args.raw_device)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by server and "
           f"{args.concurrency} client threads in {args.client_procs} process(es); server args '{args.server_args}'; "
           f"{len(images)} CIFAR-10 test images, {args.requests} requests per policy; "
@@ -106,8 +134,8 @@ def main() -> None:
         err = f" (errors {s['errors']})" if s["errors"] else ""
         print(f"| {name}{err} | {s['throughput_rps']:.0f} | {s['throughput_rps'] / base:.2f} | {s['p50_ms']:.1f} | "
               f"{s['p99_ms']:.1f} | {100 * s['accuracy']:.1f}% | {100 * s['budget_met']:.0f}% | {hist} |")
-    for th, ips in raw.items():
-        print(f"| raw ONNX Runtime ({args.raw_device}), full model, batch {args.max_batch}, {th} intra-op thread(s), "
+    for how, ips in raw.items():
+        print(f"| raw ONNX Runtime ({args.raw_device}), full model, batch {args.max_batch}, {how}, "
               f"no server | {ips:.0f} | "
               f"{ips / base:.2f} | - | - | - | - | final only |")
 

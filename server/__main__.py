@@ -34,6 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "tensorrt-ep"],
                    help="ONNX Runtime execution provider (cuda/tensorrt-ep need onnxruntime-gpu)")
+    p.add_argument("--static-batches", action="store_true",
+                   help="pad each batch to a power-of-two bucket on buffers bound once; with --device cuda every "
+                        "bucket's segment run is captured as a CUDA graph (one launch instead of one per kernel)")
     p.add_argument("--threads", type=int, default=default_threads(), help="segment threads (default: cores)")
     p.add_argument("--decode-threads", type=int, default=1, help="threads for images too large to decode inline")
     p.add_argument("--max-batch", type=int, default=32)
@@ -68,7 +71,7 @@ async def serve(args) -> int:
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         health_port=None if args.health_port < 0 else args.health_port,
         http_port=None if args.http_port < 0 else args.http_port,
-        models=tuple(args.model), backend=args.backend, device=args.device, threads=args.threads,
+        models=tuple(args.model), backend=args.backend, device=args.device, static_batches=args.static_batches, threads=args.threads,
         decode_threads=args.decode_threads,
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
                             monitor_fraction=args.monitor_fraction,

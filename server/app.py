@@ -23,6 +23,7 @@ from server.errors import UnknownModel
 from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
+from server.static_batches import static_chain
 from server.v2 import grpc_service as v2_grpc
 
 log = logging.getLogger("auxnet.server")
@@ -45,6 +46,9 @@ class ServerConfig:
     models: tuple[str, ...] = ()  # names to load; empty = every model in the repository
     backend: str = "onnxruntime"
     device: str = "cpu"
+    # Pad batches to power-of-two buckets on buffers bound once; on CUDA each bucket's run is a CUDA graph
+    # (server/static_batches.py, issue 14).
+    static_batches: bool = False
     threads: int = field(default_factory=default_threads)
     decode_threads: int = 1  # for images too large to decode on the event loop
     engine: EngineConfig = EngineConfig()
@@ -105,7 +109,12 @@ class ServerApp:
         if info.name != model_dir.name:
             log.warning("model folder %s declares name %r; serving it as %r", model_dir.name, info.name, model_dir.name)
             info = type(info)(**{**info.__dict__, "name": model_dir.name})
-        backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
+        if self.cfg.static_batches:
+            if self.cfg.backend != "onnxruntime":
+                raise ValueError(f"static batches run on the onnxruntime backend, not {self.cfg.backend}")
+            backends = static_chain([e.onnx for e in info.exits], self.cfg.device, self.cfg.engine.max_batch)
+        else:
+            backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s); batch-1 latency per exit: %s", info.name, info.version,

@@ -30,6 +30,7 @@ from server.monitor import ExitMonitor, monitors_from_manifest
 from server.policy import FINAL, stop_reason
 from server.repository import ModelInfo
 from server.shadow import AgreementSampling, ShadowJob
+from server.static_batches import FeaturesLease
 
 log = logging.getLogger("auxnet.server")
 
@@ -348,6 +349,7 @@ class ModelEngine(AgreementSampling):
         segment here too: no hop through the event loop, no thread hand-off, features never leave this call
         (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work."""
         origin, steps = k, []
+        lease = None  # a static-batch segment's features, still in its buffers (server/static_batches.py)
         try:
             while True:
                 backend = self.backends[k]
@@ -362,6 +364,7 @@ class ModelEngine(AgreementSampling):
                         pass
                     raise
                 dt = time.perf_counter() - t0
+                lease = outputs[0] if isinstance(outputs[0], FeaturesLease) else None  # the one before: consumed
                 # Probabilities only where a request may stop on confidence or does stop here: one that just
                 # passes through an exit needs none (issue 12: five numpy passes a segment saved).
                 thresholds = [self.threshold(k, j) for j in jobs]
@@ -380,9 +383,18 @@ class ModelEngine(AgreementSampling):
                     self.queues[k].busy = False
                 self.queues[nxt].busy = True
                 k, x = nxt, outputs[0]
+                if lease is not None:
+                    steps[-1].outputs[0] = None  # the next run reads (and releases) it; nothing else may
+            if lease is not None:
+                # The event loop pushes the requests that go on with these features, and the monitor samples
+                # answers with them: copy them out now, while the buffer still holds them.
+                keep = self.monitors is not None or any(r is None for r in steps[-1].reasons)
+                steps[-1].outputs[0] = lease.to_host() if keep else None
         finally:  # the worker clears its own exit's flag; a chained exit's is cleared here, failure or not
             if k != origin:
                 self.queues[k].busy = False
+            if lease is not None:
+                lease.release()  # after a failure, or when nobody needed the features
         return steps
 
     def _take_batch(self, k: int, q: ExitQueue) -> list[Job]:
@@ -401,6 +413,8 @@ class ModelEngine(AgreementSampling):
         return jobs
 
     def _binds(self, backend) -> bool:
+        if getattr(backend, "static_batches", False):
+            return True  # its run_bound is its way of running (bucketed, pre-bound buffers)
         if not hasattr(backend, "run_bound") or self.cfg.io_binding is False:
             return False
         return self.cfg.io_binding is True or getattr(backend, "device_type", "cpu") != "cpu"
@@ -432,8 +446,9 @@ class ModelEngine(AgreementSampling):
         host = []  # features copied to the host only if some request needs them (queued, or sampled)
 
         def features():
+            """None where a static-batch chain's features were consumed by its next segment (no sample then)."""
             if not host:
-                host.append(to_host(step.outputs[0]))
+                host.append(None if step.outputs[0] is None else to_host(step.outputs[0]))
             return host[0]
 
         confidence = step.probs.max(axis=1) if step.probs is not None else None  # None: nobody stops or needs it
@@ -447,7 +462,7 @@ class ModelEngine(AgreementSampling):
                     job.x = features()[i]
                     self._push(k + 1, job)
                 if self.monitors is not None and confidence is not None and self._held_back(k, job, float(confidence[i])) and \
-                        self._sample_rng.random() < self.cfg.monitor_fraction:
+                        self._sample_rng.random() < self.cfg.monitor_fraction and features() is not None:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.
                     self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
@@ -459,7 +474,8 @@ class ModelEngine(AgreementSampling):
             if not met:
                 self._metric(self.metrics.budget_misses, name).inc()
             job.future.set_result(Answer(k, step.probs[i], reason, latency, met))
-            if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction:
+            if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction \
+                    and features() is not None:
                 self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
         for reason, n in answered.items():  # one counter update per batch and reason, not per request
             self._metric(self.metrics.exits, name, str(k), reason).inc(n)

@@ -4,7 +4,9 @@ provider that really ran, and features kept on the device along the chain (IOBin
     python -m bench.gpu.serving_check [--device cuda] [--repo models/repository] [--out result.json]
 
 Exits 1 if a provider fell back, or any exit differs beyond the tolerance. On a CPU (`--device cpu`) it
-compares the CPU provider with itself: the rehearsal.
+compares the CPU provider with itself: the rehearsal. The static-buffer chain (CUDA graphs on the GPU,
+`--static-batches`) is checked the same way and timed against plain runs; its verdict is `static.ok` in the
+report, apart, so that a refused graph capture does not stop the plain path's benchmarks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,60 @@ from server.repository import list_models, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 2e-3  # fp32 on cuDNN against the CPU: different convolution algorithms, same maths
+
+
+def chain_ms(run_chain, x: np.ndarray, repeats: int = 50) -> float:
+    run_chain(x)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        run_chain(x)
+    return round(1000 * (time.perf_counter() - t0) / repeats, 4)
+
+
+def check_static_chain(info, cpu, device: str, report: dict) -> bool:
+    """Static buckets (CUDA graphs on the GPU) against the CPU provider's plain runs, batch sizes that pad
+    and that fill a bucket; then one whole chain's time three ways (plain runs with host copies, IOBinding,
+    static buffers) at batch 1 and 64: what each costs per chain where a segment computes in microseconds."""
+    from server.static_batches import static_chain
+
+    t0 = time.perf_counter()
+    try:
+        static = static_chain([e.onnx for e in info.exits], device, 64)
+    except Exception as e:  # noqa: BLE001 - report why (capture refused, CPU fallback...), keep the rest
+        report["static"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return False
+    entry = {"backend": static[0].name, "build_and_capture_s": round(time.perf_counter() - t0, 2), "max_abs_diff": {}}
+    ok = True
+    for n in (1, 5, 64):
+        x = np.random.default_rng(n).standard_normal((n, *info.input_shape)).astype(np.float32)
+        h, lease, worst = x, x, 0.0
+        for c, s in zip(cpu, static):
+            want, got = c.run(h), s.run_bound(lease)
+            worst = max(worst, float(np.abs(want[-1] - got[-1]).max()))
+            if len(want) == 2:
+                h, lease = want[0], got[0]
+        entry["max_abs_diff"][n] = worst
+        ok &= worst <= ATOL
+    dev = [OnnxRuntimeBackend(e.onnx, device) for e in info.exits]
+
+    def plain(x):
+        for b in dev:
+            x = b.run(x)[0]
+
+    def bound(x):
+        for b in dev:
+            x = b.run_bound(x)[0]
+
+    def graphs(x):
+        for b in static:
+            x = b.run_bound(x)[0]
+
+    entry["ok"] = bool(ok)
+    entry["chain_ms"] = {n: {"plain": chain_ms(plain, x), "iobinding": chain_ms(bound, x), "static": chain_ms(graphs, x)}
+                         for n in (1, 64)
+                         for x in [np.zeros((n, *info.input_shape), np.float32)]}
+    report["static"] = entry
+    return ok
 
 
 def main() -> int:
@@ -69,6 +125,7 @@ def main() -> int:
         ok &= diff <= ATOL and bound_diff <= 1e-5 and same_top1 == 1.0
         if len(out_d) == 2:
             h_dev, h_cpu, bound = out_d[0], out_c[0], out_b[0]
+    check_static_chain(info, cpu, args.device, report)  # its own verdict: the plain path's benchmarks run regardless
     want = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
     ok &= report["provider_that_ran"].endswith(want)
     if args.device == "cuda":

@@ -9,6 +9,7 @@ OUT=${OUT:-/tmp/out}
 DEVICE=${DEVICE:-cuda}
 REQUESTS=${REQUESTS:-4000}
 WORKERS=${WORKERS:-1 2 4}
+STATIC_WORKERS=${STATIC_WORKERS:-1 4}
 mkdir -p /tmp/whl "$OUT"
 case "${1:-}" in
   part)
@@ -26,18 +27,25 @@ if [ "$DEVICE" = cuda ]; then
   export PYTHONPATH=/tmp/pydeps:${PYTHONPATH:-}  # shadows the image's CPU onnxruntime and older grpc/protobuf
   export LD_LIBRARY_PATH=$(python3 -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))))"):${LD_LIBRARY_PATH:-}
 fi
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"; nproc) | tee "$OUT/machine.txt"
-# 1. Correctness first: refuse to benchmark a silent CPU fallback.
-python3 -m bench.gpu.serving_check --device "$DEVICE" --out "$OUT/check.json" > "$OUT/check.log" 2>&1
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"; nproc) | tee "$OUT/check.log"
+# 1. Correctness first: refuse to benchmark a silent CPU fallback. (Few files: the tool returns at most 8.)
+python3 -m bench.gpu.serving_check --device "$DEVICE" --out "$OUT/check.json" >> "$OUT/check.log" 2>&1
 rc=$?; tail -n 5 "$OUT/check.log"
 [ $rc -eq 0 ] || { echo "correctness check failed: no benchmark"; exit 1; }
 # 2. The serving bench per worker count: enough client processes to saturate (the machine has 16 cores).
+#    Then the same on static buffers (CUDA graphs), if the check found them correct: one worker, and the most.
 cores=$(nproc)
-for w in $WORKERS; do
-  threads=$(( cores / (2 * w) > 0 ? cores / (2 * w) : 1 ))
+serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS
+  threads=$(( cores / (2 * $2) > 0 ? cores / (2 * $2) : 1 ))
   timeout 150 python3 -m bench.serving --requests "$REQUESTS" --concurrency 64 --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) \
-    --server-args "--device $DEVICE --workers $w --threads $threads --max-batch 64" --max-batch 64 \
-    --raw-device "$DEVICE" --raw-threads 1 --budgets-ms 2 5 \
-    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/serving_w$w.md" 2>&1
-  tail -n 9 "$OUT/serving_w$w.md"
-done
+    --server-args "--device $DEVICE --workers $2 --threads $threads --max-batch 64 $3" --max-batch 64 \
+    --raw-device "$DEVICE" --raw-threads 1 --budgets-ms 2 5 $4 \
+    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/serving_$1.md" 2>&1
+  tail -n 10 "$OUT/serving_$1.md"
+}
+for w in $WORKERS; do serve "w$w" "$w" "" ""; done
+if python3 -c "import json, sys; sys.exit(0 if json.load(open('$OUT/check.json'))['static']['ok'] else 1)"; then
+  for w in $STATIC_WORKERS; do serve "static_w$w" "$w" "--static-batches" "--raw-static"; done
+else
+  echo "static buffers / CUDA graphs failed the check (check.json 'static'): not benchmarked"
+fi
