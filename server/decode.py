@@ -14,6 +14,15 @@ import numpy as np
 
 from server.errors import InvalidInput
 
+try:  # libjpeg-turbo without Pillow's Python-level JPEG header parsing: the same pixels, ~8x faster at 32x32
+    import simplejpeg
+except ImportError:  # a base dependency, but the server still decodes everything through Pillow without it
+    simplejpeg = None
+
+JPEG_START = b"\xff\xd8"
+# CMYK and YCCK JPEGs go to Pillow: its CMYK -> RGB conversion differs from libjpeg-turbo's (by 1 level).
+FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")
+
 # Formats whose Pillow decoders are mature and bounded by the pixel limit below; everything else (EPS runs
 # Ghostscript, for one) is refused by name.
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -50,10 +59,26 @@ def _open(data: bytes):
         raise InvalidInput(f"image header is corrupt: {type(e).__name__}: {_clean(str(e))}") from e
 
 
+def jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(height, width, colorspace) of a JPEG read by libjpeg-turbo (~1.4 us), or None: not a JPEG, a header
+    it cannot read, or simplejpeg missing. Pillow then opens the bytes (and names what is wrong)."""
+    if simplejpeg is None or not data.startswith(JPEG_START):
+        return None
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return h, w, colorspace
+
+
 def probe(data: bytes):
     """(opened image, width x height) from the header alone (no decoding), to decide where to decode;
     (None, 0) if unreadable (the decode itself then reports the problem). Pass the image on to
-    `decode_encoded(..., opened=)`: identifying the format again costs as much as a small decode."""
+    `decode_encoded(..., opened=)`: identifying the format again costs as much as a small decode. A JPEG
+    that libjpeg-turbo reads is not opened at all (None, its pixels): `decode_encoded` reads it directly."""
+    head = jpeg_header(data)
+    if head is not None:
+        return None, head[0] * head[1]
     try:
         im = _open(data)
         w, h = im.size
@@ -68,6 +93,8 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
     `opened`: the image `probe` returned for these bytes, not yet loaded."""
     from PIL import Image
 
+    if opened is None and (rgb := _decode_jpeg_directly(data, limits, size)) is not None:
+        return rgb
     im = opened if opened is not None else _open(data)
     kind = im.format
     try:
@@ -94,6 +121,24 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, zlib.error, struct.error...
         raise InvalidInput(f"{kind} image is truncated or corrupt: {type(e).__name__}: {_clean(str(e))}") from e
     return rgb
+
+
+def _decode_jpeg_directly(data: bytes, limits: ImageLimits, size: tuple[int, int] | None) -> np.ndarray | None:
+    """The common case, a YCbCr or gray JPEG already at the model's size, decoded by libjpeg-turbo straight
+    into an RGB array: bit-identical to Pillow's decode (the same library and settings; checked on 3,334
+    CIFAR-10 JPEGs and in the tests) without its per-image Python work. None: anything else, or any decode
+    error, for Pillow to decode or report in its words."""
+    head = jpeg_header(data)
+    if head is None:
+        return None
+    h, w, colorspace = head
+    _check_size(h, w, limits)  # before any pixel is decoded, as on Pillow's path
+    if colorspace not in FAST_JPEG_COLORSPACES or (size is not None and (h, w) != tuple(size)):
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)  # strict: corrupt data raises
+    except ValueError:
+        return None
 
 
 def _to_rgb8(im) -> np.ndarray:

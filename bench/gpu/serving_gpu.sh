@@ -49,3 +49,8 @@ if python3 -c "import json, sys; sys.exit(0 if json.load(open('$OUT/check.json')
 else
   echo "static buffers / CUDA graphs failed the check (check.json 'static'): not benchmarked"
 fi
+# 3. The server's own CPU per image with the compute removed: one process's ceiling on this host's cores.
+timeout 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
+  --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) --server-args "--workers ${COST_WORKERS:-1}" \
+  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/request_cost.md" 2>&1
+tail -n 4 "$OUT/request_cost.md"

@@ -1,0 +1,109 @@
+"""What the server costs per image apart from the network's compute (issue 14): the real server with every
+segment's ONNX Runtime run replaced by returning zeros of the right shapes, under a closed loop. Its CPU per
+image is the ceiling of one server process on an accelerator that computes in no time (what a GPU comes
+close to for this small network), and what per-request work has to shrink for a GPU to be kept busy.
+
+    python -m bench.request_cost [--rounds 3] [--requests 3000] [--concurrency 16] [--server-args '--workers 2']
+                                 [--client-procs 1]
+
+Variants, alternated in every round: JPEGs decoded directly by libjpeg-turbo (the default) and through
+Pillow only (what the server did before). The compute is replaced in the server processes (every worker
+of --workers N) by a sitecustomize module this script writes; nothing in the server knows about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.serving import load_test_images
+from server.demo import ROOT, start_server
+from server.loadgen import closed_loop, closed_loop_procs
+
+HOOK = '''
+import os
+if os.environ.get("AUXNET_BENCH_NULL_COMPUTE"):
+    import numpy as np
+    import server.backends as backends
+    _init = backends.OnnxRuntimeBackend.__init__
+    def _null_init(self, *a, **k):
+        _init(self, *a, **k)
+        self._null_shapes = [tuple(o.shape[1:]) for o in self.session.get_outputs()]
+    backends.OnnxRuntimeBackend.__init__ = _null_init
+    backends.OnnxRuntimeBackend.run = lambda self, x: [np.zeros((len(x), *s), np.float32) for s in self._null_shapes]
+if os.environ.get("AUXNET_BENCH_PILLOW_ONLY"):
+    import server.decode
+    server.decode.simplejpeg = None
+'''
+VARIANTS = {"JPEG decoded directly (libjpeg-turbo)": {}, "JPEG through Pillow only": {"AUXNET_BENCH_PILLOW_ONLY": "1"}}
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of a process and its children (the --workers processes)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measure(hook_dir: str, env: dict, images: list[bytes], args) -> dict:
+    env = {"PYTHONPATH": hook_dir, "AUXNET_BENCH_NULL_COMPUTE": "1", **env}
+    proc, target, _ = start_server(args.repo, ["--monitor-fraction", "0", "--http-port", "-1", *args.server_args.split()],
+                                   quiet=True, env=env)
+    try:
+        closed_loop(target, images[:64], args.concurrency, 300)  # warm-up
+        cpu0, t0 = tree_cpu_s(proc.pid), time.perf_counter()
+        results, _ = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs)
+        wall, cpu = time.perf_counter() - t0, tree_cpu_s(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    errors = sum(not r.ok for r in results)
+    return {"ips": args.requests / wall, "cpu_ms": 1000 * cpu / args.requests, "errors": errors}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--server-args", default="", help="extra server flags, e.g. '--workers 2'")
+    p.add_argument("--client-procs", type=int, default=1, help="client processes sharing --concurrency")
+    args = p.parse_args()
+    images, _ = load_test_images(args.data, args.per_class)
+    hook_dir = tempfile.mkdtemp()
+    Path(hook_dir, "sitecustomize.py").write_text(HOOK)
+    runs = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name, env in VARIANTS.items():
+            runs[name].append(measure(hook_dir, env, images, args))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by the server and "
+          f"{args.concurrency} client threads in {args.client_procs} process(es); server args '{args.server_args}'; "
+          "segments' compute replaced by zeros; "
+          f"{len(images)} CIFAR-10 test JPEGs, {args.requests} requests a round, {args.rounds} alternating rounds (medians)")
+    print("| decode | img/s (per round) | server CPU ms/img (per round) | errors |")
+    print("|---|---:|---:|---:|")
+    for name, rs in runs.items():
+        ips = " ".join(f"{r['ips']:.0f}" for r in rs)
+        cpu = " ".join(f"{r['cpu_ms']:.3f}" for r in rs)
+        print(f"| {name} | {statistics.median(r['ips'] for r in rs):.0f} ({ips}) | "
+              f"{statistics.median(r['cpu_ms'] for r in rs):.3f} ({cpu}) | {sum(r['errors'] for r in rs)} |")
+
+
+if __name__ == "__main__":
+    main()
