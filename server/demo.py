@@ -25,9 +25,11 @@ def start_server(repo: str, extra: list[str], stderr=None, quiet: bool = False,
                  root: Path = ROOT, env: dict | None = None) -> tuple[subprocess.Popen, str, int]:
     """`python -m server` on free ports, as its own process; returns (process, target, metrics port).
     `root`: the checkout to run it from (benchmarks compare against an older one); `env`: added to its
-    environment (a PYTHONPATH there goes before `root`)."""
+    environment. Its PYTHONPATH: `env`'s, then `root`, then this process's own (where the GPU script puts the
+    packages it installed: the server must import those, not the machine's)."""
     port_file = Path(tempfile.mkdtemp()) / "ports"
-    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH"), str(root)) if p)}
+    paths = ((env or {}).get("PYTHONPATH"), str(root), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
                              "--http-port", "0", "--port-file", str(port_file), "--log-level", "WARNING", *extra], cwd=root, stderr=stderr,
                             text=True, env=env)
