@@ -3,6 +3,7 @@
 #   bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa [.whl/small]   stash carried wheels in /tmp/whl
 #   bash bench/gpu/serving_gpu.sh run                                     install, check, benchmark -> $OUT
 # Rehearsal on a CPU (no wheels, the local environment): DEVICE=cpu bash bench/gpu/serving_gpu.sh run
+# Rehearsal of the install too: CPU wheels for this python as parts, then DEVICE=cpu INSTALL=1 ... run
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -19,13 +20,14 @@ case "${1:-}" in
   run) ;;
   *) echo "usage: $0 part FILE... | run"; exit 2 ;;
 esac
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse the install on a CPU too
   name=$(cat /tmp/whl/NAME 2>/dev/null || cat .whl/parts/NAME)
   cat /tmp/whl/part-* > "/tmp/$name" || exit 1
   (cd /tmp && sha256sum -c /tmp/whl/SHA256 2>/dev/null || sha256sum -c "$OLDPWD/.whl/parts/SHA256") || { echo "wheel parts incomplete"; exit 1; }
   python3 -m pip install -q --no-deps --target /tmp/pydeps "/tmp/$name" /tmp/whl/small/*.whl || exit 1
   export PYTHONPATH=/tmp/pydeps:${PYTHONPATH:-}  # shadows the image's CPU onnxruntime and older grpc/protobuf
-  export LD_LIBRARY_PATH=$(python3 -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))))"):${LD_LIBRARY_PATH:-}
+  export LD_LIBRARY_PATH=$(python3 -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))))" 2>/dev/null):${LD_LIBRARY_PATH:-}
+  python3 -c "import onnxruntime, grpc, google.protobuf, simplejpeg, aiohttp; print('installed and imported from /tmp/pydeps:', onnxruntime.__file__, grpc.__version__)" || exit 1
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"; nproc) | tee "$OUT/check.log"
 # 1. Correctness first: refuse to benchmark a silent CPU fallback. (Few files: the tool returns at most 8.)
