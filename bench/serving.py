@@ -52,10 +52,15 @@ def raw_onnxruntime(model_dir, batch: int, threads: int, seconds: float = 5.0, d
             out = s.run(None, {"input": x})
             x = out[0]
 
-    chain()
+    return images_per_s(chain, batch, seconds)
+
+
+def images_per_s(run_batch, batch: int, seconds: float) -> float:
+    """Run `run_batch` (after one warm-up call) back to back for `seconds`; images per second."""
+    run_batch()
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
-        chain()
+        run_batch()
         n += batch
     return n / (time.perf_counter() - t)
 
@@ -74,12 +79,7 @@ def raw_static(model_dir, batch: int, seconds: float = 5.0, device: str = "cpu")
         for b in chain:
             x = b.run_bound(x)[0]
 
-    run()
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        run()
-        n += batch
-    return n / (time.perf_counter() - t)
+    return images_per_s(run, batch, seconds)
 
 
 def main() -> None:
