@@ -4,7 +4,7 @@ image is the ceiling of one server process on an accelerator that computes in no
 close to for this small network), and what per-request work has to shrink for a GPU to be kept busy.
 
     python -m bench.request_cost [--rounds 3] [--requests 3000] [--concurrency 16] [--server-args '--workers 2']
-                                 [--client-procs 1]
+                                 [--client-procs 1] [--images-per-request 1]
 
 Variants, alternated in every round: JPEGs decoded directly by libjpeg-turbo (the default) and through
 Pillow only (what the server did before). The compute is replaced in the server processes (every worker
@@ -65,7 +65,8 @@ def measure(hook_dir: str, env: dict, images: list[bytes], args) -> dict:
     try:
         closed_loop(target, images[:64], args.concurrency, 300)  # warm-up
         cpu0, t0 = tree_cpu_s(proc.pid), time.perf_counter()
-        results, _ = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs)
+        results, _ = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs,
+                                       images_per_request=args.images_per_request)
         wall, cpu = time.perf_counter() - t0, tree_cpu_s(proc.pid) - cpu0
     finally:
         proc.terminate()
@@ -84,6 +85,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--server-args", default="", help="extra server flags, e.g. '--workers 2'")
     p.add_argument("--client-procs", type=int, default=1, help="client processes sharing --concurrency")
+    p.add_argument("--images-per-request", type=int, default=1, help="N > 1: ClassifyBatch calls of N images")
     args = p.parse_args()
     images, _ = load_test_images(args.data, args.per_class)
     hook_dir = tempfile.mkdtemp()
@@ -93,9 +95,10 @@ def main() -> None:
         for name, env in VARIANTS.items():
             runs[name].append(measure(hook_dir, env, images, args))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by the server and "
-          f"{args.concurrency} client threads in {args.client_procs} process(es); server args '{args.server_args}'; "
+          f"{args.concurrency} client threads in {args.client_procs} process(es), {args.images_per_request} image(s) per "
+          f"request; server args '{args.server_args}'; "
           "segments' compute replaced by zeros; "
-          f"{len(images)} CIFAR-10 test JPEGs, {args.requests} requests a round, {args.rounds} alternating rounds (medians)")
+          f"{len(images)} CIFAR-10 test JPEGs, {args.requests} images a round, {args.rounds} alternating rounds (medians)")
     print("| decode | img/s (per round) | server CPU ms/img (per round) | errors |")
     print("|---|---:|---:|---:|")
     for name, rs in runs.items():

@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--raw-device", default="cpu", choices=["cpu", "cuda"],
                    help="execution provider of the raw ONNX Runtime reference")
     p.add_argument("--raw-threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--images-per-request", type=int, default=1,
+                   help="N > 1: each call a ClassifyBatch of N images (the per-call cost shared by N)")
     p.add_argument("--raw-static", action="store_true",
                    help="also measure the raw chain on static buffers (CUDA graphs on the CUDA provider)")
     args = p.parse_args()
@@ -112,7 +114,8 @@ def main() -> None:
         policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
         closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
         for name, kw in policies:
-            results, wall = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs, **kw)
+            results, wall = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs,
+                                              images_per_request=args.images_per_request, **kw)
             rows.append((name, summarise(results, wall, labels, len(info.exits))))
     finally:
         proc.terminate()
@@ -123,7 +126,8 @@ def main() -> None:
         raw["static buffers" + (", CUDA graphs" if args.raw_device == "cuda" else "")] = raw_static(
             model_dir, args.max_batch, device=args.raw_device)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by server and "
-          f"{args.concurrency} client threads in {args.client_procs} process(es); server args '{args.server_args}'; "
+          f"{args.concurrency} client threads in {args.client_procs} process(es), {args.images_per_request} image(s) per call; "
+          f"server args '{args.server_args}'; "
           f"{len(images)} CIFAR-10 test images, {args.requests} requests per policy; "
           f"server max batch {args.max_batch}")
     print("| policy | throughput (img/s) | x final-only | p50 ms | p99 ms | accuracy | budget met | exit histogram |")

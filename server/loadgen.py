@@ -42,8 +42,10 @@ def load_labelled_folder(root: str | Path) -> tuple[list[bytes], list[str], list
 
 
 def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, timeout_s: float = 10.0,
-                **request) -> tuple[list[Result], float]:
-    """Send `total` requests (cycling over `images`) from `concurrency` clients; return results and wall s."""
+                images_per_request: int = 1, **request) -> tuple[list[Result], float]:
+    """Send `total` images (cycling over `images`) from `concurrency` clients; return one result per image
+    and the wall s. With images_per_request N > 1 each call is a ClassifyBatch of N images (the gRPC cost of
+    a call shared by N), and each of its images' results carries that call's latency."""
     results: list[Result] = []
     lock = threading.Lock()
     counter = iter(range(total))
@@ -52,18 +54,22 @@ def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, 
         with Client(target, timeout_s=timeout_s) as c:
             while True:
                 with lock:
-                    i = next(counter, None)
-                if i is None:
+                    chunk = [i for i in (next(counter, None) for _ in range(images_per_request)) if i is not None]
+                if not chunk:
                     return
                 t = time.perf_counter()
                 try:
-                    r = c.classify(images[i % len(images)], **request)
-                    res = Result(i, True, "OK", r.label, r.exit_index, 1000 * (time.perf_counter() - t),
-                                 r.server_latency_ms, r.budget_met)
+                    if images_per_request == 1:
+                        answers = [c.classify(images[chunk[0] % len(images)], **request)]
+                    else:
+                        answers = c.classify_batch([images[i % len(images)] for i in chunk], **request)
+                    ms = 1000 * (time.perf_counter() - t)
+                    res = [Result(i, True, "OK", r.label, r.exit_index, ms, r.server_latency_ms, r.budget_met)
+                           for i, r in zip(chunk, answers)]
                 except grpc.RpcError as e:
-                    res = Result(i, False, e.code().name, client_ms=1000 * (time.perf_counter() - t))
+                    res = [Result(i, False, e.code().name, client_ms=1000 * (time.perf_counter() - t)) for i in chunk]
                 with lock:
-                    results.append(res)
+                    results.extend(res)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]

@@ -11,6 +11,7 @@ DEVICE=${DEVICE:-cuda}
 REQUESTS=${REQUESTS:-4000}
 WORKERS=${WORKERS:-1 2 4}
 STATIC_WORKERS=${STATIC_WORKERS:-1 4}
+BATCH_WORKERS=${BATCH_WORKERS:-4}
 mkdir -p /tmp/whl "$OUT"
 case "${1:-}" in
   part)
@@ -30,7 +31,8 @@ if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse th
   python3 -c "import onnxruntime, grpc, google.protobuf, simplejpeg, aiohttp; print('installed and imported from /tmp/pydeps:', onnxruntime.__file__, grpc.__version__)" || exit 1
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"; nproc) | tee "$OUT/check.log"
-# 1. Correctness first: refuse to benchmark a silent CPU fallback. (Few files: the tool returns at most 8.)
+# 1. Correctness first: refuse to benchmark a silent CPU fallback. (Few files: the tool returns at most 8;
+#    with the defaults: check.json, check.log, 3 + 1 + 2 serving tables, request_cost.md = 8.)
 python3 -m bench.gpu.serving_check --device "$DEVICE" --out "$OUT/check.json" >> "$OUT/check.log" 2>&1
 rc=$?; tail -n 5 "$OUT/check.log"
 [ $rc -eq 0 ] || { echo "correctness check failed: no benchmark"; exit 1; }
@@ -46,6 +48,8 @@ serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS
   tail -n 10 "$OUT/serving_$1.md"
 }
 for w in $WORKERS; do serve "w$w" "$w" "" ""; done
+# Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
+serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "" "--images-per-request 16"
 if python3 -c "import json, sys; sys.exit(0 if json.load(open('$OUT/check.json'))['static']['ok'] else 1)"; then
   for w in $STATIC_WORKERS; do serve "static_w$w" "$w" "--static-batches" "--raw-static"; done
 else

@@ -281,3 +281,16 @@ def test_closed_loop_from_several_client_processes(server):
     results, wall = closed_loop_procs(target, blobs, 4, 21, procs=2)
     assert len(results) == 21 and sorted(r.index for r in results) == list(range(21)) and wall > 0
     assert all(r.ok for r in results)
+
+
+def test_closed_loop_with_several_images_per_call_answers_each_image_like_single_calls(server):
+    from server.loadgen import closed_loop
+
+    _, target = server
+    blobs = [png(im) for im in images(5, seed=12)]
+    single, _ = closed_loop(target, blobs, 2, 10)
+    batched, _ = closed_loop(target, blobs, 2, 10, images_per_request=4)  # calls of 4, 4 and 2 images
+    assert [r.index for r in batched] == list(range(10)) and all(r.ok for r in batched)
+    assert [(r.label, r.exit_index) for r in batched] == [(r.label, r.exit_index) for r in single]
+    # the images of one call share its latency: at most ceil(10 / 4) distinct values
+    assert len({r.client_ms for r in batched}) <= 3
