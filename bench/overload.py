@@ -23,8 +23,14 @@ from server.demo import ROOT, start_server
 from server.loadgen import closed_loop, load_labelled_folder, summarise
 
 
-async def open_loop(target: str, images: list[bytes], rate: float, seconds: float, **kw) -> tuple[list, float]:
-    """Fire `rate` requests per second for `seconds`; return (code, latency ms, budget_met) per request."""
+async def open_loop(target: str, images: list[bytes], rate: float, seconds: float, poisson_seed: int | None = None,
+                    **kw) -> tuple[list, float]:
+    """Fire `rate` requests per second for `seconds`, on a fixed schedule or, with `poisson_seed`, at Poisson
+    arrival times (exponential gaps: how independent users arrive); return (code, latency ms, budget_met,
+    server ms, index, label, exit) per request."""
+    import random
+
+    gaps = random.Random(poisson_seed) if poisson_seed is not None else None
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.EarlyExitServiceStub(channel)
@@ -39,9 +45,10 @@ async def open_loop(target: str, images: list[bytes], rate: float, seconds: floa
             except grpc.aio.AioRpcError as e:
                 results.append((e.code().name, 1000 * (time.perf_counter() - t), False, float("nan"), i, -1, -1))
 
-        tasks, t0, n = [], time.perf_counter(), int(rate * seconds)
+        tasks, t0, n, due = [], time.perf_counter(), int(rate * seconds), 0.0
         for i in range(n):
-            delay = t0 + i / rate - time.perf_counter()
+            due = due + gaps.expovariate(rate) if gaps is not None else i / rate
+            delay = t0 + due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))

@@ -116,6 +116,7 @@ class ExitQueue:
     heap: list = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     busy: bool = False
+    busy_batch: int = 0  # requests in the batch computing here while busy (a chain passing through, too)
     running: list = field(default_factory=list)  # the jobs of the batch being computed
 
 
@@ -261,9 +262,12 @@ class ModelEngine(AgreementSampling):
         bound; the other is contention: all exits share the segment threads, so the work queued or running
         at every exit (at batched cost per request), spread over the threads, comes first too."""
         q = self.queues[k]
-        own_queue = self.latency.predict_wait_and_run(k, len(q.heap), q.busy)
+        own_queue = self.latency.predict_wait_and_run(k, len(q.heap), q.busy_batch if q.busy else 0)
         mb = self.cfg.max_batch
-        backlog = sum(len(qi.heap) * self.latency.predict(i, mb) / mb + (0.5 * self.latency.predict(i, mb) if qi.busy else 0)
+        # A busy exit's batch in flight counts whole (it may have just started), at the size it really runs:
+        # not max_batch, which made budgets stop early under light load (bench/budget_at_load.py, RESULTS §13).
+        backlog = sum(len(qi.heap) * self.latency.predict(i, mb) / mb
+                      + (self.latency.predict(i, max(1, qi.busy_batch)) if qi.busy else 0)
                       for i, qi in enumerate(self.queues))
         return max(own_queue, backlog / self.threads + self.latency.predict(k, 1))
 
@@ -316,7 +320,7 @@ class ModelEngine(AgreementSampling):
                 depth.set(len(q.heap))
                 if not jobs:
                     continue
-                q.busy, q.running = True, jobs
+                q.busy, q.busy_batch, q.running = True, len(jobs), jobs
                 try:
                     steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, np.stack([j.x for j in jobs]))
                     q.busy = False
@@ -381,7 +385,7 @@ class ModelEngine(AgreementSampling):
                     break
                 if k != origin:
                     self.queues[k].busy = False
-                self.queues[nxt].busy = True
+                self.queues[nxt].busy, self.queues[nxt].busy_batch = True, len(jobs)
                 k, x = nxt, outputs[0]
                 if lease is not None:
                     steps[-1].outputs[0] = None  # the next run reads (and releases) it; nothing else may

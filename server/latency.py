@@ -38,13 +38,14 @@ class LatencyModel:
     def predict(self, k: int, batch: int) -> float:
         return float(self.table[k, max(1, min(batch, self.max_batch))])
 
-    def predict_wait(self, k: int, queued: int, busy: bool) -> float:
-        """Time before a request joining exit k's queue behind `queued` others starts its own batch."""
+    def predict_wait(self, k: int, queued: int, running: int) -> float:
+        """Time before a request joining exit k's queue behind `queued` others starts its own batch, while a
+        batch of `running` requests computes there (0: none)."""
         t = (queued // self.max_batch) * self.predict(k, self.max_batch)
-        if busy:  # the batch in flight finishes first; on average half of it is left
-            t += 0.5 * self.predict(k, self.max_batch if queued else 1)
+        if running:  # the batch in flight finishes first; it may have just started (a budget is a promise
+            t += self.predict(k, running)  # about the tail, so its whole time counts, not the average half)
         return t
 
-    def predict_wait_and_run(self, k: int, queued: int, busy: bool) -> float:
+    def predict_wait_and_run(self, k: int, queued: int, running: int) -> float:
         """Time for a request joining exit k's queue behind `queued` others to have its segment done."""
-        return self.predict_wait(k, queued, busy) + self.predict(k, queued % self.max_batch + 1)
+        return self.predict_wait(k, queued, running) + self.predict(k, queued % self.max_batch + 1)

@@ -32,7 +32,7 @@ if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse th
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"; nproc) | tee "$OUT/check.log"
 # 1. Correctness first: refuse to benchmark a silent CPU fallback. (Few files: the tool returns at most 8;
-#    with the defaults: check.json, check.log, 3 + 1 + 2 serving tables, request_cost.md = 8.)
+#    with the defaults: check.json, check.log, 3 + 1 + 2 serving tables, cost_and_budget.md = 8.)
 python3 -m bench.gpu.serving_check --device "$DEVICE" --out "$OUT/check.json" >> "$OUT/check.log" 2>&1
 rc=$?; tail -n 5 "$OUT/check.log"
 [ $rc -eq 0 ] || { echo "correctness check failed: no benchmark"; exit 1; }
@@ -57,7 +57,12 @@ else
   echo "static buffers / CUDA graphs failed the check (check.json 'static'): not benchmarked"
 fi
 # 3. The server's own CPU per image with the compute removed: one process's ceiling on this host's cores.
+#    4. Then the latency target: Poisson arrivals at 70% of the calibrated policy's capacity, 5 ms budget.
 timeout 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
   --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) --server-args "--workers ${COST_WORKERS:-1}" \
-  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/request_cost.md" 2>&1
-tail -n 4 "$OUT/request_cost.md"
+  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/cost_and_budget.md" 2>&1
+timeout 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
+  --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
+  --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64" \
+  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
+tail -n 9 "$OUT/cost_and_budget.md"

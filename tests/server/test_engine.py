@@ -84,9 +84,11 @@ def test_latency_model_by_hand():
     m = LatencyModel(1, 4)
     m.table[0, 1:] = [0.010, 0.015, 0.020, 0.040]
     assert m.predict(0, 9) == 0.040 and m.predict(0, 0) == 0.010
-    # 5 queued, one batch running: one full batch of 4 ahead (0.04), half the running one (0.02), then ours at
-    # batch 5 % 4 + 1 = 2 (0.015).
-    assert m.predict_wait_and_run(0, 5, True) == pytest.approx(0.04 + 0.02 + 0.015)
+    # 5 queued, a batch of 4 running: one full batch of 4 ahead (0.04), the running one whole (0.04: it may have
+    # just started), then ours at batch 5 % 4 + 1 = 2 (0.015). A running batch of 1: 0.010; none running: 0.
+    assert m.predict_wait_and_run(0, 5, 4) == pytest.approx(0.04 + 0.04 + 0.015)
+    assert m.predict_wait_and_run(0, 5, 1) == pytest.approx(0.04 + 0.010 + 0.015)
+    assert m.predict_wait_and_run(0, 5, 0) == pytest.approx(0.04 + 0.015)
     m.observe(0, 2, 0.025)
     assert m.table[0, 2] == pytest.approx(0.8 * 0.015 + 0.2 * 0.025)
     calls = []
@@ -103,10 +105,16 @@ async def test_predict_finish_counts_own_queue_and_shared_threads():
         q0, q1, q2 = engine.queues
         q0.heap.extend([None] * 3)
         q2.busy = True
-        own = engine.latency.predict_wait_and_run(0, 3, False)  # 0.001 at batch 4
-        # backlog: exit 0 holds 3 at 0.001/8 each; exit 2 runs one batch of which half is left: 0.5 * 0.004.
-        backlog = 3 * 0.001 / 8 + 0.5 * 0.004
+        own = engine.latency.predict_wait_and_run(0, 3, 0)  # 0.001 at batch 4
+        # backlog: exit 0 holds 3 at 0.001/8 each; exit 2 runs one batch, counted whole: 0.004.
+        backlog = 3 * 0.001 / 8 + 0.004
         assert engine.predict_finish(0) == pytest.approx(max(own, backlog / 2 + 0.001))
+        # The busy exit's share is its batch's real size: one request at batch-1 cost, not a full batch's.
+        engine.latency.table[2, 1:] = np.linspace(0.001, 0.008, 8)
+        q2.busy_batch = 1
+        assert engine.predict_finish(0) == pytest.approx(max(own, (3 * 0.001 / 8 + 0.001) / 2 + 0.001))
+        q2.busy_batch = 8
+        assert engine.predict_finish(0) == pytest.approx(max(own, (3 * 0.001 / 8 + 0.008) / 2 + 0.001))
         q0.heap.clear()
         q2.busy = False
     finally:
