@@ -152,9 +152,15 @@ class ModelEngine(AgreementSampling):
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def calibrate_latency(self) -> None:
-        """Measure every segment at batch 1..max_batch on the inputs it really gets (blocking)."""
+        """Measure every segment at batch 1..max_batch on the inputs it really gets (blocking). On a GPU
+        provider every batch size also runs once first: cuDNN picks (by timing) a convolution algorithm for
+        each new input shape on its first run, tens of ms that would otherwise land on the first request of
+        each batch size (static batches only ever run their buckets, which their warm-up covered)."""
         x = np.zeros(self.info.input_shape, dtype=np.float32)
         for k, backend in enumerate(self.backends):
+            if getattr(backend, "device_type", "cpu") != "cpu" and not getattr(backend, "static_batches", False):
+                for b in range(1, self.cfg.max_batch + 1):
+                    backend.run(np.repeat(x[None], b, axis=0))
             self.latency.calibrate(k, backend.run, x)
             out = backend.run(x[None])
             x = out[0][0] if k < self.last else x

@@ -339,3 +339,22 @@ def test_probabilities_only_where_a_request_may_or_does_stop():
     steps = engine._compute(0, [job(2, conf=0.99)], x(2)[None])
     assert steps[0].probs is not None and steps[0].reasons == [CONFIDENCE]
     np.testing.assert_allclose(steps[0].probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_gpu_backends_run_every_batch_size_before_serving():
+    """cuDNN times its convolution algorithms on each new input shape's first run: on a GPU provider every
+    batch size runs once at start-up, so that no request pays for it; on the CPU only the calibration sizes."""
+    seen = {}
+
+    def engine_with(device_type):
+        engine = make_engine(n=2, cfg=EngineConfig(max_batch=6, monitor_fraction=0.0))
+        for k, b in enumerate(engine.backends):
+            b.device_type = device_type
+            run = b.run
+            b.run = lambda x, k=k, run=run: (seen.setdefault((device_type, k), set()).add(len(x)), run(x))[1]
+        return engine
+
+    engine_with("cuda").calibrate_latency()
+    engine_with("cpu").calibrate_latency()
+    assert seen[("cuda", 0)] == seen[("cuda", 1)] == {1, 2, 3, 4, 5, 6}
+    assert seen[("cpu", 0)] == {1, 2, 4, 6}  # the calibration's own sizes, the rest interpolated
