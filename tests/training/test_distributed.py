@@ -53,6 +53,9 @@ def _worker(rank, world, init_file, method_name, out_file, ddp=False):
         params = train(method_name, DistInfo(rank, world, rank), ddp)
         if rank == 0:
             torch.save(params, out_file)
+        # Leave together: a rank tearing gloo down while the other's is still live aborted a worker once in CI
+        # ("terminate called without an active exception", SIGABRT) on a loaded machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
