@@ -4,10 +4,15 @@
 #   .whl/small/   grpcio, protobuf, grpcio-health-checking, grpcio-reflection, prometheus-client, simplejpeg, aiohttp
 #                 with its dependencies (the Open Inference Protocol's HTTP side) (~11 MB)
 #   .whl/parts/   onnxruntime-gpu (~256 MB, built for CUDA 13) split into parts that each fit one device call
-# Then on the GPU machine, calls back to back (it keeps /tmp while warm, ~30 s idle):
-#   carry [".whl/small", ".whl/parts/part-aa"]: bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa .whl/small
-#   carry [".whl/parts/part-ab"]:               bash bench/gpu/serving_gpu.sh part .whl/parts/part-ab
-#   ... and last: carry []:                       bash bench/gpu/serving_gpu.sh run
+# Then on the GPU machine, calls back to back (it keeps /tmp while warm, ~30 s idle). With 40 MiB parts
+# (onnxruntime-gpu 1.31.1: part-aa .. part-af of 40 MiB, part-ag of 3.7 MiB), each call under 64 MiB with the
+# ~11 MB working tree:
+#   carry [".whl/parts/part-aa", ".whl/parts/NAME", ".whl/parts/SHA256"]:
+#       bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa .whl/parts/NAME .whl/parts/SHA256
+#   carry [".whl/parts/part-ab"]: bash bench/gpu/serving_gpu.sh part .whl/parts/part-ab   (and so on to part-af)
+#   last, timeout_s 600, carry [".whl/parts/part-ag", ".whl/small"]:
+#       bash bench/gpu/serving_gpu.sh part .whl/parts/part-ag .whl/small && bash bench/gpu/serving_gpu.sh run
+# The files stay in this working copy between sessions (git-ignored): if .whl/parts/SHA256 is there, skip this.
 set -eu
 cd "$(dirname "$0")/../.."
 PART_MB=${PART_MB:-40}  # the working tree (~11 MB) and .whl/small (~8 MB) travel too: 64 MiB in all per call
