@@ -65,7 +65,7 @@ class StaticBatchBackend:
     static_batches = True  # the engine always binds it: a chain's features stay in its buffers
 
     def __init__(self, path: Path, device: str, max_batch: int, previous: StaticBatchBackend | None = None,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, tf32: bool | None = None):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -83,7 +83,10 @@ class StaticBatchBackend:
         if device == "cuda":
             # A graph replays fixed addresses: ONNX Runtime's memory-pattern planner must not move them.
             opts.enable_mem_pattern = False
-            providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1" if self.cuda_graphs else "0"})]
+            options = {"enable_cuda_graph": "1" if self.cuda_graphs else "0"}
+            if tf32 is not None:  # as OnnxRuntimeBackend's tf32
+                options["use_tf32"] = str(int(tf32))
+            providers = [("CUDAExecutionProvider", options)]
         else:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -190,11 +193,12 @@ class StaticBatchBackend:
                         out[0].release()
 
 
-def static_chain(paths: list[Path], device: str, max_batch: int, cuda_graphs: bool | None = None) -> list[StaticBatchBackend]:
+def static_chain(paths: list[Path], device: str, max_batch: int, cuda_graphs: bool | None = None,
+                 tf32: bool | None = None) -> list[StaticBatchBackend]:
     """One StaticBatchBackend per segment, each chained to the one before, warmed."""
     chain: list[StaticBatchBackend] = []
     for path in paths:
-        chain.append(StaticBatchBackend(path, device, max_batch, chain[-1] if chain else None, cuda_graphs))
+        chain.append(StaticBatchBackend(path, device, max_batch, chain[-1] if chain else None, cuda_graphs, tf32))
     for backend in chain:
         backend.warm()
     return chain

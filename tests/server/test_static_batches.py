@@ -186,3 +186,24 @@ def test_static_batches_refuse_what_they_cannot_run(tiny_repo):
         static_chain(onnx, "auto", 4)
     with pytest.raises(RuntimeError, match="needs onnxruntime-gpu"):
         static_chain(onnx, "cuda", 4)
+
+
+def test_cuda_provider_options_ask_for_graphs_and_the_tf32_choice(tiny_repo, monkeypatch):
+    """What the CUDA provider is asked for (it cannot run here: the session falls back to the CPU, which the
+    backends then refuse by name): CUDA graphs for static batches, and TF32 on, off or left to the default."""
+    import onnxruntime as ort
+
+    onnx = load_manifest(tiny_repo / "tiny").exits[0].onnx
+    asked, real = [], ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda path, opts, providers: (asked.append(providers), real(path, opts, providers=["CPUExecutionProvider"]))[1])
+    for tf32 in (False, True, None):
+        with pytest.raises(RuntimeError, match="fell back to the CPU"):
+            OnnxRuntimeBackend(onnx, device="cuda", tf32=tf32)
+    with pytest.raises(RuntimeError, match="fell back to the CPU"):
+        static_chain([onnx], "cuda", 4, tf32=False)
+    assert asked == [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
+                     [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"],
+                     ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                     [("CUDAExecutionProvider", {"enable_cuda_graph": "1", "use_tf32": "0"})]]
