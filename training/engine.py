@@ -32,12 +32,20 @@ class Progress:
             print(f"{self.label} {done}/{self.total} {extra}", file=sys.stderr, flush=True)
 
 
+# The first batches of a run carry one-off costs: torch.compile's compilation (a minute or more), CUDA-graph
+# capture, the allocator's growth. Throughput is measured after them (the speed that sizes a schedule), and
+# also reported with them.
+WARMUP_BATCHES = 10
+
+
 def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False,
                     ema=None) -> dict:
-    """One pass; losses are summed on the device and read only for progress lines and at the end, so the
-    host never waits for the device between steps (issue 10)."""
+    """One pass; losses are summed on the device and read only for progress lines, once after the warm-up
+    batches and at the end, so the host never waits for the device between steps (issue 10)."""
     method.model.train()
     sums, images, seen, start = None, 0, 0, time.perf_counter()
+    warmup = min(WARMUP_BATCHES, num_batches // 4)
+    steady_start, steady_images = start, 0
     progress = Progress(num_batches, label)
     for i, (x, y) in enumerate(batches, 1):
         losses = method.step(x, y)  # (outputs,) on the device
@@ -47,11 +55,17 @@ def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: 
         sums = weighted if sums is None else sums + weighted
         images += len(y)
         seen = i
+        if i == warmup:
+            float(losses[-1])  # one wait for the device, so the steady clock starts with nothing queued
+            steady_start, steady_images = time.perf_counter(), images
         if not quiet and progress.due(i):
             progress.update(i, f"loss {float(losses[-1]):.3f} {images / (time.perf_counter() - start):.0f} img/s")
     loss = (sums / max(images, 1)).tolist() if sums is not None else [0.0] * method.model.num_outputs
-    elapsed = time.perf_counter() - start
-    return {"loss": loss, "images_per_s": images / elapsed, "train_s": elapsed, "batches": seen}
+    end = time.perf_counter()  # after the read above, which waited for the device
+    elapsed = end - start
+    steady = (images - steady_images) / (end - steady_start) if images > steady_images else images / elapsed
+    return {"loss": loss, "images_per_s": steady, "images_per_s_with_warmup": images / elapsed,
+            "warmup_batches": warmup if images > steady_images else 0, "train_s": elapsed, "batches": seen}
 
 
 @torch.no_grad()

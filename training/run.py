@@ -213,6 +213,7 @@ def main(args) -> dict:
         test = evaluate(judged, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
                         autocast)
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
+                   "images_per_s_with_warmup": stats["images_per_s_with_warmup"],
                    "train_s": stats["train_s"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
                    "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"], "time": time.time()}
         with open(out / "metrics.jsonl", "a") as f:
