@@ -68,6 +68,17 @@ if [ -z "$RESUME" ]; then
   # 1. Speed: one run alone, then as many side by side as we mean to start, for PROBE_BATCHES batches.
   python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
     --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+  if [ ! -s "$RUNS/probe1/metrics.jsonl" ] && [ -n "${EXTRA// /}" ]; then
+    # torch.compile needs Triton and a C compiler on the machine; without them, train uncompiled rather than not.
+    { echo "probe with '$EXTRA' failed; measuring and training without it. Its log ends:"; tail -n 5 "$RUNS/probe1.log"; } \
+      | tee "$RUNS/extra_failed.txt"
+    EXTRA=" "
+    rm -rf "$RUNS/probe1"
+    python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" \
+      --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+  fi
+  [ -s "$RUNS/probe1/metrics.jsonl" ] || { echo "the speed probe failed:"; tail -n 20 "$RUNS/probe1.log"; exit 1; }
+  echo "$EXTRA" > "$RUNS/extra.txt"  # a RESUME call trains with the same flags
   alone=$(python3 -c "import json; print(json.loads(open('$RUNS/probe1/metrics.jsonl').readlines()[-1])['images_per_s'])")
   for n in ${!order[@]}; do
     python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
@@ -103,6 +114,7 @@ print(*best)")
   echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt"
 else
   read -r NRUNS EPOCHS < "$RUNS/plan.txt"
+  [ -f "$RUNS/extra.txt" ] && EXTRA=$(cat "$RUNS/extra.txt")
 fi
 echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS/speed.txt"
 
