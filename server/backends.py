@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,23 @@ PROVIDER_PREFERENCE = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+_cuda_libraries_loaded = False
+
+
+def load_cuda_libraries(ort) -> None:
+    """Once per process, before a CUDA provider's first session: ONNX Runtime's own `preload_dlls` loads the
+    CUDA and cuDNN libraries from NVIDIA's pip packages (where PyTorch's CUDA wheels put them), so the server
+    finds them without LD_LIBRARY_PATH. Without those packages, the system's loader paths apply as before."""
+    global _cuda_libraries_loaded
+    if _cuda_libraries_loaded or not hasattr(ort, "preload_dlls"):
+        return
+    _cuda_libraries_loaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # noqa: BLE001 - best effort: the session's own loading says what is missing
+        logging.getLogger("auxnet.server").info("onnxruntime.preload_dlls: %s: %s", type(e).__name__, e)
 
 
 class OnnxRuntimeBackend:
@@ -46,6 +64,8 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         first = wanted[0]
+        if "CUDAExecutionProvider" in wanted:
+            load_cuda_libraries(ort)
         if tf32 is not None:
             wanted = [(p, {"use_tf32": str(int(tf32))}) if p == "CUDAExecutionProvider" else p for p in wanted]
         self.session = ort.InferenceSession(str(path), opts, providers=wanted)

@@ -81,6 +81,9 @@ class StaticBatchBackend:
         opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if device == "cuda":
+            from server.backends import load_cuda_libraries
+
+            load_cuda_libraries(ort)
             # A graph replays fixed addresses: ONNX Runtime's memory-pattern planner must not move them.
             opts.enable_mem_pattern = False
             options = {"enable_cuda_graph": "1" if self.cuda_graphs else "0"}

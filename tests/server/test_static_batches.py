@@ -190,11 +190,18 @@ def test_static_batches_refuse_what_they_cannot_run(tiny_repo):
 
 def test_cuda_provider_options_ask_for_graphs_and_the_tf32_choice(tiny_repo, monkeypatch):
     """What the CUDA provider is asked for (it cannot run here: the session falls back to the CPU, which the
-    backends then refuse by name): CUDA graphs for static batches, and TF32 on, off or left to the default."""
+    backends then refuse by name): CUDA graphs for static batches, TF32 on, off or left to the default, and
+    ONNX Runtime's preload of the CUDA libraries once."""
     import onnxruntime as ort
 
+    import server.backends as backends
+
     onnx = load_manifest(tiny_repo / "tiny").exits[0].onnx
-    asked, real = [], ort.InferenceSession
+    preloads, asked, real = [], [], ort.InferenceSession
+    monkeypatch.setattr(backends, "_cuda_libraries_loaded", False)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
+    OnnxRuntimeBackend(onnx, device="cpu")
+    assert preloads == []  # the CPU provider needs no CUDA libraries
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession",
                         lambda path, opts, providers: (asked.append(providers), real(path, opts, providers=["CPUExecutionProvider"]))[1])
@@ -207,3 +214,4 @@ def test_cuda_provider_options_ask_for_graphs_and_the_tf32_choice(tiny_repo, mon
                      [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"],
                      ["CUDAExecutionProvider", "CPUExecutionProvider"],
                      [("CUDAExecutionProvider", {"enable_cuda_graph": "1", "use_tf32": "0"})]]
+    assert preloads == [1]  # CUDA and cuDNN loaded from NVIDIA's pip packages once, before the first CUDA session
