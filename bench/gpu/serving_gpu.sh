@@ -25,7 +25,10 @@ if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse th
   name=$(cat /tmp/whl/NAME 2>/dev/null || cat .whl/parts/NAME)
   cat /tmp/whl/part-* > "/tmp/$name" || exit 1
   (cd /tmp && sha256sum -c /tmp/whl/SHA256 2>/dev/null || sha256sum -c "$OLDPWD/.whl/parts/SHA256") || { echo "wheel parts incomplete"; exit 1; }
-  python3 -m pip install -q --no-deps --target /tmp/pydeps "/tmp/$name" /tmp/whl/small/*.whl || exit 1
+  if ! python3 -m pip install -q --no-deps --target /tmp/pydeps "/tmp/$name" /tmp/whl/small/*.whl; then
+    # No pip on the machine: a wheel is a zip of what --target would write (these carry no .data scripts).
+    for w in "/tmp/$name" /tmp/whl/small/*.whl; do python3 -m zipfile -e "$w" /tmp/pydeps || exit 1; done
+  fi
   export PYTHONPATH=/tmp/pydeps:${PYTHONPATH:-}  # shadows the image's CPU onnxruntime and older grpc/protobuf
   export LD_LIBRARY_PATH=$(python3 -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))))" 2>/dev/null):${LD_LIBRARY_PATH:-}
   python3 -c "import onnxruntime, grpc, google.protobuf, simplejpeg, aiohttp; print('installed and imported from /tmp/pydeps:', onnxruntime.__file__, grpc.__version__)" || exit 1
