@@ -20,7 +20,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 from bench.overload import open_loop
-from bench.serving import load_test_images
+from bench.serving import exit_on_sigterm, load_test_images
 from server.client import Client
 from server.demo import ROOT, start_server
 from server.loadgen import closed_loop_procs, summarise
@@ -55,6 +55,7 @@ def row(name, results, sent_s, labels, exits, budget_ms):
 
 
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serving import load_test_images
+from bench.serving import exit_on_sigterm, load_test_images
 from server.demo import ROOT, start_server
 from server.loadgen import closed_loop, closed_loop_procs
 
@@ -76,6 +76,7 @@ def measure(hook_dir: str, env: dict, images: list[bytes], args) -> dict:
 
 
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))

@@ -87,7 +87,17 @@ def raw_static(model_dir, batch: int, seconds: float = 5.0, device: str = "cpu")
     return images_per_s(run, batch, seconds)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) raises SystemExit, so `finally` stops the server this bench started
+    instead of leaving it running behind the next measurement."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main() -> None:
+    exit_on_sigterm()
     p = argparse.ArgumentParser()
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))

@@ -72,7 +72,8 @@ def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, 
                     results.extend(res)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    # Daemon threads: a bench stopped by SIGTERM (see bench/serving.py exit_on_sigterm) must not wait for them.
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for th in threads:
         th.start()
     for th in threads:

@@ -44,7 +44,7 @@ rc=$?; tail -n 5 "$OUT/check.log"
 cores=$(nproc)
 serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS
   threads=$(( cores / (2 * $2) > 0 ? cores / (2 * $2) : 1 ))
-  timeout 150 python3 -m bench.serving --requests "$REQUESTS" --concurrency 64 --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) \
+  timeout --kill-after=10 150 python3 -m bench.serving --requests "$REQUESTS" --concurrency 64 --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) \
     --server-args "--device $DEVICE --workers $2 --threads $threads --max-batch 64 $3" --max-batch 64 \
     --raw-device "$DEVICE" --raw-threads 1 --budgets-ms 2 5 $4 \
     --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/serving_$1.md" 2>&1
@@ -61,10 +61,10 @@ else
 fi
 # 3. The server's own CPU per image with the compute removed: one process's ceiling on this host's cores.
 #    4. Then the latency target: Poisson arrivals at 70% of the calibrated policy's capacity, 5 ms budget.
-timeout 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
+timeout --kill-after=10 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
   --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) --server-args "--workers ${COST_WORKERS:-1}" \
   --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/cost_and_budget.md" 2>&1
-timeout 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
+timeout --kill-after=10 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
   --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
   --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64" \
   --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
