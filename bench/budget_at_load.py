@@ -20,9 +20,9 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 from bench.overload import open_loop
-from bench.serving import exit_on_sigterm, load_test_images
+from bench.serving import add_image_args, exit_on_sigterm, load_test_images
 from server.client import Client
-from server.demo import ROOT, start_server
+from server.demo import start_server
 from server.loadgen import closed_loop_procs, summarise
 
 
@@ -57,9 +57,7 @@ def row(name, results, sent_s, labels, exits, budget_ms):
 def main() -> None:
     exit_on_sigterm()
     p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
-    p.add_argument("--per-class", type=int, default=50)
+    add_image_args(p, per_class=50)
     p.add_argument("--budget-ms", type=float, default=5.0)
     p.add_argument("--load", type=float, default=0.7, help="offered rate as a fraction of the measured capacity")
     p.add_argument("--seconds", type=float, default=10.0)

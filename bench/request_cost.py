@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serving import exit_on_sigterm, load_test_images
-from server.demo import ROOT, start_server
+from bench.serving import add_image_args, exit_on_sigterm, load_test_images
+from server.demo import start_server
 from server.loadgen import closed_loop, closed_loop_procs
 
 HOOK = '''
@@ -78,9 +78,7 @@ def measure(hook_dir: str, env: dict, images: list[bytes], args) -> dict:
 def main() -> None:
     exit_on_sigterm()
     p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
-    p.add_argument("--per-class", type=int, default=50)
+    add_image_args(p, per_class=50)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--rounds", type=int, default=3)

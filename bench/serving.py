@@ -96,12 +96,17 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def add_image_args(p: argparse.ArgumentParser, per_class: int) -> None:
+    """The model repository and the labelled test images a serving bench sends (shared by the benches)."""
+    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
+    p.add_argument("--per-class", type=int, default=per_class)
+
+
 def main() -> None:
     exit_on_sigterm()
     p = argparse.ArgumentParser()
-    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
-    p.add_argument("--per-class", type=int, default=100)
+    add_image_args(p, per_class=100)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--max-batch", type=int, default=32)
