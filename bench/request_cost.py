@@ -4,11 +4,14 @@ image is the ceiling of one server process on an accelerator that computes in no
 close to for this small network), and what per-request work has to shrink for a GPU to be kept busy.
 
     python -m bench.request_cost [--rounds 3] [--requests 3000] [--concurrency 16] [--server-args '--workers 2']
-                                 [--client-procs 1] [--images-per-request 1]
+                                 [--client-procs 1] [--images-per-request 1] [--compare-server-args ARGS ...] [--compute-us 0]
 
 Variants, alternated in every round: JPEGs decoded directly by libjpeg-turbo (the default) and through
-Pillow only (what the server did before). The compute is replaced in the server processes (every worker
-of --workers N) by a sitecustomize module this script writes; nothing in the server knows about it.
+Pillow only (what the server did before); or, with --compare-server-args, the server as given against the
+server with each set of flags added (e.g. '--inline-compute-ms 0'), all decoding directly. The compute is
+replaced in the server processes (every worker of --workers N) by a sitecustomize module this script
+writes; nothing in the server knows about it. --compute-us N makes each run first sleep N us (GIL released,
+no CPU): what waiting for an accelerator looks like to the server.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ if os.environ.get("AUXNET_BENCH_NULL_COMPUTE"):
         _init(self, *a, **k)
         self._null_shapes = [tuple(o.shape[1:]) for o in self.session.get_outputs()]
     backends.OnnxRuntimeBackend.__init__ = _null_init
-    backends.OnnxRuntimeBackend.run = lambda self, x: [np.zeros((len(x), *s), np.float32) for s in self._null_shapes]
+    _wait_s = float(os.environ.get("AUXNET_BENCH_COMPUTE_US", "0")) / 1e6
+    def _null_run(self, x):
+        if _wait_s:
+            import time
+            time.sleep(_wait_s)  # the GIL released, no CPU used: waiting for an accelerator, as the server sees it
+        return [np.zeros((len(x), *s), np.float32) for s in self._null_shapes]
+    backends.OnnxRuntimeBackend.run = _null_run
 if os.environ.get("AUXNET_BENCH_PILLOW_ONLY"):
     import server.decode
     server.decode.simplejpeg = None
 '''
-VARIANTS = {"JPEG decoded directly (libjpeg-turbo)": {}, "JPEG through Pillow only": {"AUXNET_BENCH_PILLOW_ONLY": "1"}}
+DECODE_VARIANTS = {"JPEG decoded directly (libjpeg-turbo)": {},
+                   "JPEG through Pillow only": {"env": {"AUXNET_BENCH_PILLOW_ONLY": "1"}}}
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -58,10 +68,11 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def measure(hook_dir: str, env: dict, images: list[bytes], args) -> dict:
-    env = {"PYTHONPATH": hook_dir, "AUXNET_BENCH_NULL_COMPUTE": "1", **env}
-    proc, target, _ = start_server(args.repo, ["--monitor-fraction", "0", "--http-port", "-1", *args.server_args.split()],
-                                   quiet=True, env=env)
+def measure(hook_dir: str, variant: dict, images: list[bytes], args) -> dict:
+    env = {"PYTHONPATH": hook_dir, "AUXNET_BENCH_NULL_COMPUTE": "1", "AUXNET_BENCH_COMPUTE_US": str(args.compute_us),
+           **variant.get("env", {})}
+    extra = [*args.server_args.split(), *variant.get("server_args", [])]
+    proc, target, _ = start_server(args.repo, ["--monitor-fraction", "0", "--http-port", "-1", *extra], quiet=True, env=env)
     try:
         closed_loop(target, images[:64], args.concurrency, 300)  # warm-up
         cpu0, t0 = tree_cpu_s(proc.pid), time.perf_counter()
@@ -85,20 +96,27 @@ def main() -> None:
     p.add_argument("--server-args", default="", help="extra server flags, e.g. '--workers 2'")
     p.add_argument("--client-procs", type=int, default=1, help="client processes sharing --concurrency")
     p.add_argument("--images-per-request", type=int, default=1, help="N > 1: ClassifyBatch calls of N images")
+    p.add_argument("--compute-us", type=float, default=0.0,
+                   help="each segment run sleeps this long instead (no CPU, GIL released: an accelerator's wait)")
+    p.add_argument("--compare-server-args", nargs="+",
+                   help="compare the server with each of these sets of flags added, not the two decoders")
     args = p.parse_args()
+    variants = DECODE_VARIANTS if args.compare_server_args is None else {
+        f"server args '{args.server_args}'": {},
+        **{f"with '{extra}'": {"server_args": extra.split()} for extra in args.compare_server_args}}
     images, _ = load_test_images(args.data, args.per_class)
     hook_dir = tempfile.mkdtemp()
     Path(hook_dir, "sitecustomize.py").write_text(HOOK)
-    runs = {name: [] for name in VARIANTS}
+    runs = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, env in VARIANTS.items():
-            runs[name].append(measure(hook_dir, env, images, args))
+        for name, variant in variants.items():
+            runs[name].append(measure(hook_dir, variant, images, args))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by the server and "
           f"{args.concurrency} client threads in {args.client_procs} process(es), {args.images_per_request} image(s) per "
           f"request; server args '{args.server_args}'; "
-          "segments' compute replaced by zeros; "
+          f"segments' compute replaced by zeros after a {args.compute_us:g} us sleep; "
           f"{len(images)} CIFAR-10 test JPEGs, {args.requests} images a round, {args.rounds} alternating rounds (medians)")
-    print("| decode | img/s (per round) | server CPU ms/img (per round) | errors |")
+    print("| variant | img/s (per round) | server CPU ms/img (per round) | errors |")
     print("|---|---:|---:|---:|")
     for name, rs in runs.items():
         ips = " ".join(f"{r['ips']:.0f}" for r in rs)

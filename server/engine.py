@@ -61,6 +61,13 @@ class EngineConfig:
     # Keep features in the backend's memory along a chain of segments (IOBinding, issue 12). "auto": only
     # where that memory is a device's; on CPU the features are host arrays anyway and binding costs ~5%.
     io_binding: bool | str = "auto"
+    # A segment run the latency model predicts at most this long runs on the event loop's own thread, not a
+    # segment thread: no hand-off there and back, 20-40% less server CPU per image when runs are short (an
+    # accelerator's), but the loop serves no I/O while it waits for the run, so one process's throughput drops
+    # unless runs are far shorter than its per-batch work (bench/RESULTS.md §14). For when cores are the limit
+    # (several --workers). An inline chain stops before a segment that would take it past this limit. 0 (the
+    # default): every run goes to a segment thread.
+    inline_compute_ms: float = 0.0
 
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -327,8 +334,15 @@ class ModelEngine(AgreementSampling):
                 if not jobs:
                     continue
                 q.busy, q.busy_batch, q.running = True, len(jobs), jobs
+                inline = self._runs_inline(k, len(jobs))
                 try:
-                    steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, np.stack([j.x for j in jobs]))
+                    x = np.stack([j.x for j in jobs])
+                    if inline:
+                        steps = self._compute(k, jobs, x, inline_limit_s=self.cfg.inline_compute_ms / 1000)
+                        for step in steps:
+                            self._metric(self.metrics.inline_runs, self.info.name, str(step.k)).inc()
+                    else:
+                        steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, x)
                     q.busy = False
                     self._apply_all(steps)
                     q.running = []
@@ -339,6 +353,8 @@ class ModelEngine(AgreementSampling):
                     self._fail(k, jobs, e)
                 finally:
                     q.busy = False
+                if inline:
+                    await asyncio.sleep(0)  # let the loop serve I/O between batches run on its thread
             if all(not qi.heap and not qi.busy for qi in self.queues):
                 self._quiet.set()
 
@@ -353,12 +369,20 @@ class ModelEngine(AgreementSampling):
             if not j.future.done():
                 j.future.set_exception(RuntimeError(f"exit {failed} failed: {type(e).__name__}: {e}"))
 
-    def _compute(self, k: int, jobs: list[Job], x: np.ndarray) -> list[Step]:
+    def _runs_inline(self, k: int, batch: int) -> bool:
+        """Whether segment k's run of `batch` requests is short enough to run on the event loop's thread."""
+        limit_s = self.cfg.inline_compute_ms / 1000
+        return limit_s > 0 and self.latency.predict(k, batch) <= limit_s
+
+    def _compute(self, k: int, jobs: list[Job], x: np.ndarray, inline_limit_s: float | None = None) -> list[Step]:
         """In a pool thread: run segment k on the batch and decide each request's exit. While every request
         of the batch goes on, nobody waits at this worker's exit and the next exit is idle, run the next
         segment here too: no hop through the event loop, no thread hand-off, features never leave this call
-        (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work."""
+        (issue 12). A batch in which any request stops returns at once, so no answer waits for others' work.
+        On the event loop's thread instead (`inline_limit_s`, see EngineConfig.inline_compute_ms), the chain
+        also stops before a segment that would take this call past that limit."""
         origin, steps = k, []
+        started = time.perf_counter()
         lease = None  # a static-batch segment's features, still in its buffers (server/static_batches.py)
         try:
             while True:
@@ -389,6 +413,9 @@ class ModelEngine(AgreementSampling):
                 if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
                         or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
                     break
+                if inline_limit_s is not None and \
+                        time.perf_counter() - started + self.latency.predict(nxt, len(jobs)) > inline_limit_s:
+                    break  # the loop has been held long enough: the next exit's worker takes the batch up
                 if k != origin:
                     self.queues[k].busy = False
                 self.queues[nxt].busy, self.queues[nxt].busy_batch = True, len(jobs)

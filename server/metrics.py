@@ -32,6 +32,9 @@ class Metrics:
                                          ["model", "exit"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per segment run", ["model", "exit"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.inline_runs = Counter(f"{PREFIX}_inline_segment_runs", "Segment runs on the event loop's thread (predicted "
+                                   "within --inline-compute-ms), not handed to a segment thread", ["model", "exit"],
+                                   registry=r)
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for a segment", ["model", "exit"],
                                  registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Admitted requests not yet answered", ["model"],

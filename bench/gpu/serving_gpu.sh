@@ -42,18 +42,22 @@ rc=$?; tail -n 5 "$OUT/check.log"
 # 2. The serving bench per worker count: enough client processes to saturate (the machine has 16 cores).
 #    Then the same on static buffers (CUDA graphs), if the check found them correct: one worker, and the most.
 cores=$(nproc)
-serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS
+rm -f "$OUT"/serving_*.md  # serve appends (a rehearsal's OUT may hold an earlier run's tables)
+serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS: appends to $OUT/serving_NAME.md
   threads=$(( cores / (2 * $2) > 0 ? cores / (2 * $2) : 1 ))
   timeout --kill-after=10 150 python3 -m bench.serving --requests "$REQUESTS" --concurrency 64 --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) \
     --server-args "--device $DEVICE --workers $2 --threads $threads --max-batch 64 $3" --max-batch 64 \
     --raw-device "$DEVICE" --raw-threads 1 --budgets-ms 2 5 $4 \
-    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/serving_$1.md" 2>&1
+    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/serving_$1.md" 2>&1
   tail -n 10 "$OUT/serving_$1.md"
 }
 for w in $WORKERS; do serve "w$w" "$w" "" ""; done
 # Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
 #    64 clients x 16 images in flight: the server's admission limit raised to match.
 serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024" "--images-per-request 16"
+#    The same with short runs on the event loop's thread (--inline-compute-ms, RESULTS §14: less server CPU,
+#    less overlap), into the same file (the tool returns at most 8).
+serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024 --inline-compute-ms 1" "--images-per-request 16"
 if python3 -c "import json, sys; sys.exit(0 if json.load(open('/tmp/check.json'))['static']['ok'] else 1)"; then
   for w in $STATIC_WORKERS; do serve "static_w$w" "$w" "--static-batches" "--raw-static"; done
 else
