@@ -62,7 +62,7 @@ class EngineConfig:
     # where that memory is a device's; on CPU the features are host arrays anyway and binding costs ~5%.
     io_binding: bool | str = "auto"
     # A segment run the latency model predicts at most this long runs on the event loop's own thread, not a
-    # segment thread: no hand-off there and back, 20-40% less server CPU per image when runs are short (an
+    # segment thread: no hand-off there and back, 20-44% less server CPU per image when runs are short (an
     # accelerator's), but the loop serves no I/O while it waits for the run, so one process's throughput drops
     # unless runs are far shorter than its per-batch work (bench/RESULTS.md §14). For when cores are the limit
     # (several --workers). An inline chain stops before a segment that would take it past this limit. 0 (the
