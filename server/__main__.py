@@ -44,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline-compute-ms", type=float, default=0.0,
                    help="run a segment batch predicted at most this long on the event loop's thread: less server CPU "
                         "per image for an accelerator's short runs, less overlap (RESULTS §14); 0 = off")
+    p.add_argument("--finish-margin-quantile", type=float, default=0.9,
+                   help="budgets: add this quantile of recent finish-prediction errors to each prediction (0 = off)")
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-message-mb", type=float, default=16)
@@ -79,7 +81,8 @@ async def serve(args) -> int:
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
                             monitor_fraction=args.monitor_fraction,
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
-                            monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms),
+                            monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
+                            finish_margin_quantile=args.finish_margin_quantile),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)
@@ -118,6 +121,8 @@ def main() -> int:
         parser.error(f"--monitor-fraction {args.monitor_fraction} must be in [0, 1]")
     if args.monitor_false_alarm_samples <= 1:
         parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples} must be more than 1")
+    if not 0 <= args.finish_margin_quantile < 1:
+        parser.error(f"--finish-margin-quantile {args.finish_margin_quantile} must be in [0, 1)")
     if args.inline_compute_ms < 0:
         parser.error(f"--inline-compute-ms {args.inline_compute_ms} must be 0 (off) or more")
     if args.workers < 1:

@@ -24,7 +24,7 @@ import numpy as np
 
 from server.backends import Backend, to_host
 from server.errors import DeadlineExceeded, InvalidInput, NotServing, QueueFull
-from server.latency import LatencyModel
+from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
 from server.policy import FINAL, stop_reason
@@ -68,6 +68,9 @@ class EngineConfig:
     # (several --workers). An inline chain stops before a segment that would take it past this limit. 0 (the
     # default): every run goes to a segment thread.
     inline_compute_ms: float = 0.0
+    # Add to each "does the next segment fit the budget" prediction this quantile of how late segments have
+    # recently finished against their prediction (server/latency.py FinishError); 0 turns the correction off.
+    finish_margin_quantile: float = 0.9
 
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -89,6 +92,7 @@ class Job:
     use_policy: bool = False  # thresholds from the model's calibrated policy instead of min_confidence
     seq: int = 0
     drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
+    predicted_finish: float | None = None  # when it went on with a budget: its next segment's predicted end
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
@@ -134,6 +138,7 @@ class ModelEngine(AgreementSampling):
         self.threads = max(1, threads)  # the executor's size: segment runs of all exits share these threads
         self.last = len(info.exits) - 1
         self.latency = LatencyModel(len(info.exits), cfg.max_batch)
+        self.finish_error = FinishError(cfg.finish_margin_quantile) if cfg.finish_margin_quantile > 0 else None
         self.queues: list[ExitQueue] = []
         self.workers: list[asyncio.Task] = []
         self.inflight = 0
@@ -361,6 +366,8 @@ class ModelEngine(AgreementSampling):
     def _apply_all(self, steps: list[Step]) -> None:
         for i, step in enumerate(steps):
             self._apply(step, last=i == len(steps) - 1)
+        if self.finish_error is not None:
+            self._metric(self.metrics.finish_margin, self.info.name).set(self.finish_error.margin(time.monotonic()))
 
     def _fail(self, k: int, jobs: list[Job], e: Exception) -> None:
         failed = getattr(e, "exit_index", k)
@@ -405,6 +412,7 @@ class ModelEngine(AgreementSampling):
                 needed = k == self.last or any(t is not None for t in thresholds)
                 probs = calibrated(outputs[-1], self.info.exits[k].temperature) if needed else None
                 now = time.monotonic()
+                self._observe_finish(jobs, now)
                 reasons = self._decide(k, jobs, probs, thresholds, now)
                 if probs is None and any(r is not None for r in reasons):  # budget or max_exit: the answer's
                     probs = calibrated(outputs[-1], self.info.exits[k].temperature)
@@ -456,6 +464,14 @@ class ModelEngine(AgreementSampling):
             return False
         return self.cfg.io_binding is True or getattr(backend, "device_type", "cpu") != "cpu"
 
+    def _observe_finish(self, jobs: list[Job], now: float) -> None:
+        """Segment computed at `now`: how late against the prediction that let each timed request go on."""
+        for job in jobs:
+            if job.predicted_finish is not None:
+                if self.finish_error is not None:
+                    self.finish_error.observe(now - job.predicted_finish, now)
+                job.predicted_finish = None
+
     def _decide(self, k: int, jobs: list[Job], probs: np.ndarray | None, thresholds: list[float | None],
                 now: float) -> list[str | None]:
         """Why each request stops at exit k (server/policy.py), or None to go on. `probs` may be None when no
@@ -465,12 +481,15 @@ class ModelEngine(AgreementSampling):
         confidence = probs.max(axis=1) if probs is not None else np.zeros(len(jobs))
         # Only a request with a budget or deadline needs the prediction (its cost is ~20 us a segment: issue 12).
         timed = any(job.budget_end is not None or job.deadline is not None for job in jobs)
-        next_estimate = self.predict_finish(k + 1) if timed else 0.0
+        predicted = self.predict_finish(k + 1) if timed else 0.0
+        margin = self.finish_error.margin(now) if timed and self.finish_error is not None else 0.0
         reasons = []
         for i, job in enumerate(jobs):
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
             reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), thresholds[i], now,
-                                       next_estimate, end))
+                                       predicted + margin, end))
+            if reasons[-1] is None and end is not None:
+                job.predicted_finish = now + predicted  # judged when it is computed there (uncorrected: no feedback)
         return reasons
 
     def _apply(self, step: Step, last: bool) -> None:

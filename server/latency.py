@@ -4,6 +4,7 @@ online (EWMA), used to predict whether the next segment fits a request's budget.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -49,3 +50,40 @@ class LatencyModel:
     def predict_wait_and_run(self, k: int, queued: int, running: int) -> float:
         """Time for a request joining exit k's queue behind `queued` others to have its segment done."""
         return self.predict_wait(k, queued, running) + self.predict(k, queued % self.max_batch + 1)
+
+
+class FinishError:
+    """How late segments finish against the engine's prediction, over the last `window` requests that went on
+    with a budget or deadline: observed finish minus predicted finish (seconds; negative = early). What the
+    latency model cannot see (the event loop's and threads' scheduling delays between segments, other
+    processes on the same cores) shows up here, and its `quantile` is added to every later prediction that
+    decides whether a budget allows another segment: a budget promises a tail, so the correction is the
+    tail of the error, not its mean. Thread-safe: segment threads observe, the deciding thread reads."""
+
+    MIN_SAMPLES = 32  # fewer: no correction yet (a start-up guess would be noise)
+    REFRESH = 16  # recompute the quantile every this many observations, not on every read
+    # Observations only come from requests that went on. A margin so large that every budgeted request stops
+    # would never be revised; so with no observation for this long the errors are forgotten (margin 0).
+    STALE_S = 1.0
+
+    def __init__(self, quantile: float, window: int = 256):
+        self.quantile = quantile
+        self.errors = np.zeros(window)
+        self.count = 0
+        self.margin_s = 0.0
+        self.last_s = 0.0  # time.monotonic() of the last observation
+        self._lock = threading.Lock()
+
+    def observe(self, error_s: float, now: float) -> None:
+        with self._lock:
+            if now - self.last_s > self.STALE_S:
+                self.count, self.margin_s = 0, 0.0
+            self.last_s = now
+            self.errors[self.count % len(self.errors)] = error_s
+            self.count += 1
+            if self.count >= self.MIN_SAMPLES and self.count % self.REFRESH == 0:
+                self.margin_s = float(np.quantile(self.errors[:min(self.count, len(self.errors))], self.quantile))
+
+    def margin(self, now: float) -> float:
+        """Seconds to add to a finish prediction made at `now`."""
+        return self.margin_s if now - self.last_s <= self.STALE_S else 0.0

@@ -35,6 +35,9 @@ class Metrics:
         self.inline_runs = Counter(f"{PREFIX}_inline_segment_runs", "Segment runs on the event loop's thread (predicted "
                                    "within --inline-compute-ms), not handed to a segment thread", ["model", "exit"],
                                    registry=r)
+        self.finish_margin = Gauge(f"{PREFIX}_finish_margin_seconds", "Added to each budget's prediction of the next "
+                                   "segment's finish: a recent high quantile of how late segments finished against it",
+                                   ["model"], registry=r, multiprocess_mode="livemax")
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for a segment", ["model", "exit"],
                                  registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Admitted requests not yet answered", ["model"],

@@ -68,8 +68,11 @@ fi
 timeout --kill-after=10 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
   --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) --server-args "--workers ${COST_WORKERS:-1}" \
   --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/cost_and_budget.md" 2>&1
-timeout --kill-after=10 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
-  --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
-  --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64" \
-  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
-tail -n 9 "$OUT/cost_and_budget.md"
+#    With the finish-prediction margin (the default, RESULTS §15), then without it (--finish-margin-quantile 0).
+for margin in "" "--finish-margin-quantile 0"; do
+  timeout --kill-after=10 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
+    --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
+    --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64 $margin" \
+    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
+done
+tail -n 14 "$OUT/cost_and_budget.md"
