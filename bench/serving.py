@@ -96,6 +96,35 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def start_profile(pid: int, out: str):
+    """py-spy sampling process `pid` into `out` (raw stacks) until stop_profile; None, said why, if it cannot
+    (no py-spy on PATH, no ptrace permission): a profile is extra, never a reason to lose the measurement."""
+    import shutil
+    import subprocess
+
+    spy = os.environ.get("AUXNET_PY_SPY") or shutil.which("py-spy")
+    if not spy:
+        print("profile: no py-spy on PATH (or AUXNET_PY_SPY)")
+        return None
+    log = open(out + ".log", "w")
+    proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", out, "--nonblocking"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # attaching takes a moment; a refusal ends it at once
+    if proc.poll() is not None:
+        print(f"profile: py-spy exited with code {proc.returncode}: {open(out + '.log').read()[-300:]}")
+        return None
+    return proc
+
+
+def stop_profile(spy) -> None:
+    """Stop sampling; py-spy writes the profile on SIGINT."""
+    import signal
+
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+
 def add_image_args(p: argparse.ArgumentParser, per_class: int) -> None:
     """The model repository and the labelled test images a serving bench sends (shared by the benches)."""
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
@@ -120,6 +149,8 @@ def main() -> None:
                    help="N > 1: each call a ClassifyBatch of N images (the per-call cost shared by N)")
     p.add_argument("--raw-static", action="store_true",
                    help="also measure the raw chain on static buffers (CUDA graphs on the CUDA provider)")
+    p.add_argument("--profile-server", metavar="FILE",
+                   help="py-spy the server process through the measured policies into FILE (raw stacks)")
     args = p.parse_args()
     images, names = load_test_images(args.data, args.per_class)
     model_dir = list_models(args.repo)[0]
@@ -133,10 +164,14 @@ def main() -> None:
         policies = [("final exit only", {}), (f"calibrated policy (t={t})", {"calibrated_policy": True})]
         policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
         closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
-        for name, kw in policies:
-            results, wall = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs,
-                                              images_per_request=args.images_per_request, **kw)
-            rows.append((name, summarise(results, wall, labels, len(info.exits))))
+        spy = start_profile(proc.pid, args.profile_server) if args.profile_server else None
+        try:
+            for name, kw in policies:
+                results, wall = closed_loop_procs(target, images, args.concurrency, args.requests, args.client_procs,
+                                                  images_per_request=args.images_per_request, **kw)
+                rows.append((name, summarise(results, wall, labels, len(info.exits))))
+        finally:
+            stop_profile(spy)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -26,7 +26,8 @@ if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse th
   cat /tmp/whl/part-* > "/tmp/$name" || exit 1
   (cd /tmp && sha256sum -c /tmp/whl/SHA256 2>/dev/null || sha256sum -c "$OLDPWD/.whl/parts/SHA256") || { echo "wheel parts incomplete"; exit 1; }
   if ! python3 -m pip install -q --no-deps --target /tmp/pydeps "/tmp/$name" /tmp/whl/small/*.whl; then
-    # No pip on the machine: a wheel is a zip of what --target would write (these carry no .data scripts).
+    # No pip on the machine: a wheel is a zip of what --target would write (only py-spy carries .data: its
+    # binary stays under py_spy-*.data/scripts, where profile_server below looks for it).
     for w in "/tmp/$name" /tmp/whl/small/*.whl; do python3 -m zipfile -e "$w" /tmp/pydeps || exit 1; done
   fi
   export PYTHONPATH=/tmp/pydeps:${PYTHONPATH:-}  # shadows the image's CPU onnxruntime and older grpc/protobuf
@@ -51,7 +52,22 @@ serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS: appends to
     --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/serving_$1.md" 2>&1
   tail -n 10 "$OUT/serving_$1.md"
 }
-for w in $WORKERS; do serve "w$w" "$w" "" ""; done
+# Where one server process's time goes on this machine: py-spy (carried in .whl/small) samples the first
+# serving run's server through its measured policies, summarised into check.log (bench/profile_top.py).
+# Best effort: without ptrace permission it only says so.
+spy=$(command -v py-spy || find /tmp/pydeps -name py-spy -type f 2>/dev/null | head -n 1)
+[ -n "$spy" ] && chmod +x "$spy" 2>/dev/null && export AUXNET_PY_SPY=$spy
+first=1
+for w in $WORKERS; do
+  if [ -n "$first" ]; then
+    serve "w$w" "$w" "" "--profile-server /tmp/profile_w$w.raw"
+    { echo "## profile of the server, --workers $w, through its measured policies"
+      python3 -m bench.profile_top "/tmp/profile_w$w.raw" --top 25 2>&1 || cat "/tmp/profile_w$w.raw.log"; } >> "$OUT/check.log"
+  else
+    serve "w$w" "$w" "" ""
+  fi
+  first=
+done
 # Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
 #    64 clients x 16 images in flight: the server's admission limit raised to match.
 serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024" "--images-per-request 16"
