@@ -14,6 +14,7 @@
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json .gpudata/parts/SHA256
 #   carry [".gpudata/parts/blob.part-ab"], timeout_s 560:
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-ab && BUDGET_S=480 bash bench/gpu/paper_runs.sh
+# A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." bash bench/gpu/paper_runs.sh
 # Rehearsal on a CPU (tiny, a few minutes):
 #   DATA="--dataset synthetic" PROBE_BATCHES=3 MAX_BATCHES=4 FORCE_EPOCHS=2 BUDGET_S=120 OUT=/tmp/out \
 #     bash bench/gpu/paper_runs.sh
@@ -52,7 +53,9 @@ if [ -z "$DATA" ]; then
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
-order=(a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110 f_multiway_preact)
+# ORDER: the runs to start, in priority order (default all). The plan starts only runs that finish their
+# epochs in this call; a later session with a GPU sets ORDER to the runs not done yet.
+read -r -a order <<< "${ORDER:-a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110 f_multiway_preact}"
 declare -A cmd=(
   [a_multiway]="--preset auxnet56_5 --method multiway"
   [b_resnet56]="--preset auxnet56_5 --method none"
@@ -62,6 +65,9 @@ declare -A cmd=(
   [e_resnet110]="--preset resnet110 --method none"
   [f_multiway_preact]="--preset auxnet56_5 --method multiway --preact-shortcut"  # review: shortcut after BN-ReLU?
 )
+for name in "${order[@]}"; do
+  [ -n "${cmd[$name]:-}" ] || { echo "ORDER: unknown run '$name'; known: ${!cmd[*]}"; exit 2; }
+done
 limit=${MAX_BATCHES:+--max-batches $MAX_BATCHES}
 
 if [ -z "$RESUME" ]; then
