@@ -14,7 +14,9 @@
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json .gpudata/parts/SHA256
 #   carry [".gpudata/parts/blob.part-ab"], timeout_s 560:
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-ab && BUDGET_S=480 bash bench/gpu/paper_runs.sh
-# A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." bash bench/gpu/paper_runs.sh
+# A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." FORCE_EPOCHS=<the first
+#   session's epochs, plan.txt in its runs.tar.gz> bash bench/gpu/paper_runs.sh (compared runs share a schedule;
+#   FORCE_EPOCHS starts every run in ORDER, so name only as many as its speed.txt says fit).
 # Rehearsal on a CPU (tiny, a few minutes):
 #   DATA="--dataset synthetic" PROBE_BATCHES=3 MAX_BATCHES=4 FORCE_EPOCHS=2 BUDGET_S=120 OUT=/tmp/out \
 #     bash bench/gpu/paper_runs.sh
