@@ -488,8 +488,11 @@ class ModelEngine(AgreementSampling):
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
             reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), thresholds[i], now,
                                        predicted + margin, end))
-            if reasons[-1] is None and end is not None:
-                job.predicted_finish = now + predicted  # judged when it is computed there (uncorrected: no feedback)
+            if reasons[-1] is None and job.budget_end is not None:
+                # Judged when it is computed there, against the uncorrected prediction (no feedback). Budgets
+                # only: a request with just a far gRPC deadline waits behind them (earliest deadline first), so
+                # its errors would overstate what a budgeted request meets.
+                job.predicted_finish = now + predicted
         return reasons
 
     def _apply(self, step: Step, last: bool) -> None:

@@ -54,7 +54,7 @@ class LatencyModel:
 
 class FinishError:
     """How late segments finish against the engine's prediction, over the last `window` requests that went on
-    with a budget or deadline: observed finish minus predicted finish (seconds; negative = early). What the
+    with a latency budget: observed finish minus predicted finish (seconds; negative = early). What the
     latency model cannot see (the event loop's and threads' scheduling delays between segments, other
     processes on the same cores) shows up here, and its `quantile` is added to every later prediction that
     decides whether a budget allows another segment: a budget promises a tail, so the correction is the

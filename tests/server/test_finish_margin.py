@@ -67,6 +67,19 @@ def test_the_margin_turns_a_go_on_into_a_budget_stop_and_the_prediction_is_judge
     assert going_on.predicted_finish is None  # observed once
 
 
+def test_requests_with_only_a_grpc_deadline_are_not_observed():
+    # Earliest deadline first puts them behind every budget: their lateness is not what a budget meets.
+    engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, finish_margin_quantile=0.9))
+    engine.queues = [ExitQueue() for _ in engine.backends]
+    engine.latency.table[:] = 0.002
+    now = time.monotonic()
+    deadline_only = Job(x(1), now, None, now + 10.0, None, 2, Future())
+    budgeted = Job(x(1), now, now + 0.01, now + 10.0, None, 2, Future())
+    assert engine._decide(0, [deadline_only, budgeted], None, [None, None], now) == [None, None]
+    assert deadline_only.predicted_finish is None
+    assert budgeted.predicted_finish == pytest.approx(now + 0.002, rel=0, abs=1e-9)
+
+
 def test_the_correction_can_be_turned_off():
     engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, finish_margin_quantile=0.0))
     engine.queues = [ExitQueue() for _ in engine.backends]
