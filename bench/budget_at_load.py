@@ -49,8 +49,8 @@ def row(name, results, sent_s, labels, exits, budget_ms):
     accuracy = sum(r[5] == labels[r[4] % len(labels)] for r in ok) / max(len(ok), 1)
     hist = Counter(r[6] for r in ok)
     missed = [r for r in ok if not r[2]]
-    # Where the misses answered, and by how much: at exit 0 the wait before the first exit was too long (only
-    # shedding helps); deeper, the engine chose to go on and its finish prediction was too optimistic.
+    # Where the misses answered, and by how much: at exit 0 the wait before the first exit was already too
+    # long; deeper, the engine chose to go on and its finish prediction was too optimistic.
     miss_hist = Counter(r[6] for r in missed)
     misses = (" / ".join(f"{100 * miss_hist.get(k, 0) / len(missed):.0f}%" for k in range(exits))
               + f"; late by p50 {q([r[3] - budget_ms for r in missed], 0.5):.2f} ms") if missed and budget_ms else "-"

@@ -106,9 +106,9 @@ def start_profile(pid: int, out: str):
     if not spy:
         print("profile: no py-spy on PATH (or AUXNET_PY_SPY)")
         return None
-    log = open(out + ".log", "w")
-    proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", out, "--nonblocking"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(out + ".log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", out, "--nonblocking"],
+                                stdout=log, stderr=subprocess.STDOUT)
     time.sleep(1.0)  # attaching takes a moment; a refusal ends it at once
     if proc.poll() is not None:
         print(f"profile: py-spy exited with code {proc.returncode}: {open(out + '.log').read()[-300:]}")
@@ -150,7 +150,8 @@ def main() -> None:
     p.add_argument("--raw-static", action="store_true",
                    help="also measure the raw chain on static buffers (CUDA graphs on the CUDA provider)")
     p.add_argument("--profile-server", metavar="FILE",
-                   help="py-spy the server process through the measured policies into FILE (raw stacks)")
+                   help="py-spy the server process (with --workers N: the supervisor) through the measured "
+                        "policies into FILE (raw stacks)")
     args = p.parse_args()
     images, names = load_test_images(args.data, args.per_class)
     model_dir = list_models(args.repo)[0]

@@ -465,7 +465,7 @@ class ModelEngine(AgreementSampling):
         return self.cfg.io_binding is True or getattr(backend, "device_type", "cpu") != "cpu"
 
     def _observe_finish(self, jobs: list[Job], now: float) -> None:
-        """Segment computed at `now`: how late against the prediction that let each timed request go on."""
+        """Segment computed at `now`: how late against the prediction that let each budgeted request go on."""
         for job in jobs:
             if job.predicted_finish is not None:
                 if self.finish_error is not None:

@@ -1,5 +1,6 @@
 """Per-exit latency model: seconds to run segment k at batch size b, measured at start-up and updated
-online (EWMA), used to predict whether the next segment fits a request's budget."""
+online (EWMA), used to predict whether the next segment fits a request's budget; and the recent errors of
+those predictions (FinishError), whose tail is added to them."""
 
 from __future__ import annotations
 
