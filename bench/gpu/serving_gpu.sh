@@ -41,7 +41,6 @@ python3 -m bench.gpu.serving_check --device "$DEVICE" --out /tmp/check.json >> "
 rc=$?; tail -n 5 "$OUT/check.log"
 [ $rc -eq 0 ] || { echo "correctness check failed: no benchmark"; exit 1; }
 # 2. The serving bench per worker count: enough client processes to saturate (the machine has 16 cores).
-#    Then the same on static buffers (CUDA graphs), if the check found them correct: one worker, and the most.
 cores=$(nproc)
 rm -f "$OUT"/serving_*.md  # serve appends (a rehearsal's OUT may hold an earlier run's tables)
 serve() {  # serve NAME WORKERS EXTRA-SERVER-FLAGS EXTRA-BENCH-FLAGS: appends to $OUT/serving_NAME.md
@@ -68,27 +67,34 @@ for w in $WORKERS; do
   fi
   first=
 done
-# Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
+# 3. The issue's latency target, early in case the call runs out of time: Poisson arrivals at 70% of the
+#    calibrated policy's capacity, 5 ms budgets, with the finish-prediction margin (the default, RESULTS §15);
+#    without it (--finish-margin-quantile 0) at the end.
+rm -f "$OUT/cost_and_budget.md"
+budget() {  # budget EXTRA-SERVER-FLAGS: appends to $OUT/cost_and_budget.md
+  timeout --kill-after=10 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
+    --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
+    --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64 $1" \
+    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
+  tail -n 4 "$OUT/cost_and_budget.md"
+}
+budget ""
+# 4. Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
 #    64 clients x 16 images in flight: the server's admission limit raised to match.
 serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024" "--images-per-request 16"
 #    The same with short runs on the event loop's thread (--inline-compute-ms, RESULTS §14: less server CPU,
 #    less overlap), into the same file (the tool returns at most 8).
 serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024 --inline-compute-ms 1" "--images-per-request 16"
+# 5. Static buffers (CUDA graphs), if the check found them correct: one worker, and the most.
 if python3 -c "import json, sys; sys.exit(0 if json.load(open('/tmp/check.json'))['static']['ok'] else 1)"; then
   for w in $STATIC_WORKERS; do serve "static_w$w" "$w" "--static-batches" "--raw-static"; done
 else
   echo "static buffers / CUDA graphs failed the check ('static' in check.log): not benchmarked"
 fi
-# 3. The server's own CPU per image with the compute removed: one process's ceiling on this host's cores.
-#    4. Then the issue's latency target: Poisson arrivals at 70% of the calibrated policy's capacity, 5 ms budget.
+# 6. The server's own CPU per image with the compute removed: one process's ceiling on this host's cores.
 timeout --kill-after=10 150 python3 -m bench.request_cost --rounds 1 --requests "$REQUESTS" --concurrency 64 \
   --client-procs $(( cores / 2 > 1 ? cores / 2 : 1 )) --server-args "--workers ${COST_WORKERS:-1}" \
-  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" > "$OUT/cost_and_budget.md" 2>&1
-#    With the finish-prediction margin (the default, RESULTS §15), then without it (--finish-margin-quantile 0).
-for margin in "" "--finish-margin-quantile 0"; do
-  timeout --kill-after=10 150 python3 -m bench.budget_at_load --budget-ms 5 --load 0.7 --seconds "${BUDGET_SECONDS:-10}" \
-    --concurrency 64 --requests "$REQUESTS" --client-procs $(( cores / 4 > 1 ? cores / 4 : 1 )) \
-    --server-args "--device $DEVICE --workers ${BUDGET_WORKERS:-2} --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64 $margin" \
-    --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
-done
-tail -n 14 "$OUT/cost_and_budget.md"
+  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
+tail -n 4 "$OUT/cost_and_budget.md"
+# 7. The budget without the margin, beside step 3's.
+budget "--finish-margin-quantile 0"
