@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "per image for an accelerator's short runs, less overlap (RESULTS §14); 0 = off")
     p.add_argument("--finish-margin-quantile", type=float, default=0.9,
                    help="budgets: add this quantile of recent finish-prediction errors to each prediction (0 = off)")
+    p.add_argument("--carry-stopped-rows", choices=["auto", "on", "off"], default="auto",
+                   help="a batch in which some requests stop goes on in place, their rows as padding (auto: where "
+                        "features live on a device, e.g. --device cuda)")
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-message-mb", type=float, default=16)
@@ -82,7 +85,8 @@ async def serve(args) -> int:
                             monitor_fraction=args.monitor_fraction,
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
                             monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
-                            finish_margin_quantile=args.finish_margin_quantile),
+                            finish_margin_quantile=args.finish_margin_quantile,
+                            carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)

@@ -71,6 +71,12 @@ class EngineConfig:
     # Add to each "does the next segment fit the budget" prediction this quantile of how late segments have
     # recently finished against their prediction (server/latency.py FinishError); 0 turns the correction off.
     finish_margin_quantile: float = 0.9
+    # A batch in which some requests stop and the rest go on, with the next exit idle and nobody waiting: run
+    # the next segment on the whole batch in place (the stopped requests' rows as padding, their answers sent
+    # at once) instead of copying every request's features to the host and queueing the rest. "auto": only
+    # where features live in a device's memory, where a few more rows cost little and a copy costs much; on
+    # a CPU a row costs its full compute.
+    carry_stopped_rows: bool | str = "auto"
 
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -120,6 +126,9 @@ class Step:
     reasons: list  # per job: why it stops here, or None to go on
     dt: float  # compute seconds
     now: float  # time.monotonic() of the decision
+    rows: np.ndarray | None = None  # each job's row of `outputs`; None: job i is row i (see carry_stopped_rows)
+    size: int = 0  # rows computed (a carried batch also computes the rows of requests that stopped before)
+    applied: bool = False  # its answers already sent while the chain went on
 
 
 @dataclass
@@ -179,6 +188,7 @@ class ModelEngine(AgreementSampling):
             self.metrics.latency_estimate.labels(self.info.name, str(k)).set(self.latency.predict(k, 1))
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.queues = [ExitQueue() for _ in self.backends]
         self.workers = [asyncio.create_task(self._worker(k), name=f"{self.info.name}-exit{k}")
                         for k in range(len(self.backends))]
@@ -365,7 +375,8 @@ class ModelEngine(AgreementSampling):
 
     def _apply_all(self, steps: list[Step]) -> None:
         for i, step in enumerate(steps):
-            self._apply(step, last=i == len(steps) - 1)
+            if not step.applied:
+                self._apply(step, last=i == len(steps) - 1)
         if self.finish_error is not None:
             self._metric(self.metrics.finish_margin, self.info.name).set(self.finish_error.margin(time.monotonic()))
 
@@ -375,6 +386,21 @@ class ModelEngine(AgreementSampling):
         for j in jobs:
             if not j.future.done():
                 j.future.set_exception(RuntimeError(f"exit {failed} failed: {type(e).__name__}: {e}"))
+
+    def _carries(self, backend) -> bool:
+        """Whether a partly stopped batch goes on in place on this backend (EngineConfig.carry_stopped_rows)."""
+        mode = self.cfg.carry_stopped_rows
+        if mode == "auto":
+            return self._binds(backend) and getattr(backend, "device_type", "cpu") != "cpu"
+        return bool(mode)
+
+    def _send_now(self, step: Step, on_loop: bool) -> None:
+        """Answer a step's stopped requests while its chain goes on (from a segment thread: through the loop)."""
+        step.applied = True
+        if on_loop:
+            self._apply(step, last=False)
+        else:
+            self._loop.call_soon_threadsafe(self._apply, step, False)
 
     def _runs_inline(self, k: int, batch: int) -> bool:
         """Whether segment k's run of `batch` requests is short enough to run on the event loop's thread."""
@@ -390,6 +416,7 @@ class ModelEngine(AgreementSampling):
         also stops before a segment that would take this call past that limit."""
         origin, steps = k, []
         started = time.perf_counter()
+        rows = None  # the rows of `x` that are `jobs`' (None: all, in order); see EngineConfig.carry_stopped_rows
         lease = None  # a static-batch segment's features, still in its buffers (server/static_batches.py)
         try:
             while True:
@@ -410,26 +437,36 @@ class ModelEngine(AgreementSampling):
                 # passes through an exit needs none (issue 12: five numpy passes a segment saved).
                 thresholds = [self.threshold(k, j) for j in jobs]
                 needed = k == self.last or any(t is not None for t in thresholds)
-                probs = calibrated(outputs[-1], self.info.exits[k].temperature) if needed else None
+                logits = outputs[-1] if rows is None else outputs[-1][rows]
+                probs = calibrated(logits, self.info.exits[k].temperature) if needed else None
                 now = time.monotonic()
                 self._observe_finish(jobs, now)
                 reasons = self._decide(k, jobs, probs, thresholds, now)
-                if probs is None and any(r is not None for r in reasons):  # budget or max_exit: the answer's
-                    probs = calibrated(outputs[-1], self.info.exits[k].temperature)
-                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now))
+                stopping = any(r is not None for r in reasons)
+                if probs is None and stopping:  # budget or max_exit: the answer's
+                    probs = calibrated(logits, self.info.exits[k].temperature)
+                size = len(outputs[-1])
+                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, rows, size))
                 nxt = k + 1
-                if (k == self.last or any(r is not None for r in reasons) or any(j.future.done() for j in jobs)
+                carry = stopping and not all(r is not None for r in reasons) and self._carries(backend)
+                if (k == self.last or (stopping and not carry) or any(j.future.done() for j in jobs)
                         or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
                     break
                 if inline_limit_s is not None and \
-                        time.perf_counter() - started + self.latency.predict(nxt, len(jobs)) > inline_limit_s:
+                        time.perf_counter() - started + self.latency.predict(nxt, size) > inline_limit_s:
                     break  # the loop has been held long enough: the next exit's worker takes the batch up
                 if k != origin:
                     self.queues[k].busy = False
-                self.queues[nxt].busy, self.queues[nxt].busy_batch = True, len(jobs)
+                self.queues[nxt].busy, self.queues[nxt].busy_batch = True, size
                 k, x = nxt, outputs[0]
-                if lease is not None:
-                    steps[-1].outputs[0] = None  # the next run reads (and releases) it; nothing else may
+                if lease is not None:  # the next run reads (and releases) it; nothing else may. But the monitor
+                    # may sample a carried step's early answers: they keep a host copy (as a chain's end does).
+                    steps[-1].outputs[0] = lease.copy() if carry and self.monitors is not None else None
+                if carry:  # the stopped requests are answered now; the rest go on in their rows of x
+                    going = [i for i, r in enumerate(reasons) if r is None]
+                    self._send_now(steps[-1], on_loop=inline_limit_s is not None)
+                    jobs = [jobs[i] for i in going]
+                    rows = np.asarray(going) if rows is None else rows[going]
             if lease is not None:
                 # The event loop pushes the requests that go on with these features, and the monitor samples
                 # answers with them: copy them out now, while the buffer still holds them.
@@ -499,7 +536,7 @@ class ModelEngine(AgreementSampling):
         """On the event loop: metrics of one segment run, the answers it decided, and (for the last step of a
         chain) the requests that go on joining the next exit's queue."""
         k, name = step.k, self.info.name
-        self.latency.observe(k, len(step.jobs), step.dt)
+        self.latency.observe(k, step.size or len(step.jobs), step.dt)
         self._metric(self.metrics.compute_latency, name, str(k)).observe(step.dt)
         self._metric(self.metrics.batch_size, name, str(k)).observe(len(step.jobs))
         host = []  # features copied to the host only if some request needs them (queued, or sampled)
@@ -511,6 +548,7 @@ class ModelEngine(AgreementSampling):
             return host[0]
 
         confidence = step.probs.max(axis=1) if step.probs is not None else None  # None: nobody stops or needs it
+        rows = range(len(step.jobs)) if step.rows is None else step.rows  # each job's row of the features
         answered = {}
         for i, job in enumerate(step.jobs):
             if job.future.done():
@@ -518,13 +556,14 @@ class ModelEngine(AgreementSampling):
             reason = step.reasons[i]
             if reason is None:
                 if last:
-                    job.x = features()[i]
+                    job.x = features()[rows[i]]
                     self._push(k + 1, job)
                 if self.monitors is not None and confidence is not None and self._held_back(k, job, float(confidence[i])) and \
                         self._sample_rng.random() < self.cfg.monitor_fraction and features() is not None:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.
-                    self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+                    self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()),
+                                           float(confidence[i])))
                 continue
             latency = step.now - job.arrival
             met = job.budget_end is None or step.now <= job.budget_end
@@ -535,7 +574,7 @@ class ModelEngine(AgreementSampling):
             job.future.set_result(Answer(k, step.probs[i], reason, latency, met))
             if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction \
                     and features() is not None:
-                self._sample(ShadowJob(features()[i], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+                self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
         for reason, n in answered.items():  # one counter update per batch and reason, not per request
             self._metric(self.metrics.exits, name, str(k), reason).inc(n)
 

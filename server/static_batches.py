@@ -45,13 +45,17 @@ class FeaturesLease:
 
     def to_host(self) -> np.ndarray:
         """Copy the features to a host array (the buffer is reused by the next run) and release."""
-        if not self.held:
-            raise RuntimeError("features lease already released: its buffer may have been rewritten")
         try:
-            # On the CPU provider numpy() is a view of the bound buffer, on CUDA a copy of all `bucket` rows.
-            return np.array(self.owner.features_out[self.bucket].numpy()[: self.n], copy=True)
+            return self.copy()
         finally:
             self.release()
+
+    def copy(self) -> np.ndarray:
+        """A host copy of the features, the lease kept (the next segment may still read the buffer)."""
+        if not self.held:
+            raise RuntimeError("features lease already released: its buffer may have been rewritten")
+        # On the CPU provider numpy() is a view of the bound buffer, on CUDA a copy of all `bucket` rows.
+        return np.array(self.owner.features_out[self.bucket].numpy()[: self.n], copy=True)
 
     def release(self) -> None:
         if self.held:

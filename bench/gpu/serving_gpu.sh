@@ -67,6 +67,10 @@ for w in $WORKERS; do
   fi
   first=
 done
+#    The most workers again with partly stopped batches queued again instead of carried in place on the device
+#    (--carry-stopped-rows off; auto carries on CUDA), into the same file.
+w=${WORKERS##* }
+serve "w$w" "$w" "--carry-stopped-rows off" ""
 # 3. The latency target, early in case the call runs out of time: Poisson arrivals at 70% of the
 #    calibrated policy's capacity, 5 ms budgets, with the finish-prediction margin (the default, RESULTS §15);
 #    without it (--finish-margin-quantile 0) at the end.

@@ -75,7 +75,11 @@ def test_lease_protocol_refuses_misuse_and_never_leaks_a_lock(default_chains):
     with pytest.raises(ValueError, match="previous segment"):
         static[2].run_bound(lease)  # segment 2 reads segment 1's buffers, not segment 0's
     assert static[0].lock.locked() and not static[2].lock.locked()
+    kept = lease.copy()  # copies and keeps the lease (a carried batch's monitor copy): still readable
+    assert static[0].lock.locked() and kept.shape == (2, 16, 32, 32)
+    kept[:] = 7.0  # a copy, not a view of the buffer
     feats = lease.to_host()  # copies and releases
+    assert not (feats == 7.0).any()
     assert feats.shape == (2, 16, 32, 32) and not static[0].lock.locked()
     with pytest.raises(RuntimeError, match="already released"):
         lease.to_host()
@@ -129,11 +133,11 @@ def test_concurrent_chains_on_shared_buffers_stay_correct(default_chains):
     assert errors == [] and not any(b.lock.locked() for b in static)
 
 
-def engine_answers(info, backends, requests):
+def engine_answers(info, backends, requests, carry_stopped_rows="auto"):
     """Answers of a real engine to concurrent requests (so that they batch), with the monitor on."""
 
     async def run():
-        cfg = EngineConfig(max_batch=16, monitor_fraction=1.0)
+        cfg = EngineConfig(max_batch=16, monitor_fraction=1.0, carry_stopped_rows=carry_stopped_rows)
         engine = ModelEngine(info, backends, cfg, Metrics(), ThreadPoolExecutor(2), 2)
         engine.start()
         now = time.monotonic()
