@@ -6,7 +6,9 @@ provider that really ran, and features kept on the device along the chain (IOBin
 Exits 1 if a provider fell back, or any exit differs beyond the tolerance. On a CPU (`--device cpu`) it
 compares the CPU provider with itself: the rehearsal. The static-buffer chain (CUDA graphs on the GPU,
 `--static-batches`) is checked the same way and timed against plain runs; its verdict is `static.ok` in the
-report, apart, so that a refused graph capture does not stop the plain path's benchmarks.
+report, apart, so that a refused graph capture does not stop the plain path's benchmarks. So is the engine
+run end to end on the device (batches queued again, carried in place, carried through static buffers)
+against the CPU provider's engine: `engine.ok`.
 """
 
 from __future__ import annotations
@@ -94,6 +96,56 @@ def check_static_chain(info, cpu, dev, device: str, report: dict) -> bool:
     return ok
 
 
+def engine_answers(info, backends, x: np.ndarray, carry: bool) -> list[tuple]:
+    """The real engine's answers to the images of `x` sent at once (one batch), a third each with no
+    threshold, 0.5 and 0.9 (so that requests stop at different exits inside the batch): (exit, label, conf)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.engine import EngineConfig, ModelEngine
+    from server.metrics import Metrics
+
+    async def run():
+        cfg = EngineConfig(max_batch=len(x), monitor_fraction=0.0, carry_stopped_rows=carry)
+        engine = ModelEngine(info, backends, cfg, Metrics(), ThreadPoolExecutor(2), 2)
+        engine.start()
+        now = time.monotonic()
+        try:
+            answers = await asyncio.gather(*(engine.classify(xi, now, None, [None, 0.5, 0.9][i % 3], None, None)
+                                             for i, xi in enumerate(x)))
+        finally:
+            await engine.stop()
+        return [(a.exit_index, int(a.probs.argmax()), float(a.probs.max())) for a in answers]
+
+    return asyncio.run(run())
+
+
+def check_engine_paths(info, cpu, device: str, x: np.ndarray, report: dict) -> None:
+    """The engine's own paths on the device against the CPU provider's engine: batches queued again at each
+    exit, partly stopped batches carried in place (`--carry-stopped-rows`), and carried through static
+    buffers. Reported as `engine`, apart (a near tie may flip an exit; only < 95% agreement fails it)."""
+    from server.static_batches import static_chain
+
+    want = engine_answers(info, cpu, x, carry=False)
+    entry = {}
+    paths = [e.onnx for e in info.exits]
+    for name, make, carry in (("queued", lambda: [OnnxRuntimeBackend(p, device, tf32=False) for p in paths], False),
+                              ("carried", lambda: [OnnxRuntimeBackend(p, device, tf32=False) for p in paths], True),
+                              ("static_carried", lambda: static_chain(paths, device, len(x), tf32=False), True)):
+        try:
+            got = engine_answers(info, make(), x, carry)
+        except Exception as e:  # noqa: BLE001 - reported; the benchmarks decide nothing on it
+            entry[name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        entry[name] = {"same_exit": float(np.mean([g[0] == w[0] for g, w in zip(got, want)])),
+                       "same_label": float(np.mean([g[1] == w[1] for g, w in zip(got, want)])),
+                       "max_conf_diff": float(max(abs(g[2] - w[2]) for g, w in zip(got, want)))}
+    entry["exits_used"] = sorted({w[0] for w in want})
+    entry["ok"] = all("error" not in e and e["same_exit"] >= 0.95 and e["same_label"] >= 0.95
+                      for k, e in entry.items() if k not in ("exits_used",))
+    report["engine"] = entry
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -148,6 +200,7 @@ def main() -> int:
                                      for k, (f, c) in enumerate(zip(chain_logits(fast, x), chain_logits(cpu, x)))]
     ok &= all(e["top1_agreement"] >= 0.9 for e in report["default_math_vs_cpu"])  # only garbage fails this
     check_static_chain(info, cpu, fast, args.device, report)  # its own verdict: the plain path's benchmarks run regardless
+    check_engine_paths(info, cpu, args.device, x, report)  # likewise reported apart, as `engine`
     want = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
     ok &= report["provider_that_ran"].endswith(want)
     if args.device == "cuda":
