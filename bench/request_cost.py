@@ -38,10 +38,10 @@ if os.environ.get("AUXNET_BENCH_NULL_COMPUTE"):
         _init(self, *a, **k)
         self._null_shapes = [tuple(o.shape[1:]) for o in self.session.get_outputs()]
     backends.OnnxRuntimeBackend.__init__ = _null_init
+    import time
     _wait_s = float(os.environ.get("AUXNET_BENCH_COMPUTE_US", "0")) / 1e6
     def _null_run(self, x):
         if _wait_s:
-            import time
             time.sleep(_wait_s)  # the GIL released, no CPU used: waiting for an accelerator, as the server sees it
         return [np.zeros((len(x), *s), np.float32) for s in self._null_shapes]
     backends.OnnxRuntimeBackend.run = _null_run

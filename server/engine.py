@@ -126,8 +126,8 @@ class Step:
     reasons: list  # per job: why it stops here, or None to go on
     dt: float  # compute seconds
     now: float  # time.monotonic() of the decision
+    size: int  # rows computed (a carried batch also computes the rows of requests that stopped before)
     rows: np.ndarray | None = None  # each job's row of `outputs`; None: job i is row i (see carry_stopped_rows)
-    size: int = 0  # rows computed (a carried batch also computes the rows of requests that stopped before)
     applied: bool = False  # its answers already sent while the chain went on
 
 
@@ -148,6 +148,7 @@ class ModelEngine(AgreementSampling):
         self.last = len(info.exits) - 1
         self.latency = LatencyModel(len(info.exits), cfg.max_batch)
         self.finish_error = FinishError(cfg.finish_margin_quantile) if cfg.finish_margin_quantile > 0 else None
+        self._margin_shown: float | None = None  # the finish margin the gauge last showed
         self.queues: list[ExitQueue] = []
         self.workers: list[asyncio.Task] = []
         self.inflight = 0
@@ -378,7 +379,10 @@ class ModelEngine(AgreementSampling):
             if not step.applied:
                 self._apply(step, last=i == len(steps) - 1)
         if self.finish_error is not None:
-            self._metric(self.metrics.finish_margin, self.info.name).set(self.finish_error.margin(time.monotonic()))
+            margin = self.finish_error.margin(time.monotonic())
+            if margin != self._margin_shown:  # it changes every 16 observations at most: no gauge write per batch
+                self._margin_shown = margin
+                self._metric(self.metrics.finish_margin, self.info.name).set(margin)
 
     def _fail(self, k: int, jobs: list[Job], e: Exception) -> None:
         failed = getattr(e, "exit_index", k)
@@ -446,7 +450,7 @@ class ModelEngine(AgreementSampling):
                 if probs is None and stopping:  # budget or max_exit: the answer's
                     probs = calibrated(logits, self.info.exits[k].temperature)
                 size = len(outputs[-1])
-                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, rows, size))
+                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, size, rows))
                 nxt = k + 1
                 carry = stopping and not all(r is not None for r in reasons) and self._carries(backend)
                 if (k == self.last or (stopping and not carry) or any(j.future.done() for j in jobs)
@@ -536,7 +540,7 @@ class ModelEngine(AgreementSampling):
         """On the event loop: metrics of one segment run, the answers it decided, and (for the last step of a
         chain) the requests that go on joining the next exit's queue."""
         k, name = step.k, self.info.name
-        self.latency.observe(k, step.size or len(step.jobs), step.dt)
+        self.latency.observe(k, step.size, step.dt)
         self._metric(self.metrics.compute_latency, name, str(k)).observe(step.dt)
         self._metric(self.metrics.batch_size, name, str(k)).observe(len(step.jobs))
         host = []  # features copied to the host only if some request needs them (queued, or sampled)
