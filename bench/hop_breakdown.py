@@ -152,7 +152,7 @@ def compute_call_alone(repo: str, n: int) -> dict:
     import numpy as np
 
     from server.app import ServerApp, ServerConfig
-    from server.engine import ExitQueue, Job
+    from server.jobs import ExitQueue, Job
 
     app = ServerApp(ServerConfig(repo=repo, port=0, metrics_port=None, http_port=None, threads=1, poll_s=0))
     app.load_models()

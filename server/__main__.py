@@ -15,7 +15,7 @@ import sys
 from server.app import ServerApp, ServerConfig
 from server.backends import default_threads
 from server.decode import ImageLimits
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from server.repository import RepositoryError
 
 

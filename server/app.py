@@ -18,7 +18,8 @@ from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.backends import default_threads, make_backend
 from server.decode import ImageLimits
-from server.engine import EngineConfig, ModelEngine
+from server.engine import ModelEngine
+from server.engine_config import EngineConfig
 from server.errors import UnknownModel
 from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, load_manifest

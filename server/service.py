@@ -13,8 +13,9 @@ import numpy as np
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.decode import ImageLimits, decode_encoded, decode_raw, to_model_input
-from server.engine import DEADLINE_SLACK_S, Answer, ModelEngine
+from server.engine import DEADLINE_SLACK_S, ModelEngine
 from server.errors import InvalidInput, ServingError
+from server.jobs import Answer
 from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
 from server.requests import count as count_images
 

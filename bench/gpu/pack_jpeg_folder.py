@@ -4,6 +4,7 @@ files as a tar would be 60% headers). `unpack` restores the identical tree."""
 from __future__ import annotations
 
 import json
+import lzma
 import sys
 from pathlib import Path
 
@@ -17,12 +18,15 @@ def pack(root: Path, out: Path) -> None:
             blob.write(data)
             index.append([str(f.relative_to(root)), offset, len(data)])
             offset += len(data)
-    (out / "index.json").write_text(json.dumps(index))
+    # xz: the index is 2.4 MB of JSON, 0.28 MB compressed, and every MB counts against a device call's 64 MiB.
+    (out / "index.json.xz").write_bytes(lzma.compress(json.dumps(index).encode(), preset=9))
 
 
 def unpack(packed: Path, root: Path) -> None:
     blob = (packed / "blob.bin").read_bytes()
-    for rel, offset, size in json.loads((packed / "index.json").read_text()):
+    compressed = packed / "index.json.xz"
+    text = lzma.decompress(compressed.read_bytes()) if compressed.exists() else (packed / "index.json").read_bytes()
+    for rel, offset, size in json.loads(text):
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(blob[offset : offset + size])

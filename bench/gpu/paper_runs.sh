@@ -4,14 +4,18 @@
 # still returns them). A second call with RESUME=1 continues every run from its last epoch, if the machine
 # is still warm (runs live in /tmp/paper_runs).
 #
-# The packed CIFAR-10 JPEGs (56 MB) and the working tree (11 MB) exceed one call's 64 MiB, so the data
-# travels in two parts over two calls back to back (the machine keeps /tmp while warm, ~30 s idle). Here:
-#   python -m bench.gpu.pack_jpeg_folder pack ../shared/data/cifar10-jpeg .gpudata/cifar10
-#   mkdir -p .gpudata/parts && split -b 30M .gpudata/cifar10/blob.bin .gpudata/parts/blob.part- \
-#     && cp .gpudata/cifar10/index.json .gpudata/parts/ && (cd .gpudata/cifar10 && sha256sum blob.bin > ../parts/SHA256)
-# On the GPU machine (device tool):
-#   carry [".gpudata/parts/blob.part-aa", ".gpudata/parts/index.json", ".gpudata/parts/SHA256"]:
-#       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json .gpudata/parts/SHA256
+# The packed CIFAR-10 JPEGs (55.3 MB, index 0.3 MB as xz) and the working tree (8.7 MB on 2026-11-30) fit one
+# call's 64 MiB (67.1 MB), so the data travels with the run itself: one call, one machine start. Here, once:
+#   python -m bench.gpu.pack_jpeg_folder pack ../shared/data/cifar10-jpeg .gpudata/one \
+#     && (cd .gpudata/one && sha256sum blob.bin > SHA256)
+# On the GPU machine (device tool), one call:
+#   carry [".gpudata/one"], timeout_s 600:  PACK=.gpudata/one BUDGET_S=540 bash bench/gpu/paper_runs.sh
+# If the tree has grown past ~11.5 MB (the tool refuses: "larger than 64 MiB"), the data travels in two parts
+# over two calls back to back instead (the machine keeps /tmp while warm, ~30 s idle):
+#   mkdir -p .gpudata/parts && split -b 30M .gpudata/one/blob.bin .gpudata/parts/blob.part- \
+#     && cp .gpudata/one/index.json.xz .gpudata/one/SHA256 .gpudata/parts/
+#   carry [".gpudata/parts/blob.part-aa", ".gpudata/parts/index.json.xz", ".gpudata/parts/SHA256"]:
+#       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json.xz .gpudata/parts/SHA256
 #   carry [".gpudata/parts/blob.part-ab"], timeout_s 560:
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-ab && BUDGET_S=480 bash bench/gpu/paper_runs.sh
 # A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." FORCE_EPOCHS=<the first
@@ -48,9 +52,13 @@ mkdir -p "$RUNS" "$OUT"
 start=$SECONDS
 if [ -z "$DATA" ]; then
   if [ ! -d /tmp/cifar10-jpeg ]; then
-    cat /tmp/gpudata/blob.part-* > /tmp/gpudata/blob.bin || exit 1
-    (cd /tmp/gpudata && sha256sum -c SHA256) || { echo "data parts incomplete: carry every blob.part-*"; exit 1; }
-    python3 -m bench.gpu.pack_jpeg_folder unpack /tmp/gpudata /tmp/cifar10-jpeg || exit 1
+    if [ -n "${PACK:-}" ]; then
+      src=$PACK  # carried whole in this call
+    else
+      src=/tmp/gpudata && { cat /tmp/gpudata/blob.part-* > /tmp/gpudata/blob.bin || exit 1; }
+    fi
+    (cd "$src" && sha256sum -c SHA256) || { echo "packed data incomplete: carry $src whole, or every blob.part-*"; exit 1; }
+    python3 -m bench.gpu.pack_jpeg_folder unpack "$src" /tmp/cifar10-jpeg || exit 1
   fi
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg"
 fi

@@ -102,7 +102,8 @@ def engine_answers(info, backends, x: np.ndarray, carry: bool) -> list[tuple]:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.engine import EngineConfig, ModelEngine
+    from server.engine import ModelEngine
+    from server.engine_config import EngineConfig
     from server.metrics import Metrics
 
     async def run():

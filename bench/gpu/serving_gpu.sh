@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14 on the GPU machine (prepare with bench/gpu/fetch_serving_wheels.sh; see its header for the calls).
+# Issue 14 on the GPU machine (prepare with bench/gpu/fetch_serving_wheels.sh, which prints the device calls;
+# RESPLIT=1 there re-sizes the parts to the working tree without fetching again).
 #   bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa [more files]   stash carried wheels in /tmp/whl
 #   bash bench/gpu/serving_gpu.sh run                                     install, check, benchmark -> $OUT
 # Rehearsal on a CPU (no wheels, the local environment): DEVICE=cpu bash bench/gpu/serving_gpu.sh run

@@ -17,8 +17,9 @@ import math
 import numpy as np
 
 from server.decode import decode_encoded, decode_raw, to_model_input
-from server.engine import Answer, ModelEngine
+from server.engine import ModelEngine
 from server.errors import InvalidInput, UnknownModel
+from server.jobs import Answer
 from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
 from server.v2.tensors import BYTES, Tensor
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import pytest
 
 from server.app import ServerApp, ServerConfig
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 
 
 @contextmanager

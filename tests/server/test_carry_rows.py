@@ -5,7 +5,7 @@ that go on keep their own rows and get the answers they would get otherwise."""
 import asyncio
 import time
 
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from tests.server.test_engine import in_loop, make_engine, x
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine import EngineConfig, Job, ModelEngine
+from server.engine import ModelEngine
+from server.engine_config import EngineConfig
 from server.errors import NotServing, QueueFull
+from server.jobs import Job
 from server.latency import LatencyModel
 from server.metrics import Metrics
 from server.policy import BUDGET, CONFIDENCE, FINAL, MAX_EXIT, stop_reason
@@ -325,7 +327,7 @@ def test_cuda_requested_but_cpu_running_is_refused(tiny_repo, monkeypatch):
 def test_probabilities_only_where_a_request_may_or_does_stop():
     """A request passing through an exit with no threshold there needs no softmax (issue 12); where it stops
     (final, max_exit, budget) or may stop (a threshold), the calibrated probabilities are computed."""
-    from server.engine import ExitQueue
+    from server.jobs import ExitQueue
 
     engine = make_engine(n=3)
     engine.queues = [ExitQueue() for _ in engine.backends]  # as start() makes them, without workers

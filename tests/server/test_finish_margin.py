@@ -7,7 +7,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from server.engine import EngineConfig, ExitQueue, Job
+from server.engine_config import EngineConfig
+from server.jobs import ExitQueue, Job
 from server.latency import FinishError
 from server.policy import BUDGET
 from tests.server.test_engine import make_engine, x

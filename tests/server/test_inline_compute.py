@@ -5,7 +5,7 @@ import asyncio
 import threading
 import types
 
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from tests.server.test_engine import in_loop, make_engine, x
 
 

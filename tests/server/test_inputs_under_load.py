@@ -15,7 +15,7 @@ from protos.auxnet.v1 import inference_pb2 as pb
 from server import service as service_module
 from server.client import Client
 from server.decode import ImageLimits, decode_encoded, probe
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from tests.server.conftest import running_server
 from tests.server.helpers import images, png
 

@@ -10,7 +10,7 @@ import pytest
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from server.client import Client
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from server.monitor import MIN_SCALE
 from tests.server.conftest import running_server
 from tests.server.helpers import calibrated_confidence, images, torch_exit_logits, wait_for
@@ -130,7 +130,8 @@ def test_monitor_off_for_models_exported_without_agreement_tables(tiny_repo, tmp
 
 
 def test_policy_thresholds_rise_only_for_confidence_requests():
-    from server.engine import Job, ModelEngine
+    from server.engine import ModelEngine
+    from server.jobs import Job
 
     class Info:
         exits = [type("E", (), {"threshold": 0.9})(), type("E", (), {"threshold": 0.0})()]

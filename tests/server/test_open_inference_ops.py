@@ -15,7 +15,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from server.engine import EngineConfig
+from server.engine_config import EngineConfig
 from tests.server.certs import make_credentials
 from tests.server.helpers import images, png, requests_ok, wait_for
 from tests.server.v2_helpers import counted, error_of, http, v2_server

@@ -130,7 +130,7 @@ def _rss_mb():
 
 
 def test_expired_and_cancelled_requests_leave_queues_before_compute(tiny_repo):
-    from server.engine import EngineConfig
+    from server.engine_config import EngineConfig
 
     # The worker waits 400 ms for company before taking a batch: long enough for deadlines to pass.
     with running_server(tiny_repo, engine=EngineConfig(max_batch=16, max_queue_delay_ms=400)) as (app, target):

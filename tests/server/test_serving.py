@@ -204,7 +204,7 @@ def test_metrics_parse_and_count_requests(tiny_repo):
 def test_shutdown_drains_inflight_then_refuses(tiny_repo):
     import asyncio
 
-    from server.engine import EngineConfig
+    from server.engine_config import EngineConfig
     from tests.server.conftest import running_server
 
     # A queue delay keeps requests in flight long enough to shut down under them.

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from server.backends import OnnxRuntimeBackend
-from server.engine import EngineConfig, ModelEngine
+from server.engine import ModelEngine
+from server.engine_config import EngineConfig
 from server.metrics import Metrics
 from server.policy import CONFIDENCE
 from server.repository import load_manifest

@@ -1,0 +1,70 @@
+"""What the engine (server/engine.py) moves between its exits: a request waiting at an exit (Job), one segment
+run of a batch as a pool thread decided it (Step), an exit's queue, and the answer a request gets."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(B, classes) logits -> temperature-scaled class probabilities."""
+    z = logits / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Job:
+    x: np.ndarray  # input of the next segment, one sample
+    arrival: float  # time.monotonic() at arrival
+    budget_end: float | None  # arrival + budget_ms
+    deadline: float | None  # the gRPC deadline (hard)
+    min_confidence: float | None
+    max_exit: int
+    future: asyncio.Future
+    use_policy: bool = False  # thresholds from the model's calibrated policy instead of min_confidence
+    seq: int = 0
+    drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
+    predicted_finish: float | None = None  # when it went on with a budget: its next segment's predicted end
+
+    def sort_key(self, undeadlined_due_s: float) -> float:
+        """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
+        ends = [t for t in (self.budget_end, self.deadline) if t is not None]
+        return min(ends) if ends else self.arrival + undeadlined_due_s
+
+
+@dataclass
+class Answer:
+    exit_index: int
+    probs: np.ndarray  # calibrated (temperature-scaled) class probabilities at that exit
+    reason: str
+    latency_s: float
+    budget_met: bool
+
+
+@dataclass
+class Step:
+    """One segment run of one batch, as the pool thread decided it."""
+
+    k: int
+    jobs: list
+    outputs: list
+    probs: np.ndarray | None  # (B, classes) calibrated; None where nobody stops and none has a threshold
+    reasons: list  # per job: why it stops here, or None to go on
+    dt: float  # compute seconds
+    now: float  # time.monotonic() of the decision
+    size: int  # rows computed (a carried batch also computes the rows of requests that stopped before)
+    rows: np.ndarray | None = None  # each job's row of `outputs`; None: job i is row i (see carry_stopped_rows)
+    applied: bool = False  # its answers already sent while the chain went on
+
+
+@dataclass
+class ExitQueue:
+    heap: list = field(default_factory=list)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    busy: bool = False
+    busy_batch: int = 0  # requests in the batch computing here while busy (a chain passing through, too)
+    running: list = field(default_factory=list)  # the jobs of the batch being computed
