@@ -50,6 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic", choices=DATASETS)
     p.add_argument("--data-dir", default="data", help="where the data set lies (or is downloaded to)")
     p.add_argument("--download", action="store_true", help="fetch from the official address, checksum verified")
+    p.add_argument("--decode-cache", default=None,
+                   help="folder where a small-image folder's decoded arrays are kept (.npy), so later runs skip decoding")
     p.add_argument("--val-size", type=int, default=None, help="validation images held out of train (default 5000; 10%% for synthetic)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
@@ -131,7 +133,8 @@ def main(args) -> dict:
                                  f"{ckpt['args'].get(key, default)!r}; pass the same arguments")
     val_size = args.val_size if args.val_size is not None else (256 if args.dataset == "synthetic" else 5000)
     splits = load_splits(args.dataset, args.data_dir, val_size, args.seed, args.download,
-                         val_indices=ckpt["data"]["val_indices"] if ckpt else None, image_size=intended_image_size(args))
+                         val_indices=ckpt["data"]["val_indices"] if ckpt else None, image_size=intended_image_size(args),
+                         decode_cache=args.decode_cache)
     cfg = model_config(args, len(splits.classes), splits.image_size)
     device = pick_device(args.device)
     dist_info = init_from_env(device.type)

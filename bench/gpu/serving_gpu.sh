@@ -4,7 +4,11 @@
 #   bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa [more files]   stash carried wheels in /tmp/whl
 #   bash bench/gpu/serving_gpu.sh run                                     install, check, benchmark -> $OUT
 # Rehearsal on a CPU (no wheels, the local environment): DEVICE=cpu bash bench/gpu/serving_gpu.sh run
-# Rehearsal of the install too: CPU wheels for this python as parts, then DEVICE=cpu INSTALL=1 ... run
+# Rehearsal of the install too, with the very wheels the GPU machine gets (onnxruntime-gpu imports and runs on a
+# CPU): a Python 3.12 venv holding what that machine's image has (numpy 2.5.2, onnxruntime 1.30.0 CPU, to be
+# shadowed, an older grpcio, pillow) first on PATH, each `part` command as the device calls give it, then
+#   OUT=/tmp/o DEVICE=cpu INSTALL=1 REQUESTS=300 WORKERS=1 STATIC_WORKERS=1 BATCH_WORKERS=1 BUDGET_SECONDS=2 \
+#     bash bench/gpu/serving_gpu.sh run          (2026-11-30: ~2 min 15 s, every step ran, 5 files)
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}

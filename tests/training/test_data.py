@@ -106,6 +106,47 @@ def test_small_image_folder_is_decoded_into_memory(tmp_path):
     assert np.array_equal(s.test.images[0], np.asarray(Image.open(tmp_path / "test/cat/0.png")))
 
 
+def test_decode_cache_serves_the_same_pixels_without_decoding_and_notices_changes(tmp_path, monkeypatch):
+    import os
+
+    import training.data.folder as folder
+
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    write_image_folder(root, 32)
+    first = load_splits("folder", root, val_size=2, decode_cache=cache)
+    assert len(list(cache.glob("decoded-32px-*.npy"))) == 2  # train and test
+    assert not list(cache.glob("*.tmp"))
+
+    def refuse(files, size):
+        raise AssertionError("decoded although the cache holds these files")
+
+    monkeypatch.setattr(folder, "decode_all", refuse)
+    again = load_splits("folder", root, val_size=2, decode_cache=cache)
+    assert np.array_equal(again.train.images, first.train.images)
+    assert np.array_equal(again.test.images, first.test.images)
+
+    # One image replaced (new pixels, new modification time): decoded afresh, not served stale.
+    monkeypatch.undo()
+    changed = root / "train" / "cat" / "0.png"
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    fresh = load_splits("folder", root, val_size=0, decode_cache=cache)
+    assert np.array_equal(fresh.train.images[0], np.full((32, 32, 3), 7, dtype=np.uint8))
+
+    # A damaged cache file is decoded again and replaced, not trusted.
+    for i, f in enumerate(sorted(cache.glob("*.npy"))):
+        f.write_bytes(b"not an array" if i % 2 else b"")  # garbage, or empty as a full disk leaves it
+    repaired = load_splits("folder", root, val_size=0, decode_cache=cache)
+    assert np.array_equal(repaired.train.images, fresh.train.images)
+    readable = []
+    for f in cache.glob("*.npy"):  # the two in use rewritten; the one of the folder before the change stays as left
+        try:
+            readable.append(np.load(f).shape)
+        except (ValueError, EOFError):
+            pass
+    assert readable == [(6, 32, 32, 3), (6, 32, 32, 3)]  # train (val_size 0) and test
+
+
 def test_large_image_folder_uses_imagenet_recipe(tmp_path):
     write_image_folder(tmp_path, 96, suffix=".jpg")
     s = load_splits("folder", tmp_path, val_size=2, image_size=64)
@@ -146,3 +187,18 @@ def test_fetch_without_network_and_checksum_errors(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="valid: cifar10, cifar100, svhn, folder, synthetic"):
         load_splits("mnist")
+
+
+def test_channel_statistics_by_hand_and_against_float_arithmetic():
+    from training.data.registry import _channel_stats
+
+    x = np.zeros((4, 2, 2, 3), dtype=np.uint8)  # channel 0: all 0
+    x[:2, ..., 1] = 255  # channel 1: half 0, half 255 -> mean 0.5, std 0.5
+    x[..., 2] = 51  # channel 2: all 51 = 0.2 -> mean 0.2, std 0
+    assert _channel_stats(x) == ((0.0, 0.5, 0.2), (0.0, 0.5, 0.0))
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        y = rng.integers(0, 256, (20, 5, 5, 3), dtype=np.uint8) // rng.integers(1, 9)
+        direct = y.reshape(-1, 3).astype(np.float64) / 255
+        mean, std = _channel_stats(y)
+        assert np.allclose(mean, direct.mean(0), atol=5e-5 + 1e-12) and np.allclose(std, direct.std(0), atol=5e-5 + 1e-12)
