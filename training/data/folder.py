@@ -74,6 +74,7 @@ def decode_all_cached(files: list[Path], size: int, cache_dir: Path | None) -> n
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would keep other users' runs from sharing the cache
         with os.fdopen(fd, "wb") as out:
             np.save(out, images)
         os.replace(tmp, path)
