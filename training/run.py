@@ -80,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the validation and test passes after each epoch (speed probes: with --compile, the first "
+                        "pass compiles the evaluation graphs too)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help="loader processes for large image folders (default: 4, or the cores if fewer)")
     p.add_argument("--compile", action="store_true",
@@ -211,26 +214,32 @@ def main(args) -> dict:
         if not main_rank:
             barrier()  # wait for rank 0 to evaluate and checkpoint this epoch
             continue
-        judged = ema.module if ema is not None else model  # the weights that will be exported
-        val = evaluate(judged, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args), autocast)
-        test = evaluate(judged, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
-                        autocast)
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
-                   "images_per_s_with_warmup": stats["images_per_s_with_warmup"],
-                   "train_s": stats["train_s"], "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
-                   "test_top1_err": test["top1_err"], "test_top5_err": test["top5_err"], "time": time.time()}
+                   "images_per_s_with_warmup": stats["images_per_s_with_warmup"], "train_s": stats["train_s"]}
+        if not args.no_eval:
+            judged = ema.module if ema is not None else model  # the weights that will be exported
+            started = time.perf_counter()
+            val = evaluate(judged, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args),
+                           autocast)
+            test = evaluate(judged, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
+                            autocast)
+            # eval_s: what evaluation adds to an epoch (the first epoch's includes compiling its graphs), which a
+            # schedule sized to a time limit must leave room for (bench/gpu/paper_runs.sh).
+            metrics.update({"val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"], "test_top1_err": test["top1_err"],
+                            "test_top5_err": test["top5_err"], "eval_s": time.perf_counter() - started})
+        metrics["time"] = time.time()
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         extra = {"model_ema": {k: v.cpu() for k, v in ema.state_dict().items()}} if ema is not None else {}
         save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **extra, "method": method.state_dict(),
                      "epoch": epoch + 1, "config": cfg.to_dict(), "args": vars(args), "data": data_info,
                      "precision": precision, "costs": costs, "metrics": metrics}, out / "last.pt")
-        print(f"epoch {epoch + 1}: val top1 err per exit {[round(e, 2) for e in val['top1_err']]} "
-              f"({stats['images_per_s'] * dist_info.world:.0f} img/s)", file=sys.stderr)
+        errors = f"val top1 err per exit {[round(e, 2) for e in metrics['val_top1_err']]}" if not args.no_eval else "not evaluated"
+        print(f"epoch {epoch + 1}: {errors} ({stats['images_per_s'] * dist_info.world:.0f} img/s)", file=sys.stderr)
         barrier()
     if dist_info.enabled:
         torch.distributed.destroy_process_group()
-    if metrics:
+    if "val_top1_err" in metrics:
         print(exit_table(costs, {"top1_err": metrics["val_top1_err"]},
                          {"top1_err": metrics["test_top1_err"], "top5_err": metrics["test_top5_err"]}))
     return metrics

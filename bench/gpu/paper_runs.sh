@@ -82,51 +82,58 @@ done
 limit=${MAX_BATCHES:+--max-batches $MAX_BATCHES}
 
 if [ -z "$RESUME" ]; then
-  # 1. Speed: one run alone, then as many side by side as we mean to start, for PROBE_BATCHES batches.
-  python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
-    --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
-  if [ ! -s "$RUNS/probe1/metrics.jsonl" ] && [ -n "${EXTRA// /}" ]; then
+  # 1. Speed: one run alone for two short epochs (the second: the steady training rate, and evaluation without
+  #    compiling), then every run of ORDER side by side for one, not evaluated (--no-eval: no evaluation graphs
+  #    compiled in a probe).
+  probe_alone() {
+    python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 2 --max-batches "$PROBE_BATCHES" $1 \
+      --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+  }
+  probe_alone "$EXTRA"
+  if [ "$(wc -l < "$RUNS/probe1/metrics.jsonl" 2>/dev/null || echo 0)" -lt 2 ] && [ -n "${EXTRA// /}" ]; then
     # torch.compile needs Triton and a C compiler on the machine; without them, train uncompiled rather than not.
     { echo "probe with '$EXTRA' failed; measuring and training without it. Its log ends:"; tail -n 5 "$RUNS/probe1.log"; } \
       | tee "$RUNS/extra_failed.txt"
     EXTRA=" "
     rm -rf "$RUNS/probe1"
-    python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" \
-      --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+    probe_alone ""
   fi
-  [ -s "$RUNS/probe1/metrics.jsonl" ] || { echo "the speed probe failed:"; tail -n 20 "$RUNS/probe1.log"; exit 1; }
+  [ "$(wc -l < "$RUNS/probe1/metrics.jsonl" 2>/dev/null || echo 0)" -ge 2 ] \
+    || { echo "the speed probe failed:"; tail -n 20 "$RUNS/probe1.log"; exit 1; }
   echo "$EXTRA" > "$RUNS/extra.txt"  # a RESUME call trains with the same flags
-  alone=$(python3 -c "import json; print(json.loads(open('$RUNS/probe1/metrics.jsonl').readlines()[-1])['images_per_s'])")
   for n in ${!order[@]}; do
-    python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" $EXTRA \
+    python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" --no-eval $EXTRA \
       --out "$RUNS/probe_all_$n" > "$RUNS/probe_all_$n.log" 2>&1 &
   done
   wait
-  together=$(python3 -c "
-import json, glob
-print(sum(json.loads(open(f).readlines()[-1])['images_per_s'] for f in glob.glob('$RUNS/probe_all_*/metrics.jsonl')))")
-  # The runs will pay their warm-up (torch.compile, CUDA-graph capture) again: as long as the side-by-side
-  # probes' (images_per_s leaves it out; images_per_s_with_warmup keeps it).
-  warmup=$(python3 -c "
-import json, glob
-rows = [json.loads(open(f).readlines()[-1]) for f in glob.glob('$RUNS/probe_all_*/metrics.jsonl')]
-print(int(max(r['train_s'] * (1 - r['images_per_s_with_warmup'] / r['images_per_s']) for r in rows)))")
-  echo "throughput: one run alone ${alone} img/s; ${#order[@]} side by side ${together} img/s in all;" \
-    "warm-up ${warmup} s" | tee "$RUNS/speed.txt"
   # 2. Size: the most runs (in priority order) whose shared throughput fits MIN_EPOCHS in the time left,
-  #    then as many epochs as fit, up to the paper's. 45,000 training images; 10% margin for evaluation.
-  left=$((BUDGET_S - (SECONDS - start) - 30 - warmup))
-  read -r NRUNS EPOCHS < <(python3 -c "
-alone, together, left, k = $alone, $together, $left, ${#order[@]}
-best = (1, 1)
+  #    then as many epochs as fit, up to the paper's. An epoch: 45,000 training images at the run's share of
+  #    the throughput, plus its evaluation (measured alone, slowed by the same share). Set aside: each run's
+  #    warm-up (torch.compile, CUDA-graph capture: as long as the side-by-side probes' was; images_per_s leaves
+  #    it out, images_per_s_with_warmup keeps it), and its first evaluation's compiling; then 10% margin.
+  read -r NRUNS EPOCHS < <(python3 - "$RUNS" "$((BUDGET_S - (SECONDS - start) - 30))" "${#order[@]}" "$MIN_EPOCHS" \
+    "$MAX_EPOCHS" <<'PLAN' | tee -a "$RUNS/speed.txt" | tail -n 1
+import glob, json, sys
+runs, left, k, min_epochs, max_epochs = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:])
+first, second = [json.loads(line) for line in open(f"{runs}/probe1/metrics.jsonl")][:2]
+alone, eval_s, eval_compile_s = second["images_per_s"], second["eval_s"], max(0.0, first["eval_s"] - second["eval_s"])
+rows = [json.loads(open(f).readlines()[-1]) for f in glob.glob(f"{runs}/probe_all_*/metrics.jsonl")]
+together = sum(r["images_per_s"] for r in rows)
+warmup = max(r["train_s"] * (1 - r["images_per_s_with_warmup"] / r["images_per_s"]) for r in rows)
+print(f"throughput: one run alone {alone:.0f} img/s (evaluation {eval_s:.1f} s an epoch, {eval_compile_s:.0f} s more the "
+      f"first time); {len(rows)} side by side {together:.0f} img/s in all; warm-up {warmup:.0f} s; {left:.0f} s left")
+best = None
 for n in range(1, k + 1):
     per_run = alone if n == 1 else together / k * min(1.0, k / n)  # measured at k; fewer share it out
-    epochs = int(0.9 * left * per_run / 45000)
-    if epochs >= $MIN_EPOCHS:
-        best = (n, min(epochs, $MAX_EPOCHS))
-    elif n == 1:
-        best = (1, max(1, min(epochs, $MAX_EPOCHS)))
-print(*best)")
+    epoch_s = 45000 / per_run + eval_s * alone / per_run
+    epochs = int(0.9 * (left - warmup - eval_compile_s) / epoch_s)
+    if epochs >= min_epochs or n == 1:  # one run is started even below the floor: the most that fits
+        best = (n, max(1, min(epochs, max_epochs)))
+print(*best)
+PLAN
+  )
+  cat "$RUNS/speed.txt"
+  [ -n "${EPOCHS:-}" ] || { echo "sizing the plan failed (speed.txt above)"; exit 1; }
   [ -n "$FORCE_EPOCHS" ] && EPOCHS=$FORCE_EPOCHS && NRUNS=${#order[@]}
   echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt"
 else

@@ -50,10 +50,27 @@ def test_metrics_and_checkpoint_contents(tmp_path):
     metrics = run(tmp_path, "m", "--epochs", "1")
     assert len(metrics["val_top1_err"]) == 3 and len(metrics["loss"]) == 3
     row = json.loads((tmp_path / "m" / "metrics.jsonl").read_text())
-    assert set(row) >= {"epoch", "lr", "loss", "images_per_s", "val_top1_err", "val_top5_err", "test_top1_err"}
+    assert set(row) >= {"epoch", "lr", "loss", "images_per_s", "val_top1_err", "val_top5_err", "test_top1_err", "eval_s"}
+    assert row["eval_s"] > 0
     ck = load_checkpoint(tmp_path / "m")
     assert ck["config"]["exits"] == (5, 9, 14) and len(ck["data"]["val_indices"]) == 128
     assert ck["args"]["method"] == "multiway" and "optimizers" in ck["method"]
+
+
+def test_no_eval_trains_and_checkpoints_without_evaluating(tmp_path, monkeypatch):
+    """A speed probe (bench/gpu/paper_runs.sh) needs the training rate only; with --compile on a GPU the first
+    evaluation would compile its graphs too."""
+    import training.run as tr
+
+    def refuse(*a, **k):
+        raise AssertionError("evaluated despite --no-eval")
+
+    monkeypatch.setattr(tr, "evaluate", refuse)
+    metrics = run(tmp_path, "probe", "--epochs", "2", "--no-eval")
+    rows = [json.loads(line) for line in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert not any(k.startswith(("val_", "test_")) or k == "eval_s" for k in metrics)
+    assert load_checkpoint(tmp_path / "probe")["epoch"] == 2
 
 
 def test_resume_with_other_arguments_is_refused(tmp_path):
