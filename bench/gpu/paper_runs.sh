@@ -18,6 +18,11 @@
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-aa .gpudata/parts/index.json.xz .gpudata/parts/SHA256
 #   carry [".gpudata/parts/blob.part-ab"], timeout_s 560:
 #       bash bench/gpu/paper_runs.sh part .gpudata/parts/blob.part-ab && BUDGET_S=480 bash bench/gpu/paper_runs.sh
+# A later session, to take runs an earlier lease stopped at its time limit on to their last epoch (e.g. the
+#   paper's 400, planned with FORCE_EPOCHS=400 ORDER=a_multiway): keep that lease's returned files (git-ignored,
+#   e.g. .gpuruns/) and carry them with the data in parts, a call each, then
+#   bash bench/gpu/paper_runs.sh restore-part .gpuruns/runs.tar.gz .gpuruns/ckpt_a_multiway.pt   (in call 1 or 2)
+#   ... && RESTORE=/tmp/paper_restore BUDGET_S=480 bash bench/gpu/paper_runs.sh
 # A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." FORCE_EPOCHS=<the first
 #   session's epochs, plan.txt in its runs.tar.gz> bash bench/gpu/paper_runs.sh (compared runs share a schedule;
 #   FORCE_EPOCHS starts every run in ORDER, so name only as many as its speed.txt says fit).
@@ -42,11 +47,25 @@ OUT=${OUT:-/tmp/out}
 RUNS=/tmp/paper_runs
 DATA=${DATA:-}
 EXTRA=${EXTRA:---compile}
-if [ "${1:-}" = part ]; then  # stash carried data parts until the last call joins them
+if [ "${1:-}" = part ] || [ "${1:-}" = restore-part ]; then  # stash carried files until the call that uses them
+  dest=/tmp/gpudata && [ "$1" = restore-part ] && dest=/tmp/paper_restore
   shift
-  mkdir -p /tmp/gpudata
-  cp "$@" /tmp/gpudata/ && ls -la /tmp/gpudata
+  mkdir -p "$dest"
+  cp "$@" "$dest/" && ls -la "$dest"
   exit $?
+fi
+if [ -n "${RESTORE:-}" ]; then
+  # Continue an earlier lease's runs on a fresh machine: RESTORE holds what that lease's $OUT returned
+  # (runs.tar.gz: plan, flags, metrics, logs; ckpt_NAME.pt: each run's last epoch). Resuming is exact (the
+  # batches of epoch e are drawn from seed and e alone), so a run may take several leases to its last epoch.
+  [ -f "$RESTORE/runs.tar.gz" ] || { echo "RESTORE=$RESTORE holds no runs.tar.gz"; exit 2; }
+  rm -rf "$RUNS" && tar xzf "$RESTORE/runs.tar.gz" -C /tmp || exit 1
+  for f in "$RESTORE"/ckpt_*.pt; do
+    [ -f "$f" ] || continue
+    name=$(basename "$f" .pt) && name=${name#ckpt_}
+    mkdir -p "$RUNS/$name" && cp "$f" "$RUNS/$name/last.pt"
+  done
+  RESUME=1
 fi
 mkdir -p "$RUNS" "$OUT"
 start=$SECONDS
@@ -119,7 +138,7 @@ first, second = [json.loads(line) for line in open(f"{runs}/probe1/metrics.jsonl
 alone, eval_s, eval_compile_s = second["images_per_s"], second["eval_s"], max(0.0, first["eval_s"] - second["eval_s"])
 rows = [json.loads(open(f).readlines()[-1]) for f in glob.glob(f"{runs}/probe_all_*/metrics.jsonl")]
 together = sum(r["images_per_s"] for r in rows)
-warmup = max(r["train_s"] * (1 - r["images_per_s_with_warmup"] / r["images_per_s"]) for r in rows)
+warmup = max(0.0, *(r["train_s"] * (1 - r["images_per_s_with_warmup"] / r["images_per_s"]) for r in rows))
 print(f"throughput: one run alone {alone:.0f} img/s (evaluation {eval_s:.1f} s an epoch, {eval_compile_s:.0f} s more the "
       f"first time); {len(rows)} side by side {together:.0f} img/s in all; warm-up {warmup:.0f} s; {left:.0f} s left")
 best = None
@@ -136,9 +155,11 @@ PLAN
   [ -n "${EPOCHS:-}" ] || { echo "sizing the plan failed (speed.txt above)"; exit 1; }
   [ -n "$FORCE_EPOCHS" ] && EPOCHS=$FORCE_EPOCHS && NRUNS=${#order[@]}
   echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt"
+  echo "${order[*]:0:$NRUNS}" > "$RUNS/started.txt"  # a resumed call continues these, whatever its ORDER
 else
-  read -r NRUNS EPOCHS < "$RUNS/plan.txt"
+  read -r NRUNS EPOCHS < "$RUNS/plan.txt" || { echo "nothing to resume: $RUNS/plan.txt is missing"; exit 2; }
   [ -f "$RUNS/extra.txt" ] && EXTRA=$(cat "$RUNS/extra.txt")
+  [ -f "$RUNS/started.txt" ] && read -r -a order < "$RUNS/started.txt" && NRUNS=${#order[@]}
 fi
 echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS/speed.txt"
 
