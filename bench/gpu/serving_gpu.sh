@@ -9,6 +9,10 @@
 # shadowed, an older grpcio, pillow) first on PATH, each `part` command as the device calls give it, then
 #   OUT=/tmp/o DEVICE=cpu INSTALL=1 REQUESTS=300 WORKERS=1 STATIC_WORKERS=1 BATCH_WORKERS=1 BUDGET_SECONDS=2 \
 #     bash bench/gpu/serving_gpu.sh run          (2026-11-30: ~2 min 15 s, every step ran, 5 files)
+# And the CUDA provider's libraries: with the LD_LIBRARY_PATH built below from torch 2.11.0+cu130's nvidia
+# wheels (the image's torch), `ldd .../onnxruntime/capi/libonnxruntime_providers_cuda.so` resolves cuBLAS(Lt)
+# 13, cuRAND 10 and cudart 13 under nvidia/cu13/lib (cuDNN 9, opened later, under nvidia/cudnn/lib); only the
+# driver's libcuda.so.1 is missing on a CPU machine (checked 2026-11-30).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
