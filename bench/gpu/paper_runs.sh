@@ -185,5 +185,8 @@ while [ -n "$(jobs -r)" ] && [ $((SECONDS - start)) -lt "$BUDGET_S" ]; do
 done
 kill $(jobs -p) 2>/dev/null
 wait
+# The runs beside the paper's Tables 1, 2 and 6 (into runs.tar.gz too; an unfinished run says so in its label).
+python3 -m bench.paper_tables --runs "$RUNS" > "$RUNS/tables.md" 2>&1
 sync_out
 tail -n 2 "$RUNS"/*.log
+cat "$RUNS/tables.md"
