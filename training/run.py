@@ -88,6 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
                         "so every step has the same shape")
+    p.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
+                   help="torch.compile's mode; auto: reduce-overhead (CUDA graphs) on a GPU, the default elsewhere")
     p.add_argument("--sync-bn", action="store_true",
                    help="torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
     p.add_argument("--grad-sync", choices=["allreduce", "ddp"], default="allreduce",
@@ -110,6 +112,18 @@ def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
     exits = tuple(int(e) for e in args.exits.split(",")) if args.exits else (args.depth,)
     return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size,
                        args.preact_shortcut)
+
+
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(requested: str, device_type: str) -> str | None:
+    """torch.compile's mode. CUDA graphs pay on a GPU, where a CIFAR ResNet step is a thousand short kernel
+    launches; whether BatchNorm's running-statistics updates let them be captured in training is for a GPU
+    run to show (paper_runs.sh prints inductor's "skipping cudagraphs" lines), hence the choice."""
+    if requested == "auto":
+        return "reduce-overhead" if device_type == "cuda" else None
+    return None if requested == "default" else requested
 
 
 def intended_image_size(args) -> int:
@@ -159,7 +173,7 @@ def main(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, args.ema_decay) if args.ema_decay else None  # copied before compiling: evaluated eagerly
     if args.compile:  # in place: the state_dict keeps its keys, so checkpoints and export are unchanged
-        model.compile(mode="reduce-overhead" if device.type == "cuda" else None)
+        model.compile(mode=compile_mode(args.compile_mode, device.type))
     # Small-image sets live on the device for the whole run, batched and augmented there (training/data/device.py).
     on_device = {name: DeviceData(ds, splits, device) for name, ds in
                  (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds.images is not None and len(ds)}

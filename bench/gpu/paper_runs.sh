@@ -120,6 +120,9 @@ if [ -z "$RESUME" ]; then
   [ "$(wc -l < "$RUNS/probe1/metrics.jsonl" 2>/dev/null || echo 0)" -ge 2 ] \
     || { echo "the speed probe failed:"; tail -n 20 "$RUNS/probe1.log"; exit 1; }
   echo "$EXTRA" > "$RUNS/extra.txt"  # a RESUME call trains with the same flags
+  # Whether CUDA graphs were captured (BatchNorm's running statistics are updated in training): inductor says
+  # when it skips them. If it does, EXTRA="--compile --compile-mode default" may be as fast with less warm-up.
+  grep -h -i -m 3 "skipping cudagraphs" "$RUNS/probe1.log" | sed 's/^/probe1: /' > "$RUNS/speed.txt"
   for n in ${!order[@]}; do
     python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" --no-eval $EXTRA \
       --out "$RUNS/probe_all_$n" > "$RUNS/probe_all_$n.log" 2>&1 &

@@ -124,6 +124,16 @@ def test_imagenet_preset_trains_and_exports_at_one_image_size(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_mode_auto_uses_cuda_graphs_only_on_a_gpu():
+    from training.run import compile_mode
+
+    assert compile_mode("auto", "cuda") == "reduce-overhead" and compile_mode("auto", "cpu") is None
+    assert compile_mode("default", "cuda") is None  # torch.compile's own default mode
+    assert compile_mode("max-autotune-no-cudagraphs", "cuda") == "max-autotune-no-cudagraphs"
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--compile-mode", "fastest"])
+
+
 def test_compile_trains_with_static_batches_and_plain_checkpoint_keys(tmp_path):
     metrics = run(tmp_path, "compiled", "--compile", "--epochs", "1")
     assert len(metrics["val_top1_err"]) == 3
