@@ -40,7 +40,9 @@ BUDGET_S=${BUDGET_S:-480}          # wall seconds for everything in this call
 MIN_EPOCHS=${MIN_EPOCHS:-160}      # the issue's floor; fewer runs are started rather than fewer epochs
 MAX_EPOCHS=${MAX_EPOCHS:-400}      # the paper's schedule
 FORCE_EPOCHS=${FORCE_EPOCHS:-}     # rehearsal: skip the sizing
-PROBE_BATCHES=${PROBE_BATCHES:-150}
+PROBE_BATCHES=${PROBE_BATCHES:-150}  # the alone probe's two epochs
+SIDE_BATCHES=${SIDE_BATCHES:-40}     # side-by-side probes: epochs this short, timed while all of them run
+SIDE_SECONDS=${SIDE_SECONDS:-20}     # ... for this long once every one has compiled and finished an epoch
 MAX_BATCHES=${MAX_BATCHES:-}
 RESUME=${RESUME:-}
 OUT=${OUT:-/tmp/out}
@@ -123,39 +125,43 @@ if [ -z "$RESUME" ]; then
   # Whether CUDA graphs were captured (BatchNorm's running statistics are updated in training): inductor says
   # when it skips them. If it does, EXTRA="--compile --compile-mode default" may be as fast with less warm-up.
   grep -h -i -m 3 "skipping cudagraphs" "$RUNS/probe1.log" | sed 's/^/probe1: /' > "$RUNS/speed.txt"
+  #    Their rates must be taken over the same seconds: a probe that compiles fast would otherwise time its steps
+  #    while the others still compile, and the sum of such rates overstates what they share. So each runs short
+  #    epochs (one metrics row each, wall time stamped) until all have finished one epoch, then SIDE_SECONDS more;
+  #    the plan counts only the epochs that ended while all of them ran. A probe that exits early has failed:
+  #    its run is not started.
+  pids=()
   for n in ${!order[@]}; do
-    python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 1 --max-batches "$PROBE_BATCHES" --no-eval $EXTRA \
+    python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 100000 --max-batches "$SIDE_BATCHES" --no-eval $EXTRA \
       --out "$RUNS/probe_all_$n" > "$RUNS/probe_all_$n.log" 2>&1 &
+    pids+=($!)
   done
+  all_ready=""
+  while [ -n "$(jobs -r)" ] && [ $((SECONDS - start)) -lt $((BUDGET_S / 2)) ]; do
+    sleep 2
+    if [ -z "$all_ready" ]; then
+      ready=1
+      for n in ${!order[@]}; do
+        f="$RUNS/probe_all_$n/metrics.jsonl"
+        if [ ! -s "$f" ] && kill -0 "${pids[$n]}" 2>/dev/null; then ready=""; fi
+      done
+      [ -n "$ready" ] && all_ready=$SECONDS
+    elif [ $((SECONDS - all_ready)) -ge "$SIDE_SECONDS" ]; then
+      break
+    fi
+  done
+  kill "${pids[@]}" 2>/dev/null
   wait
   # 2. Size: the most runs (in priority order) whose shared throughput fits MIN_EPOCHS in the time left,
   #    then as many epochs as fit, up to the paper's. An epoch: 45,000 training images at the run's share of
   #    the throughput, plus its evaluation (measured alone, slowed by the same share). Set aside: each run's
   #    warm-up (torch.compile, CUDA-graph capture: as long as the side-by-side probes' was; images_per_s leaves
   #    it out, images_per_s_with_warmup keeps it), and its first evaluation's compiling; then 10% margin.
-  read -r NRUNS EPOCHS < <(python3 - "$RUNS" "$((BUDGET_S - (SECONDS - start) - 30))" "${#order[@]}" "$MIN_EPOCHS" \
-    "$MAX_EPOCHS" <<'PLAN' | tee -a "$RUNS/speed.txt" | tail -n 1
-import glob, json, sys
-runs, left, k, min_epochs, max_epochs = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:])
-first, second = [json.loads(line) for line in open(f"{runs}/probe1/metrics.jsonl")][:2]
-alone, eval_s, eval_compile_s = second["images_per_s"], second["eval_s"], max(0.0, first["eval_s"] - second["eval_s"])
-rows = [json.loads(open(f).readlines()[-1]) for f in glob.glob(f"{runs}/probe_all_*/metrics.jsonl")]
-together = sum(r["images_per_s"] for r in rows)
-warmup = max(0.0, *(r["train_s"] * (1 - r["images_per_s_with_warmup"] / r["images_per_s"]) for r in rows))
-print(f"throughput: one run alone {alone:.0f} img/s (evaluation {eval_s:.1f} s an epoch, {eval_compile_s:.0f} s more the "
-      f"first time); {len(rows)} side by side {together:.0f} img/s in all; warm-up {warmup:.0f} s; {left:.0f} s left")
-best = None
-for n in range(1, k + 1):
-    per_run = alone if n == 1 else together / k * min(1.0, k / n)  # measured at k; fewer share it out
-    epoch_s = 45000 / per_run + eval_s * alone / per_run
-    epochs = int(0.9 * (left - warmup - eval_compile_s) / epoch_s)
-    if epochs >= min_epochs or n == 1:  # one run is started even below the floor: the most that fits
-        best = (n, max(1, min(epochs, max_epochs)))
-print(*best)
-PLAN
-  )
+  read -r NRUNS EPOCHS started < <(python3 -m bench.gpu.plan_runs "$RUNS" "$((BUDGET_S - (SECONDS - start) - 30))" \
+    "$MIN_EPOCHS" "$MAX_EPOCHS" "${order[@]}" 2>&1 | tee -a "$RUNS/speed.txt" | tail -n 1)
   cat "$RUNS/speed.txt"
-  [ -n "${EPOCHS:-}" ] || { echo "sizing the plan failed (speed.txt above)"; exit 1; }
+  [[ "${NRUNS:-}${EPOCHS:-}" =~ ^[0-9]+$ ]] || { echo "sizing the plan failed (speed.txt above)"; exit 1; }
+  read -r -a order <<< "$started"  # the runs whose probes worked, in priority order
   [ -n "$FORCE_EPOCHS" ] && EPOCHS=$FORCE_EPOCHS && NRUNS=${#order[@]}
   echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt"
   echo "${order[*]:0:$NRUNS}" > "$RUNS/started.txt"  # a resumed call continues these, whatever its ORDER
