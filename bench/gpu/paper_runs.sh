@@ -26,6 +26,8 @@
 # A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." FORCE_EPOCHS=<the first
 #   session's epochs, plan.txt in its runs.tar.gz> bash bench/gpu/paper_runs.sh (compared runs share a schedule;
 #   FORCE_EPOCHS starts every run in ORDER, so name only as many as its speed.txt says fit).
+# Without probes (PROBE=0 FORCE_EPOCHS=E ORDER="..."): every named run starts at once for E epochs; the ones the
+#   call's limit stops continue on a later lease with RESTORE (e.g. a and b of Table 6 at 160 epochs each).
 # Rehearsal on a CPU (tiny, a few minutes):
 #   DATA="--dataset synthetic" PROBE_BATCHES=3 MAX_BATCHES=4 FORCE_EPOCHS=2 BUDGET_S=120 OUT=/tmp/out \
 #     bash bench/gpu/paper_runs.sh
@@ -102,7 +104,13 @@ for name in "${order[@]}"; do
 done
 limit=${MAX_BATCHES:+--max-batches $MAX_BATCHES}
 
-if [ -z "$RESUME" ]; then
+if [ -z "$RESUME" ] && [ "${PROBE:-1}" = 0 ]; then
+  # No probes (their compiling costs a minute or two of the call): every run of ORDER for FORCE_EPOCHS; what
+  # the call's limit stops, a later lease continues (RESTORE). Each run's metrics still give its speed.
+  [ -n "$FORCE_EPOCHS" ] || { echo "PROBE=0 needs FORCE_EPOCHS (nothing measured to size the plan)"; exit 2; }
+  NRUNS=${#order[@]} && EPOCHS=$FORCE_EPOCHS
+  echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt" && echo "${order[*]}" > "$RUNS/started.txt" && echo "$EXTRA" > "$RUNS/extra.txt"
+elif [ -z "$RESUME" ]; then
   # 1. Speed: one run alone for two short epochs (the second: the steady training rate, and evaluation without
   #    compiling), then every run of ORDER side by side for one, not evaluated (--no-eval: no evaluation graphs
   #    compiled in a probe).
