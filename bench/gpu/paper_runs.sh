@@ -83,7 +83,7 @@ if [ -z "$DATA" ]; then
     (cd "$src" && sha256sum -c SHA256) || { echo "packed data incomplete: carry $src whole, or every blob.part-*"; exit 1; }
     python3 -m bench.gpu.pack_jpeg_folder unpack "$src" /tmp/cifar10-jpeg || exit 1
   fi
-  # Decoded once (by the first speed probe) into a cache every later process loads: ~20 s a process saved.
+  # Decoded once (by the first speed probe) into a cache every later process loads: ~13 s a process saved (RESULTS §17).
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg --decode-cache /tmp/cifar10-decoded"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1

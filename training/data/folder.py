@@ -53,7 +53,7 @@ def decode_all(files: list[Path], size: int) -> np.ndarray:
 
 
 def decode_all_cached(files: list[Path], size: int, cache_dir: Path | None) -> np.ndarray:
-    """decode_all, kept in `cache_dir` as .npy: decoding CIFAR-10's 60,000 JPEGs takes ~20 s a process, which
+    """decode_all, kept in `cache_dir` as .npy: decoding CIFAR-10's 60,000 JPEGs takes ~14 s a process, which
     every concurrent run of a GPU lease would pay again (bench/gpu/paper_runs.sh); loading the array takes
     well under a second. The key covers every file's path, size and modification time and the decoded size,
     so a changed folder is decoded afresh; the file is written whole and renamed, so a concurrent reader sees
