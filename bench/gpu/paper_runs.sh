@@ -112,8 +112,8 @@ if [ -z "$RESUME" ] && [ "${PROBE:-1}" = 0 ]; then
   echo "$NRUNS $EPOCHS" > "$RUNS/plan.txt" && echo "${order[*]}" > "$RUNS/started.txt" && echo "$EXTRA" > "$RUNS/extra.txt"
 elif [ -z "$RESUME" ]; then
   # 1. Speed: one run alone for two short epochs (the second: the steady training rate, and evaluation without
-  #    compiling), then every run of ORDER side by side for one, not evaluated (--no-eval: no evaluation graphs
-  #    compiled in a probe).
+  #    compiling), then every run of ORDER side by side, not evaluated (--no-eval: no evaluation graphs compiled
+  #    in a probe), timed as said below.
   probe_alone() {
     python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 2 --max-batches "$PROBE_BATCHES" $1 \
       --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1

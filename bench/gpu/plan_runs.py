@@ -65,12 +65,12 @@ def plan(runs: Path, left_s: float, min_epochs: int, max_epochs: int, names: lis
                   + (f"over {window_s:.0f} s in which all ran" if window_s else
                      "no common window: the sum of their last rates (an overestimate)")
                   + f"; warm-up {warmup:.0f} s; {left_s:.0f} s left")
-    k, best = len(ok), (1, 1)
+    k, best = len(ok), None
     for n in range(1, k + 1):
         per_run = alone if n == 1 else together / k * min(1.0, k / n)  # measured at k; fewer share it out
         epoch_s = (TRAIN_IMAGES + eval_s * alone) / per_run  # evaluation slowed by the same share
         epochs = int(MARGIN * (left_s - warmup - eval_compile_s) / epoch_s)
-        if epochs >= min_epochs or n == 1:
+        if epochs >= min_epochs or n == 1:  # n == 1 always sets it: one run is started even below the floor
             best = (n, max(1, min(epochs, max_epochs)))
     return report + [f"{best[0]} {best[1]} {' '.join(ok)}"], best[0], best[1]
 
