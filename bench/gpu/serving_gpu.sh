@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 14 on the GPU machine (prepare with bench/gpu/fetch_serving_wheels.sh, which prints the device calls;
 # RESPLIT=1 there re-sizes the parts to the working tree without fetching again).
-#   bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa [more files]   stash carried wheels in /tmp/whl
+#   bash bench/gpu/serving_gpu.sh part .whl/parts/part-aa [more files]   stash carried parts in /tmp/whl
 #   bash bench/gpu/serving_gpu.sh run                                     install, check, benchmark -> $OUT
 # Rehearsal on a CPU (no wheels, the local environment): DEVICE=cpu bash bench/gpu/serving_gpu.sh run
 # Rehearsal of the install too, with the very wheels the GPU machine gets (onnxruntime-gpu imports and runs on a
 # CPU): a Python 3.12 venv holding what that machine's image has (numpy 2.5.2, onnxruntime 1.30.0 CPU, to be
-# shadowed, an older grpcio, pillow) first on PATH, each `part` command as the device calls give it, then
+# shadowed, pillow; no grpcio, so the archive must supply it) first on PATH, each `part` command as the device calls give it, then
 #   OUT=/tmp/o DEVICE=cpu INSTALL=1 REQUESTS=300 WORKERS=1 STATIC_WORKERS=1 BATCH_WORKERS=1 BUDGET_SECONDS=2 \
-#     bash bench/gpu/serving_gpu.sh run          (2026-11-30: ~2 min 15 s, every step ran, 5 files)
+#     bash bench/gpu/serving_gpu.sh run          (2026-11-30, the 4-part archive, a Python 3.12.1 venv of only
+#     numpy 2.5.2, onnxruntime 1.30.0 and pillow: 2 min 17 s, every step ran, 5 files)
 # And the CUDA provider's libraries: with the LD_LIBRARY_PATH built below from torch 2.11.0+cu130's nvidia
 # wheels (the image's torch), `ldd .../onnxruntime/capi/libonnxruntime_providers_cuda.so` resolves cuBLAS(Lt)
 # 13, cuRAND 10 and cudart 13 under nvidia/cu13/lib (cuDNN 9, opened later, under nvidia/cudnn/lib); only the
@@ -31,14 +32,13 @@ case "${1:-}" in
   *) echo "usage: $0 part FILE... | run"; exit 2 ;;
 esac
 if [ "$DEVICE" = cuda ] || [ -n "${INSTALL:-}" ]; then  # INSTALL=1: rehearse the install on a CPU too
-  name=$(cat /tmp/whl/NAME 2>/dev/null || cat .whl/parts/NAME)
-  cat /tmp/whl/part-* > "/tmp/$name" || exit 1
-  (cd /tmp && sha256sum -c /tmp/whl/SHA256 2>/dev/null || sha256sum -c "$OLDPWD/.whl/parts/SHA256") || { echo "wheel parts incomplete"; exit 1; }
-  if ! python3 -m pip install -q --no-deps --target /tmp/pydeps "/tmp/$name" /tmp/whl/small/*.whl; then
-    # No pip on the machine: a wheel is a zip of what --target would write (only py-spy carries .data: its
-    # binary stays under py_spy-*.data/scripts, where profile_server below looks for it).
-    for w in "/tmp/$name" /tmp/whl/small/*.whl; do python3 -m zipfile -e "$w" /tmp/pydeps || exit 1; done
-  fi
+  # The parts join into pydeps.tar.xz: every carried wheel unzipped into one tree, what `pip install --no-deps
+  # --target /tmp/pydeps` would write (fetch_serving_wheels.sh says why a tree and not the wheels).
+  cat /tmp/whl/part-* > /tmp/pydeps.tar.xz || exit 1
+  (cd /tmp && sha256sum -c /tmp/whl/SHA256 2>/dev/null || sha256sum -c "$OLDPWD/.whl/parts/SHA256") || { echo "archive parts incomplete"; exit 1; }
+  rm -rf /tmp/pydeps
+  python3 -c "import sys, tarfile; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2], filter='data')" \
+    /tmp/pydeps.tar.xz /tmp/pydeps || exit 1
   export PYTHONPATH=/tmp/pydeps:${PYTHONPATH:-}  # shadows the image's CPU onnxruntime and older grpc/protobuf
   export LD_LIBRARY_PATH=$(python3 -c "import nvidia, os; print(':'.join(os.path.join(p, d, 'lib') for p in nvidia.__path__ for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, 'lib'))))" 2>/dev/null):${LD_LIBRARY_PATH:-}
   python3 -c "import onnxruntime, grpc, google.protobuf, simplejpeg, aiohttp; print('installed and imported from /tmp/pydeps:', onnxruntime.__file__, grpc.__version__)" || exit 1
