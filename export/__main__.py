@@ -29,8 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "out of sample (default 0.5)")
     ch = sub.add_parser("choose", help="export the best of several checkpoints, judged on validation (export/choose.py)")
     ch.add_argument("--checkpoint", action="append", required=True, help="a candidate run directory (repeat)")
-    ch.add_argument("--out", required=True, help="model repository directory")
-    ch.add_argument("--name", required=True, help="model name to publish the winner under")
+    ch.add_argument("--out", help="model repository directory")
+    ch.add_argument("--name", help="model name to publish the winner under")
+    ch.add_argument("--dry-run", action="store_true", help="rank the candidates and say why; publish nothing")
     ch.add_argument("--data-dir", help="where the checkpoints' data set lies now (for calibration)")
     ch.add_argument("--max-drop-pp", type=float, default=0.5, help="the policy's promise (default 0.5)")
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         if args.command == "choose":
             from export.choose import choose
 
-            choose(args.checkpoint, args.out, args.name, args.data_dir, args.max_drop_pp)
+            choose(args.checkpoint, args.out, args.name, args.data_dir, args.max_drop_pp, dry_run=args.dry_run)
             return 0
         from export.build import export_model
 

@@ -24,6 +24,7 @@ from training.data import load_splits
 from training.data.batches import iterate
 from training.engine import collect_logits
 from training.model import AuxNet, segment_costs
+from training.run import RECIPE_DEFAULTS
 
 
 class ExportError(RuntimeError):
@@ -191,6 +192,7 @@ def _manifest(name, cfg, ckpt, splits, exits, policy, n_val) -> dict:
                   "normalization": ckpt["data"]["normalization"]},
         "training": {"method": args.get("method"), "dataset": dataset, "epochs": ckpt["epoch"],
                      "seed": args.get("seed"), "batch_size": args.get("batch_size"), "lr": args.get("lr"),
+                     "recipe": {k: args.get(k, default) for k, default in RECIPE_DEFAULTS.items()},
                      "weights": "exponential moving average" if ckpt.get("model_ema") else "last step",
                      "precision": ckpt.get("precision"), "final_metrics": ckpt.get("metrics", {})},
         "calibration": {"split": "validation (held out of the training set)", "images": n_val,

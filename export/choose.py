@@ -8,7 +8,7 @@ its early-exit accuracy (the policy's, on validation) is within --max-drop-pp of
 cost is never bought with more accuracy than the policy itself may lose; among the eligible, the least mean
 MFLOPs per image under the policy wins (early-exit cost first), and a cost within 1% of the least is a tie
 broken by final-exit validation accuracy. The test set is never read. The winner is published under NAME
-and checked.
+and checked; with --dry-run nothing is published, and a table says how every candidate ranked and why.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from training.run import RECIPE_DEFAULTS
 
 COST_TIE = 0.01  # costs within 1% of the least count as equal: final accuracy decides
 
@@ -31,6 +33,9 @@ class Candidate:
     policy_mean_mflops: float
     final_mflops: float
     promise_kept: bool  # cross-validation kept the policy's promise
+    exit_val_accuracy: tuple[float, ...] = ()  # top-1 of each exit alone, validation split
+    held_out_drop: float | None = None  # the policy's cross-validated drop against the final exit
+    recipe: str = ""  # the recipe options that differ from the paper's ("" = the paper's recipe)
 
 
 def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=print) -> Candidate:
@@ -41,10 +46,12 @@ def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=prin
         model_dir = export_model(checkpoint, scratch, "candidate", data_dir, measure=False, max_drop_pp=max_drop_pp,
                                  log=lambda *a: None)
         m = json.loads((Path(model_dir) / "manifest.json").read_text())
-    p = m["policy"]
-    c = Candidate(checkpoint, m["architecture"], str(m.get("training", {}).get("method", "")), float(p["val_accuracy"]),
+    p, training = m["policy"], m.get("training", {})
+    recipe = " ".join(f"{k}={v}" for k, v in training.get("recipe", {}).items() if v != RECIPE_DEFAULTS.get(k))
+    c = Candidate(checkpoint, m["architecture"], str(training.get("method", "")), float(p["val_accuracy"]),
                   float(p["final_exit_val_accuracy"]), float(p["mean_mflops"]), float(m["exits"][-1]["mflops"]),
-                  bool(p.get("promise_kept_in_cross_validation", True)))
+                  bool(p.get("promise_kept_in_cross_validation", True)), tuple(float(e["val_top1"]) for e in m["exits"]),
+                  p.get("held_out", {}).get("drop"), recipe)
     log(f"  {checkpoint}: {c.architecture} {c.method}: policy {100 * c.policy_val_accuracy:.2f}% at "
         f"{c.policy_mean_mflops:.1f} MFLOPs, final {100 * c.final_val_accuracy:.2f}% at {c.final_mflops:.1f}")
     return c
@@ -62,18 +69,50 @@ def rank(candidates: list[Candidate], max_drop_pp: float) -> list[Candidate]:
                                            c.policy_mean_mflops))
 
 
-def choose(checkpoints: list[str], repo: str, name: str, data_dir: str | None = None, max_drop_pp: float = 0.5,
-           log=print) -> Candidate:
+def verdicts(candidates: list[Candidate], max_drop_pp: float) -> list[str]:
+    """Why each candidate ranked where it did, in the order given: 'chosen', 'eligible #k', or why not."""
+    ranked = rank(candidates, max_drop_pp)
+    best = max(c.policy_val_accuracy for c in candidates if c.promise_kept)
+    out = []
+    for c in candidates:
+        if c in ranked:
+            out.append("chosen" if c is ranked[0] else f"eligible #{ranked.index(c) + 1}")
+        elif not c.promise_kept:
+            out.append("not eligible: its policy broke its promise in cross-validation")
+        else:
+            out.append(f"not eligible: policy {100 * (best - c.policy_val_accuracy):.2f} pp below the best")
+    return out
+
+
+def table(candidates: list[Candidate], max_drop_pp: float) -> list[str]:
+    """A markdown table of every candidate on its validation split, with its verdict."""
+    rows = ["| candidate | network | method | recipe beyond the paper | top-1 per exit, val (%) | policy val top-1 (%) "
+            "| held-out drop (pp) | mean MFLOPs | x final | verdict |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+    for c, verdict in zip(candidates, verdicts(candidates, max_drop_pp)):
+        drop = "-" if c.held_out_drop is None else f"{100 * c.held_out_drop:.2f}"
+        rows.append(f"| {c.checkpoint} | {c.architecture} | {c.method} | {c.recipe or '-'} | "
+                    f"{' / '.join(f'{100 * a:.1f}' for a in c.exit_val_accuracy) or '-'} | {100 * c.policy_val_accuracy:.2f} | "
+                    f"{drop} | {c.policy_mean_mflops:.1f} | {c.policy_mean_mflops / c.final_mflops:.2f} | {verdict} |")
+    return rows
+
+
+def choose(checkpoints: list[str], repo: str | None, name: str | None, data_dir: str | None = None,
+           max_drop_pp: float = 0.5, log=print, dry_run: bool = False) -> Candidate:
     from export.build import export_model
     from export.check import check_model
 
     if len(set(checkpoints)) < 2:
         raise ValueError(f"choose needs at least two different candidates; got {checkpoints}")
+    if not dry_run and not (repo and name):
+        raise ValueError("choose publishes the winner: give --out and --name (or --dry-run to only rank)")
     log(f"candidates, calibrated on their validation splits (policy promise: <= {max_drop_pp} pp):")
     candidates = [evaluate(c, data_dir, max_drop_pp, log) for c in checkpoints]
     ranked = rank(candidates, max_drop_pp)
     winner = ranked[0]
     log(f"chosen: {winner.checkpoint} ({len(ranked)} of {len(candidates)} eligible)")
+    if dry_run:
+        log("\n".join(["", *table(candidates, max_drop_pp), "", "--dry-run: nothing published"]))
+        return winner
     model_dir = export_model(winner.checkpoint, repo, name, data_dir, max_drop_pp=max_drop_pp, log=log)
     problems = check_model(str(model_dir), winner.checkpoint, log=log)
     if problems:

@@ -28,6 +28,12 @@ from training.precision import autocast_factory, pick_device, resolve_precision
 from training.presets import PRESETS, preset_config
 from training.report import exit_table
 
+# The options that change what a run learns beyond the paper's recipe (and the loss weighting it tunes), with
+# the defaults of checkpoints written before each existed: a resumed run must keep them, and a manifest records
+# them (export/build.py) so that a served model says how it was trained.
+RECIPE_DEFAULTS = {"schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.0, "distill_weight": 0.0,
+                   "distill_temperature": 3.0, "ema_decay": 0.0, "nu": 2.0, "joint_lr_adjust": False,
+                   "joint_match_multiway_decay": False}
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m training.run", description=__doc__,
@@ -143,8 +149,7 @@ def main(args) -> dict:
             if ckpt["args"].get(key) != getattr(args, key):
                 raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
                                  f"{ckpt['args'].get(key)!r}; pass the same arguments")
-        for key, default in (("schedule", "step"), ("warmup_epochs", 0), ("label_smoothing", 0.0), ("distill_weight", 0.0),
-                             ("ema_decay", 0.0)):
+        for key, default in RECIPE_DEFAULTS.items():
             if ckpt["args"].get(key, default) != getattr(args, key):  # recipe options (older checkpoints: defaults)
                 raise ValueError(f"--resume: {key} is {getattr(args, key)!r} but the checkpoint was trained with "
                                  f"{ckpt['args'].get(key, default)!r}; pass the same arguments")

@@ -39,6 +39,10 @@ def test_manifest_roundtrip_and_contents(tiny_repo):
     assert [e.layer for e in info.exits] == [5, 8]
     assert info.exits[0].feature_shape == (32, 16, 16) and info.exits[1].input_shape == (32, 16, 16)
     assert m["training"]["method"] == "multiway" and m["training"]["dataset"] == "synthetic"
+    # How it was trained beyond the paper: every recipe option with its value, the paper's defaults here.
+    assert m["training"]["recipe"] == {"schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.0,
+                                       "distill_weight": 0.0, "distill_temperature": 3.0, "ema_decay": 0.0, "nu": 2.0,
+                                       "joint_lr_adjust": False, "joint_match_multiway_decay": False}
     assert m["calibration"]["images"] == 200
     for e in m["exits"]:
         assert e["temperature"] > 0 and 0 <= e["val_top1"] <= 1

@@ -77,6 +77,9 @@ def test_resume_with_other_arguments_is_refused(tmp_path):
     run(tmp_path, "r", "--epochs", "1")
     with pytest.raises(ValueError, match="--resume: method is 'joint' but the checkpoint was trained with 'multiway'"):
         run(tmp_path, "r", "--epochs", "1", "--resume", "--method", "joint")
+    # A recipe option too: a resumed run with another distillation temperature would learn something else.
+    with pytest.raises(ValueError, match="--resume: distill_temperature is 2.0 but the checkpoint was trained with 3.0"):
+        run(tmp_path, "r", "--epochs", "1", "--resume", "--distill-temperature", "2")
 
 
 def test_corrupt_checkpoint_gives_clear_error(tmp_path):
