@@ -35,6 +35,7 @@ RECIPE_DEFAULTS = {"schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.
                    "distill_temperature": 3.0, "ema_decay": 0.0, "nu": 2.0, "joint_lr_adjust": False,
                    "joint_match_multiway_decay": False}
 
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m training.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
