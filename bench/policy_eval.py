@@ -7,6 +7,12 @@ its accuracy drop against the final exit and its mean MFLOPs are measured on the
 Rules compared: the old one (one shared threshold chosen and reported on all of the validation split),
 the shared threshold with the cross-validated margin, and per-exit thresholds with the margin (the new
 default). Logits are cached under runs/policy_eval/ so a rerun takes seconds.
+
+--compare-scores: which number should an exit's confidence be? The server stops on the calibrated top-1
+probability; here the same per-exit rule (thresholds chosen on validation with the cross-validated margin)
+runs on other scores of the same exits, each judged on the test set: the margin between the top two
+probabilities, one minus the normalised entropy, and an ensemble of every exit so far (the mean of their
+log-probabilities, which also changes the answer; the final exit answers alone, as served).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 
 from export.build import model_from_checkpoint
 from export.calibration import fit_temperature, softmax
-from export.policy import ExitScores, best_shared_threshold, choose_policy, evaluate
+from export.policy import ExitScores, best_shared_threshold, choose_policy, cross_validated, evaluate, optimise_thresholds
 from training.checkpoint import load_checkpoint
 from training.data import load_splits
 from training.data.batches import iterate
@@ -51,6 +57,33 @@ def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
     return out
 
 
+def score_variants(probs: list[np.ndarray], labels: np.ndarray) -> dict[str, ExitScores]:
+    """The same exits under other confidence scores (see --compare-scores); each score lies in [0, 1]."""
+    pred = np.stack([p.argmax(axis=1) for p in probs])
+    top2 = [np.sort(p, axis=1)[:, -2:] for p in probs]
+    entropy = [-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1) / np.log(p.shape[1]) for p in probs]
+    logp = np.cumsum([np.log(np.clip(p, 1e-12, None)) for p in probs], axis=0)
+    ensemble = [softmax(logp[k] / (k + 1)) for k in range(len(probs) - 1)] + [probs[-1]]
+    return {"calibrated top-1 probability (served)": ExitScores.from_probs(probs, labels),
+            "top-1 minus top-2 probability": ExitScores(np.stack([t[:, 1] - t[:, 0] for t in top2]), pred == labels[None], pred),
+            "1 - normalised entropy": ExitScores(np.stack([1 - h for h in entropy]), pred == labels[None], pred),
+            "ensemble of the exits so far, its top-1": ExitScores.from_probs(ensemble, labels)}
+
+
+def compare_scores(val_p, val_labels, test_p, test_labels, mflops, drops_pp) -> None:
+    val_v, test_v = score_variants(val_p, val_labels), score_variants(test_p, test_labels)
+    print("\n| confidence score | promised drop pp | thresholds | cross-validated drop pp | test drop pp | "
+          "test mean MFLOPs | x final cost |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for pp in drops_pp:
+        for name, sv in val_v.items():
+            cv = cross_validated(sv, mflops, pp / 100, optimise_thresholds, 0)
+            t = optimise_thresholds(sv, mflops, max(0.0, pp / 100 - cv["margin"]))
+            r = evaluate(test_v[name], [*t, 0.0], mflops)
+            print(f"| {name} | {pp} | {t} | {100 * cv['held_out']['drop']:.2f} | {100 * r['drop']:.2f} | "
+                  f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
@@ -58,6 +91,7 @@ def main() -> None:
     p.add_argument("--max-drop-pp", type=float, default=0.5)
     p.add_argument("--sweep-pp", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                    help="also compare both rules (cross-validated) at these promised drops")
+    p.add_argument("--compare-scores", action="store_true", help="also compare confidence scores (module docstring)")
     args = p.parse_args()
     d = split_logits(Path(args.checkpoint), args.data_dir, ROOT / "runs" / "policy_eval" / (Path(args.checkpoint).stem + ".npz"))
     k = sum(1 for key in d if key.startswith("val_logits_"))
@@ -65,7 +99,8 @@ def main() -> None:
     val = [d[f"val_logits_{i}"] for i in range(k)]
     temps = [fit_temperature(z, d["val_labels"]) for z in val]
     val_p = [softmax(z / t) for z, t in zip(val, temps)]
-    test_s = ExitScores.from_probs([softmax(d[f"test_logits_{i}"] / t) for i, t in enumerate(temps)], d["test_labels"])
+    test_p = [softmax(d[f"test_logits_{i}"] / t) for i, t in enumerate(temps)]
+    test_s = ExitScores.from_probs(test_p, d["test_labels"])
     val_s = ExitScores.from_probs(val_p, d["val_labels"])
     drop = args.max_drop_pp / 100
     chosen = choose_policy(val_p, d["val_labels"], mflops, drop)
@@ -94,6 +129,9 @@ def main() -> None:
             r = evaluate(test_s, c[rule]["thresholds"], mflops)
             print(f"| {pp} | {rule.replace('_', '-')} | {c[rule]['thresholds'][:-1]} | {100 * r['drop']:.2f} | "
                   f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
+
+    if args.compare_scores:
+        compare_scores(val_p, d["val_labels"], test_p, d["test_labels"], mflops, [0.5, 1.0])
 
 
 if __name__ == "__main__":
