@@ -9,6 +9,7 @@
 # end, `export choose --dry-run` ranks every run in OUT_DIR on validation by what early exit costs under its policy.
 #   bash bench/recipe_pilot.sh [OUT_DIR]
 #   SEED=1 ONLY="multiway multiway_distill" bash bench/recipe_pilot.sh runs/recipe_pilot_seed1   (seed noise)
+# (multiway_distill025_cosine, half the distillation weight, is not in the default four: ONLY names it.)
 set -u
 OUT=${1:-runs/recipe_pilot}
 EPOCHS=${EPOCHS:-15}
@@ -20,6 +21,7 @@ declare -A cmd=(
   [multiway_distill]="--distill-weight 0.5 --distill-temperature 3"
   [multiway_cosine]="--schedule cosine --warmup-epochs 1"
   [multiway_distill_cosine]="--distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 1"
+  [multiway_distill025_cosine]="--distill-weight 0.25 --distill-temperature 3 --schedule cosine --warmup-epochs 1"
 )
 read -r -a names <<< "${ONLY:-multiway multiway_distill multiway_cosine multiway_distill_cosine}"
 for name in "${names[@]}"; do
