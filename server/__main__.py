@@ -90,6 +90,12 @@ async def serve(args) -> int:
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)
+    # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
+    # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app = ServerApp(cfg)
     try:
         app.load_models()
@@ -100,10 +106,6 @@ async def serve(args) -> int:
     if args.port_file:
         with open(args.port_file, "w") as f:
             f.write(f"{app.port} {app.metrics_port or 0} {app.health_port or 0} {app.http_port or 0}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await app.shutdown()
     return 0

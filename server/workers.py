@@ -32,6 +32,13 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def stop_exit_code(returncode: int) -> int:
+    """A worker's exit code once the supervisor has passed a stop on. A worker that serves handles SIGTERM and
+    SIGINT itself (drains, exits 0), so death by one of them means the stop reached it before its handlers were
+    installed, while it still started (e.g. a replacement still importing): nothing was admitted, nothing lost."""
+    return 0 if returncode in (-signal.SIGTERM, -signal.SIGINT) else returncode
+
+
 def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path) -> list[str]:
     """The supervisor's own arguments with what each worker must do differently appended (argparse keeps the
     last value of a repeated option)."""
@@ -71,7 +78,7 @@ def supervise(args, argv: list[str]) -> int:
         nonlocal stopping
         stopping = True
         for p in procs:
-            if p.poll() is None:
+            if p is not None and p.poll() is None:  # None: a worker already stopped (a second signal)
                 p.send_signal(signum)
 
     procs: list[subprocess.Popen] = []
@@ -105,7 +112,7 @@ def supervise(args, argv: list[str]) -> int:
                 continue
             multiprocess.mark_process_dead(p.pid, str(metrics_dir))
             if stopping:
-                code = code or p.returncode
+                code = code or stop_exit_code(p.returncode)
                 procs[i] = None
             else:
                 log.error("worker %d (pid %d) exited with code %s; starting it again", i, p.pid, p.returncode)

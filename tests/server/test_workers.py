@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.client import Client
+from server.workers import stop_exit_code
 from tests.server.helpers import images, png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +97,31 @@ def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo
     assert code == 0
     assert not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
                    for p in pids[1:])
+
+
+def test_a_stop_that_reached_a_worker_before_its_handlers_counts_as_clean():
+    assert stop_exit_code(-signal.SIGTERM) == 0 and stop_exit_code(-signal.SIGINT) == 0 and stop_exit_code(0) == 0
+    assert stop_exit_code(-signal.SIGKILL) == -signal.SIGKILL and stop_exit_code(2) == 2  # real failures stay
+
+
+@pytest.mark.slow
+def test_stop_while_a_worker_is_being_replaced_exits_0(tiny_repo):
+    """Found by CI on a loaded machine: SIGTERM while the supervisor was starting a replacement worker killed
+    that worker before it had installed its handlers, and the supervisor exited 241 (-SIGTERM)."""
+    proc, port, mport, hport, http_port, pids = start_workers(tiny_repo)
+    try:
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the replacement exists (a new child), still starting
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            if len(children) == 2 and str(pids[0]) not in children:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("no replacement worker was started")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, proc.stderr.read()[-2000:]
