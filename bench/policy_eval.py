@@ -33,7 +33,7 @@ from training.engine import collect_logits
 from training.model import segment_costs
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-multiway-cifar10jpeg-30ep-seed0.pt"
+DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-multiway-cifar10jpeg-53ep-seed0.pt"
 
 
 def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
