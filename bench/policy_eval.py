@@ -78,7 +78,7 @@ def compare_scores(val_p, val_labels, test_p, test_labels, mflops, drops_pp) -> 
     for pp in drops_pp:
         for name, sv in val_v.items():
             cv = cross_validated(sv, mflops, pp / 100, optimise_thresholds, 0)
-            t = optimise_thresholds(sv, mflops, max(0.0, pp / 100 - cv["margin"]))
+            t = optimise_thresholds(sv, mflops, pp / 100 - cv["margin"])
             r = evaluate(test_v[name], [*t, 0.0], mflops)
             print(f"| {name} | {pp} | {t} | {100 * cv['held_out']['drop']:.2f} | {100 * r['drop']:.2f} | "
                   f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
