@@ -18,6 +18,7 @@ log-probabilities, which also changes the answer; the final exit answers alone, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,16 @@ from training.engine import collect_logits
 from training.model import segment_costs
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-multiway-cifar10jpeg-53ep-seed0.pt"
+DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-multiway-distill-cosine-cifar10jpeg-53ep-seed0.pt"
+
+
+def cache_path(checkpoint: str) -> Path:
+    """Where split_logits keeps a checkpoint's logits: named by its file and a hash of its full path, size and
+    time, so two runs' last.pt never share one."""
+    f = Path(checkpoint).resolve()
+    st = f.stat()
+    key = hashlib.sha1(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    return ROOT / "runs" / "policy_eval" / f"{f.stem}-{key}.npz"
 
 
 def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
@@ -93,7 +103,7 @@ def main() -> None:
                    help="also compare both rules (cross-validated) at these promised drops")
     p.add_argument("--compare-scores", action="store_true", help="also compare confidence scores (module docstring)")
     args = p.parse_args()
-    d = split_logits(Path(args.checkpoint), args.data_dir, ROOT / "runs" / "policy_eval" / (Path(args.checkpoint).stem + ".npz"))
+    d = split_logits(Path(args.checkpoint), args.data_dir, cache_path(args.checkpoint))
     k = sum(1 for key in d if key.startswith("val_logits_"))
     mflops = [float(m) for m in d["mflops"]]
     val = [d[f"val_logits_{i}"] for i in range(k)]
