@@ -26,7 +26,7 @@ import torch
 
 from export.build import model_from_checkpoint
 from export.calibration import fit_temperature, softmax
-from export.policy import ExitScores, best_shared_threshold, choose_policy, cross_validated, evaluate, optimise_thresholds
+from export.policy import ExitScores, best_shared_threshold, choose_policy, cross_validated, evaluate, optimise_thresholds, served_rule
 from training.checkpoint import load_checkpoint
 from training.data import load_splits
 from training.data.batches import iterate
@@ -117,9 +117,10 @@ def main() -> None:
     rules = {"shared threshold, chosen and reported on all of validation (old default)":
              [*best_shared_threshold(val_s, mflops, drop), 0.0],
              "shared threshold, cross-validated margin": chosen["shared"]["thresholds"],
-             "per-exit thresholds, cross-validated margin (new default)": chosen["per_exit"]["thresholds"]}
+             "per-exit thresholds, cross-validated margin": chosen["per_exit"]["thresholds"]}
     print(f"checkpoint {Path(args.checkpoint).name}; val {val_s.n} / test {test_s.n} images; promise: drop <= "
-          f"{args.max_drop_pp} pp; final exit {mflops[-1]:.1f} MFLOPs, test accuracy {100 * test_s.correct[-1].mean():.2f}%")
+          f"{args.max_drop_pp} pp; final exit {mflops[-1]:.1f} MFLOPs, test accuracy {100 * test_s.correct[-1].mean():.2f}%; "
+          f"served rule: {served_rule(chosen).replace('_', '-')}")
     print("| rule | thresholds | promised (val) drop pp | test accuracy | test drop pp | test mean MFLOPs | x final cost "
           "| test exit rates |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
@@ -137,7 +138,8 @@ def main() -> None:
         c = choose_policy(val_p, d["val_labels"], mflops, pp / 100)
         for rule in ("shared", "per_exit"):
             r = evaluate(test_s, c[rule]["thresholds"], mflops)
-            print(f"| {pp} | {rule.replace('_', '-')} | {c[rule]['thresholds'][:-1]} | {100 * r['drop']:.2f} | "
+            served = " (served)" if served_rule(c) == rule else ""
+            print(f"| {pp} | {rule.replace('_', '-')}{served} | {c[rule]['thresholds'][:-1]} | {100 * r['drop']:.2f} | "
                   f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
 
     if args.compare_scores:

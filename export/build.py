@@ -15,7 +15,7 @@ from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
 from export.plot import plot_tradeoff
-from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve
+from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve, served_rule
 from export.segments import PARITY_ATOL, export_segment, segment_parity
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
 from training.checkpoint import load_checkpoint
@@ -139,18 +139,21 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
 
 
 def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float) -> dict:
-    """The manifest's policy: per-exit thresholds (export/policy.py) at the top level, where the server reads
-    them, the shared-threshold rule beside them, and the curves the trade-off plot draws."""
+    """The manifest's policy: the served rule's thresholds (export/policy.py: per-exit, or one shared threshold
+    where that is cheaper) at the top level, where the server reads them, both rules beside them, and the
+    curves the trade-off plot draws."""
     chosen = choose_policy(probs, labels, mflops, max_drop)
     per_exit, shared = chosen["per_exit"], chosen["shared"]
+    served = served_rule(chosen)
     final_acc = float((probs[-1].argmax(axis=1) == labels).mean())
     return {
-        "rule": (f"per-exit confidence thresholds of least mean MFLOPs whose accuracy drop against the final exit is "
+        "rule": (f"confidence thresholds of least mean MFLOPs whose accuracy drop against the final exit is "
                  f"<= {100 * max_drop:g} pp out of sample: the smallest safety margin whose mean held-out drop in "
                  "repeated 2-fold cross-validation on the validation split (5 random splits) keeps the promise, then "
-                 "thresholds chosen on the whole split at (drop - margin)"),
-        "max_drop": max_drop, **per_exit, "final_exit_val_accuracy": round(final_acc, 5),
-        "shared": shared,
+                 "thresholds chosen on the whole split at (drop - margin); per exit, or one shared threshold where "
+                 "that kept the promise at less cost"),
+        "served_rule": served, "max_drop": max_drop, **chosen[served], "final_exit_val_accuracy": round(final_acc, 5),
+        "per_exit": per_exit, "shared": shared,
         "curve": default_policy(probs, labels, mflops)["curve"],  # shared threshold swept over the grid
         "per_exit_curve": drop_curve(ExitScores.from_probs(probs, labels), mflops),
     }

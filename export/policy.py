@@ -195,6 +195,19 @@ def choose_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[floa
     return out
 
 
+def served_rule(chosen: dict) -> str:
+    """Which of choose_policy's two rules the server gets: the per-exit thresholds, unless the shared threshold
+    kept its promise in cross-validation and costs less on the validation split (or per-exit did not keep it).
+    Per-exit thresholds have more freedom to fit one half's noise, so their margin can grow until they give up
+    early exit where one shared threshold still pays: a self-distilled AuxNet-56-5 at a 0.25 pp promise got
+    "never exit early" (125.5 MFLOPs) per exit against a shared 0.95 at 82.9 (RESULTS §19)."""
+    per_exit, shared = chosen["per_exit"], chosen["shared"]
+    if shared["promise_kept_in_cross_validation"] and (
+            not per_exit["promise_kept_in_cross_validation"] or shared["mean_mflops"] < per_exit["mean_mflops"] - 1e-9):
+        return "shared"
+    return "per_exit"
+
+
 def conditional_table(s: ExitScores, thresholds: list[float], k: int) -> dict:
     """Among the images that reach exit k under `thresholds` (none of the earlier exits answered them): how
     many reach it, and for each grid threshold the rate of those it would answer and their accuracy. Unlike

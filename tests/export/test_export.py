@@ -10,6 +10,7 @@ import torch
 from export.__main__ import main as export_main
 from export.build import ExportError, export_model, model_from_checkpoint
 from export.check import check_model
+from export.policy import served_rule
 from export.segments import onnx_session
 from server.repository import SCHEMA_VERSION, RepositoryError, load_manifest
 from training.checkpoint import load_checkpoint
@@ -127,6 +128,9 @@ def test_manifest_policy_is_per_exit_with_held_out_figures(tiny_repo):
     assert policy["max_drop"] == 0.005 and set(policy["held_out"]) >= {"drop", "mean_mflops", "accuracy"}
     assert policy["held_out"]["drop"] <= 0.005 + 1e-9
     assert policy["shared"]["thresholds"][-1] == 0.0 and len(policy["per_exit_curve"]) > 3
+    served = policy[policy["served_rule"]]  # the served rule's figures are the top level's
+    assert policy["thresholds"] == served["thresholds"] and policy["held_out"] == served["held_out"]
+    assert policy["served_rule"] == served_rule(policy)
     assert e0["conditional_thresholds"]["reach_rate"] == 1.0  # every image reaches the first exit
     assert len(e0["agreement"]["agreement"]) == len(e0["agreement"]["bin_edges"]) - 1
     assert sum(e0["agreement"]["count"]) == m["calibration"]["images"]

@@ -15,6 +15,7 @@ from export.policy import (
     evaluate,
     halves,
     optimise_thresholds,
+    served_rule,
     stop_exits,
 )
 
@@ -179,3 +180,15 @@ def test_a_negative_target_no_early_answer_can_meet_means_never_exit_early():
     s = planted()  # the final exit is always right: no cascade can beat it
     assert optimise_thresholds(s, MFLOPS, -0.001) == [NEVER, NEVER]
     assert best_shared_threshold(s, MFLOPS, -0.001) == [NEVER, NEVER]
+
+
+def rule(cost: float, kept: bool = True) -> dict:
+    return {"mean_mflops": cost, "promise_kept_in_cross_validation": kept}
+
+
+def test_served_rule_is_per_exit_unless_the_shared_threshold_keeps_the_promise_for_less():
+    assert served_rule({"per_exit": rule(70.0), "shared": rule(75.0)}) == "per_exit"
+    assert served_rule({"per_exit": rule(75.0), "shared": rule(75.0)}) == "per_exit"  # a tie stays per exit
+    assert served_rule({"per_exit": rule(125.5), "shared": rule(82.9)}) == "shared"  # per exit gave up early exit
+    assert served_rule({"per_exit": rule(60.0, kept=False), "shared": rule(80.0)}) == "shared"
+    assert served_rule({"per_exit": rule(90.0), "shared": rule(80.0, kept=False)}) == "per_exit"
