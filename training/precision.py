@@ -17,6 +17,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tune_cuda_kernels(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the fastest: a training run
+    repeats the same few shapes millions of times, and the default heuristic choice is not the fastest for
+    the 16-64-channel NHWC bf16 convolutions of a CIFAR ResNet. The first H200 lease ran without it (18,079
+    img/s for one run, the issue asks 30,000; RESULTS §19); the next lease's runs measure it. The price:
+    cuDNN may pick differently between runs, so a GPU run is not bit-reproducible (it was not before either:
+    atomics in the backward)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """AVX512-BF16 or AMX: measured here, bf16 autocast + channels_last is ~2x fp32 (issue 2)."""

@@ -24,7 +24,7 @@ from training.ema import ModelEma
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
 from training.model import AuxNet, segment_costs
-from training.precision import autocast_factory, pick_device, resolve_precision
+from training.precision import autocast_factory, pick_device, resolve_precision, tune_cuda_kernels
 from training.presets import PRESETS, preset_config
 from training.report import exit_table
 
@@ -164,6 +164,7 @@ def main(args) -> dict:
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
+    tune_cuda_kernels(device)
     precision = resolve_precision(args.precision, device)
     autocast = autocast_factory(precision, device)
     channels_last = precision == "bf16"

@@ -142,3 +142,13 @@ def test_compile_trains_with_static_batches_and_plain_checkpoint_keys(tmp_path):
     assert len(metrics["val_top1_err"]) == 3
     ckpt = load_checkpoint(tmp_path / "compiled")
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # export reads it like any other
+
+
+def test_cudnn_autotuning_only_on_cuda(monkeypatch):
+    from training.precision import tune_cuda_kernels
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    tune_cuda_kernels(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False  # CPU runs keep torch's defaults
+    tune_cuda_kernels(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
