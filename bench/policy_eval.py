@@ -26,7 +26,15 @@ import torch
 
 from export.build import model_from_checkpoint
 from export.calibration import fit_temperature, softmax
-from export.policy import ExitScores, best_shared_threshold, choose_policy, cross_validated, evaluate, optimise_thresholds, served_rule
+from export.policy import (
+    ExitScores,
+    best_shared_threshold,
+    choose_policy,
+    cross_validated,
+    evaluate,
+    optimise_thresholds,
+    served_rule,
+)
 from training.checkpoint import load_checkpoint
 from training.data import load_splits
 from training.data.batches import iterate

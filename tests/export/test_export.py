@@ -122,7 +122,7 @@ def test_export_single_exit(tiny_run, tmp_path):
     assert policy["val_accuracy"] == pytest.approx(info.exits[0].val_top1, abs=1e-5)
 
 
-def test_manifest_policy_is_per_exit_with_held_out_figures(tiny_repo):
+def test_manifest_policy_serves_one_rule_with_held_out_figures(tiny_repo):
     m = load_manifest(tiny_repo / "tiny").manifest
     policy, e0 = m["policy"], m["exits"][0]
     assert policy["max_drop"] == 0.005 and set(policy["held_out"]) >= {"drop", "mean_mflops", "accuracy"}
