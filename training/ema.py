@@ -2,14 +2,21 @@
 timm's ModelEmaV2): evaluated and exported instead of the last weights when `--ema-decay` is set (issue 10).
 
 After every optimizer step: ema <- d * ema + (1 - d) * w for every parameter; buffers (batch-norm running
-statistics) are copied, since they are already averages.
+statistics) are copied from the live model. Those statistics belong to the live weights, not to the averaged
+ones, so before the averaged weights are evaluated or saved, `refresh_batch_norm` recomputes them from a few
+training batches run through the averaged weights (as torch.optim.swa_utils.update_bn does for SWA). Without
+it, a CPU pilot's EMA model (AuxNet-20-5, 15 epochs, decay 0.999; RESULTS §18) was 21.46% wrong on validation
+where the live weights were 16.52%; with it, 16.10%.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
+
+BN_REFRESH_BATCHES = 100  # training batches that recompute the averaged weights' batch-norm statistics
 
 
 class ModelEma:
@@ -29,6 +36,27 @@ class ModelEma:
         torch._foreach_add_(ema_params, params, alpha=1 - self.decay)
         for e, b in zip(self.module.buffers(), model.buffers()):
             e.copy_(b)
+
+    @torch.no_grad()
+    def refresh_batch_norm(self, batches, autocast, limit: int = BN_REFRESH_BATCHES) -> int:
+        """Recompute every batch-norm layer's running mean and variance as the plain average over up to `limit`
+        batches (x, y) run through the averaged weights in training mode; returns how many were used. The next
+        `update` copies the live statistics over them again, so training itself is unchanged."""
+        norms = [m for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch counts the same
+        self.module.train()
+        used = 0
+        for x, _ in itertools.islice(batches, limit):
+            with autocast():
+                self.module(x)
+            used += 1
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.module.eval()
+        return used
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

@@ -20,7 +20,7 @@ from training.data import DATASETS, load_splits
 from training.data.batches import DEFAULT_WORKERS, iterate
 from training.data.device import DeviceData
 from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard, wrap_ddp
-from training.ema import ModelEma
+from training.ema import BN_REFRESH_BATCHES, ModelEma
 from training.engine import evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
 from training.model import AuxNet, segment_costs
@@ -222,10 +222,7 @@ def main(args) -> dict:
     for epoch in range(start_epoch, args.epochs):
         lr = method.base_lr()
         epoch_seed = args.seed * 100003 + epoch  # a resumed run draws exactly the batches of an uninterrupted one
-        if "train" in on_device:
-            batches = on_device["train"].batches(args.batch_size, True, epoch_seed, args.compile, channels_last)
-        else:
-            batches = iterate(splits.train, splits, args.batch_size, True, epoch_seed, device, channels_last, args.workers)
+        batches = _train_batches(on_device, splits, device, channels_last, args, epoch_seed)
         if args.max_batches:
             batches = (b for _, b in zip(range(args.max_batches), batches))
         batches = (shard(x, y, dist_info) for x, y in batches)
@@ -235,6 +232,9 @@ def main(args) -> dict:
         if not main_rank:
             barrier()  # wait for rank 0 to evaluate and checkpoint this epoch
             continue
+        if ema is not None:  # the averaged weights' own batch-norm statistics, before they are judged and saved
+            ema.refresh_batch_norm(_train_batches(on_device, splits, device, channels_last, args, epoch_seed), autocast,
+                                   min(BN_REFRESH_BATCHES, args.max_batches or BN_REFRESH_BATCHES))
         metrics = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "images_per_s": stats["images_per_s"],
                    "images_per_s_with_warmup": stats["images_per_s_with_warmup"], "train_s": stats["train_s"]}
         if not args.no_eval:
@@ -274,6 +274,12 @@ def _truncate_metrics(path: Path, epochs_kept: int) -> None:
         kept = [line for line in rows if json.loads(line)["epoch"] <= epochs_kept]
         if len(kept) != len(rows):
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def _train_batches(on_device, splits, device, channels_last, args, epoch_seed: int):
+    if "train" in on_device:
+        return on_device["train"].batches(args.batch_size, True, epoch_seed, args.compile, channels_last)
+    return iterate(splits.train, splits, args.batch_size, True, epoch_seed, device, channels_last, args.workers)
 
 
 def _eval_batches(resident, ds, splits, device, channels_last, args):

@@ -108,6 +108,33 @@ def test_ema_update_by_hand():
         ModelEma(model, 1.0)
 
 
+def test_ema_batch_norm_statistics_are_recomputed_for_the_averaged_weights():
+    import contextlib
+
+    from training.ema import ModelEma
+
+    torch.manual_seed(0)
+    model = AuxNet(ModelConfig(depth=8, exits=(5, 8)))
+    ema = ModelEma(model, 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # the live weights move far from the averaged ones
+    ema.update(model)  # copies the live model's running statistics
+    batches = [(torch.randn(6, 3, 32, 32), torch.zeros(6, dtype=torch.long)) for _ in range(4)]
+    bn = ema.module.blocks[0].bn1  # its input is the stem's output
+    momentum = bn.momentum
+    assert ema.refresh_batch_norm(iter(batches), contextlib.nullcontext, limit=3) == 3
+    with torch.no_grad():
+        per_batch = [ema.module.stem(x) for x, _ in batches[:3]]
+    # momentum None: the plain average over the batches of each batch's channel mean and unbiased variance
+    mean = torch.stack([h.mean(dim=(0, 2, 3)) for h in per_batch]).mean(0)
+    var = torch.stack([h.transpose(0, 1).reshape(h.shape[1], -1).var(dim=1) for h in per_batch]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == momentum and not ema.module.training
+    assert not torch.allclose(bn.running_mean, model.blocks[0].bn1.running_mean)  # no longer the live weights'
+
+
 def test_ema_run_resumes_exactly_and_exports_the_averaged_weights(tmp_path, monkeypatch):
     import training.run as tr
     from export.build import model_from_checkpoint
