@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.policy_eval import DEFAULT_CKPT, ROOT, cache_path, split_logits
 from export.calibration import fit_temperature, softmax
-from export.policy import CV_REPEATS, ExitScores, evaluate, halves, optimise_thresholds
+from export.policy import CV_REPEATS, ExitScores, halves, held_out_folds, optimise_thresholds
 
 TARGETS_PP = (0.5, 0.3, 0.1, 0.0, -0.1, -0.2, -0.3, -0.5)
 
@@ -36,8 +36,7 @@ def main() -> None:
     print("| target drop on the chosen half (pp) | held-out drop (pp) | sd over the 10 folds | held-out mean MFLOPs |")
     print("|---:|---:|---:|---:|")
     for pp in TARGETS_PP:
-        folds = [evaluate(s.subset(held), [*optimise_thresholds(s.subset(sel), mflops, pp / 100), 0.0], mflops)
-                 for a, b in splits for sel, held in ((a, b), (b, a))]
+        folds = held_out_folds(s, mflops, pp / 100, optimise_thresholds, splits)
         drops = [100 * f["drop"] for f in folds]
         print(f"| {pp:+.1f} | {np.mean(drops):.2f} | {np.std(drops):.2f} | {np.mean([f['mean_mflops'] for f in folds]):.1f} |")
 

@@ -154,6 +154,17 @@ def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
 
 
+def held_out_folds(s: ExitScores, mflops: list[float], target_drop: float, chooser,
+                   splits: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """For each 2-fold split, both ways: thresholds chosen on one half for `target_drop`, judged on the other."""
+    folds = []
+    for a, b in splits:
+        for sel, held in ((a, b), (b, a)):
+            t = chooser(s.subset(sel), mflops, target_drop)
+            folds.append({"thresholds": t, **evaluate(s.subset(held), [*t, 0.0], mflops)})
+    return folds
+
+
 def cross_validated(s: ExitScores, mflops: list[float], max_drop: float, chooser, seed: int,
                     repeats: int = CV_REPEATS) -> dict:
     """The smallest safety margin m whose thresholds, chosen on one half of the split for a drop of
@@ -164,11 +175,7 @@ def cross_validated(s: ExitScores, mflops: list[float], max_drop: float, chooser
     splits = [halves(s.n, seed + r) for r in range(repeats)]
     margin = 0.0
     while True:
-        folds = []
-        for a, b in splits:
-            for sel, held in ((a, b), (b, a)):
-                t = chooser(s.subset(sel), mflops, max_drop - margin)
-                folds.append({"thresholds": t, **evaluate(s.subset(held), [*t, 0.0], mflops)})
+        folds = held_out_folds(s, mflops, max_drop - margin, chooser, splits)
         held_out = {key: float(np.mean([f[key] for f in folds])) for key in ("accuracy", "final_accuracy", "drop", "mean_mflops")}
         if held_out["drop"] <= max_drop + 1e-12 or margin >= max_drop + MARGIN_BEYOND_MAX - 1e-12:
             break
