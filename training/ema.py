@@ -49,13 +49,15 @@ class ModelEma:
             m.momentum = None  # a cumulative average: every batch counts the same
         self.module.train()
         used = 0
-        for x, _ in itertools.islice(batches, limit):
-            with autocast():
-                self.module(x)
-            used += 1
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        self.module.eval()
+        try:
+            for x, _ in itertools.islice(batches, limit):
+                with autocast():
+                    self.module(x)
+                used += 1
+        finally:  # an interrupted refresh must not leave the layers averaging cumulatively
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            self.module.eval()
         return used
 
     def state_dict(self) -> dict:
