@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -39,9 +39,10 @@ WARMUP_BATCHES = 10
 
 
 def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: str, quiet: bool = False,
-                    ema=None) -> dict:
+                    ema=None, on_step: Callable[[int], None] | None = None) -> dict:
     """One pass; losses are summed on the device and read only for progress lines, once after the warm-up
-    batches and at the end, so the host never waits for the device between steps (issue 10)."""
+    batches and at the end, so the host never waits for the device between steps (issue 10). `on_step(i)` is
+    called after step i (1-based): training/profiling.py's StepProfiler."""
     method.model.train()
     sums, images, seen, start = None, 0, 0, time.perf_counter()
     warmup = min(WARMUP_BATCHES, num_batches // 4)
@@ -55,6 +56,8 @@ def train_one_epoch(method: Method, batches: Iterable, num_batches: int, label: 
         sums = weighted if sums is None else sums + weighted
         images += len(y)
         seen = i
+        if on_step is not None:
+            on_step(i)
         if i == warmup:
             float(losses[-1])  # one wait for the device, so the steady clock starts with nothing queued
             steady_start, steady_images = time.perf_counter(), images

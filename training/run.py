@@ -7,6 +7,7 @@ of the epochs, weight decay 1e-4, batch 128, He init, loss weights with nu = 2.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -21,11 +22,12 @@ from training.data.batches import DEFAULT_WORKERS, iterate
 from training.data.device import DeviceData
 from training.distributed import all_reduce_mean, barrier, broadcast_model, init_from_env, shard, wrap_ddp
 from training.ema import BN_REFRESH_BATCHES, ModelEma
-from training.engine import evaluate, train_one_epoch
+from training.engine import WARMUP_BATCHES, evaluate, train_one_epoch
 from training.methods import METHODS, OptimConfig, build_method, loss_weights
 from training.model import AuxNet, segment_costs
 from training.precision import autocast_factory, pick_device, resolve_precision, tune_cuda_kernels
 from training.presets import PRESETS, preset_config
+from training.profiling import StepProfiler
 from training.report import exit_table
 
 # The options that change what a run learns beyond the paper's recipe (and the loss weighting it tunes), with
@@ -95,6 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
                         "so every step has the same shape")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="profile this many training steps of the first epoch, after the warm-up batches, into "
+                        "OUT/profile_epochN.txt: wall vs device-busy time per step, top operators (training/profiling.py)")
     p.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
                    help="torch.compile's mode; auto: reduce-overhead (CUDA graphs) on a GPU, the default elsewhere")
     p.add_argument("--sync-bn", action="store_true",
@@ -218,6 +223,14 @@ def main(args) -> dict:
         n_batches = -(-len(splits.train) // args.batch_size)
     if args.max_batches:
         n_batches = min(n_batches, args.max_batches)
+    profiler = None
+    if args.profile_steps and main_rank:
+        first = WARMUP_BATCHES + 1
+        if n_batches < first - 1 + args.profile_steps:
+            raise ValueError(f"--profile-steps {args.profile_steps} needs {first - 1 + args.profile_steps} batches in "
+                             f"an epoch ({WARMUP_BATCHES} warm-up batches first); this epoch has {n_batches}")
+        # Named by epoch: a resumed call profiles its own first epoch without overwriting the earlier call's.
+        profiler = StepProfiler(first, args.profile_steps, args.batch_size, device, out / f"profile_epoch{start_epoch + 1}.txt")
     metrics = {}
     for epoch in range(start_epoch, args.epochs):
         lr = method.base_lr()
@@ -227,7 +240,10 @@ def main(args) -> dict:
             batches = (b for _, b in zip(range(args.max_batches), batches))
         batches = (shard(x, y, dist_info) for x, y in batches)
         stats = train_one_epoch(method, batches, n_batches, f"epoch {epoch + 1}/{args.epochs}", quiet=not main_rank,
-                                ema=ema)
+                                ema=ema, on_step=profiler if epoch == start_epoch else None)
+        if profiler is not None and epoch == start_epoch and profiler.report:
+            header = "".join(line + "\n" for line in itertools.takewhile(lambda s: not s.startswith("-"), profiler.report.splitlines()))
+            print(f"{header}(whole profile: {profiler.path})", file=sys.stderr)
         method.end_epoch()
         if not main_rank:
             barrier()  # wait for rank 0 to evaluate and checkpoint this epoch

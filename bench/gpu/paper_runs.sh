@@ -52,6 +52,7 @@ OUT=${OUT:-/tmp/out}
 RUNS=/tmp/paper_runs
 DATA=${DATA:-}
 EXTRA=${EXTRA:---compile}
+PROFILE_STEPS=${PROFILE_STEPS:-20}  # training steps of the first run's first epoch profiled (0: none)
 if [ "${1:-}" = part ] || [ "${1:-}" = restore-part ]; then  # stash carried files until the call that uses them
   dest=/tmp/gpudata && [ "$1" = restore-part ] && dest=/tmp/paper_restore
   shift
@@ -86,6 +87,7 @@ if [ -z "$DATA" ]; then
   fi
   # Decoded once (by the first speed probe) into a cache every later process loads: ~13 s a process saved (RESULTS §17).
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg --decode-cache /tmp/cifar10-decoded"
+  packed_cifar=1
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
 # ORDER: the runs to start, in priority order (default all). The plan starts only runs that finish their
@@ -188,6 +190,10 @@ echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS
 for name in "${order[@]:0:$NRUNS}"; do
   args="${cmd[$name]} $DATA --epochs $EPOCHS --seed 0 --workers 2 $EXTRA $limit"
   case $name in c_multiway_distill|g_multiway_cosine) args="$args --schedule cosine --warmup-epochs 5" ;; esac
+  # Where a step's time goes (training/profiling.py; a few seconds): the first run only, on the packed CIFAR-10
+  # (351 batches an epoch; a rehearsal's synthetic set has 14, too few for the window, which training.run refuses).
+  [ "$name" = "${order[0]}" ] && [ "$PROFILE_STEPS" -gt 0 ] && [ -n "${packed_cifar:-}" ] \
+    && [ "${MAX_BATCHES:-999}" -ge $((PROFILE_STEPS + 10)) ] && args="$args --profile-steps $PROFILE_STEPS"
   echo "python -m training.run $args" > "$RUNS/$name.cmd"
   resume=""
   [ -n "$RESUME" ] && [ -f "$RUNS/$name/last.pt" ] && resume="--resume"
