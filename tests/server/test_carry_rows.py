@@ -107,8 +107,9 @@ async def test_requests_carried_then_queued_take_their_own_rows_with_them(monkey
     import types
 
     clock = [0.0]
-    monkeypatch.setattr("server.engine.time", types.SimpleNamespace(perf_counter=lambda: clock[0],
-                                                                    monotonic=lambda: 1000.0 + clock[0]))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock[0], monotonic=lambda: 1000.0 + clock[0])
+    for module in ("server.engine", "server.segment_chain"):  # the chain's runs and the engine's queues
+        monkeypatch.setattr(f"{module}.time", fake_time)
     engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, inline_compute_ms=0.25,
                                                carry_stopped_rows=True))
     engine.latency.table[:] = 0.0001

@@ -65,8 +65,9 @@ async def test_an_inline_chain_stops_before_the_run_that_would_pass_the_limit(mo
     # not by this machine's speed. Limit 0.25 ms, every run predicted 0.1 ms: after exit 0, 0.1 + 0.1 <= 0.25
     # goes on; after exit 1, 0.2 + 0.1 > 0.25 stops, and exit 2's worker runs the batch in a call of its own.
     clock = [0.0]
-    monkeypatch.setattr("server.engine.time", types.SimpleNamespace(perf_counter=lambda: clock[0],
-                                                                    monotonic=lambda: 1000.0 + clock[0]))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock[0], monotonic=lambda: 1000.0 + clock[0])
+    for module in ("server.engine", "server.segment_chain"):  # the chain's runs and the engine's queues
+        monkeypatch.setattr(f"{module}.time", fake_time)
     engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, inline_compute_ms=0.25))
     engine.latency.table[:] = 0.0001
     for backend in engine.backends:
