@@ -8,7 +8,8 @@ out by trial. The report answers it: wall time per step against the time some ke
 intervals), and the operators that take the device's time.
 
 The steps profiled are ordinary training steps (same batches, same updates), taken after the warm-up batches
-so that compiling and CUDA-graph capture are not in them. Written to OUT/profile_epochN.txt.
+so that compiling and CUDA-graph capture are not in them. Written to OUT/profile_epochN.txt. On a GPU lease,
+bench/gpu/paper_runs.sh runs it in a short process of its own beside the real runs, which it then cannot harm.
 UNVERIFIED on a GPU: the CUDA branch (kernel intervals from the profiler's device events) has run only on a
 CPU's code path; on a CPU the report gives host operator times and no device figures.
 """

@@ -52,7 +52,7 @@ OUT=${OUT:-/tmp/out}
 RUNS=/tmp/paper_runs
 DATA=${DATA:-}
 EXTRA=${EXTRA:---compile}
-PROFILE_STEPS=${PROFILE_STEPS:-20}  # training steps of the first run's first epoch profiled (0: none)
+PROFILE_STEPS=${PROFILE_STEPS:-20}  # steps profiled in a short copy of the first run (0: none); see step 3
 if [ "${1:-}" = part ] || [ "${1:-}" = restore-part ]; then  # stash carried files until the call that uses them
   dest=/tmp/gpudata && [ "$1" = restore-part ] && dest=/tmp/paper_restore
   shift
@@ -87,7 +87,7 @@ if [ -z "$DATA" ]; then
   fi
   # Decoded once (by the first speed probe) into a cache every later process loads: ~13 s a process saved (RESULTS §17).
   DATA="--dataset folder --data-dir /tmp/cifar10-jpeg --decode-cache /tmp/cifar10-decoded"
-  packed_cifar=1
+  packed_cifar=1  # 351 batches an epoch: room for the profile below (a rehearsal's synthetic set has 14)
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
 # ORDER: the runs to start, in priority order (default all). The plan starts only runs that finish their
@@ -190,19 +190,25 @@ echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS
 for name in "${order[@]:0:$NRUNS}"; do
   args="${cmd[$name]} $DATA --epochs $EPOCHS --seed 0 --workers 2 $EXTRA $limit"
   case $name in c_multiway_distill|g_multiway_cosine) args="$args --schedule cosine --warmup-epochs 5" ;; esac
-  # Where a step's time goes (training/profiling.py; a few seconds): the first run only, on the packed CIFAR-10
-  # (351 batches an epoch; a rehearsal's synthetic set has 14, too few for the window, which training.run refuses).
-  [ "$name" = "${order[0]}" ] && [ "$PROFILE_STEPS" -gt 0 ] && [ -n "${packed_cifar:-}" ] \
-    && [ "${MAX_BATCHES:-999}" -ge $((PROFILE_STEPS + 10)) ] && args="$args --profile-steps $PROFILE_STEPS"
   echo "python -m training.run $args" > "$RUNS/$name.cmd"
   resume=""
   [ -n "$RESUME" ] && [ -f "$RUNS/$name/last.pt" ] && resume="--resume"
   python3 -m training.run $args --out "$RUNS/$name" $resume >> "$RUNS/$name.log" 2>&1 &
+  [ "$name" = "${order[0]}" ] && profile_args=$args
 done
+# Where a step's time goes (training/profiling.py), for issue 10's 30,000 img/s: the first run's command again,
+# for 40 batches of one epoch, PROFILE_STEPS of them profiled, in a process of its own so that a profiler
+# failure (CUPTI with CUDA graphs has crashed before, in older CUDA) costs no training run. It shares the GPU
+# with the runs, so its wall time per step is theirs side by side; its kernel times are its own. Call 1 only.
+if [ "$PROFILE_STEPS" -gt 0 ] && [ -z "$RESUME" ] && [ -n "${packed_cifar:-}" ]; then
+  python3 -m training.run $profile_args --epochs 1 --max-batches $((PROFILE_STEPS + 20)) --no-eval \
+    --profile-steps "$PROFILE_STEPS" --out /tmp/paper_profile > "$RUNS/profile_${order[0]}.log" 2>&1 &
+fi
 sync_out() {
   for name in "${order[@]:0:$NRUNS}"; do
     [ -f "$RUNS/$name/last.pt" ] && cp "$RUNS/$name/last.pt" "$OUT/ckpt_$name.pt"
   done
+  cp /tmp/paper_profile/profile_epoch1.txt "$RUNS/profile_${order[0]}.txt" 2>/dev/null
   tar czf "$OUT/runs.tar.gz" --exclude='*.pt' -C /tmp paper_runs 2>/dev/null
 }
 while [ -n "$(jobs -r)" ] && [ $((SECONDS - start)) -lt "$BUDGET_S" ]; do
