@@ -26,7 +26,7 @@
 # A later session, for the runs a first one did not start: ORDER="d_joint e_aux44 ..." FORCE_EPOCHS=<the first
 #   session's epochs, plan.txt in its runs.tar.gz> bash bench/gpu/paper_runs.sh (compared runs share a schedule;
 #   FORCE_EPOCHS starts every run in ORDER, so name only as many as its speed.txt says fit).
-# MPS=1 (any call): the runs share the GPU through CUDA's Multi-Process Service (see below, where it starts).
+# MPS=1 (any call): the runs share the GPU through CUDA's Multi-Process Service (bench/gpu/mps.sh).
 # Without probes (PROBE=0 FORCE_EPOCHS=E ORDER="..."): every named run starts at once for E epochs; the ones the
 #   call's limit stops continue on a later lease with RESTORE (e.g. a and b of Table 6 at 160 epochs each).
 # Rehearsal on a CPU (tiny, a few minutes):
@@ -91,31 +91,8 @@ if [ -z "$DATA" ]; then
   packed_cifar=1  # 351 batches an epoch: room for the profile below (a rehearsal's synthetic set has 14)
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; python3 -c "import torch; print(torch.__version__)"; nproc) > "$RUNS/machine.txt" 2>&1
-# MPS=1: CUDA's Multi-Process Service, so the runs' kernels share the GPU at once instead of taking turns. Why:
-# the first lease measured one run alone at 18,079 img/s, two side by side 22,115 in all and eight 21,687, which
-# is what time-slicing gives when one process's small kernels (16-64 channels at 32x32) keep the GPU occupied
-# but far from full. UNVERIFIED on the GPU machine (the daemon may be missing there): a CUDA client that cannot
-# reach the daemon runs as without MPS (NVIDIA's nvidia-cuda-mps-control(1)), and one that fails under it stops
-# the daemon here, so the worst case is the time-sliced runs of the first lease. The kernels, hence the
-# results, are the same; the throughput in each run's metrics says whether it paid. The card's settings
-# (compute mode and the rest) are left as they are.
-if [ -n "${MPS:-}" ]; then
-  PATH=$PATH:/usr/local/nvidia/bin
-  if command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
-    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    nvidia-cuda-mps-control -d 2>&1  # says so if a daemon of an earlier call still runs: that one serves
-    if timeout 90 python3 -c "import torch; assert float(torch.ones(8, device='cuda').sum()) == 8" > /tmp/mps/probe.log 2>&1; then
-      echo "mps: on; servers: $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')" | tee -a "$RUNS/machine.txt"
-    else
-      echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-      echo "mps: off, a CUDA client failed under it ($(tail -n 1 /tmp/mps/probe.log)); daemon stopped" | tee -a "$RUNS/machine.txt"
-    fi
-  else
-    echo "mps: off, nvidia-cuda-mps-control not found" | tee -a "$RUNS/machine.txt"
-  fi
-fi
+# MPS=1: the runs share the GPU through CUDA's Multi-Process Service (bench/gpu/mps.sh says why; unverified).
+[ -n "${MPS:-}" ] && source bench/gpu/mps.sh && start_mps "$RUNS/machine.txt"
 # ORDER: the runs to start, in priority order (default all). The plan starts only runs that finish their
 # epochs in this call; a later session with a GPU sets ORDER to the runs not done yet.
 read -r -a order <<< "${ORDER:-a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110 f_multiway_preact g_multiway_cosine}"
@@ -247,6 +224,6 @@ wait
 # The runs beside the paper's Tables 1, 2 and 6 (into runs.tar.gz too; an unfinished run says so in its label).
 python3 -m bench.paper_tables --runs "$RUNS" > "$RUNS/tables.md" 2>&1
 sync_out
-[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control  # a later call starts its own
+[ -n "${MPS:-}" ] && stop_mps
 tail -n 2 "$RUNS"/*.log
 cat "$RUNS/tables.md"

@@ -111,3 +111,14 @@ timeout --kill-after=10 150 python3 -m bench.request_cost --rounds 1 --requests 
 tail -n 4 "$OUT/cost_and_budget.md"
 # 7. The budget without the margin, beside step 3's.
 budget "--finish-margin-quantile 0"
+# 8. MPS=1 (unverified): the most workers again, their processes' kernels sharing the GPU at once instead of in
+#    turns (bench/gpu/mps.sh says why), into the same file as step 2's rows for them; last, so nothing else runs
+#    under MPS.
+if [ -n "${MPS:-}" ] && [ "$DEVICE" = cuda ]; then
+  source bench/gpu/mps.sh
+  if start_mps "$OUT/check.log"; then
+    echo "## --workers $w under CUDA MPS" >> "$OUT/serving_w$w.md"
+    serve "w$w" "$w" "" ""
+    stop_mps
+  fi
+fi
