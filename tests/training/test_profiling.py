@@ -39,3 +39,24 @@ def test_profile_window_longer_than_the_epoch_is_refused(tmp_path):
 def test_profiler_window_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="must both be >= 1"):
         StepProfiler(0, 5, 16, torch.device("cpu"), tmp_path / "p.txt")
+
+
+def test_cuda_report_counts_kernel_time_once_per_step():
+    # The CUDA branch cannot run here; its arithmetic can, on a stand-in for the profiler's results: two
+    # overlapping kernels (0-100 us, 50-150 us) and a CPU event over 2 steps of 0.5 ms wall each.
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from training.profiling import format_report
+
+    def event(device, start, end):
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    prof = SimpleNamespace(
+        events=lambda: [event(DeviceType.CUDA, 0, 100), event(DeviceType.CUDA, 50, 150), event(DeviceType.CPU, 0, 1000)],
+        key_averages=lambda: SimpleNamespace(table=lambda sort_by, row_limit: f"table sorted by {sort_by}"))
+    report = format_report(prof, wall_s=0.001, steps=2, batch_size=128, first=11, device_type="cuda").splitlines()
+    assert report[1] == "wall per step: 0.500 ms (256000 img/s under the profiler)"
+    assert report[2].startswith("device busy per step: 0.075 ms (15% of the wall; 1 kernels a step)")
+    assert report[3] == "table sorted by self_device_time_total"
