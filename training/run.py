@@ -88,6 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run (its metrics.jsonl is cleared, last.pt replaced)")
     p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the validation and test passes after each epoch (speed probes: with --compile, the first "
@@ -149,6 +151,11 @@ def intended_image_size(args) -> int:
 def main(args) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    if not args.resume and not args.overwrite and (out / "last.pt").exists():
+        # Without this a rerun of the command that made OUT replaced its checkpoint after one epoch and appended a
+        # second epoch 1 to its metrics.
+        raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it, --overwrite to start "
+                         "it over, or another --out")
     ckpt = load_checkpoint(out) if args.resume else None
     if ckpt is not None:
         for key in ("method", "dataset", "preset", "depth", "exits", "width", "seed", "batch_size", "epochs", "lr"):
@@ -210,8 +217,7 @@ def main(args) -> dict:
     main_rank = dist_info.is_main  # only rank 0 evaluates, logs and writes checkpoints
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
-            _truncate_metrics(out / "metrics.jsonl", start_epoch)
+        _truncate_metrics(out / "metrics.jsonl", start_epoch)  # a fresh start keeps none of an earlier run's rows
     rank = f"[rank {dist_info.rank}/{dist_info.world}] " if dist_info.enabled else ""
     gammas = [round(g, 3) for g in loss_weights(cfg.exits, args.nu)]
     print(f"{rank}{cfg.name()} exits {list(cfg.exits)} gammas {gammas} "
@@ -284,7 +290,7 @@ def main(args) -> dict:
 
 def _truncate_metrics(path: Path, epochs_kept: int) -> None:
     """A run killed after logging an epoch but before checkpointing it would log that epoch twice on
-    resume: keep only the rows of epochs the checkpoint holds."""
+    resume: keep only the rows of epochs the checkpoint holds (none for a fresh start)."""
     if path.exists():
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line)["epoch"] <= epochs_kept]

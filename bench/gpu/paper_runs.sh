@@ -125,7 +125,7 @@ elif [ -z "$RESUME" ]; then
   #    in a probe), timed as said below.
   probe_alone() {
     python3 -m training.run ${cmd[a_multiway]} $DATA --epochs 2 --max-batches "$PROBE_BATCHES" $1 \
-      --out "$RUNS/probe1" > "$RUNS/probe1.log" 2>&1
+      --out "$RUNS/probe1" --overwrite > "$RUNS/probe1.log" 2>&1
   }
   probe_alone "$EXTRA"
   if [ "$(wc -l < "$RUNS/probe1/metrics.jsonl" 2>/dev/null || echo 0)" -lt 2 ] && [ -n "${EXTRA// /}" ]; then
@@ -150,7 +150,7 @@ elif [ -z "$RESUME" ]; then
   pids=()
   for n in ${!order[@]}; do
     python3 -m training.run ${cmd[${order[$n]}]} $DATA --epochs 100000 --max-batches "$SIDE_BATCHES" --no-eval $EXTRA \
-      --out "$RUNS/probe_all_$n" > "$RUNS/probe_all_$n.log" 2>&1 &
+      --out "$RUNS/probe_all_$n" --overwrite > "$RUNS/probe_all_$n.log" 2>&1 &
     pids+=($!)
   done
   all_ready=""
@@ -205,7 +205,7 @@ done
 # with the runs, so its wall time per step is theirs side by side; its kernel times are its own. Call 1 only.
 if [ "$PROFILE_STEPS" -gt 0 ] && [ -z "$RESUME" ] && [ -n "${packed_cifar:-}" ]; then
   python3 -m training.run $profile_args --epochs 1 --max-batches $((PROFILE_STEPS + 20)) --no-eval \
-    --profile-steps "$PROFILE_STEPS" --out /tmp/paper_profile > "$RUNS/profile_${order[0]}.log" 2>&1 &
+    --profile-steps "$PROFILE_STEPS" --out /tmp/paper_profile --overwrite > "$RUNS/profile_${order[0]}.log" 2>&1 &
 fi
 sync_out() {
   for name in "${order[@]:0:$NRUNS}"; do

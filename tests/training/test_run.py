@@ -152,3 +152,23 @@ def test_cudnn_autotuning_only_on_cuda(monkeypatch):
     assert torch.backends.cudnn.benchmark is False  # CPU runs keep torch's defaults
     tune_cuda_kernels(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_a_fresh_run_into_a_finished_runs_folder_is_refused_and_overwrite_starts_over(tmp_path):
+    run(tmp_path, "r", "--epochs", "2")
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a run \(last.pt\): pass --resume to continue it, --overwrite"):
+        run(tmp_path, "r", "--epochs", "1")
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before  # untouched
+    run(tmp_path, "r", "--epochs", "1", "--overwrite")
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # not 1, 2, 1
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 1
+
+
+def test_a_fresh_start_drops_the_rows_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": [9.9]}) + "\n")  # no last.pt
+    run(tmp_path, "r", "--epochs", "1")
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["loss"] != [9.9]
