@@ -9,8 +9,8 @@
 # end, `export choose --dry-run` ranks every run in OUT_DIR on validation by what early exit costs under its policy.
 #   bash bench/recipe_pilot.sh [OUT_DIR]
 #   SEED=1 ONLY="multiway multiway_distill" bash bench/recipe_pilot.sh runs/recipe_pilot_seed1   (seed noise)
-# (multiway_distill025_cosine, half the distillation weight, and multiway_cosine_ls / _ema, label smoothing 0.1 and
-# an EMA of the weights at 0.999, are not in the default four: ONLY names them.)
+# (multiway_distill025_cosine, half the distillation weight, multiway_cosine_ls / _ema, label smoothing 0.1 and
+# an EMA of the weights at 0.999, and multiway_cosine_preact, are not in the default four: ONLY names them.)
 set -u
 OUT=${1:-runs/recipe_pilot}
 EPOCHS=${EPOCHS:-15}
@@ -27,6 +27,9 @@ declare -A cmd=(
   # judge of which answers are right (selective classification), which is what early exit stops on.
   [multiway_cosine_ls]="--schedule cosine --warmup-epochs 1 --label-smoothing 0.1"
   [multiway_cosine_ema]="--schedule cosine --warmup-epochs 1 --ema-decay 0.999"
+  # Issue 10's review item: the stage-transition shortcut taken after BN-ReLU (He et al.'s pre-activation code)
+  # instead of from raw x (the default, the committed models'); the GPU run f measures it at full scale.
+  [multiway_cosine_preact]="--schedule cosine --warmup-epochs 1 --preact-shortcut"
 )
 read -r -a names <<< "${ONLY:-multiway multiway_distill multiway_cosine multiway_distill_cosine}"
 for name in "${names[@]}"; do

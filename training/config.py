@@ -55,7 +55,9 @@ class ModelConfig:
     def name(self) -> str:
         stem = "AuxNet" if len(self.exits) > 1 else "ResNet"
         name = f"{stem}-{self.depth}" + (f"-{len(self.exits)}" if len(self.exits) > 1 else "")
-        return name + (f"/{self.width}" if self.width != 1 else "")
+        # A network with He et al.'s stage-transition shortcuts is another architecture (same parameters, other
+        # function): say so wherever it is named (manifests, `export choose` tables, logs).
+        return name + (f"/{self.width}" if self.width != 1 else "") + ("-preact" if self.preact_shortcut else "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -115,6 +115,7 @@ def test_preact_shortcut_changes_only_stage_transitions_and_no_parameter_count()
     from training.model import AuxNet
 
     raw, pre = AuxNet(ModelConfig(depth=14, exits=(9, 14))), AuxNet(ModelConfig(depth=14, exits=(9, 14), preact_shortcut=True))
+    assert (raw.cfg.name(), pre.cfg.name()) == ("AuxNet-14-2", "AuxNet-14-2-preact")
     pre.load_state_dict(raw.state_dict())  # same parameters: option A shortcuts have none either way
     assert sum(p.numel() for p in raw.parameters()) == sum(p.numel() for p in pre.parameters())
     flags = [b.preact_shortcut for b in pre.modules() if hasattr(b, "preact_shortcut")]

@@ -1,0 +1,1 @@
+python -m training.run --depth 20 --exits 5,9,13,17,20 --method multiway --seed 1 --epochs 15 --schedule cosine --warmup-epochs 1 --preact-shortcut --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache runs/cifar10-decoded
