@@ -202,10 +202,15 @@ done
 # Where a step's time goes (training/profiling.py), for issue 10's 30,000 img/s: the first run's command again,
 # for 40 batches of one epoch, PROFILE_STEPS of them profiled, in a process of its own so that a profiler
 # failure (CUPTI with CUDA graphs has crashed before, in older CUDA) costs no training run. It shares the GPU
-# with the runs, so its wall time per step is theirs side by side; its kernel times are its own. Call 1 only.
+# with the runs, so its wall time per step is theirs side by side; its kernel times are its own. Compiled
+# without CUDA graphs (--compile-mode default: the same inductor kernels, launched one by one), because CUPTI
+# has timed kernels inside CUDA graphs wrongly before CUDA 13.1 (pytorch/kineto#1165) and the kernel time per
+# step is the figure wanted: the runs' own wall time per step is in their metrics. Call 1 only.
 if [ "$PROFILE_STEPS" -gt 0 ] && [ -z "$RESUME" ] && [ -n "${packed_cifar:-}" ]; then
-  python3 -m training.run $profile_args --epochs 1 --max-batches $((PROFILE_STEPS + 20)) --no-eval \
-    --profile-steps "$PROFILE_STEPS" --out /tmp/paper_profile --overwrite > "$RUNS/profile_${order[0]}.log" 2>&1 &
+  profile_cmd="$profile_args --compile-mode default --epochs 1 --max-batches $((PROFILE_STEPS + 20)) --no-eval"
+  echo "python -m training.run $profile_cmd --profile-steps $PROFILE_STEPS" > "$RUNS/profile_${order[0]}.log"
+  python3 -m training.run $profile_cmd --profile-steps "$PROFILE_STEPS" --out /tmp/paper_profile --overwrite \
+    >> "$RUNS/profile_${order[0]}.log" 2>&1 &
 fi
 sync_out() {
   for name in "${order[@]:0:$NRUNS}"; do
