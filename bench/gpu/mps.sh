@@ -17,7 +17,7 @@ start_mps() {  # start_mps LOG: start the daemon, check a CUDA client works unde
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   nvidia-cuda-mps-control -d 2>&1  # says so if a daemon of an earlier call still runs: that one serves
-  if timeout 90 python3 -c "import torch; assert float(torch.ones(8, device='cuda').sum()) == 8" > /tmp/mps/probe.log 2>&1; then
+  if timeout 45 python3 -c "import torch; assert float(torch.ones(8, device='cuda').sum()) == 8" > /tmp/mps/probe.log 2>&1; then
     echo "mps: on; servers: $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')" | tee -a "$1"
     return 0
   fi
