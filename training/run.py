@@ -230,13 +230,14 @@ def main(args) -> dict:
     if args.max_batches:
         n_batches = min(n_batches, args.max_batches)
     profiler = None
-    if args.profile_steps and main_rank:
+    if args.profile_steps:
         first = WARMUP_BATCHES + 1
-        if n_batches < first - 1 + args.profile_steps:
+        if n_batches < first - 1 + args.profile_steps:  # on every rank: one that went on alone would wait forever
             raise ValueError(f"--profile-steps {args.profile_steps} needs {first - 1 + args.profile_steps} batches in "
                              f"an epoch ({WARMUP_BATCHES} warm-up batches first); this epoch has {n_batches}")
-        # Named by epoch: a resumed call profiles its own first epoch without overwriting the earlier call's.
-        profiler = StepProfiler(first, args.profile_steps, args.batch_size, device, out / f"profile_epoch{start_epoch + 1}.txt")
+        if main_rank:  # named by epoch: a resumed call profiles its own first epoch, the earlier call's file stays
+            profiler = StepProfiler(first, args.profile_steps, args.batch_size, device,
+                                    out / f"profile_epoch{start_epoch + 1}.txt")
     metrics = {}
     for epoch in range(start_epoch, args.epochs):
         lr = method.base_lr()
