@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from export.quantize import MAX_DROP_PP
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m export", description=__doc__)
@@ -24,6 +26,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--fp16", action="store_true", help="TensorRT FP16 (TensorRT 10)")
         s.add_argument("--max-batch", type=int, default=64, help="TensorRT optimisation profile maximum batch")
         s.add_argument("--no-measure", action="store_true", help="skip the ONNX Runtime latency measurement")
+        s.add_argument("--int8", action="store_true",
+                       help="quantize every segment to int8 for CPU serving, ranges and calibration from the validation "
+                            "split (export/quantize.py)")
+        s.add_argument("--int8-max-drop-pp", type=float, default=MAX_DROP_PP,
+                       help="refuse when an exit loses more validation top-1 than this to int8, in pp (default 1.0)")
         s.add_argument("--max-drop-pp", type=float, default=0.5,
                        help="accuracy the early-exit policy may lose against the final exit, in percentage points, "
                             "out of sample (default 0.5)")
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
 
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
                      args.fp16, args.max_batch, measure=not args.no_measure,
-                     max_drop_pp=args.max_drop_pp)
+                     max_drop_pp=args.max_drop_pp, int8=args.int8, int8_max_drop_pp=args.int8_max_drop_pp)
         return 0
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

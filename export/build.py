@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export import quantize
 from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
@@ -63,8 +64,13 @@ def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[
 
 def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: str | None = None,
                  only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
-                 measure: bool = True, max_drop_pp: float = 0.5, log=print) -> Path:
-    """Build the whole repository entry in a staging folder and publish it atomically."""
+                 measure: bool = True, max_drop_pp: float = 0.5, log=print, int8: bool = False,
+                 int8_max_drop_pp: float = quantize.MAX_DROP_PP) -> Path:
+    """Build the whole repository entry in a staging folder and publish it atomically. With `int8`, the
+    segments are quantized (export/quantize.py) and everything calibrated is fitted on the quantized chain."""
+    if trt and int8:
+        raise ExportError("--int8 makes ONNX Runtime models for CPUs; --trt builds TensorRT's own engines from float ONNX "
+                          "(use --fp16 there): ask for one or the other")
     if trt:  # refuse before any work, and leave nothing behind
         from export.trt import require_tensorrt
 
@@ -72,33 +78,45 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, checkpoint)
     cfg = model.cfg
-    name = name or f"{cfg.name().lower().replace('/', '_w')}-{ckpt['data']['dataset']}"
+    name = name or f"{cfg.name().lower().replace('/', '_w')}-{ckpt['data']['dataset']}" + ("-int8" if int8 else "")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    log(f"calibrating {cfg.name()} on the validation split ...")
-    logits, labels, splits = validation_logits(model, ckpt, data_dir)
-    costs = segment_costs(model)
-    temps = [fit_temperature(z, labels) for z in logits]
-    probs = [softmax(z / t) for z, t in zip(logits, temps)]
     if only_exit is not None and not 0 <= only_exit < model.num_outputs:
         raise ExportError(f"exit {only_exit} does not exist; this model has exits 0..{model.num_outputs - 1}")
     if not 0 <= max_drop_pp <= 100:
         raise ExportError(f"--max-drop-pp {max_drop_pp} must be a percentage-point drop in [0, 100]")
+    if int8 and not 0 <= int8_max_drop_pp <= 100:
+        raise ExportError(f"--int8-max-drop-pp {int8_max_drop_pp} must be a percentage-point drop in [0, 100]")
+    log(f"calibrating {cfg.name()} on the validation split ...")
+    logits, labels, splits = validation_logits(model, ckpt, data_dir)
+    costs = segment_costs(model)
     # `export exit K` serves a cascade that ends at K: its policy and figures are that cascade's.
     kept = model.num_outputs if only_exit is None else only_exit + 1
-    policy = make_policy(probs[:kept], labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
-    scores = ExitScores.from_probs(probs[:kept], labels)
     images = torch.from_numpy(_first_images(splits, 16))
     repo_path = Path(repo)
     with staged_model(repo_path, name) as stage:
-        x = torch.zeros(2, *model.input_shape())
-        exits, paths = [], []
-        for k in range(model.num_outputs):
-            path = stage / f"exit_{k}.onnx"
-            io = export_segment(model, k, x, path)
-            with torch.no_grad():
-                out = model.segment(k)(x)
-            x = out[0] if isinstance(out, tuple) else x
-            paths.append(path)
+        paths, ios = _export_segments(model, stage)
+        parity = segment_parity(model, paths, images) + segment_parity(model, paths, images[:1])
+        worst = max(max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) / r["output_scale"] for r in parity)
+        if worst > PARITY_ATOL:
+            raise ExportError(f"ONNX differs from torch by {worst:.2e} (relative to the output scale) > {PARITY_ATOL}: "
+                              f"{parity}")
+        quantization = None
+        if int8:  # the float files passed parity; now they are replaced, and calibrated anew on what is served
+            log(f"quantizing to int8 (activation ranges from {quantize.CALIBRATION_IMAGES} validation images) ...")
+            calibration_images = _first_images(splits, quantize.CALIBRATION_IMAGES)
+            try:
+                quantize.quantize_chain(paths, calibration_images)
+                float_logits = logits
+                logits, labels = quantize.chain_logits(paths, iterate(splits.val, splits, 256, False, 0, torch.device("cpu")))
+                quantization = quantize.report(float_logits, logits, labels, len(calibration_images), int8_max_drop_pp)
+            except quantize.QuantizationError as e:
+                raise ExportError(str(e)) from e
+        temps = [fit_temperature(z, labels) for z in logits]
+        probs = [softmax(z / t) for z, t in zip(logits, temps)]
+        policy = make_policy(probs[:kept], labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
+        scores = ExitScores.from_probs(probs[:kept], labels)
+        exits = []
+        for k, (path, io) in enumerate(zip(paths, ios)):
             acc = float((probs[k].argmax(1) == labels).mean())
             exits.append({"index": k, "layer": cfg.exits[k], "params": costs[k]["params"],
                           "mflops": round(costs[k]["mflops"], 4), "segment_mflops": round(costs[k]["segment_mflops"], 4),
@@ -108,11 +126,6 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 exits[-1]["conditional_thresholds"] = conditional_table(scores, policy["thresholds"], k)
             if k < kept - 1:
                 exits[-1]["agreement"] = agreement_table(scores, k, policy["thresholds"])
-        parity = segment_parity(model, paths, images) + segment_parity(model, paths, images[:1])
-        worst = max(max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) / r["output_scale"] for r in parity)
-        if worst > PARITY_ATOL:
-            raise ExportError(f"ONNX differs from torch by {worst:.2e} (relative to the output scale) > {PARITY_ATOL}: "
-                              f"{parity}")
         for e, path in zip(exits, paths):
             e["sha256"] = sha256_file(path)
             e["parity_max_abs_diff"] = max(r["segment_max_abs_diff"] for r in parity if r["exit"] == e["index"])
@@ -128,14 +141,30 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         if trt:
             _build_trt(stage, exits, max_batch, fp16, log)
         manifest = _manifest(name, cfg, ckpt, splits, exits, policy, len(labels))
+        if quantization is not None:
+            manifest["quantization"] = quantization
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        plot_tradeoff(policy, exits, f"{cfg.name()} on {ckpt['data']['dataset']} (validation split)",
-                      stage / "tradeoff.png")
+        plot_tradeoff(policy, exits, f"{cfg.name()} on {ckpt['data']['dataset']} (validation split"
+                      + (", int8)" if int8 else ")"), stage / "tradeoff.png")
         load_manifest(stage)  # the server's own validation, before anything is published
-    log(f"wrote {repo_path / name} ({len(exits)} exits; parity max |diff| {worst:.1e}; "
+    log(f"wrote {repo_path / name} ({len(exits)} exits{', int8' if int8 else ''}; parity max |diff| {worst:.1e}; "
         f"policy thresholds {policy['thresholds'][:-1]} -> held-out drop {100 * policy['held_out']['drop']:.2f} pp, "
         f"{policy['held_out']['mean_mflops']:.1f} MFLOPs/image vs {costs[kept - 1]['mflops']:.1f})")
     return repo_path / name
+
+
+def _export_segments(model: AuxNet, stage: Path) -> tuple[list[Path], list[dict]]:
+    """Every segment as float ONNX in `stage`, each traced on what the one before outputs."""
+    x = torch.zeros(2, *model.input_shape())
+    paths, ios = [], []
+    for k in range(model.num_outputs):
+        path = stage / f"exit_{k}.onnx"
+        ios.append(export_segment(model, k, x, path))
+        with torch.no_grad():
+            out = model.segment(k)(x)
+        x = out[0] if isinstance(out, tuple) else x
+        paths.append(path)
+    return paths, ios
 
 
 def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float) -> dict:

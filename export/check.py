@@ -31,7 +31,12 @@ def check_model(model_dir: str, checkpoint: str | None = None, log=print) -> lis
             if tuple(out[0].shape[1:]) != e.feature_shape:
                 problems.append(f"{e.onnx}: features {out[0].shape[1:]} but manifest says {e.feature_shape}")
             x = out[0]
-    if checkpoint and not problems:
+    if checkpoint and not problems and "quantization" in info.manifest:
+        # An int8 model cannot meet the float tolerance; what it costs was measured on the validation split at
+        # export, where real images set the ranges (random inputs here would saturate them).
+        log(f"{Path(model_dir)}: int8 model: parity with the checkpoint not checked; the manifest's quantization "
+            "block has each exit's validation top-1 in float and int8")
+    elif checkpoint and not problems:
         import torch
 
         from export.build import model_from_checkpoint

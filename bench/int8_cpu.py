@@ -1,0 +1,132 @@
+"""Float against int8 exits on this CPU (`python -m export all --int8`): each segment's latency and the whole
+chain's throughput, measured side by side in alternating rounds, and both models' test accuracy per exit.
+
+    python -m bench.int8_cpu --float-model models/repository/auxnet56_5-cifar10 --int8-model REPO/NAME
+                             [--data ../shared/data/cifar10-jpeg/test] [--rounds 5] [--threads 1]
+
+Latency is the median of one run per round at batch 1 and 32 (intra-op threads as the server gives each
+session: 1 by default). Accuracy is on the labelled folder's images, decoded and normalised as the server does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.quantize import cpu_int8_instructions
+from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.repository import load_manifest
+
+BATCHES = (1, 32)
+
+
+def sessions(model_dir: str, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    info = load_manifest(model_dir)
+    return info, [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+
+
+def segment_inputs(chain, x: np.ndarray) -> list[np.ndarray]:
+    """What each segment is fed when `x` enters the chain."""
+    feeds = [x]
+    for s in chain[:-1]:
+        feeds.append(s.run(None, {"input": feeds[-1]})[0])
+    return feeds
+
+
+def time_runs(session, x: np.ndarray, seconds: float) -> float:
+    """Median seconds of one run, over as many runs as fit in `seconds` (at least 5)."""
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < 5 or time.perf_counter() < end:
+        t = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def test_accuracy(info, chain, images: list[bytes], labels: np.ndarray) -> list[float]:
+    """Top-1 per exit on the labelled images, each exit judged on every image."""
+    size, limits = info.input_shape[1:], ImageLimits()
+    x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
+    hits = np.zeros(len(chain))
+    for i in range(0, len(x), 256):
+        feed = x[i:i + 256]
+        for k, s in enumerate(chain):
+            out = s.run(None, {"input": feed})
+            hits[k] += (out[-1].argmax(1) == labels[i:i + 256]).sum()
+            feed = out[0]
+    return list(hits / len(x))
+
+
+def labelled_folder(root: Path, per_class: int | None) -> tuple[list[bytes], np.ndarray, list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    data, labels = [], []
+    for c, name in enumerate(classes):
+        files = sorted((root / name).iterdir())
+        for f in files[:per_class] if per_class else files:
+            data.append(f.read_bytes())
+            labels.append(c)
+    return data, np.asarray(labels), classes
+
+
+def main(argv=None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser("python -m bench.int8_cpu", description=__doc__)
+    p.add_argument("--float-model", default=str(root / "models" / "repository" / "auxnet56_5-cifar10"))
+    p.add_argument("--int8-model", required=True, help="a model exported with --int8 from the same checkpoint")
+    p.add_argument("--data", default=str(root.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
+    p.add_argument("--per-class", type=int, default=None, help="test images per class (default: all)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=0.5, help="per segment, batch and round")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+
+    (fi, fchain), (qi, qchain) = sessions(args.float_model, args.threads), sessions(args.int8_model, args.threads)
+    if [e.layer for e in fi.exits] != [e.layer for e in qi.exits]:
+        raise SystemExit(f"the two models' exits differ: {[e.layer for e in fi.exits]} vs {[e.layer for e in qi.exits]}")
+    print(f"machine: {platform.processor() or platform.machine()}, int8 instructions {cpu_int8_instructions() or 'none'}, "
+          f"intra-op threads {args.threads}, {time.strftime('%Y-%m-%d')}")
+    x32 = np.random.default_rng(0).standard_normal((max(BATCHES), *fi.input_shape)).astype(np.float32)
+    feeds = segment_inputs(fchain, x32)  # the same inputs for both precisions
+    per = {(prec, k, b): [] for prec in ("float", "int8") for k in range(len(fchain)) for b in BATCHES}
+    for _ in range(args.rounds):  # alternate, so both see the same machine
+        for b in BATCHES:
+            for k in range(len(fchain)):
+                for prec, chain in (("float", fchain), ("int8", qchain)):
+                    per[(prec, k, b)].append(time_runs(chain[k], feeds[k][:b], args.seconds))
+    print("\nsegment latency, ms (median of rounds)")
+    print("exit  layer  " + "  ".join(f"float b{b:<3} int8 b{b:<3} ratio" for b in BATCHES))
+    totals = {(prec, b): 0.0 for prec in ("float", "int8") for b in BATCHES}
+    for k, e in enumerate(fi.exits):
+        cells = []
+        for b in BATCHES:
+            f, q = (1000 * statistics.median(per[(prec, k, b)]) for prec in ("float", "int8"))
+            totals[("float", b)] += f
+            totals[("int8", b)] += q
+            cells.append(f"{f:10.3f} {q:10.3f} {f / q:5.2f}x")
+        print(f"{k:4d}  {e.layer:5d}  " + "  ".join(cells))
+    print("chain " + " " * 6 + "  ".join(f"{totals[('float', b)]:10.3f} {totals[('int8', b)]:10.3f} "
+                                         f"{totals[('float', b)] / totals[('int8', b)]:5.2f}x" for b in BATCHES))
+    print("chain img/s at batch 32: float {:.0f}, int8 {:.0f}".format(32 / (totals[("float", 32)] / 1000),
+                                                                     32 / (totals[("int8", 32)] / 1000)))
+    images, labels, classes = labelled_folder(Path(args.data), args.per_class)
+    if list(classes) != list(fi.classes):
+        raise SystemExit(f"{args.data}: classes {classes} are not the model's {list(fi.classes)}")
+    fa, qa = test_accuracy(fi, fchain, images, labels), test_accuracy(qi, qchain, images, labels)
+    print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")
+    print("exit  layer   float    int8   change")
+    for k, e in enumerate(fi.exits):
+        print(f"{k:4d}  {e.layer:5d}  {100 * fa[k]:6.2f}  {100 * qa[k]:6.2f}  {100 * (qa[k] - fa[k]):+6.2f} pp")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""INT8 exits for CPU serving (`python -m export all --int8`): ONNX Runtime static quantization of every
+segment, its activation ranges measured on the validation split, and the model calibrated anew on what the
+quantized chain outputs.
+
+Why static QDQ with uint8 activations and per-channel int8 weights: measured on the default AuxNet-56-5 on a
+2-core AMD EPYC with AVX-512 VNNI (bench/RESULTS.md §20), the quantized chain ran 1.6-1.9x the float one at
+batch 32 and 1.7x at batch 1, with every exit's validation top-1 within 0.5 pp; uint8 x int8 is what VNNI's
+dot product takes natively (int8 activations ran ~10% slower). Activation ranges are MinMax over the
+calibration images.
+
+Each segment is quantized on its own: its input and outputs stay float32, so the repository's contract
+(features handed from one segment to the next, logits out) is unchanged, and the server runs the files as it
+runs float ones. Each segment's ranges come from the features the float chain before it produces.
+
+What is not measured here: a CPU without VNNI multiplies uint8 x int8 through 16-bit sums that can saturate
+(ONNX Runtime's documentation suggests reduced-range weights there), so the manifest records the int8
+instructions of the CPU that measured the accuracy; the CUDA provider runs QDQ graphs with float kernels
+between quantize/dequantize pairs, so an --int8 model is for CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_IMAGES = 512  # validation images whose activations set the ranges (the calibrator keeps them all)
+BATCH = 64
+MAX_DROP_PP = 1.0  # an exit that loses more validation top-1 than this to int8 is refused by default
+SETTINGS = {"format": "QDQ (ONNX Runtime static quantization)", "activations": "uint8, asymmetric, per tensor",
+            "weights": "int8, symmetric, per output channel", "ranges": "MinMax over the calibration images"}
+
+
+class QuantizationError(RuntimeError):
+    pass
+
+
+def cpu_int8_instructions() -> list[str]:
+    """The int8 dot-product instruction sets this CPU reports (empty: none, or not an x86 Linux host)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+    except OSError:
+        pass
+    return []
+
+
+def cpu_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class _Batches:
+    """ONNX Runtime's CalibrationDataReader protocol over one array of segment inputs."""
+
+    def __init__(self, x: np.ndarray):
+        self._it = iter([{"input": x[i:i + BATCH]} for i in range(0, len(x), BATCH)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_chain(paths: list[Path], images: np.ndarray) -> None:
+    """Replace each float segment in `paths` (in chain order) by its int8 version, in place. Segment k's
+    activation ranges are measured on what the float segments before it make of `images`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    feed = np.ascontiguousarray(images, dtype=np.float32)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # per-channel axis notes on BatchNormalization's 1-D scales
+    try:
+        for k, path in enumerate(paths):
+            outputs = cpu_session(path).run(None, {"input": feed})
+            with tempfile.TemporaryDirectory(prefix="auxnet-int8-") as tmp:
+                prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+                # Shape inference and the graph's own folding (BN into the convolution before it) first, as
+                # ONNX Runtime's documentation asks, so ranges are measured on the graph that is quantized.
+                quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+                try:
+                    quantize_static(str(prepared), str(quantized), _Batches(feed), quant_format=QuantFormat.QDQ,
+                                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                    calibrate_method=CalibrationMethod.MinMax)
+                except Exception as e:  # noqa: BLE001 - name the segment; ONNX Runtime's own message follows
+                    raise QuantizationError(f"quantizing {path.name} (segment {k}) failed: {type(e).__name__}: {e}") from e
+                os.replace(quantized, path)
+            feed = outputs[0] if len(outputs) == 2 else None
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def chain_logits(paths: list[Path], batches) -> tuple[list[np.ndarray], np.ndarray]:
+    """Logits of every exit of the ONNX chain over (x, y) torch batches, and the labels: what the server's
+    files answer, to calibrate the quantized model on."""
+    sessions = [cpu_session(p) for p in paths]
+    outs, ys = [[] for _ in paths], []
+    for x, y in batches:
+        feed = x.numpy()
+        for k, s in enumerate(sessions):
+            out = s.run(None, {"input": feed})
+            outs[k].append(out[-1])
+            feed = out[0]
+        ys.append(y.numpy())
+    return [np.concatenate(o).astype(np.float64) for o in outs], np.concatenate(ys)
+
+
+def report(float_logits: list[np.ndarray], int8_logits: list[np.ndarray], labels: np.ndarray, n_calibration: int,
+           max_drop_pp: float) -> dict:
+    """The manifest's `quantization` block; refuses a model whose int8 exit loses more than `max_drop_pp`
+    validation top-1 against its float version."""
+    import onnxruntime
+
+    rows = []
+    for k, (zf, zq) in enumerate(zip(float_logits, int8_logits)):
+        pf, pq = zf.argmax(1), zq.argmax(1)
+        rows.append({"exit": k, "float_val_top1": round(float((pf == labels).mean()), 5),
+                     "int8_val_top1": round(float((pq == labels).mean()), 5),
+                     "top1_agreement": round(float((pf == pq).mean()), 5)})
+    worst = max(rows, key=lambda r: r["float_val_top1"] - r["int8_val_top1"])
+    drop_pp = 100 * (worst["float_val_top1"] - worst["int8_val_top1"])
+    if drop_pp > max_drop_pp + 1e-9:  # 100 * (1.0 - 0.98) is 2.0000000000000018
+        raise QuantizationError(
+            f"int8 exit {worst['exit']} reaches {100 * worst['int8_val_top1']:.2f}% validation top-1 against "
+            f"{100 * worst['float_val_top1']:.2f}% in float ({drop_pp:.2f} pp lost > --int8-max-drop-pp {max_drop_pp:g}); "
+            "nothing was published: export it in float, or allow a larger drop")
+    return {"precision": "int8", **SETTINGS, "calibration_images": n_calibration,
+            "calibration_split": "validation (the images the temperatures and thresholds are also fitted on)",
+            "per_exit": rows, "max_drop_pp": max_drop_pp,
+            "parity": "each exit's parity_max_abs_diff is the float export's against torch, checked before quantizing",
+            "measured_on": {"cpu_int8_instructions": cpu_int8_instructions(), "machine": platform.machine(),
+                            "onnxruntime": onnxruntime.__version__}}

@@ -1,0 +1,119 @@
+"""`python -m export all --int8`: every segment quantized, calibrated on what the quantized chain answers,
+refused when int8 costs an exit too much accuracy, and served as any model is."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from export import quantize
+from export.__main__ import main as export_main
+from export.build import export_model, validation_logits
+from export.calibration import fit_temperature
+from export.check import check_model
+from server.repository import load_manifest
+from tests.server.conftest import running_server
+from tests.server.helpers import images, png
+from training.checkpoint import load_checkpoint
+from training.data.batches import iterate
+
+
+@pytest.fixture(scope="module")
+def int8_repo(tiny_run, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("int8")
+    export_model(str(tiny_run), str(repo), int8=True, measure=False, log=lambda *a: None)
+    return repo
+
+
+def test_every_segment_is_quantized_with_float_input_and_outputs(int8_repo, tiny_repo):
+    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    assert model_dir.name.endswith("-int8")
+    info, float_info = load_manifest(model_dir), load_manifest(tiny_repo / "tiny")
+    for e, f in zip(info.exits, float_info.exits):
+        g = onnx.load(str(e.onnx)).graph
+        ops = [n.op_type for n in g.node]
+        convs = ops.count("Conv")
+        assert convs > 0 and ops.count("QuantizeLinear") > 0
+        weights = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        # Every convolution's weight arrives through a DequantizeLinear of an int8 initializer (per channel).
+        dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+        for conv in (n for n in g.node if n.op_type == "Conv"):
+            src = dq[conv.input[1]]
+            assert weights[src.input[0]].dtype == np.int8
+            assert weights[src.input[1]].shape == (weights[src.input[0]].shape[0],)  # one scale per out channel
+        # The contract with the server is unchanged: float32 in, float32 features and logits out.
+        assert [i.type.tensor_type.elem_type for i in g.input] == [onnx.TensorProto.FLOAT]
+        assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in g.output)
+        assert e.input_shape == f.input_shape and e.feature_shape == f.feature_shape
+        assert e.onnx.stat().st_size < f.onnx.stat().st_size
+
+
+def test_calibration_is_fitted_on_the_quantized_chain(int8_repo, tiny_run):
+    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    info = load_manifest(model_dir)
+    ckpt = load_checkpoint(tiny_run)
+    from export.build import model_from_checkpoint
+
+    float_logits, labels, splits = validation_logits(model_from_checkpoint(ckpt, str(tiny_run)), ckpt, None)
+    logits, labels2 = quantize.chain_logits([e.onnx for e in info.exits],
+                                            iterate(splits.val, splits, 64, False, 0, torch.device("cpu")))
+    np.testing.assert_array_equal(labels, labels2)
+    block = info.manifest["quantization"]
+    assert block["precision"] == "int8" and block["calibration_images"] == min(quantize.CALIBRATION_IMAGES, len(labels))
+    for k, e in enumerate(info.exits):
+        int8_acc = float((logits[k].argmax(1) == labels).mean())
+        float_acc = float((float_logits[k].argmax(1) == labels).mean())
+        row = block["per_exit"][k]
+        assert row["int8_val_top1"] == pytest.approx(int8_acc, abs=1e-5) == pytest.approx(e.val_top1, abs=1e-5)
+        assert row["float_val_top1"] == pytest.approx(float_acc, abs=1e-5)
+        assert row["top1_agreement"] == pytest.approx(float((logits[k].argmax(1) == float_logits[k].argmax(1)).mean()), abs=1e-5)
+        assert e.temperature == pytest.approx(fit_temperature(logits[k], labels), rel=1e-4)
+        # Quantized, not a copy of the float model: the logits move, the answers mostly do not.
+        assert np.abs(logits[k] - float_logits[k]).max() > 1e-4
+        assert row["top1_agreement"] >= 0.9
+
+
+def test_report_refuses_an_exit_that_loses_too_much():
+    labels = np.arange(100) % 10
+    right = np.eye(10)[labels] * 5.0  # (100, 10) logits, every image right
+    worse = right.copy()
+    worse[:2] = np.eye(10)[(labels[:2] + 1) % 10] * 5.0  # two images wrong at exit 1 only: 2 pp
+    with pytest.raises(quantize.QuantizationError,
+                       match=r"int8 exit 1 reaches 98.00% validation top-1 against 100.00% in float \(2.00 pp lost > "
+                             r"--int8-max-drop-pp 1\)"):
+        quantize.report([right, right], [right, worse], labels, 100, 1.0)
+    block = quantize.report([right, right], [right, worse], labels, 100, 2.0)
+    assert block["per_exit"][1] == {"exit": 1, "float_val_top1": 1.0, "int8_val_top1": 0.98, "top1_agreement": 0.98}
+    assert block["per_exit"][0]["top1_agreement"] == 1.0
+
+
+def test_bad_requests_are_refused_before_any_work(tiny_run, tmp_path, capsys):
+    assert export_main(["all", "--int8", "--trt", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r")]) == 2
+    assert "--int8 makes ONNX Runtime models for CPUs; --trt builds TensorRT's own engines" in capsys.readouterr().err
+    assert export_main(["all", "--int8", "--int8-max-drop-pp", "-1", "--checkpoint", str(tiny_run),
+                        "--out", str(tmp_path / "r")]) == 2
+    assert "--int8-max-drop-pp -1.0 must be a percentage-point drop in [0, 100]" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_check_accepts_the_int8_model_and_says_why_parity_is_not_checked(int8_repo, tiny_run):
+    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    lines = []
+    assert check_model(str(model_dir), str(tiny_run), log=lines.append) == []
+    assert any("int8" in line and "quantization" in line for line in lines)
+
+
+def test_server_answers_from_the_int8_files(int8_repo):
+    from server.client import Client
+
+    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    info = load_manifest(model_dir)
+    imgs = images(4, seed=40)
+    x = np.stack(imgs).astype(np.float32) / 255
+    x = ((x - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).transpose(0, 3, 1, 2).copy()
+    logits, _ = quantize.chain_logits([e.onnx for e in info.exits], [(torch.from_numpy(x), torch.zeros(4))])
+    with running_server(int8_repo) as (_, target), Client(target) as c:
+        for i, im in enumerate(imgs):
+            r = c.classify(png(im), model=info.name)  # no budget, no threshold: the final exit
+            assert r.exit_index == len(info.exits) - 1 and r.label == int(logits[-1][i].argmax())
