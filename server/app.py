@@ -116,10 +116,15 @@ class ServerApp:
             backends = static_chain([e.onnx for e in info.exits], self.cfg.device, self.cfg.engine.max_batch)
         else:
             backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
+        if info.precision == "int8" and getattr(backends[0], "device_type", "cpu") != "cpu":
+            # ONNX Runtime's CUDA provider runs a QDQ graph's convolutions in float between quantize/dequantize
+            # pairs: slower than the float model, for int8's accuracy (export/quantize.py).
+            log.warning("model %s is int8 (exported with --int8, for CPUs) but runs on %s: export it without --int8 "
+                        "for a GPU", info.name, backends[0].name)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.calibrate_latency()
-        log.info("loaded %s (%s, %d exits, %s); batch-1 latency per exit: %s", info.name, info.version,
-                 len(info.exits), backends[0].name,
+        log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
+                 len(info.exits), backends[0].name, info.precision,
                  ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
         return engine
 

@@ -60,6 +60,11 @@ class ModelInfo:
     def version(self) -> str:
         return self.path.name
 
+    @property
+    def precision(self) -> str:
+        """"int8" for a model exported with --int8 (its manifest's quantization block), else "fp32"."""
+        return str(self.manifest.get("quantization", {}).get("precision", "fp32"))
+
 
 REQUIRED_TOP = ("schema_version", "name", "architecture", "classes", "input", "exits", "policy")
 REQUIRED_EXIT = ("index", "layer", "onnx", "sha256", "input_shape", "temperature", "mflops", "params", "val_top1")

@@ -69,7 +69,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
                                 dataset=str(m.get("training", {}).get("dataset", "")),
                                 policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
                                 policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
-                                backend=engine.backends[0].name, max_batch_size=engine.cfg.max_batch)
+                                backend=engine.backends[0].name, max_batch_size=engine.cfg.max_batch,
+                                precision=info.precision)
 
         return await self._guard(context, request.model, run(), count=False)
 

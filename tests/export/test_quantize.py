@@ -113,7 +113,11 @@ def test_server_answers_from_the_int8_files(int8_repo):
     x = np.stack(imgs).astype(np.float32) / 255
     x = ((x - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).transpose(0, 3, 1, 2).copy()
     logits, _ = quantize.chain_logits([e.onnx for e in info.exits], [(torch.from_numpy(x), torch.zeros(4))])
-    with running_server(int8_repo) as (_, target), Client(target) as c:
+    with running_server(int8_repo) as (app, target), Client(target) as c:
+        assert c.model_info(info.name).precision == "int8"
+        from server.v2.model import triton_config
+
+        assert triton_config(app.engines[info.name])["parameters"]["precision"] == {"string_value": "int8"}
         for i, im in enumerate(imgs):
             r = c.classify(png(im), model=info.name)  # no budget, no threshold: the final exit
             assert r.exit_index == len(info.exits) - 1 and r.label == int(logits[-1][i].argmax())

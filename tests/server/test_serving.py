@@ -108,6 +108,7 @@ def test_classify_batch_and_model_info(server):
         info = c.model_info()
         assert info.name == "tiny" and [e.layer for e in info.exits] == [5, 8]
         assert list(info.input_shape) == [3, 32, 32] and info.backend == "onnxruntime:CPUExecutionProvider"
+        assert info.precision == "fp32"
         assert all(e.latency_ms_batch1 > 0 for e in info.exits)
 
 
