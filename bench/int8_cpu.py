@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.calibration import softmax
+from export.policy import ExitScores, evaluate
 from export.quantize import cpu_int8_instructions
 from server.decode import ImageLimits, decode_encoded, to_model_input
 from server.repository import load_manifest
@@ -52,18 +54,18 @@ def time_runs(session, x: np.ndarray, seconds: float) -> float:
     return statistics.median(times)
 
 
-def test_accuracy(info, chain, images: list[bytes], labels: np.ndarray) -> list[float]:
-    """Top-1 per exit on the labelled images, each exit judged on every image."""
+def test_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitScores:
+    """Every exit's calibrated confidence and answer on the labelled images (each exit judged on every image)."""
     size, limits = info.input_shape[1:], ImageLimits()
     x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
-    hits = np.zeros(len(chain))
+    logits = [[] for _ in chain]
     for i in range(0, len(x), 256):
         feed = x[i:i + 256]
         for k, s in enumerate(chain):
             out = s.run(None, {"input": feed})
-            hits[k] += (out[-1].argmax(1) == labels[i:i + 256]).sum()
+            logits[k].append(out[-1].astype(np.float64))
             feed = out[0]
-    return list(hits / len(x))
+    return ExitScores.from_probs([softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)], labels)
 
 
 def labelled_folder(root: Path, per_class: int | None) -> tuple[list[bytes], np.ndarray, list[str]]:
@@ -120,11 +122,23 @@ def main(argv=None) -> int:
     images, labels, classes = labelled_folder(Path(args.data), args.per_class)
     if list(classes) != list(fi.classes):
         raise SystemExit(f"{args.data}: classes {classes} are not the model's {list(fi.classes)}")
-    fa, qa = test_accuracy(fi, fchain, images, labels), test_accuracy(qi, qchain, images, labels)
+    fs, qs = test_scores(fi, fchain, images, labels), test_scores(qi, qchain, images, labels)
+    fa, qa = fs.correct.mean(axis=1), qs.correct.mean(axis=1)
     print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")
     print("exit  layer   float    int8   change")
     for k, e in enumerate(fi.exits):
         print(f"{k:4d}  {e.layer:5d}  {100 * fa[k]:6.2f}  {100 * qa[k]:6.2f}  {100 * (qa[k] - fa[k]):+6.2f} pp")
+    print("\neach model's served policy (its manifest's thresholds) on the same images; compute per image from the "
+          "batch-32 segment latencies above, relative to the float final exit")
+    print("model  thresholds                    accuracy  final exit  exit rates                      compute")
+    float_final = totals[("float", 32)]
+    for prec, info, s in (("float", fi, fs), ("int8", qi, qs)):
+        t = [e.threshold for e in info.exits]
+        cum = list(np.cumsum([statistics.median(per[(prec, k, 32)]) for k in range(len(info.exits))]) * 1000)
+        r = evaluate(s, t, cum)
+        rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
+        print(f"{prec:5s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  {100 * r['final_accuracy']:8.2f}%  "
+              f"{rates:30s}  {r['mean_mflops'] / float_final:.3f}x")
     return 0
 
 

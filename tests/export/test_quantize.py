@@ -121,3 +121,16 @@ def test_server_answers_from_the_int8_files(int8_repo):
         for i, im in enumerate(imgs):
             r = c.classify(png(im), model=info.name)  # no budget, no threshold: the final exit
             assert r.exit_index == len(info.exits) - 1 and r.label == int(logits[-1][i].argmax())
+
+
+def test_the_embedded_int8_model_is_whole_and_within_its_promise():
+    from pathlib import Path
+
+    model_dir = Path(__file__).resolve().parents[2] / "models" / "repository-int8" / "auxnet56_5-cifar10-int8"
+    info = load_manifest(model_dir)  # checksums of every file included
+    block = info.manifest["quantization"]
+    assert info.precision == "int8" and [e.layer for e in info.exits] == [15, 25, 35, 45, 56]
+    for row, e in zip(block["per_exit"], info.exits):
+        assert row["float_val_top1"] - row["int8_val_top1"] <= block["max_drop_pp"] / 100 + 1e-9
+        assert row["int8_val_top1"] == e.val_top1
+    assert info.manifest["calibration"]["images"] == 5000
