@@ -100,6 +100,10 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         if worst > PARITY_ATOL:
             raise ExportError(f"ONNX differs from torch by {worst:.2e} (relative to the output scale) > {PARITY_ATOL}: "
                               f"{parity}")
+        if only_exit is not None:  # `export exit K` keeps the segments that feed K
+            for path in paths[kept:]:
+                path.unlink()
+            paths, ios, logits = paths[:kept], ios[:kept], logits[:kept]
         quantization = None
         if int8:  # the float files passed parity; now they are replaced, and calibrated anew on what is served
             log(f"quantizing to int8 (activation ranges from {quantize.CALIBRATION_IMAGES} validation images) ...")
@@ -113,17 +117,16 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 raise ExportError(str(e)) from e
         temps = [fit_temperature(z, labels) for z in logits]
         probs = [softmax(z / t) for z, t in zip(logits, temps)]
-        policy = make_policy(probs[:kept], labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
-        scores = ExitScores.from_probs(probs[:kept], labels)
+        policy = make_policy(probs, labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
+        scores = ExitScores.from_probs(probs, labels)
         exits = []
         for k, (path, io) in enumerate(zip(paths, ios)):
             acc = float((probs[k].argmax(1) == labels).mean())
             exits.append({"index": k, "layer": cfg.exits[k], "params": costs[k]["params"],
                           "mflops": round(costs[k]["mflops"], 4), "segment_mflops": round(costs[k]["segment_mflops"], 4),
                           "onnx": path.name, **io, "val_top1": round(acc, 5), "temperature": round(temps[k], 5),
-                          "thresholds": threshold_table(probs[k], labels)})
-            if k < kept:
-                exits[-1]["conditional_thresholds"] = conditional_table(scores, policy["thresholds"], k)
+                          "thresholds": threshold_table(probs[k], labels),
+                          "conditional_thresholds": conditional_table(scores, policy["thresholds"], k)})
             if k < kept - 1:
                 exits[-1]["agreement"] = agreement_table(scores, k, policy["thresholds"])
         for e, path in zip(exits, paths):
@@ -133,11 +136,6 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 e["latency_ms"] = {"onnxruntime_cpu": {"batch_1": segment_latency_ms(path, e["input_shape"], 1),
                                                        "batch_32": segment_latency_ms(path, e["input_shape"], 32)},
                                    "machine": machine_label()}
-        if only_exit is not None:
-            for k, path in enumerate(paths):  # `export exit K` keeps the segments that feed K
-                if k > only_exit:
-                    path.unlink()
-            exits = exits[: only_exit + 1]
         if trt:
             _build_trt(stage, exits, max_batch, fp16, log)
         manifest = _manifest(name, cfg, ckpt, splits, exits, policy, len(labels))

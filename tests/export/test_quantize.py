@@ -134,3 +134,12 @@ def test_the_embedded_int8_model_is_whole_and_within_its_promise():
         assert row["float_val_top1"] - row["int8_val_top1"] <= block["max_drop_pp"] / 100 + 1e-9
         assert row["int8_val_top1"] == e.val_top1
     assert info.manifest["calibration"]["images"] == 5000
+
+
+def test_export_exit_k_quantizes_and_reports_only_the_served_segments(tiny_run, tmp_path):
+    assert export_main(["exit", "0", "--int8", "--checkpoint", str(tiny_run), "--out", str(tmp_path), "--name", "e0",
+                        "--no-measure"]) == 0
+    info = load_manifest(tmp_path / "e0")
+    assert len(info.exits) == 1 and not (tmp_path / "e0" / "exit_1.onnx").exists()
+    assert [r["exit"] for r in info.manifest["quantization"]["per_exit"]] == [0]
+    assert info.manifest["quantization"]["per_exit"][0]["int8_val_top1"] == info.exits[0].val_top1
