@@ -45,7 +45,7 @@ else
 fi
 # What travels with every call besides the carried paths: tracked files and untracked ones git does not ignore.
 tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat 2>/dev/null | wc -c)
-part_mb=${PART_MB:-$(( (64 * 1048576 - tree) / 1048576 - 3 ))}  # 3 MiB left for the tree to grow
+part_mb=${PART_MB:-$(( (64 * 1048576 - tree) / 1048576 - 2 ))}  # 2-3 MiB left for the tree to grow
 rm -f .whl/parts/part-*
 split -b "${part_mb}M" ".whl/big/$ARCHIVE" .whl/parts/part-
 rm -f ".whl/big/$ARCHIVE"  # the parts hold it (RESPLIT joins them again)
