@@ -3,10 +3,10 @@ segment, its activation ranges measured on the validation split, and the model c
 quantized chain outputs.
 
 Why static QDQ with uint8 activations and per-channel int8 weights: measured on the default AuxNet-56-5 on a
-2-core AMD EPYC with AVX-512 VNNI (bench/RESULTS.md §20), the quantized chain ran 1.6-1.9x the float one at
-batch 32 and 1.7x at batch 1, with every exit's validation top-1 within 0.5 pp; uint8 x int8 is what VNNI's
-dot product takes natively (int8 activations ran ~10% slower). Activation ranges are MinMax over the
-calibration images.
+2-core AMD EPYC with AVX-512 VNNI (bench/RESULTS.md §20), the quantized chain ran 1.76-2.07x the float one at
+batch 32 and 2.0x at batch 1, with every exit's validation top-1 within 0.4 pp; uint8 x int8 is what VNNI's
+dot product takes natively (int8 activations ran ~10% slower in a prototype). Activation ranges are MinMax
+over the calibration images.
 
 Each segment is quantized on its own: its input and outputs stay float32, so the repository's contract
 (features handed from one segment to the next, logits out) is unchanged, and the server runs the files as it
