@@ -128,6 +128,10 @@ def load_manifest(model_dir: str | Path, verify_checksums: bool = True) -> Model
         prev_features = feat
     if not exits:
         raise RepositoryError(f"{path}: the manifest lists no exits")
+    quantization = m.get("quantization")
+    if quantization is not None and not (isinstance(quantization, dict) and quantization.get("precision") == "int8"):
+        raise RepositoryError(f"{path}: 'quantization' must be an object with precision \"int8\" (export --int8 writes "
+                              f"it); got {str(quantization)[:80]}")
     classes = tuple(m["classes"])
     if len(classes) < 2:
         raise RepositoryError(f"{path}: needs at least two classes, has {len(classes)}")

@@ -143,3 +143,18 @@ def test_export_exit_k_quantizes_and_reports_only_the_served_segments(tiny_run, 
     assert len(info.exits) == 1 and not (tmp_path / "e0" / "exit_1.onnx").exists()
     assert [r["exit"] for r in info.manifest["quantization"]["per_exit"]] == [0]
     assert info.manifest["quantization"]["per_exit"][0]["int8_val_top1"] == info.exits[0].val_top1
+
+
+def test_a_malformed_quantization_block_is_refused_by_name(int8_repo, tmp_path):
+    import json
+    import shutil
+
+    from server.repository import RepositoryError
+
+    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**m, "quantization": {**m["quantization"], "precision": "int4"}}))
+    with pytest.raises(RepositoryError, match="'quantization' must be an object with precision \"int8\".*'int4'"):
+        load_manifest(copy)
