@@ -49,6 +49,22 @@ def test_dockerfile_command_parses():
     assert args.repo == "/models" and args.host == "0.0.0.0"
 
 
+def test_dockerfile_model_folders_hold_one_servable_model_each():
+    """The image's default repository and the int8 one its header names: the server (no model named in the
+    requests) needs exactly one model in /models."""
+    import re
+
+    from server.repository import list_models, load_manifest
+
+    text = (K8S.parent / "Dockerfile").read_text()
+    folders = re.findall(r"^ARG MODELS=(\S+)$", text, re.M) + re.findall(r"--build-arg MODELS=(\S+)", text)
+    assert folders == ["models/repository", "models/repository-int8"]
+    root = K8S.parents[1]
+    for folder in folders:
+        (model,) = list_models(root / folder)
+        load_manifest(model)
+
+
 # KServe's ComponentExtensionSpec (serving.kserve.io/v1beta1): the predictor fields that are not PodSpec.
 KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
                            "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher", "labels",
