@@ -20,8 +20,8 @@ import numpy as np
 
 from export.calibration import softmax
 from export.policy import ExitScores, evaluate
-from export.quantize import cpu_int8_instructions
 from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.precision import cpu_int8_instructions
 from server.repository import load_manifest
 
 BATCHES = (1, 32)

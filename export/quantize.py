@@ -14,8 +14,9 @@ runs float ones. Each segment's ranges come from the features the float chain be
 
 What is not measured here: a CPU without VNNI multiplies uint8 x int8 through 16-bit sums that can saturate
 (ONNX Runtime's documentation suggests reduced-range weights there), so the manifest records the int8
-instructions of the CPU that measured the accuracy; the CUDA provider runs QDQ graphs with float kernels
-between quantize/dequantize pairs, so an --int8 model is for CPUs.
+instructions of the CPU that measured the accuracy and the server warns on a CPU without them; the CUDA
+provider runs QDQ graphs with float kernels between quantize/dequantize pairs, so an --int8 model is for CPUs
+(the server warns there too: server/precision.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.precision import cpu_int8_instructions
+
 CALIBRATION_IMAGES = 512  # validation images whose activations set the ranges (the calibrator keeps them all)
 BATCH = 64
 MAX_DROP_PP = 1.0  # an exit that loses more validation top-1 than this to int8 is refused by default
@@ -37,18 +40,6 @@ SETTINGS = {"format": "QDQ (ONNX Runtime static quantization)", "activations": "
 
 class QuantizationError(RuntimeError):
     pass
-
-
-def cpu_int8_instructions() -> list[str]:
-    """The int8 dot-product instruction sets this CPU reports (empty: none, or not an x86 Linux host)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
-    except OSError:
-        pass
-    return []
 
 
 def cpu_session(path: Path):

@@ -22,6 +22,7 @@ from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import UnknownModel
 from server.metrics import Metrics
+from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.service import EarlyExitServicer
 from server.static_batches import static_chain
@@ -116,11 +117,8 @@ class ServerApp:
             backends = static_chain([e.onnx for e in info.exits], self.cfg.device, self.cfg.engine.max_batch)
         else:
             backends = [make_backend(self.cfg.backend, e.onnx, e.plan, self.cfg.device, 1) for e in info.exits]
-        if info.precision == "int8" and getattr(backends[0], "device_type", "cpu") != "cpu":
-            # ONNX Runtime's CUDA provider runs a QDQ graph's convolutions in float between quantize/dequantize
-            # pairs: slower than the float model, for int8's accuracy (export/quantize.py).
-            log.warning("model %s is int8 (exported with --int8, for CPUs) but runs on %s: export it without --int8 "
-                        "for a GPU", info.name, backends[0].name)
+        for warning in precision_warnings(info, getattr(backends[0], "device_type", "cpu")):
+            log.warning(warning)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
