@@ -98,8 +98,13 @@ class ModelEngine(SegmentChain, AgreementSampling):
             for k, m in enumerate(self.monitors):
                 self._export_threshold(k, m)
         self.accepting = True
-        self.metrics.model_info.labels(self.info.name, self.info.version, self.info.manifest["architecture"],
-                                       str(len(self.info.exits)), self.backends[0].name).set(1)
+        self.metrics.model_info.labels(*self._info_labels()).set(1)
+
+    def _info_labels(self) -> tuple[str, ...]:
+        """The auxnet_model_info series of this model version."""
+        info = self.info
+        return (info.name, info.version, info.manifest["architecture"], str(len(info.exits)), self.backends[0].name,
+                info.precision)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting; wait until every admitted request is answered. True if it finished in time."""
@@ -114,8 +119,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         """Stop the workers. Any request still queued or computing (a drain or retire that timed out) is
         answered UNAVAILABLE, so that no caller waits forever and clients retry elsewhere."""
         self.stopped = True
-        labels = (self.info.name, self.info.version, self.info.manifest["architecture"], str(len(self.info.exits)),
-                  self.backends[0].name)
+        labels = self._info_labels()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a retired version is no longer the loaded model
             self.metrics.model_info.labels(*labels).set(0)  # (series cannot be removed across processes)
         else:

@@ -118,6 +118,8 @@ def test_server_answers_from_the_int8_files(int8_repo):
         from server.v2.model import triton_config
 
         assert triton_config(app.engines[info.name])["parameters"]["precision"] == {"string_value": "int8"}
+        series = [s for m in app.metrics.registry.collect() if m.name == "auxnet_model_info" for s in m.samples]
+        assert [(s.labels["model"], s.labels["precision"], s.value) for s in series] == [(info.name, "int8", 1.0)]
         for i, im in enumerate(imgs):
             r = c.classify(png(im), model=info.name)  # no budget, no threshold: the final exit
             assert r.exit_index == len(info.exits) - 1 and r.label == int(logits[-1][i].argmax())

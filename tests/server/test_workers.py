@@ -68,7 +68,7 @@ def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo
         ok = sum(s.value for s in samples(mport, "auxnet_requests_total") if s.labels["code"] == "OK")
         assert ok == sent  # one /metrics for all workers
         info = samples(mport, "auxnet_model_info")
-        assert info and info[0].labels["model"] == "tiny"
+        assert info and info[0].labels["model"] == "tiny" and info[0].labels["precision"] == "fp32"
         with grpc.insecure_channel(f"127.0.0.1:{hport}") as ch:
             assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
                 health_pb2.HealthCheckResponse.SERVING
