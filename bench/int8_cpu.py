@@ -54,7 +54,7 @@ def time_runs(session, x: np.ndarray, seconds: float) -> float:
     return statistics.median(times)
 
 
-def test_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitScores:
+def exit_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitScores:
     """Every exit's calibrated confidence and answer on the labelled images (each exit judged on every image)."""
     size, limits = info.input_shape[1:], ImageLimits()
     x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     images, labels, classes = labelled_folder(Path(args.data), args.per_class)
     if list(classes) != list(fi.classes):
         raise SystemExit(f"{args.data}: classes {classes} are not the model's {list(fi.classes)}")
-    fs, qs = test_scores(fi, fchain, images, labels), test_scores(qi, qchain, images, labels)
+    fs, qs = exit_scores(fi, fchain, images, labels), exit_scores(qi, qchain, images, labels)
     fa, qa = fs.correct.mean(axis=1), qs.correct.mean(axis=1)
     print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")
     print("exit  layer   float    int8   change")
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     for prec, info, s in (("float", fi, fs), ("int8", qi, qs)):
         t = [e.threshold for e in info.exits]
         cum = list(np.cumsum([statistics.median(per[(prec, k, 32)]) for k in range(len(info.exits))]) * 1000)
-        r = evaluate(s, t, cum)
+        r = evaluate(s, t, cum)  # its "mean_mflops" is in the unit of the costs given: ms per batch of 32
         rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
         print(f"{prec:5s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  {100 * r['final_accuracy']:8.2f}%  "
               f"{rates:30s}  {r['mean_mflops'] / float_final:.3f}x")
