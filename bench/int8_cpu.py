@@ -11,6 +11,7 @@ session: 1 by default). Accuracy is on the labelled folder's images, decoded and
 from __future__ import annotations
 
 import argparse
+import collections
 import platform
 import statistics
 import time
@@ -21,6 +22,7 @@ import numpy as np
 from export.calibration import softmax
 from export.policy import ExitScores, evaluate
 from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.loadgen import load_labelled_folder
 from server.precision import cpu_int8_instructions
 from server.repository import load_manifest
 
@@ -68,17 +70,6 @@ def exit_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitSco
     return ExitScores.from_probs([softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)], labels)
 
 
-def labelled_folder(root: Path, per_class: int | None) -> tuple[list[bytes], np.ndarray, list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    data, labels = [], []
-    for c, name in enumerate(classes):
-        files = sorted((root / name).iterdir())
-        for f in files[:per_class] if per_class else files:
-            data.append(f.read_bytes())
-            labels.append(c)
-    return data, np.asarray(labels), classes
-
-
 def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser("python -m bench.int8_cpu", description=__doc__)
@@ -119,9 +110,17 @@ def main(argv=None) -> int:
                                          f"{totals[('float', b)] / totals[('int8', b)]:5.2f}x" for b in BATCHES))
     print("chain img/s at batch 32: float {:.0f}, int8 {:.0f}".format(32 / (totals[("float", 32)] / 1000),
                                                                      32 / (totals[("int8", 32)] / 1000)))
-    images, labels, classes = labelled_folder(Path(args.data), args.per_class)
+    images, names, classes = load_labelled_folder(args.data)
     if list(classes) != list(fi.classes):
         raise SystemExit(f"{args.data}: classes {classes} are not the model's {list(fi.classes)}")
+    if args.per_class:  # the first N of each class, in the folder's order
+        seen, keep = collections.Counter(), []
+        for i, n in enumerate(names):
+            seen[n] += 1
+            if seen[n] <= args.per_class:
+                keep.append(i)
+        images, names = [images[i] for i in keep], [names[i] for i in keep]
+    labels = np.asarray([classes.index(n) for n in names])
     fs, qs = exit_scores(fi, fchain, images, labels), exit_scores(qi, qchain, images, labels)
     fa, qa = fs.correct.mean(axis=1), qs.correct.mean(axis=1)
     print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")
