@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from export import quantize
 from export.__main__ import main as export_main
-from export.build import export_model, validation_logits
+from export.build import export_model, model_from_checkpoint, validation_logits
 from export.calibration import fit_temperature
 from export.check import check_model
 from server.repository import load_manifest
@@ -26,8 +26,13 @@ def int8_repo(tiny_run, tmp_path_factory):
     return repo
 
 
+def only_model(repo):
+    (model_dir,) = [p for p in repo.iterdir() if not p.name.startswith(".")]
+    return model_dir
+
+
 def test_every_segment_is_quantized_with_float_input_and_outputs(int8_repo, tiny_repo):
-    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    model_dir = only_model(int8_repo)
     assert model_dir.name.endswith("-int8")
     info, float_info = load_manifest(model_dir), load_manifest(tiny_repo / "tiny")
     for e, f in zip(info.exits, float_info.exits):
@@ -50,11 +55,9 @@ def test_every_segment_is_quantized_with_float_input_and_outputs(int8_repo, tiny
 
 
 def test_calibration_is_fitted_on_the_quantized_chain(int8_repo, tiny_run):
-    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    model_dir = only_model(int8_repo)
     info = load_manifest(model_dir)
     ckpt = load_checkpoint(tiny_run)
-    from export.build import model_from_checkpoint
-
     float_logits, labels, splits = validation_logits(model_from_checkpoint(ckpt, str(tiny_run)), ckpt, None)
     logits, labels2 = quantize.chain_logits([e.onnx for e in info.exits],
                                             iterate(splits.val, splits, 64, False, 0, torch.device("cpu")))
@@ -98,7 +101,7 @@ def test_bad_requests_are_refused_before_any_work(tiny_run, tmp_path, capsys):
 
 
 def test_check_accepts_the_int8_model_and_says_why_parity_is_not_checked(int8_repo, tiny_run):
-    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    model_dir = only_model(int8_repo)
     lines = []
     assert check_model(str(model_dir), str(tiny_run), log=lines.append) == []
     assert any("int8" in line and "quantization" in line for line in lines)
@@ -107,7 +110,7 @@ def test_check_accepts_the_int8_model_and_says_why_parity_is_not_checked(int8_re
 def test_server_answers_from_the_int8_files(int8_repo):
     from server.client import Client
 
-    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    model_dir = only_model(int8_repo)
     info = load_manifest(model_dir)
     imgs = images(4, seed=40)
     x = np.stack(imgs).astype(np.float32) / 255
@@ -153,7 +156,7 @@ def test_a_malformed_quantization_block_is_refused_by_name(int8_repo, tmp_path):
 
     from server.repository import RepositoryError
 
-    (model_dir,) = [p for p in int8_repo.iterdir() if not p.name.startswith(".")]
+    model_dir = only_model(int8_repo)
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
     m = json.loads((copy / "manifest.json").read_text())
