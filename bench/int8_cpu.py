@@ -67,7 +67,8 @@ def exit_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitSco
             out = s.run(None, {"input": feed})
             logits[k].append(out[-1].astype(np.float64))
             feed = out[0]
-    return ExitScores.from_probs([softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)], labels)
+    return ExitScores.from_probs([softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)], labels,
+                                 info.policy_score)  # what its thresholds are compared with
 
 
 def main(argv=None) -> int:

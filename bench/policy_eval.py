@@ -5,8 +5,9 @@ its accuracy drop against the final exit and its mean MFLOPs are measured on the
                                 [--max-drop-pp 0.5]
 
 Rules compared: the old one (one shared threshold chosen and reported on all of the validation split),
-the shared threshold with the cross-validated margin, and per-exit thresholds with the margin (the new
-default). Logits are cached under runs/policy_eval/ so a rerun takes seconds.
+the shared threshold with the cross-validated margin, and per-exit thresholds with the margin, each on both
+policy scores (the calibrated top-1 probability; top-1 minus top-2); "(served)" marks what export serves
+(export/build.py's make_policy). Logits are cached under runs/policy_eval/ so a rerun takes seconds.
 
 --compare-scores: which number should an exit's confidence be? The server stops on the calibrated top-1
 probability; here the same per-exit rule (thresholds chosen on validation with the cross-validated margin)
@@ -34,7 +35,9 @@ from export.policy import (
     evaluate,
     optimise_thresholds,
     served_rule,
+    served_score,
 )
+from server.policy import POLICY_SCORES
 from training.checkpoint import load_checkpoint
 from training.data import load_splits
 from training.data.batches import iterate
@@ -78,12 +81,11 @@ def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
 def score_variants(probs: list[np.ndarray], labels: np.ndarray) -> dict[str, ExitScores]:
     """The same exits under other confidence scores (see --compare-scores); each score lies in [0, 1]."""
     pred = np.stack([p.argmax(axis=1) for p in probs])
-    top2 = [np.sort(p, axis=1)[:, -2:] for p in probs]
     entropy = [-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1) / np.log(p.shape[1]) for p in probs]
     logp = np.cumsum([np.log(np.clip(p, 1e-12, None)) for p in probs], axis=0)
     ensemble = [softmax(logp[k] / (k + 1)) for k in range(len(probs) - 1)] + [probs[-1]]
-    return {"calibrated top-1 probability (served)": ExitScores.from_probs(probs, labels),
-            "top-1 minus top-2 probability": ExitScores(np.stack([t[:, 1] - t[:, 0] for t in top2]), pred == labels[None], pred),
+    return {"calibrated top-1 probability": ExitScores.from_probs(probs, labels),
+            "top-1 minus top-2 probability": ExitScores.from_probs(probs, labels, "margin"),  # the served "margin"
             "1 - normalised entropy": ExitScores(np.stack([1 - h for h in entropy]), pred == labels[None], pred),
             "ensemble of the exits so far, its top-1": ExitScores.from_probs(ensemble, labels)}
 
@@ -118,37 +120,41 @@ def main() -> None:
     temps = [fit_temperature(z, d["val_labels"]) for z in val]
     val_p = [softmax(z / t) for z, t in zip(val, temps)]
     test_p = [softmax(d[f"test_logits_{i}"] / t) for i, t in enumerate(temps)]
-    test_s = ExitScores.from_probs(test_p, d["test_labels"])
-    val_s = ExitScores.from_probs(val_p, d["val_labels"])
     drop = args.max_drop_pp / 100
-    chosen = choose_policy(val_p, d["val_labels"], mflops, drop)
-    rules = {"shared threshold, chosen and reported on all of validation (old default)":
-             [*best_shared_threshold(val_s, mflops, drop), 0.0],
-             "shared threshold, cross-validated margin": chosen["shared"]["thresholds"],
-             "per-exit thresholds, cross-validated margin": chosen["per_exit"]["thresholds"]}
-    print(f"checkpoint {Path(args.checkpoint).name}; val {val_s.n} / test {test_s.n} images; promise: drop <= "
-          f"{args.max_drop_pp} pp; final exit {mflops[-1]:.1f} MFLOPs, test accuracy {100 * test_s.correct[-1].mean():.2f}%; "
-          f"served rule: {served_rule(chosen).replace('_', '-')}")
-    print("| rule | thresholds | promised (val) drop pp | test accuracy | test drop pp | test mean MFLOPs | x final cost "
-          "| test exit rates |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
-    for name, t in rules.items():
-        v, r = evaluate(val_s, t, mflops), evaluate(test_s, t, mflops)
-        held = chosen["per_exit" if "per-exit" in name else "shared"]["held_out"]["drop"] if "margin" in name else v["drop"]
-        rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
-        print(f"| {name} | {t[:-1]} | {100 * held:.2f} | {100 * r['accuracy']:.2f}% | {100 * r['drop']:.2f} | "
-              f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} | {rates} |")
-
-
-    print("\n| promised drop pp | rule | thresholds | test drop pp | test mean MFLOPs | x final cost |")
-    print("|---:|---|---|---:|---:|---:|")
-    for pp in args.sweep_pp:
-        c = choose_policy(val_p, d["val_labels"], mflops, pp / 100)
+    by_score = {score: choose_policy(val_p, d["val_labels"], mflops, drop, score=score) for score in POLICY_SCORES}
+    served = served_score(by_score), served_rule(by_score[served_score(by_score)])
+    test_s = {score: ExitScores.from_probs(test_p, d["test_labels"], score) for score in POLICY_SCORES}
+    val_top1 = ExitScores.from_probs(val_p, d["val_labels"])
+    rules = {("top1", "shared threshold, chosen and reported on all of validation (old default)"):
+             [*best_shared_threshold(val_top1, mflops, drop), 0.0]}
+    for score, chosen in by_score.items():
         for rule in ("shared", "per_exit"):
-            r = evaluate(test_s, c[rule]["thresholds"], mflops)
-            served = " (served)" if served_rule(c) == rule else ""
-            print(f"| {pp} | {rule.replace('_', '-')}{served} | {c[rule]['thresholds'][:-1]} | {100 * r['drop']:.2f} | "
-                  f"{r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
+            mark = " (served)" if (score, rule) == served else ""
+            what = "per-exit thresholds" if rule == "per_exit" else "shared threshold"
+            rules[score, f"{what}, cross-validated margin{mark}"] = chosen[rule]["thresholds"]
+    print(f"checkpoint {Path(args.checkpoint).name}; val {val_top1.n} / test {test_s['top1'].n} images; promise: drop <= "
+          f"{args.max_drop_pp} pp; final exit {mflops[-1]:.1f} MFLOPs, test accuracy "
+          f"{100 * test_s['top1'].correct[-1].mean():.2f}%; served: {served[0]} score, {served[1].replace('_', '-')} rule")
+    print("| score | rule | thresholds | promised (val) drop pp | val mean MFLOPs | test accuracy | test drop pp | "
+          "test mean MFLOPs | x final cost | test exit rates |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for (score, name), t in rules.items():
+        v, r = evaluate(ExitScores.from_probs(val_p, d["val_labels"], score), t, mflops), evaluate(test_s[score], t, mflops)
+        held = by_score[score]["per_exit" if "per-exit" in name else "shared"]["held_out"]["drop"] if "margin" in name else v["drop"]
+        rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
+        print(f"| {score} | {name} | {t[:-1]} | {100 * held:.2f} | {v['mean_mflops']:.1f} | {100 * r['accuracy']:.2f}% | "
+              f"{100 * r['drop']:.2f} | {r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} | {rates} |")
+
+    print("\n| promised drop pp | score | rule | thresholds | test drop pp | test mean MFLOPs | x final cost |")
+    print("|---:|---|---|---|---:|---:|---:|")
+    for pp in args.sweep_pp:
+        by = {score: choose_policy(val_p, d["val_labels"], mflops, pp / 100, score=score) for score in POLICY_SCORES}
+        for score, c in by.items():
+            for rule in ("shared", "per_exit"):
+                r = evaluate(test_s[score], c[rule]["thresholds"], mflops)
+                mark = " (served)" if (score, rule) == (served_score(by), served_rule(by[served_score(by)])) else ""
+                print(f"| {pp} | {score} | {rule.replace('_', '-')}{mark} | {c[rule]['thresholds'][:-1]} | "
+                      f"{100 * r['drop']:.2f} | {r['mean_mflops']:.1f} | {r['mean_mflops'] / mflops[-1]:.2f} |")
 
     if args.compare_scores:
         compare_scores(val_p, d["val_labels"], test_p, d["test_labels"], mflops, [0.5, 1.0])

@@ -162,7 +162,7 @@ def main() -> None:
             info = c.model_info()
         labels = [list(info.classes).index(n) for n in names]
         t = [round(e.default_threshold, 3) for e in info.exits[:-1]]
-        policies = [("final exit only", {}), (f"calibrated policy (t={t})", {"calibrated_policy": True})]
+        policies = [("final exit only", {}), (f"calibrated policy ({info.policy_score}, t={t})", {"calibrated_policy": True})]
         policies += [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budgets_ms]
         closed_loop(target, images[:64], args.concurrency, 200)  # warm-up
         spy = start_profile(proc.pid, args.profile_server) if args.profile_server else None

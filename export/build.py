@@ -16,8 +16,9 @@ from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
 from export.plot import plot_tradeoff
-from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve, served_rule
+from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve, served_rule, served_score
 from export.segments import PARITY_ATOL, export_segment, segment_parity
+from server.policy import POLICY_SCORES
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
 from training.checkpoint import load_checkpoint
 from training.config import ModelConfig
@@ -118,7 +119,7 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         temps = [fit_temperature(z, labels) for z in logits]
         probs = [softmax(z / t) for z, t in zip(logits, temps)]
         policy = make_policy(probs, labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
-        scores = ExitScores.from_probs(probs, labels)
+        scores = ExitScores.from_probs(probs, labels, policy["score"])  # what the served thresholds are compared with
         exits = []
         for k, (path, io) in enumerate(zip(paths, ios)):
             acc = float((probs[k].argmax(1) == labels).mean())
@@ -166,11 +167,13 @@ def _export_segments(model: AuxNet, stage: Path) -> tuple[list[Path], list[dict]
 
 
 def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float) -> dict:
-    """The manifest's policy: the served rule's thresholds (export/policy.py: per-exit, or one shared threshold
-    where that is cheaper) at the top level, where the server reads them, both rules beside them, and the
-    curves the trade-off plot draws."""
-    chosen = choose_policy(probs, labels, mflops, max_drop)
-    per_exit, shared = chosen["per_exit"], chosen["shared"]
+    """The manifest's policy: the served score's served rule (export/policy.py: per-exit thresholds or one shared
+    threshold, on the top-1 probability or the top-1 minus top-2 margin, whichever is cheapest on validation
+    with its promise kept) at the top level, where the server reads it; that score's two rules beside it, every
+    score's served figures under `scores`, and the curves the trade-off plot draws."""
+    by_score = {score: choose_policy(probs, labels, mflops, max_drop, score=score) for score in POLICY_SCORES}
+    score = served_score(by_score)
+    chosen = by_score[score]
     served = served_rule(chosen)
     final_acc = float((probs[-1].argmax(axis=1) == labels).mean())
     return {
@@ -178,11 +181,15 @@ def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float]
                  f"<= {100 * max_drop:g} pp out of sample: the smallest safety margin whose mean held-out drop in "
                  "repeated 2-fold cross-validation on the validation split (5 random splits) keeps the promise, then "
                  "thresholds chosen on the whole split at (drop - margin); per exit, or one shared threshold where "
-                 "that kept the promise at less cost"),
-        "served_rule": served, "max_drop": max_drop, **chosen[served], "final_exit_val_accuracy": round(final_acc, 5),
-        "per_exit": per_exit, "shared": shared,
-        "curve": default_policy(probs, labels, mflops)["curve"],  # shared threshold swept over the grid
-        "per_exit_curve": drop_curve(ExitScores.from_probs(probs, labels), mflops),
+                 "that kept the promise at less cost; compared with the calibrated top-1 probability, or with the "
+                 "top-1 minus top-2 probability where that kept the promise at less cost"),
+        "score": score, "served_rule": served, "max_drop": max_drop, **chosen[served],
+        "final_exit_val_accuracy": round(final_acc, 5),
+        "per_exit": chosen["per_exit"], "shared": chosen["shared"],
+        "scores": {s: {"served_rule": served_rule(c), **{k: v for k, v in c[served_rule(c)].items() if k != "folds"}}
+                   for s, c in by_score.items()},
+        "curve": default_policy(probs, labels, mflops)["curve"],  # shared threshold on the top-1 probability, swept
+        "per_exit_curve": drop_curve(ExitScores.from_probs(probs, labels, score), mflops),
     }
 
 

@@ -18,7 +18,7 @@ def plot_tradeoff(policy: dict, exits: list[dict], title: str, path: Path) -> No
     if policy.get("per_exit_curve"):
         pe = sorted(policy["per_exit_curve"], key=lambda r: r["mean_mflops"])
         ax.plot([r["mean_mflops"] for r in pe], [100 * r["accuracy"] for r in pe], "o-", ms=3, color="C2",
-                label="per-exit thresholds, optimised per allowed drop")
+                label=f"per-exit thresholds ({policy.get('score', 'top1')}), optimised per allowed drop")
     ax.scatter([e["mflops"] for e in exits], [100 * e["val_top1"] for e in exits], color="C1", zorder=3,
                label="fixed exit")
     for e in exits:
@@ -28,7 +28,7 @@ def plot_tradeoff(policy: dict, exits: list[dict], title: str, path: Path) -> No
         ax.scatter([sh["mean_mflops"]], [100 * sh["val_accuracy"]], marker="s", s=50, color="C4", zorder=4,
                    label=f"shared threshold t={sh['thresholds'][0]} (same promise)")
     ax.scatter([policy["mean_mflops"]], [100 * policy["val_accuracy"]], marker="*", s=150, color="C3", zorder=4,
-               label=f"default policy {policy['thresholds'][:-1]}")
+               label=f"default policy ({policy.get('score', 'top1')}) {policy['thresholds'][:-1]}")
     ax.set_xlabel("mean MFLOPs per image (multiply-adds)")
     ax.set_ylabel("validation top-1 accuracy (%)")
     ax.set_title(title, fontsize=9)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.calibration import THRESHOLDS
+from server.policy import POLICY_SCORES, policy_confidence
 
 NEVER = 1.01  # a threshold no calibrated probability reaches: the exit never answers on confidence
 GRID = [float(t) for t in (*THRESHOLDS, NEVER)]
@@ -42,17 +43,17 @@ AGREEMENT_BIN_EDGES = [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99,
 
 @dataclass(frozen=True)
 class ExitScores:
-    """What the policy needs of each exit, for N images: calibrated top-1 confidence, whether top-1 is right,
-    and the top-1 label (K arrays of shape (N,))."""
+    """What the policy needs of each exit, for N images: its confidence score (server/policy.py's
+    POLICY_SCORES), whether top-1 is right, and the top-1 label (K arrays of shape (N,))."""
 
     conf: np.ndarray  # (K, N)
     correct: np.ndarray  # (K, N) bool
     pred: np.ndarray  # (K, N) int
 
     @classmethod
-    def from_probs(cls, probs: list[np.ndarray], labels: np.ndarray) -> ExitScores:
+    def from_probs(cls, probs: list[np.ndarray], labels: np.ndarray, score: str = "top1") -> ExitScores:
         pred = np.stack([p.argmax(axis=1) for p in probs])
-        return cls(np.stack([p.max(axis=1) for p in probs]), pred == labels[None], pred)
+        return cls(np.stack([policy_confidence(p, score) for p in probs]), pred == labels[None], pred)
 
     def subset(self, idx: np.ndarray) -> ExitScores:
         return ExitScores(self.conf[:, idx], self.correct[:, idx], self.pred[:, idx])
@@ -184,10 +185,10 @@ def cross_validated(s: ExitScores, mflops: list[float], max_drop: float, chooser
 
 
 def choose_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float = 0.005,
-                  seed: int = 0) -> dict:
-    """The manifest's `policy`: per-exit thresholds with cross-validated figures, and the shared-threshold
-    rule beside it for comparison. Figures are fractions (accuracy 0.86), drops too (0.005 = 0.5 pp)."""
-    s = ExitScores.from_probs(probs, labels)
+                  seed: int = 0, score: str = "top1") -> dict:
+    """The manifest's `policy` for one confidence score: per-exit thresholds with cross-validated figures, and
+    the shared-threshold rule beside it. Figures are fractions (accuracy 0.86), drops too (0.005 = 0.5 pp)."""
+    s = ExitScores.from_probs(probs, labels, score)
     out = {}
     for name, chooser in (("per_exit", optimise_thresholds), ("shared", best_shared_threshold)):
         cv = cross_validated(s, mflops, max_drop, chooser, seed)
@@ -213,6 +214,21 @@ def served_rule(chosen: dict) -> str:
             not per_exit["promise_kept_in_cross_validation"] or shared["mean_mflops"] < per_exit["mean_mflops"] - 1e-9):
         return "shared"
     return "per_exit"
+
+
+def served_score(by_score: dict[str, dict]) -> str:
+    """Which confidence score the server compares thresholds with: of each score's served rule (served_rule),
+    the one of least mean MFLOPs on the validation split among those that kept the promise in cross-validation;
+    ties, or no score kept it, go to the first of POLICY_SCORES ("top1", what the response reports).
+    `by_score` maps a score to choose_policy's result for it."""
+    def figures(score):
+        return by_score[score][served_rule(by_score[score])]
+
+    order = [s for s in POLICY_SCORES if s in by_score]
+    kept = [s for s in order if figures(s)["promise_kept_in_cross_validation"]]
+    if not kept:
+        return order[0]
+    return min(kept, key=lambda s: (round(figures(s)["mean_mflops"], 9), order.index(s)))
 
 
 def conditional_table(s: ExitScores, thresholds: list[float], k: int) -> dict:

@@ -68,17 +68,17 @@ def main(argv=None) -> int:
               f"trained {info.training_method} on {info.dataset}; backend {info.backend}")
         policies = [
             ("final exit only", {}),
-            (f"calibrated policy {thresholds}", {"calibrated_policy": True}),
+            (f"calibrated policy ({info.policy_score}) {thresholds}", {"calibrated_policy": True}),
         ] + [(f"latency budget {b} ms", {"budget_ms": b}) for b in args.budget_ms]
         print(f"\n{len(images)} CIFAR-10 test images, {args.concurrency} concurrent clients\n")
-        print(f"{'policy':<44} {'accuracy':>8} {'mean ms':>8} {'p99 ms':>7}  exit histogram (layers "
+        print(f"{'policy':<52} {'accuracy':>8} {'mean ms':>8} {'p99 ms':>7}  exit histogram (layers "
               f"{', '.join(str(e.layer) for e in info.exits)})")
         for name, kw in policies:
             results, wall = closed_loop(target, images, args.concurrency, len(images), **kw)
             s = summarise(results, wall, labels, len(info.exits))
             hist = " ".join(f"{100 * h:4.0f}%" for h in s["exit_histogram"])
             err = f"  errors {s['errors']}" if s["errors"] else ""
-            print(f"{name:<44} {100 * s['accuracy']:7.1f}% {s['mean_ms']:8.2f} {s['p99_ms']:7.2f}  {hist}{err}")
+            print(f"{name:<52} {100 * s['accuracy']:7.1f}% {s['mean_ms']:8.2f} {s['p99_ms']:7.2f}  {hist}{err}")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

@@ -29,6 +29,7 @@ from server.jobs import Answer, ExitQueue, Job, Step
 from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
+from server.policy import policy_confidence
 from server.repository import ModelInfo
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
@@ -325,7 +326,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 host.append(None if step.outputs[0] is None else to_host(step.outputs[0]))
             return host[0]
 
-        confidence = step.probs.max(axis=1) if step.probs is not None else None  # None: nobody stops or needs it
+        # None: nobody stops or needs it. `scored` is the policy's score: its thresholds and the monitor's table.
+        confidence = step.probs.max(axis=1) if step.probs is not None else None
+        scored = None if confidence is None else self.policy_confidence(step.probs, confidence)
         rows = range(len(step.jobs)) if step.rows is None else step.rows  # each job's row of the features
         answered = {}
         for i, job in enumerate(step.jobs):
@@ -336,12 +339,13 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 if last:
                     job.x = features()[rows[i]]
                     self._push(k + 1, job)
-                if self.monitors is not None and confidence is not None and self._held_back(k, job, float(confidence[i])) and \
+                if self.monitors is not None and confidence is not None and \
+                        self._held_back(k, job, float((scored if job.use_policy else confidence)[i])) and \
                         self._sample_rng.random() < self.cfg.monitor_fraction and features() is not None:
                     # Adaptation kept this one from answering here: the monitor still judges what the calibrated
                     # threshold would have answered, or it could never see an exit recover.
                     self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()),
-                                           float(confidence[i])))
+                                           float(scored[i])))
                 continue
             latency = step.now - job.arrival
             met = job.budget_end is None or step.now <= job.budget_end
@@ -352,7 +356,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
             job.future.set_result(Answer(k, step.probs[i], reason, latency, met))
             if k < self.last and self.monitors is not None and self._sample_rng.random() < self.cfg.monitor_fraction \
                     and features() is not None:
-                self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()), float(confidence[i])))
+                self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()), float(scored[i])))
         for reason, n in answered.items():  # one counter update per batch and reason, not per request
             self._metric(self.metrics.exits, name, str(k), reason).inc(n)
 
@@ -371,6 +375,11 @@ class ModelEngine(SegmentChain, AgreementSampling):
         if base is None or self.monitors is None or k >= self.last:
             return base
         return self.monitors[k].effective_threshold(base)
+
+    def policy_confidence(self, probs: np.ndarray, top1: np.ndarray) -> np.ndarray:
+        """The policy's score of each row of calibrated probabilities (`top1`: their maxima, already taken)."""
+        score = self.info.policy_score
+        return top1 if score == "top1" else policy_confidence(probs, score)
 
     def _held_back(self, k: int, job: Job, confidence: float) -> bool:
         """True when only online adaptation kept `job` from stopping at exit k on confidence."""

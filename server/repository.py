@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.policy import POLICY_SCORES
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -65,6 +67,12 @@ class ModelInfo:
         """"int8" for a model exported with --int8 (its manifest's quantization block), else "fp32"."""
         return str(self.manifest.get("quantization", {}).get("precision", "fp32"))
 
+    @property
+    def policy_score(self) -> str:
+        """What the calibrated policy's thresholds are compared with (server/policy.py's POLICY_SCORES); manifests
+        written before export chose between scores have none: the top-1 probability."""
+        return str(self.manifest.get("policy", {}).get("score", "top1"))
+
 
 REQUIRED_TOP = ("schema_version", "name", "architecture", "classes", "input", "exits", "policy")
 REQUIRED_EXIT = ("index", "layer", "onnx", "sha256", "input_shape", "temperature", "mflops", "params", "val_top1")
@@ -88,6 +96,7 @@ def load_manifest(model_dir: str | Path, verify_checksums: bool = True) -> Model
         raise RepositoryError(
             f"{path}: schema version {m['schema_version']!r} unknown; this server reads version {SCHEMA_VERSION}"
         )
+    _check_policy(path, m["policy"])
     inp = m["input"]
     shape = tuple(inp.get("shape", ()))
     if len(shape) != 3 or inp.get("layout") != "NCHW" or inp.get("dtype") != "float32":
@@ -136,6 +145,18 @@ def load_manifest(model_dir: str | Path, verify_checksums: bool = True) -> Model
     if len(classes) < 2:
         raise RepositoryError(f"{path}: needs at least two classes, has {len(classes)}")
     return ModelInfo(m["name"], model_dir.resolve(), m, tuple(exits), classes, shape, mean, std)
+
+
+def _check_policy(path: Path, policy) -> None:
+    """The parts of the manifest's policy the server reads: its thresholds and the score they are compared with."""
+    if not isinstance(policy, dict):
+        raise RepositoryError(f"{path}: 'policy' must be an object; got {str(policy)[:80]}")
+    if policy.get("score", "top1") not in POLICY_SCORES:
+        raise RepositoryError(f"{path}: policy score {policy.get('score')!r} is not one this server knows "
+                              f"({'; '.join(f'{k!r}: {v}' for k, v in POLICY_SCORES.items())})")
+    thresholds = policy.get("thresholds", [])
+    if not (isinstance(thresholds, list) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in thresholds)):
+        raise RepositoryError(f"{path}: policy thresholds must be a list of numbers; got {str(thresholds)[:80]}")
 
 
 def list_models(repo: str | Path) -> list[Path]:

@@ -16,7 +16,7 @@ from server.static_batches import FeaturesLease
 
 class SegmentChain:
     """Needs from its host: backends, cfg, info, last, latency, finish_error, monitors, queues, _loop,
-    threshold(), predict_finish(), _apply()."""
+    threshold(), policy_confidence(), predict_finish(), _apply()."""
 
     def _carries(self, backend) -> bool:
         """Whether a partly stopped batch goes on in place on this backend (EngineConfig.carry_stopped_rows)."""
@@ -131,7 +131,10 @@ class SegmentChain:
         request has a confidence threshold here."""
         if k == self.last:
             return [FINAL] * len(jobs)
-        confidence = probs.max(axis=1) if probs is not None else np.zeros(len(jobs))
+        confidence = probs.max(axis=1) if probs is not None else np.zeros(len(jobs))  # min_confidence's
+        # The calibrated policy's thresholds are on the model's policy score (server/policy.py), maybe another.
+        scored = confidence if probs is None or not any(job.use_policy for job in jobs) else \
+            self.policy_confidence(probs, confidence)
         # Only a request with a budget or deadline needs the prediction (its cost is ~20 us a segment: issue 12).
         timed = any(job.budget_end is not None or job.deadline is not None for job in jobs)
         predicted = self.predict_finish(k + 1) if timed else 0.0
@@ -139,7 +142,8 @@ class SegmentChain:
         reasons = []
         for i, job in enumerate(jobs):
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
-            reasons.append(stop_reason(k, self.last, job.max_exit, float(confidence[i]), thresholds[i], now,
+            c = scored[i] if job.use_policy else confidence[i]
+            reasons.append(stop_reason(k, self.last, job.max_exit, float(c), thresholds[i], now,
                                        predicted + margin, end))
             if reasons[-1] is None and job.budget_end is not None:
                 # Judged when it is computed there, against the uncorrected prediction (no feedback). Budgets

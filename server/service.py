@@ -70,7 +70,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
                                 policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
                                 policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
                                 backend=engine.backends[0].name, max_batch_size=engine.cfg.max_batch,
-                                precision=info.precision)
+                                precision=info.precision, policy_score=info.policy_score)
 
         return await self._guard(context, request.model, run(), count=False)
 

@@ -112,6 +112,7 @@ def triton_config(engine: ModelEngine) -> dict:
         "parameters": {"exit_layers": {"string_value": ",".join(str(e.layer) for e in info.exits)},
                        "policy_thresholds": {"string_value": ",".join(f"{engine.policy_threshold(e.index):.4g}"
                                                                       for e in info.exits[:-1])},
+                       "policy_score": {"string_value": info.policy_score},
                        "max_images_per_request": {"string_value": str(cfg.max_inflight)},
                        "precision": {"string_value": info.precision}},
     }

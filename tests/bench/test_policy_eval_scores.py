@@ -1,4 +1,4 @@
-"""The confidence scores bench/policy_eval.py --compare-scores sets beside the served one, by hand."""
+"""The confidence scores bench/policy_eval.py --compare-scores sets beside each other, by hand."""
 
 import numpy as np
 import pytest
@@ -11,9 +11,9 @@ def test_each_score_by_hand():
     exit1 = np.array([[0.1, 0.1, 0.8], [0.2, 0.7, 0.1]])
     labels = np.array([2, 1])
     v = score_variants([exit0, exit1], labels)
-    served = v["calibrated top-1 probability (served)"]
-    np.testing.assert_allclose(served.conf, [[0.5, 0.6], [0.8, 0.7]])
-    assert served.correct.tolist() == [[False, True], [True, True]]
+    top1 = v["calibrated top-1 probability"]
+    np.testing.assert_allclose(top1.conf, [[0.5, 0.6], [0.8, 0.7]])
+    assert top1.correct.tolist() == [[False, True], [True, True]]
     np.testing.assert_allclose(v["top-1 minus top-2 probability"].conf, [[0.2, 0.3], [0.7, 0.5]])
     # 1 + sum p ln p / ln 3, e.g. 1 - (0.5 ln 2 + 0.3 ln(1/0.3) + 0.2 ln 5) / ln 3 = 0.06277
     np.testing.assert_allclose(v["1 - normalised entropy"].conf[0, 0], 0.06277, atol=1e-5)

@@ -12,6 +12,7 @@ from export.build import ExportError, export_model, model_from_checkpoint
 from export.check import check_model
 from export.policy import served_rule
 from export.segments import onnx_session
+from server.policy import POLICY_SCORES
 from server.repository import SCHEMA_VERSION, RepositoryError, load_manifest
 from training.checkpoint import load_checkpoint
 
@@ -90,6 +91,20 @@ def test_unknown_schema_and_broken_chain_are_refused(tiny_repo, tmp_path):
         load_manifest(copy)
 
 
+@pytest.mark.parametrize("policy, message", [
+    ({"score": "entropy"}, "policy score 'entropy' is not one this server knows \\('top1': .*; 'margin': "),
+    ([0.9, 0.0], "'policy' must be an object; got \\[0.9, 0.0\\]"),
+    ({"thresholds": [0.9, "high"]}, "policy thresholds must be a list of numbers; got \\[0.9, 'high'\\]"),
+])
+def test_a_malformed_policy_is_refused_by_name(tiny_repo, tmp_path, policy, message):
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_repo / "tiny", copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**m, "policy": {**m["policy"], **policy} if isinstance(policy, dict) else policy}))
+    with pytest.raises(RepositoryError, match=message):
+        load_manifest(copy)
+
+
 def test_simulated_crash_leaves_old_model_intact(tiny_run, tiny_repo, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     export_model(str(tiny_run), str(repo), "m", measure=False, log=lambda *a: None)
@@ -131,6 +146,12 @@ def test_manifest_policy_serves_one_rule_with_held_out_figures(tiny_repo):
     served = policy[policy["served_rule"]]  # the served rule's figures are the top level's
     assert policy["thresholds"] == served["thresholds"] and policy["held_out"] == served["held_out"]
     assert policy["served_rule"] == served_rule(policy)
+    # The served score is the cheapest on validation of those that kept the promise (ties: top1), and the
+    # agreement tables bin answers by it: what the server's monitor receives.
+    scores = policy["scores"]
+    kept = [s for s in POLICY_SCORES if scores[s]["promise_kept_in_cross_validation"]] or ["top1"]
+    assert policy["score"] == min(kept, key=lambda s: (scores[s]["mean_mflops"], list(POLICY_SCORES).index(s)))
+    assert scores[policy["score"]]["thresholds"] == policy["thresholds"]
     assert e0["conditional_thresholds"]["reach_rate"] == 1.0  # every image reaches the first exit
     assert len(e0["agreement"]["agreement"]) == len(e0["agreement"]["bin_edges"]) - 1
     assert sum(e0["agreement"]["count"]) == m["calibration"]["images"]

@@ -17,6 +17,7 @@ from export.policy import (
     held_out_folds,
     optimise_thresholds,
     served_rule,
+    served_score,
     stop_exits,
 )
 
@@ -192,3 +193,50 @@ def test_served_rule_is_per_exit_unless_the_shared_threshold_keeps_the_promise_f
     assert served_rule({"per_exit": rule(125.5), "shared": rule(82.9)}) == "shared"  # per exit gave up early exit
     assert served_rule({"per_exit": rule(60.0, kept=False), "shared": rule(80.0)}) == "shared"
     assert served_rule({"per_exit": rule(90.0), "shared": rule(80.0, kept=False)}) == "per_exit"
+
+
+def test_served_score_is_the_cheapest_that_kept_its_promise():
+    def score(per_exit: float, shared: float, kept: bool = True) -> dict:
+        return {"per_exit": rule(per_exit, kept), "shared": rule(shared, kept)}
+
+    assert served_score({"top1": score(74.7, 75.4), "margin": score(68.7, 70.0)}) == "margin"
+    assert served_score({"top1": score(74.7, 75.4), "margin": score(80.0, 72.0)}) == "margin"  # its shared rule
+    assert served_score({"top1": score(70.0, 75.0), "margin": score(70.0, 71.0)}) == "top1"  # a tie: top1
+    assert served_score({"top1": score(74.7, 75.4), "margin": score(60.0, 61.0, kept=False)}) == "top1"
+    assert served_score({"top1": score(74.7, 75.4, kept=False), "margin": score(80.0, 81.0, kept=False)}) == "top1"
+
+
+def near_ties(n: int = 2000):
+    """Two exits, four classes, the final exit always right (mflops 1 and 10). Exit 0: half the images clear
+    and right (0.7 / 0.1 / 0.1 / 0.1), a quarter near ties and wrong (0.7 on class 0, 0.28 on the label 1), a
+    quarter unsure and right (0.5 / 0.2 / 0.15 / 0.15). The top-1 probability cannot tell the first two groups
+    apart (both 0.7), so it must send everything to the final exit (cost 10); the margin can (0.6 against
+    0.42): by hand, a threshold in (0.42, 0.6] stops the clear half at exit 0, cost 0.5 * 1 + 0.5 * 10 = 5.5,
+    no drop."""
+    a, b = n // 2, n // 2 + n // 4
+    p0 = np.empty((n, 4))
+    p0[:a], p0[a:b], p0[b:] = [0.7, 0.1, 0.1, 0.1], [0.7, 0.28, 0.01, 0.01], [0.5, 0.2, 0.15, 0.15]
+    labels = np.zeros(n, dtype=int)
+    labels[a:b] = 1
+    final = np.full((n, 4), 0.01)
+    final[np.arange(n), labels] = 0.97
+    return [p0, final], labels
+
+
+def test_margin_score_by_hand():
+    probs, labels = near_ties(8)
+    s = ExitScores.from_probs(probs, labels, "margin")
+    np.testing.assert_allclose(s.conf[0], [0.6] * 4 + [0.42] * 2 + [0.3] * 2)
+    np.testing.assert_allclose(s.conf[1], [0.96] * 8)
+    assert s.correct[0].tolist() == [True] * 4 + [False] * 2 + [True] * 2
+
+
+def test_make_policy_serves_the_margin_where_the_top1_probability_cannot_tell():
+    from export.build import make_policy
+
+    probs, labels = near_ties()
+    policy = make_policy(probs, labels, [1.0, 10.0], 0.005)
+    assert policy["scores"]["top1"]["mean_mflops"] == pytest.approx(10.0)  # never exits early
+    assert policy["score"] == "margin" and 0.42 < policy["thresholds"][0] <= 0.6
+    assert policy["mean_mflops"] == pytest.approx(5.5) and policy["val_accuracy"] == 1.0
+    assert policy["exit_rates"] == [0.5, 0.5] and policy["promise_kept_in_cross_validation"]

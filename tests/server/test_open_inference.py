@@ -87,6 +87,7 @@ def test_triton_model_config_for_tritons_clients(srv, module):
     assert [int(d) for d in outputs["probabilities"]["dims"]] == [len(engine.info.classes)]
     assert outputs["label"]["data_type"] == "TYPE_INT64" and [int(d) for d in outputs["label"]["dims"]] == [1]
     assert cfg["parameters"]["exit_layers"]["string_value"] == ",".join(str(e.layer) for e in engine.info.exits)
+    assert cfg["parameters"]["policy_score"]["string_value"] == engine.info.manifest["policy"]["score"]
     with pytest.raises(InferenceServerException) as e:
         c.get_model_config("nope")
     assert "model 'nope' is not loaded" in e.value.message()

@@ -1,5 +1,6 @@
 """A real server on a free port, a repository exported from a small model (issue 4, "Done when")."""
 
+import json
 import struct
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_concurrent_requests_are_batched_and_answer_like_unbatched(server):
         assert [s.label for s in a.top_k] == [s.label for s in b.top_k]
 
 
-def test_classify_batch_and_model_info(server):
+def test_classify_batch_and_model_info(server, tiny_repo):
     _, target = server
     with Client(target) as c:
         out = c.classify_batch(images(5), max_exit=0)
@@ -109,6 +110,7 @@ def test_classify_batch_and_model_info(server):
         assert info.name == "tiny" and [e.layer for e in info.exits] == [5, 8]
         assert list(info.input_shape) == [3, 32, 32] and info.backend == "onnxruntime:CPUExecutionProvider"
         assert info.precision == "fp32"
+        assert info.policy_score == json.loads((tiny_repo / "tiny" / "manifest.json").read_text())["policy"]["score"]
         assert all(e.latency_ms_batch1 > 0 for e in info.exits)
 
 

@@ -144,7 +144,7 @@ class ExitInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., layer: _Optional[int] = ..., params: _Optional[int] = ..., mflops: _Optional[float] = ..., val_top1: _Optional[float] = ..., temperature: _Optional[float] = ..., default_threshold: _Optional[float] = ..., latency_ms_batch1: _Optional[float] = ..., latency_ms_per_image_batched: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "classes", "input_shape", "exits", "training_method", "dataset", "policy_val_accuracy", "policy_mean_mflops", "backend", "max_batch_size", "precision")
+    __slots__ = ("name", "version", "architecture", "classes", "input_shape", "exits", "training_method", "dataset", "policy_val_accuracy", "policy_mean_mflops", "backend", "max_batch_size", "precision", "policy_score")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class ModelInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SCORE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -171,4 +172,5 @@ class ModelInfo(_message.Message):
     backend: str
     max_batch_size: int
     precision: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., exits: _Optional[_Iterable[_Union[ExitInfo, _Mapping]]] = ..., training_method: _Optional[str] = ..., dataset: _Optional[str] = ..., policy_val_accuracy: _Optional[float] = ..., policy_mean_mflops: _Optional[float] = ..., backend: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    policy_score: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., exits: _Optional[_Iterable[_Union[ExitInfo, _Mapping]]] = ..., training_method: _Optional[str] = ..., dataset: _Optional[str] = ..., policy_val_accuracy: _Optional[float] = ..., policy_mean_mflops: _Optional[float] = ..., backend: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., precision: _Optional[str] = ..., policy_score: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,76 @@
+"""The policy's confidence score (server/policy.py): the engine compares the calibrated policy's thresholds with
+the model's score (top-1 probability, or top-1 minus top-2), and a request's min_confidence with the top-1
+probability whatever the model's score is."""
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from server.engine import ModelEngine
+from server.engine_config import EngineConfig
+from server.metrics import Metrics
+from server.policy import CONFIDENCE, FINAL, policy_confidence
+from tests.server.test_engine import fake_info
+
+# Exit 0's calibrated probabilities by the input's first value: a near tie (top-1 0.62, margin 0.26) and a
+# clear answer (top-1 0.9, margin 0.86). The final exit answers class 3.
+EXIT0 = {0: [0.62, 0.36, 0.01, 0.01], 1: [0.9, 0.04, 0.03, 0.03]}
+
+
+class ProbsBackend:
+    def __init__(self, final: bool):
+        self.final, self.name = final, "probs"
+
+    def run(self, x):
+        if self.final:
+            return [np.tile(np.log([0.01, 0.01, 0.01, 0.97]).astype(np.float32), (len(x), 1))]
+        logits = np.log(np.array([EXIT0[int(v)] for v in x[:, 0]], np.float32))  # temperature 1: softmax = probs
+        return [x.copy(), logits]
+
+
+def test_policy_confidence_by_hand():
+    p = np.array([[0.62, 0.36, 0.01, 0.01], [0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_allclose(policy_confidence(p, "top1"), [0.62, 0.4])
+    np.testing.assert_allclose(policy_confidence(p, "margin"), [0.26, 0.1])
+    with pytest.raises(ValueError, match="unknown policy score 'entropy'; known: \\['margin', 'top1'\\]"):
+        policy_confidence(p, "entropy")
+
+
+def engine_with(score: str | None) -> ModelEngine:
+    info = fake_info(2)
+    info = replace(info, exits=(replace(info.exits[0], threshold=0.6), info.exits[1]),
+                   manifest={**info.manifest, **({"policy": {"score": score}} if score else {})})
+    return ModelEngine(info, [ProbsBackend(False), ProbsBackend(True)], EngineConfig(max_batch=8, monitor_fraction=0.0),
+                       Metrics(), ThreadPoolExecutor(2), 2)
+
+
+@pytest.mark.parametrize("score, near_tie_exit", [(None, 0), ("top1", 0), ("margin", 1)])
+def test_the_policy_threshold_is_compared_with_the_models_score(score, near_tie_exit):
+    async def run():
+        engine = engine_with(score)
+        engine.latency.table[:] = 0.001
+        engine.start()
+        try:
+            now = time.monotonic()
+            out = {}
+            for v in (0, 1):
+                x = np.array([v, 0.0], np.float32)
+                out[v, "policy"] = await engine.classify(x, now, None, None, None, None, use_policy=True)
+                out[v, "min_confidence"] = await engine.classify(x, now, None, 0.6, None, None)
+            return out
+        finally:
+            await engine.stop()
+
+    out = asyncio.run(run())
+    # With the margin, the near tie (0.26 < 0.6) goes on to the final exit; with the top-1 probability it stops.
+    assert (out[0, "policy"].exit_index, out[0, "policy"].reason) == \
+        ((0, CONFIDENCE) if near_tie_exit == 0 else (1, FINAL))
+    assert (out[1, "policy"].exit_index, out[1, "policy"].reason) == (0, CONFIDENCE)  # 0.86 and 0.9 both pass
+    # min_confidence is the top-1 probability, whatever the model's policy score: 0.62 >= 0.6 stops.
+    assert [out[v, "min_confidence"].exit_index for v in (0, 1)] == [0, 0]
+    np.testing.assert_allclose(out[0, "policy"].probs, EXIT0[0] if near_tie_exit == 0 else [0.01, 0.01, 0.01, 0.97],
+                               rtol=1e-5)
