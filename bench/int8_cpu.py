@@ -130,14 +130,14 @@ def main(argv=None) -> int:
         print(f"{k:4d}  {e.layer:5d}  {100 * fa[k]:6.2f}  {100 * qa[k]:6.2f}  {100 * (qa[k] - fa[k]):+6.2f} pp")
     print("\neach model's served policy (its manifest's thresholds) on the same images; compute per image from the "
           "batch-32 segment latencies above, relative to the float final exit")
-    print("model  thresholds                    accuracy  final exit  exit rates                      compute")
+    print("model  score   thresholds                    accuracy  final exit  exit rates                      compute")
     float_final = totals[("float", 32)]
     for prec, info, s in (("float", fi, fs), ("int8", qi, qs)):
         t = [e.threshold for e in info.exits]
         cum = list(np.cumsum([statistics.median(per[(prec, k, 32)]) for k in range(len(info.exits))]) * 1000)
         r = evaluate(s, t, cum)  # its "mean_mflops" is in the unit of the costs given: ms per batch of 32
         rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
-        print(f"{prec:5s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  {100 * r['final_accuracy']:8.2f}%  "
+        print(f"{prec:5s}  {info.policy_score:6s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  {100 * r['final_accuracy']:8.2f}%  "
               f"{rates:30s}  {r['mean_mflops'] / float_final:.3f}x")
     return 0
 

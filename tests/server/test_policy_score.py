@@ -74,3 +74,39 @@ def test_the_policy_threshold_is_compared_with_the_models_score(score, near_tie_
     assert [out[v, "min_confidence"].exit_index for v in (0, 1)] == [0, 0]
     np.testing.assert_allclose(out[0, "policy"].probs, EXIT0[0] if near_tie_exit == 0 else [0.01, 0.01, 0.01, 0.97],
                                rtol=1e-5)
+
+
+def test_a_margin_policy_is_served_end_to_end(tiny_run, tiny_repo, tmp_path):
+    """The tiny model's manifest rewritten to a margin policy: the real server stops a policy request at exit 0
+    exactly when torch's calibrated top-1 minus top-2 there reaches the threshold, and a min_confidence request
+    by the top-1 probability."""
+    import json
+    import shutil
+
+    from protos.auxnet.v1 import inference_pb2 as pb
+    from server.client import Client
+    from tests.server.conftest import running_server
+    from tests.server.helpers import images, torch_exit_logits
+
+    model_dir = tmp_path / "repo" / "tiny"
+    shutil.copytree(tiny_repo / "tiny", model_dir)
+    imgs = images(16, seed=5)
+    logits, temps = torch_exit_logits(tiny_run, model_dir, imgs)
+    z = logits[0] / temps[0]
+    p0 = np.exp(z - z.max(1, keepdims=True))
+    p0 /= p0.sum(1, keepdims=True)
+    margin, top1 = policy_confidence(p0, "margin"), p0.max(1)
+    t = float(np.median(margin))  # half the images stop at exit 0 (ties aside)
+    m = json.loads((model_dir / "manifest.json").read_text())
+    m["policy"].update(score="margin", thresholds=[t, 0.0])
+    (model_dir / "manifest.json").write_text(json.dumps(m))
+    with running_server(tmp_path / "repo", engine=EngineConfig(max_batch=16, monitor_fraction=0.0)) as (_, target):
+        with Client(target) as c:
+            info = c.model_info()
+            assert info.policy_score == "margin" and info.exits[0].default_threshold == pytest.approx(t)
+            served = [c.classify(im, calibrated_policy=True) for im in imgs]
+            by_top1 = [c.classify(im, min_confidence=float(top1[i]) - 1e-4) for i, im in enumerate(imgs)]
+    assert [r.exit_index for r in served] == [0 if margin[i] >= t else 1 for i in range(len(imgs))]
+    assert {r.stop_reason for r, mg in zip(served, margin) if mg >= t} == {pb.STOP_REASON_CONFIDENCE}
+    assert [r.exit_index for r in by_top1] == [0] * len(imgs)  # top-1 semantics, whatever the policy's score
+    assert all(r.confidence == pytest.approx(float(top1[i]), abs=1e-4) for i, r in enumerate(served) if r.exit_index == 0)
