@@ -326,9 +326,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 host.append(None if step.outputs[0] is None else to_host(step.outputs[0]))
             return host[0]
 
-        # None: nobody stops or needs it. `scored` is the policy's score: its thresholds and the monitor's table.
-        confidence = step.probs.max(axis=1) if step.probs is not None else None
-        scored = None if confidence is None else self.policy_confidence(step.probs, confidence)
+        confidence = step.probs.max(axis=1) if step.probs is not None else None  # None: nobody stops or needs it
+        # The policy's score, for the monitor only (its tables are binned on it; _decide took its own).
+        scored = None if confidence is None or self.monitors is None else self.policy_confidence(step.probs, confidence)
         rows = range(len(step.jobs)) if step.rows is None else step.rows  # each job's row of the features
         answered = {}
         for i, job in enumerate(step.jobs):

@@ -40,12 +40,14 @@ def test_policy_confidence_by_hand():
         policy_confidence(p, "entropy")
 
 
-def engine_with(score: str | None) -> ModelEngine:
+def engine_with(score: str | None, monitor_fraction: float = 0.0) -> ModelEngine:
     info = fake_info(2)
+    agreement = {"bin_edges": [0.0, 0.5, 1.0], "agreement": [0.5, 0.9]}  # a monitor table for exit 0
     info = replace(info, exits=(replace(info.exits[0], threshold=0.6), info.exits[1]),
-                   manifest={**info.manifest, **({"policy": {"score": score}} if score else {})})
-    return ModelEngine(info, [ProbsBackend(False), ProbsBackend(True)], EngineConfig(max_batch=8, monitor_fraction=0.0),
-                       Metrics(), ThreadPoolExecutor(2), 2)
+                   manifest={**info.manifest, "exits": [{"agreement": agreement}, {}],
+                             **({"policy": {"score": score}} if score else {})})
+    cfg = EngineConfig(max_batch=8, monitor_fraction=monitor_fraction)
+    return ModelEngine(info, [ProbsBackend(False), ProbsBackend(True)], cfg, Metrics(), ThreadPoolExecutor(2), 2)
 
 
 @pytest.mark.parametrize("score, near_tie_exit", [(None, 0), ("top1", 0), ("margin", 1)])
@@ -74,6 +76,27 @@ def test_the_policy_threshold_is_compared_with_the_models_score(score, near_tie_
     assert [out[v, "min_confidence"].exit_index for v in (0, 1)] == [0, 0]
     np.testing.assert_allclose(out[0, "policy"].probs, EXIT0[0] if near_tie_exit == 0 else [0.01, 0.01, 0.01, 0.97],
                                rtol=1e-5)
+
+
+def test_the_monitor_samples_answers_with_the_policys_score():
+    """Its agreement tables were fitted on the policy's score, so a sampled answer carries that score, also for a
+    min_confidence request (which stopped on the top-1 probability)."""
+    async def run():
+        engine = engine_with("margin", monitor_fraction=1.0)
+        engine.latency.table[:] = 0.001
+        sampled = []
+        engine._sample = sampled.append
+        engine.start()
+        try:
+            now = time.monotonic()
+            await engine.classify(np.array([0, 0.0], np.float32), now, None, 0.6, None, None)  # top-1 0.62 stops
+            await engine.classify(np.array([1, 0.0], np.float32), now, None, None, None, None, use_policy=True)
+        finally:
+            await engine.stop()
+        return sampled
+
+    sampled = asyncio.run(run())
+    assert [(j.exit_index, round(j.confidence, 4)) for j in sampled] == [(0, 0.26), (0, 0.86)]
 
 
 def test_a_margin_policy_is_served_end_to_end(tiny_run, tiny_repo, tmp_path):
