@@ -137,8 +137,8 @@ def main(argv=None) -> int:
         cum = list(np.cumsum([statistics.median(per[(prec, k, 32)]) for k in range(len(info.exits))]) * 1000)
         r = evaluate(s, t, cum)  # its "mean_mflops" is in the unit of the costs given: ms per batch of 32
         rates = " / ".join(f"{100 * x:.0f}%" for x in r["exit_rates"])
-        print(f"{prec:5s}  {info.policy_score:6s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  {100 * r['final_accuracy']:8.2f}%  "
-              f"{rates:30s}  {r['mean_mflops'] / float_final:.3f}x")
+        print(f"{prec:5s}  {info.policy_score:6s}  {str([round(x, 3) for x in t[:-1]]):28s}  {100 * r['accuracy']:6.2f}%  "
+              f"{100 * r['final_accuracy']:8.2f}%  {rates:30s}  {r['mean_mflops'] / float_final:.3f}x")
     return 0
 
 
