@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from server.manifest_fields import Fields, RepositoryError, agreement_table
 from server.policy import POLICY_SCORES
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-class RepositoryError(ValueError):
-    """A model repository the server must refuse; the message names the file and the problem."""
 
 
 def sha256_file(path: Path) -> str:
@@ -79,7 +77,8 @@ REQUIRED_EXIT = ("index", "layer", "onnx", "sha256", "input_shape", "temperature
 
 
 def load_manifest(model_dir: str | Path, verify_checksums: bool = True) -> ModelInfo:
-    """Read and validate `<model_dir>/manifest.json` and the files it names."""
+    """Read and validate `<model_dir>/manifest.json` and the files it names: every field the server reads has
+    its type and range checked (server/manifest_fields.py)."""
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
     if not path.is_file():
@@ -96,67 +95,106 @@ def load_manifest(model_dir: str | Path, verify_checksums: bool = True) -> Model
         raise RepositoryError(
             f"{path}: schema version {m['schema_version']!r} unknown; this server reads version {SCHEMA_VERSION}"
         )
-    _check_policy(path, m["policy"])
-    inp = m["input"]
-    shape = tuple(inp.get("shape", ()))
-    if len(shape) != 3 or inp.get("layout") != "NCHW" or inp.get("dtype") != "float32":
-        raise RepositoryError(f"{path}: input must be float32 NCHW with a (C, H, W) shape; got {inp}")
-    norm = inp.get("normalization", {})
-    mean, std = tuple(norm.get("mean", ())), tuple(norm.get("std", ()))
-    if len(mean) != shape[0] or len(std) != shape[0] or any(s <= 0 for s in std):
-        raise RepositoryError(f"{path}: normalization mean/std must have {shape[0]} entries, std > 0; got {norm}")
+    f = Fields(path)
+    f.text("name", m["name"])
+    f.text("architecture", m["architecture"])
+    thresholds = _check_policy(f, m["policy"])
+    shape, mean, std = _check_input(f, m["input"])
+    if "training" in m:
+        f.obj("training", m["training"])
+    exits_raw = m["exits"]
+    if not isinstance(exits_raw, list) or not exits_raw:
+        raise f.fail("exits", "a non-empty list", exits_raw)
     exits = []
     prev_features = shape
-    for i, e in enumerate(m["exits"]):
-        if missing := [k for k in REQUIRED_EXIT if k not in e]:
-            raise RepositoryError(f"{path}: exit {i} lacks keys {missing}")
-        if e["index"] != i:
-            raise RepositoryError(f"{path}: exit {i} has index {e['index']}; exits must be listed shallow to deep")
-        onnx = model_dir / e["onnx"]
-        if not onnx.is_file():
-            raise RepositoryError(f"{onnx}: segment file named by the manifest is missing")
-        if verify_checksums and sha256_file(onnx) != e["sha256"]:
-            raise RepositoryError(f"{onnx}: checksum mismatch (sha256 {sha256_file(onnx)[:12]}..., manifest says "
-                                  f"{e['sha256'][:12]}...): the file was modified or corrupted")
-        plan = model_dir / e["plan"] if e.get("plan") else None
-        if plan is not None and not plan.is_file():
-            raise RepositoryError(f"{plan}: TensorRT plan named by the manifest is missing")
-        if tuple(e["input_shape"]) != tuple(prev_features):
-            raise RepositoryError(f"{onnx}: segment {i} takes {tuple(e['input_shape'])} but segment {i - 1} "
+    for i, e in enumerate(exits_raw):
+        info = _check_exit(f, model_dir, i, e, last=i == len(exits_raw) - 1, verify_checksums=verify_checksums)
+        if info.input_shape != tuple(prev_features):
+            raise RepositoryError(f"{info.onnx}: segment {i} takes {info.input_shape} but segment {i - 1} "
                                   f"produces {tuple(prev_features)}: the segments do not chain")
-        final = i == len(m["exits"]) - 1
-        feat = None if final else tuple(e.get("feature_shape") or ())
-        if not final and not feat:
-            raise RepositoryError(f"{path}: exit {i} is not final but records no feature_shape")
-        if not (isinstance(e["temperature"], (int, float)) and e["temperature"] > 0):
-            raise RepositoryError(f"{path}: exit {i} temperature {e['temperature']!r} must be a positive number")
-        thr = m["policy"].get("thresholds", [1.0] * len(m["exits"]))
-        exits.append(ExitInfo(i, int(e["layer"]), onnx, plan, tuple(e["input_shape"]), feat, float(e["temperature"]),
-                              float(thr[i]) if i < len(thr) else 1.0, float(e["mflops"]), int(e["params"]),
-                              float(e["val_top1"]), e))
-        prev_features = feat
-    if not exits:
-        raise RepositoryError(f"{path}: the manifest lists no exits")
-    quantization = m.get("quantization")
-    if quantization is not None and not (isinstance(quantization, dict) and quantization.get("precision") == "int8"):
-        raise RepositoryError(f"{path}: 'quantization' must be an object with precision \"int8\" (export --int8 writes "
-                              f"it); got {str(quantization)[:80]}")
-    classes = tuple(m["classes"])
+        exits.append(replace(info, threshold=thresholds[i] if i < len(thresholds) else 1.0))
+        prev_features = info.feature_shape
+    if "quantization" in m:
+        quantization = m["quantization"]
+        if not (isinstance(quantization, dict) and quantization.get("precision") == "int8"):
+            raise RepositoryError(f"{path}: 'quantization' must be an object with precision \"int8\" (export --int8 "
+                                  f"writes it); got {str(quantization)[:80]}")
+        measured = f.obj("quantization.measured_on", quantization.get("measured_on", {}))
+        instructions = measured.get("cpu_int8_instructions", [])
+        if not (isinstance(instructions, list) and all(isinstance(x, str) for x in instructions)):
+            raise f.fail("quantization.measured_on.cpu_int8_instructions", "a list of strings", instructions)
+    classes = m["classes"]
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)):
+        raise f.fail("classes", "a list of non-empty strings", classes)
     if len(classes) < 2:
         raise RepositoryError(f"{path}: needs at least two classes, has {len(classes)}")
-    return ModelInfo(m["name"], model_dir.resolve(), m, tuple(exits), classes, shape, mean, std)
+    return ModelInfo(m["name"], model_dir.resolve(), m, tuple(exits), tuple(classes), shape, mean, std)
 
 
-def _check_policy(path: Path, policy) -> None:
-    """The parts of the manifest's policy the server reads: its thresholds and the score they are compared with."""
-    if not isinstance(policy, dict):
-        raise RepositoryError(f"{path}: 'policy' must be an object; got {str(policy)[:80]}")
-    if policy.get("score", "top1") not in POLICY_SCORES:
-        raise RepositoryError(f"{path}: policy score {policy.get('score')!r} is not one this server knows "
+def _check_input(f: Fields, inp) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    """The input block: float32 NCHW, (C, H, W), a mean and a positive std per channel."""
+    inp = f.obj("input", inp)
+    if inp.get("layout") != "NCHW" or inp.get("dtype") != "float32":
+        raise RepositoryError(f"{f.path}: input must be float32 NCHW with a (C, H, W) shape; got {str(inp)[:120]}")
+    shape = f.shape("input.shape", inp.get("shape"), rank=3)
+    norm = f.obj("input.normalization", inp.get("normalization", {}))
+    mean = f.numbers("input.normalization.mean", norm.get("mean"), length=shape[0])
+    std = f.numbers("input.normalization.std", norm.get("std"), length=shape[0], positive=True)
+    return shape, tuple(mean), tuple(std)
+
+
+def _check_exit(f: Fields, model_dir: Path, i: int, e, last: bool, verify_checksums: bool) -> ExitInfo:
+    """One exit's entry and the files it names (its threshold is set by the caller, from the policy)."""
+    where = f"exits[{i}]"
+    e = f.obj(where, e)
+    if missing := [k for k in REQUIRED_EXIT if k not in e]:
+        raise RepositoryError(f"{f.path}: exit {i} lacks keys {missing}")
+    if f.integer(f"{where}.index", e["index"]) != i:
+        raise RepositoryError(f"{f.path}: exit {i} has index {e['index']}; exits must be listed shallow to deep")
+    onnx = f.file_in(f"{where}.onnx", e["onnx"], model_dir)
+    if not onnx.is_file():
+        raise RepositoryError(f"{onnx}: segment file named by the manifest is missing")
+    digest = f.text(f"{where}.sha256", e["sha256"])
+    if verify_checksums and sha256_file(onnx) != digest:
+        raise RepositoryError(f"{onnx}: checksum mismatch (sha256 {sha256_file(onnx)[:12]}..., manifest says "
+                              f"{digest[:12]}...): the file was modified or corrupted")
+    plan = None
+    if e.get("plan") not in (None, ""):
+        plan = f.file_in(f"{where}.plan", e["plan"], model_dir)
+        if not plan.is_file():
+            raise RepositoryError(f"{plan}: TensorRT plan named by the manifest is missing")
+    feature = None
+    if not last:
+        if not e.get("feature_shape"):
+            raise RepositoryError(f"{f.path}: exit {i} is not final but records no feature_shape")
+        feature = f.shape(f"{where}.feature_shape", e["feature_shape"])
+        if e.get("agreement") is not None:
+            agreement_table(f, f"{where}.agreement", e["agreement"])
+    temperature = e["temperature"]
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+            and math.isfinite(temperature)):
+        raise RepositoryError(f"{f.path}: exit {i} temperature {temperature!r} must be a positive number")
+    return ExitInfo(i, f.integer(f"{where}.layer", e["layer"], low=0), onnx, plan,
+                    f.shape(f"{where}.input_shape", e["input_shape"]), feature, float(temperature), 1.0,
+                    f.number(f"{where}.mflops", e["mflops"], low=0.0), f.integer(f"{where}.params", e["params"], low=0),
+                    f.number(f"{where}.val_top1", e["val_top1"], low=0.0, high=1.0), e)
+
+
+def _check_policy(f: Fields, policy) -> list[float]:
+    """The parts of the manifest's policy the server reads: the score its thresholds are compared with, the
+    thresholds, and the figures GetModelInfo reports. Returns the thresholds."""
+    policy = f.obj("policy", policy)
+    score = policy.get("score", "top1")
+    if not isinstance(score, str) or score not in POLICY_SCORES:
+        raise RepositoryError(f"{f.path}: policy score {score!r} is not one this server knows "
                               f"({'; '.join(f'{k!r}: {v}' for k, v in POLICY_SCORES.items())})")
     thresholds = policy.get("thresholds", [])
-    if not (isinstance(thresholds, list) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in thresholds)):
-        raise RepositoryError(f"{path}: policy thresholds must be a list of numbers; got {str(thresholds)[:80]}")
+    if not isinstance(thresholds, list):
+        raise f.fail("policy.thresholds", "a list of numbers", thresholds)
+    for key in ("val_accuracy", "mean_mflops"):
+        if key in policy:
+            f.number(f"policy.{key}", policy[key], low=0.0)
+    return f.numbers("policy.thresholds", thresholds)
 
 
 def list_models(repo: str | Path) -> list[Path]:

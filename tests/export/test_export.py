@@ -93,8 +93,8 @@ def test_unknown_schema_and_broken_chain_are_refused(tiny_repo, tmp_path):
 
 @pytest.mark.parametrize("policy, message", [
     ({"score": "entropy"}, "policy score 'entropy' is not one this server knows \\('top1': .*; 'margin': "),
-    ([0.9, 0.0], "'policy' must be an object; got \\[0.9, 0.0\\]"),
-    ({"thresholds": [0.9, "high"]}, "policy thresholds must be a list of numbers; got \\[0.9, 'high'\\]"),
+    ([0.9, 0.0], "policy must be an object; got \\[0.9, 0.0\\]"),
+    ({"thresholds": [0.9, "high"]}, "policy.thresholds\\[1\\] must be a finite number; got 'high'"),
 ])
 def test_a_malformed_policy_is_refused_by_name(tiny_repo, tmp_path, policy, message):
     copy = tmp_path / "m"
