@@ -11,7 +11,6 @@ session: 1 by default). Accuracy is on the labelled folder's images, decoded and
 from __future__ import annotations
 
 import argparse
-import collections
 import platform
 import statistics
 import time
@@ -19,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.calibration import softmax
-from export.policy import ExitScores, evaluate
-from server.decode import ImageLimits, decode_encoded, to_model_input
-from server.loadgen import load_labelled_folder
+from export.evaluate import cpu_chain, exit_scores, labelled_images
+from export.policy import evaluate
 from server.precision import cpu_int8_instructions
 from server.repository import load_manifest
 
@@ -30,12 +27,8 @@ BATCHES = (1, 32)
 
 
 def sessions(model_dir: str, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     info = load_manifest(model_dir)
-    return info, [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+    return info, cpu_chain(info, threads)
 
 
 def segment_inputs(chain, x: np.ndarray) -> list[np.ndarray]:
@@ -54,21 +47,6 @@ def time_runs(session, x: np.ndarray, seconds: float) -> float:
         session.run(None, {"input": x})
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def exit_scores(info, chain, images: list[bytes], labels: np.ndarray) -> ExitScores:
-    """Every exit's calibrated confidence and answer on the labelled images (each exit judged on every image)."""
-    size, limits = info.input_shape[1:], ImageLimits()
-    x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
-    logits = [[] for _ in chain]
-    for i in range(0, len(x), 256):
-        feed = x[i:i + 256]
-        for k, s in enumerate(chain):
-            out = s.run(None, {"input": feed})
-            logits[k].append(out[-1].astype(np.float64))
-            feed = out[0]
-    return ExitScores.from_probs([softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)], labels,
-                                 info.policy_score)  # what its thresholds are compared with
 
 
 def main(argv=None) -> int:
@@ -111,17 +89,9 @@ def main(argv=None) -> int:
                                          f"{totals[('float', b)] / totals[('int8', b)]:5.2f}x" for b in BATCHES))
     print("chain img/s at batch 32: float {:.0f}, int8 {:.0f}".format(32 / (totals[("float", 32)] / 1000),
                                                                      32 / (totals[("int8", 32)] / 1000)))
-    images, names, classes = load_labelled_folder(args.data)
-    if list(classes) != list(fi.classes):
-        raise SystemExit(f"{args.data}: classes {classes} are not the model's {list(fi.classes)}")
-    if args.per_class:  # the first N of each class, in the folder's order
-        seen, keep = collections.Counter(), []
-        for i, n in enumerate(names):
-            seen[n] += 1
-            if seen[n] <= args.per_class:
-                keep.append(i)
-        images, names = [images[i] for i in keep], [names[i] for i in keep]
-    labels = np.asarray([classes.index(n) for n in names])
+    if list(qi.classes) != list(fi.classes):
+        raise SystemExit(f"the two models' classes differ: {list(fi.classes)} vs {list(qi.classes)}")
+    images, labels = labelled_images(args.data, fi.classes, args.per_class)
     fs, qs = exit_scores(fi, fchain, images, labels), exit_scores(qi, qchain, images, labels)
     fa, qa = fs.correct.mean(axis=1), qs.correct.mean(axis=1)
     print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")

@@ -1,4 +1,4 @@
-"""python -m export {all,exit,check,choose}: turn a training checkpoint into a model repository.
+"""python -m export {all,exit,check,choose,evaluate}: turn a training checkpoint into a model repository.
 
 (Use the `python -m export` form: a console script named `export` would be shadowed by the shell builtin.)
 """
@@ -44,6 +44,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
     c.add_argument("--checkpoint", help="also check parity with this checkpoint")
+    ev = sub.add_parser("evaluate", help="each exit's and the served policy's accuracy on a labelled folder "
+                                         "(export/evaluate.py)")
+    ev.add_argument("model_dir", help="REPO/NAME")
+    ev.add_argument("--data", required=True, help="labelled images: DATA/<class>/<image> (JPEG or PNG)")
+    ev.add_argument("--per-class", type=int, help="only the first N images of each class")
+    ev.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per segment")
+    ev.add_argument("--json", help="also write the figures to this file")
+    ev.add_argument("--strict", action="store_true", help="exit 1 when the policy loses more than it promised")
     return p
 
 
@@ -57,6 +65,10 @@ def main(argv=None) -> int:
             from export.check import check_model
 
             return 1 if check_model(args.model_dir, args.checkpoint) else 0
+        if args.command == "evaluate":
+            from export.evaluate import main as evaluate_main
+
+            return evaluate_main(args)
         if args.command == "choose":
             from export.choose import choose
 

@@ -1,0 +1,106 @@
+"""`python -m export evaluate REPO/NAME --data FOLDER`: how a published model does on a labelled image folder
+(FOLDER/<class>/<image>, as the test split and a user's own held-out images come), decoded and normalised as
+the server does and run through its ONNX segments on the CPU: each exit's top-1, and the served policy's
+accuracy, its drop against the final exit, mean MFLOPs and exit rates, beside what the manifest promised on
+the validation split. The promise was made out of sample on validation; this is where a user checks it on
+their own data. `--strict` exits 1 when the policy lost more than it promised (for a deployment pipeline).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.calibration import softmax
+from export.policy import ExitScores, evaluate
+from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.loadgen import load_labelled_folder
+from server.repository import ModelInfo, load_manifest
+
+BATCH = 256  # images per ONNX Runtime call
+
+
+def cpu_chain(info: ModelInfo, threads: int = 1) -> list:
+    """One ONNX Runtime CPU session per segment, with the server's thread settings."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
+
+
+def exit_scores(info: ModelInfo, chain: list, images: list[bytes], labels: np.ndarray) -> ExitScores:
+    """Every exit's policy score and answer on the labelled images (each exit judged on every image)."""
+    size, limits = info.input_shape[1:], ImageLimits()
+    x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
+    logits = [[] for _ in chain]
+    for i in range(0, len(x), BATCH):
+        feed = x[i:i + BATCH]
+        for k, s in enumerate(chain):
+            out = s.run(None, {"input": feed})
+            logits[k].append(out[-1].astype(np.float64))
+            feed = out[0]
+    probs = [softmax(np.concatenate(z) / e.temperature) for z, e in zip(logits, info.exits)]
+    return ExitScores.from_probs(probs, labels, info.policy_score)
+
+
+def labelled_images(folder: str | Path, classes: tuple[str, ...], per_class: int | None = None
+                    ) -> tuple[list[bytes], np.ndarray]:
+    """The folder's images and their labels as the model's class indices; the first `per_class` of each class
+    in the folder's order, if given. A class folder the model does not know is refused by name."""
+    images, names, found = load_labelled_folder(folder)
+    if unknown := [c for c in found if c not in classes]:
+        raise ValueError(f"{folder}: class folders {unknown} are not classes of the model ({list(classes)})")
+    if per_class:
+        seen, keep = collections.Counter(), []
+        for i, n in enumerate(names):
+            seen[n] += 1
+            if seen[n] <= per_class:
+                keep.append(i)
+        images, names = [images[i] for i in keep], [names[i] for i in keep]
+    return images, np.asarray([classes.index(n) for n in names])
+
+
+def evaluate_model(model_dir: str | Path, folder: str | Path, per_class: int | None = None, threads: int = 1) -> dict:
+    """Each exit's top-1 and the served policy's figures on the folder, with the manifest's promise."""
+    info = load_manifest(model_dir)
+    images, labels = labelled_images(folder, info.classes, per_class)
+    scores = exit_scores(info, cpu_chain(info, threads), images, labels)
+    mflops = [e.mflops for e in info.exits]
+    served = evaluate(scores, [e.threshold for e in info.exits], mflops)
+    policy = info.manifest["policy"]
+    return {"model": info.name, "version": info.version, "precision": info.precision, "images": len(labels),
+            "folder": str(folder), "score": info.policy_score, "thresholds": [e.threshold for e in info.exits[:-1]],
+            "exits": [{"exit": e.index, "layer": e.layer, "mflops": e.mflops, "top1": float(scores.correct[k].mean()),
+                       "val_top1": e.val_top1} for k, e in enumerate(info.exits)],
+            "policy": {**served, "x_final_cost": served["mean_mflops"] / mflops[-1]},
+            "promised_max_drop": policy.get("max_drop"),
+            "validation": {"accuracy": policy.get("val_accuracy"), "mean_mflops": policy.get("mean_mflops"),
+                           "held_out_drop": policy.get("held_out", {}).get("drop")}}
+
+
+def report(r: dict) -> list[str]:
+    p = r["policy"]
+    lines = [f"model {r['model']} ({r['version']}, {r['precision']}); policy on {r['score']}, thresholds "
+             f"{r['thresholds']}; {r['images']} images of {r['folder']}",
+             "exit  layer  MFLOPs   top-1   (validation)"]
+    lines += [f"{e['exit']:4d}  {e['layer']:5d}  {e['mflops']:6.1f}  {100 * e['top1']:6.2f}%  ({100 * e['val_top1']:.2f}%)"
+              for e in r["exits"]]
+    promise = r["promised_max_drop"]
+    kept = "" if promise is None else f"; promised <= {100 * promise:g} pp: {'kept' if p['drop'] <= promise + 1e-12 else 'NOT kept'}"
+    lines.append(f"policy: {100 * p['accuracy']:.2f}% (final exit {100 * p['final_accuracy']:.2f}%, drop "
+                 f"{100 * p['drop']:.2f} pp{kept}) at {p['mean_mflops']:.1f} MFLOPs per image ({p['x_final_cost']:.2f}x the "
+                 f"final exit); exit rates {' / '.join(f'{100 * x:.0f}%' for x in p['exit_rates'])}")
+    return lines
+
+
+def main(args) -> int:
+    r = evaluate_model(args.model_dir, args.data, args.per_class, args.threads)
+    print("\n".join(report(r)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    promise = r["promised_max_drop"]
+    return 1 if args.strict and promise is not None and r["policy"]["drop"] > promise + 1e-12 else 0

@@ -1,0 +1,79 @@
+"""python -m export evaluate: each exit's top-1 and the served policy on a labelled folder, against what the
+ONNX chain answers on the same decoded images (computed here independently of export/evaluate.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from export import quantize
+from export.__main__ import main as export_main
+from export.calibration import softmax
+from export.evaluate import evaluate_model
+from export.policy import ExitScores, evaluate
+from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.repository import load_manifest
+from tests.server.helpers import images, png
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_repo, tmp_path_factory):
+    """Four PNGs per class of the tiny model, written as a user's labelled folder."""
+    root = tmp_path_factory.mktemp("labelled")
+    data, labels = [], []
+    for c, name in enumerate(load_manifest(tiny_repo / "tiny").classes):
+        (root / name).mkdir()
+        for i, im in enumerate(images(4, seed=100 + 10 * c)):
+            (root / name / f"{i}.png").write_bytes(png(im))
+            data.append(png(im))
+            labels.append(c)
+    return root, data, np.array(labels)
+
+
+def test_figures_are_what_the_onnx_chain_answers(tiny_repo, folder):
+    root, data, labels = folder
+    info = load_manifest(tiny_repo / "tiny")
+    x = np.stack([to_model_input(decode_encoded(b, ImageLimits(), (32, 32)), info.input_shape, info.mean, info.std)
+                  for b in data])
+    logits, _ = quantize.chain_logits([e.onnx for e in info.exits], [(torch.from_numpy(x), torch.zeros(len(x)))])
+    probs = [softmax(z.astype(np.float64) / e.temperature) for z, e in zip(logits, info.exits)]
+    r = evaluate_model(tiny_repo / "tiny", root)
+    assert r["images"] == len(labels) and r["score"] == info.policy_score
+    assert [e["top1"] for e in r["exits"]] == [float((p.argmax(1) == labels).mean()) for p in probs]
+    expected = evaluate(ExitScores.from_probs(probs, labels, info.policy_score), [e.threshold for e in info.exits],
+                        [e.mflops for e in info.exits])
+    assert r["policy"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert r["policy"]["mean_mflops"] == pytest.approx(expected["mean_mflops"])
+    assert r["policy"]["exit_rates"] == pytest.approx(expected["exit_rates"])
+    assert r["promised_max_drop"] == info.manifest["policy"]["max_drop"]
+
+
+def test_cli_report_json_per_class_and_strict(tiny_repo, folder, tmp_path, capsys):
+    root, _, _ = folder
+    out = tmp_path / "r.json"
+    assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(root), "--per-class", "1",
+                        "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == len(load_manifest(tiny_repo / "tiny").classes)  # one per class
+    text = capsys.readouterr().out
+    assert f"{r['images']} images of {root}" in text and f"policy: {100 * r['policy']['accuracy']:.2f}%" in text
+    # A promise no cascade can keep (a drop of at most -100 pp): --strict says so with exit code 1.
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_repo / "tiny", copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["policy"]["max_drop"] = -1.0
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert export_main(["evaluate", str(copy), "--data", str(root), "--strict"]) == 1
+    assert "NOT kept" in capsys.readouterr().out
+    assert export_main(["evaluate", str(copy), "--data", str(root)]) == 0  # reported, not enforced
+
+
+def test_a_class_folder_the_model_does_not_know_is_refused_by_name(tiny_repo, folder, tmp_path, capsys):
+    root, _, _ = folder
+    shutil.copytree(root, tmp_path / "data")
+    (tmp_path / "data" / "zebra").mkdir()
+    (tmp_path / "data" / "zebra" / "0.png").write_bytes(png(images(1)[0]))
+    assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(tmp_path / "data")]) == 2
+    assert "class folders ['zebra'] are not classes of the model" in capsys.readouterr().err
