@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -170,12 +169,9 @@ def _check_exit(f: Fields, model_dir: Path, i: int, e, last: bool, verify_checks
         feature = f.shape(f"{where}.feature_shape", e["feature_shape"])
         if e.get("agreement") is not None:
             agreement_table(f, f"{where}.agreement", e["agreement"])
-    temperature = e["temperature"]
-    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
-            and math.isfinite(temperature)):
-        raise RepositoryError(f"{f.path}: exit {i} temperature {temperature!r} must be a positive number")
     return ExitInfo(i, f.integer(f"{where}.layer", e["layer"], low=0), onnx, plan,
-                    f.shape(f"{where}.input_shape", e["input_shape"]), feature, float(temperature), 1.0,
+                    f.shape(f"{where}.input_shape", e["input_shape"]), feature,
+                    f.number(f"{where}.temperature", e["temperature"], positive=True), 1.0,
                     f.number(f"{where}.mflops", e["mflops"], low=0.0), f.integer(f"{where}.params", e["params"], low=0),
                     f.number(f"{where}.val_top1", e["val_top1"], low=0.0, high=1.0), e)
 
