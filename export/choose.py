@@ -36,6 +36,7 @@ class Candidate:
     exit_val_accuracy: tuple[float, ...] = ()  # top-1 of each exit alone, validation split
     held_out_drop: float | None = None  # the policy's cross-validated drop against the final exit
     recipe: str = ""  # the recipe options that differ from the paper's ("" = the paper's recipe)
+    policy_score: str = "top1"  # what its thresholds are compared with (server/policy.py)
 
 
 def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=print) -> Candidate:
@@ -51,8 +52,8 @@ def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=prin
     c = Candidate(checkpoint, m["architecture"], str(training.get("method", "")), float(p["val_accuracy"]),
                   float(p["final_exit_val_accuracy"]), float(p["mean_mflops"]), float(m["exits"][-1]["mflops"]),
                   bool(p.get("promise_kept_in_cross_validation", True)), tuple(float(e["val_top1"]) for e in m["exits"]),
-                  p.get("held_out", {}).get("drop"), recipe)
-    log(f"  {checkpoint}: {c.architecture} {c.method}: policy {100 * c.policy_val_accuracy:.2f}% at "
+                  p.get("held_out", {}).get("drop"), recipe, str(p.get("score", "top1")))
+    log(f"  {checkpoint}: {c.architecture} {c.method}: policy ({c.policy_score}) {100 * c.policy_val_accuracy:.2f}% at "
         f"{c.policy_mean_mflops:.1f} MFLOPs, final {100 * c.final_val_accuracy:.2f}% at {c.final_mflops:.1f}")
     return c
 
@@ -86,12 +87,14 @@ def verdicts(candidates: list[Candidate], max_drop_pp: float) -> list[str]:
 
 def table(candidates: list[Candidate], max_drop_pp: float) -> list[str]:
     """A markdown table of every candidate on its validation split, with its verdict."""
-    rows = ["| candidate | network | method | recipe beyond the paper | top-1 per exit, val (%) | policy val top-1 (%) "
-            "| held-out drop (pp) | mean MFLOPs | x final | verdict |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+    rows = ["| candidate | network | method | recipe beyond the paper | top-1 per exit, val (%) | policy score "
+            "| policy val top-1 (%) | held-out drop (pp) | mean MFLOPs | x final | verdict |",
+            "|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for c, verdict in zip(candidates, verdicts(candidates, max_drop_pp)):
         drop = "-" if c.held_out_drop is None else f"{100 * c.held_out_drop:.2f}"
         rows.append(f"| {c.checkpoint} | {c.architecture} | {c.method} | {c.recipe or '-'} | "
-                    f"{' / '.join(f'{100 * a:.1f}' for a in c.exit_val_accuracy) or '-'} | {100 * c.policy_val_accuracy:.2f} | "
+                    f"{' / '.join(f'{100 * a:.1f}' for a in c.exit_val_accuracy) or '-'} | {c.policy_score} | "
+                    f"{100 * c.policy_val_accuracy:.2f} | "
                     f"{drop} | {c.policy_mean_mflops:.1f} | {c.policy_mean_mflops / c.final_mflops:.2f} | {verdict} |")
     return rows
 

@@ -33,11 +33,11 @@ def test_verdicts_and_table_say_why_each_candidate_ranked_where_it_did():
         "not eligible: policy 5.50 pp below the best", "eligible #2", "chosen",
         "not eligible: its policy broke its promise in cross-validation"]
     a = Candidate("runs/a", "AuxNet-8-2", "multiway", 0.9, 0.905, 80.0, 125.0, True, (0.61, 0.905), 0.0042,
-                  "distill_weight=0.5")
+                  "distill_weight=0.5", "margin")
     rows = table([a, cand("b", 0.905, 100.0)], 0.5)
-    assert rows[2] == ("| runs/a | AuxNet-8-2 | multiway | distill_weight=0.5 | 61.0 / 90.5 | 90.00 | 0.42 | 80.0 | "
-                       "0.64 | chosen |")
-    assert rows[3] == "| b | arch | multiway | - | - | 90.50 | - | 100.0 | 0.80 | eligible #2 |"
+    assert rows[2] == ("| runs/a | AuxNet-8-2 | multiway | distill_weight=0.5 | 61.0 / 90.5 | margin | 90.00 | 0.42 | "
+                       "80.0 | 0.64 | chosen |")
+    assert rows[3] == "| b | arch | multiway | - | - | top1 | 90.50 | - | 100.0 | 0.80 | eligible #2 |"
 
 
 def test_rank_refuses_when_no_promise_was_kept():
