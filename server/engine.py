@@ -105,7 +105,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         """The auxnet_model_info series of this model version."""
         info = self.info
         return (info.name, info.version, info.manifest["architecture"], str(len(info.exits)), self.backends[0].name,
-                info.precision)
+                info.precision, info.policy_score)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop admitting; wait until every admitted request is answered. True if it finished in time."""

@@ -50,7 +50,8 @@ class Metrics:
                                ["model", "exit", "reason"], registry=r)
         # A gauge at 1 rather than an Info: Info does not work across processes. Same series name and labels.
         self.model_info = Gauge(f"{PREFIX}_model_info", "Loaded model", ["model", "version", "architecture", "exits",
-                                                                         "backend", "precision"], registry=r,
+                                                                         "backend", "precision", "policy_score"],
+                                registry=r,
                                 multiprocess_mode="livemax")
         self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
                                ["model", "result"], registry=r)

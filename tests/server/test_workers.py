@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.client import Client
+from server.repository import load_manifest
 from server.workers import stop_exit_code
 from tests.server.helpers import images, png
 
@@ -69,6 +70,7 @@ def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo
         assert ok == sent  # one /metrics for all workers
         info = samples(mport, "auxnet_model_info")
         assert info and info[0].labels["model"] == "tiny" and info[0].labels["precision"] == "fp32"
+        assert info[0].labels["policy_score"] == load_manifest(tiny_repo / "tiny").policy_score
         with grpc.insecure_channel(f"127.0.0.1:{hport}") as ch:
             assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
                 health_pb2.HealthCheckResponse.SERVING
