@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from export.quantize import MAX_DROP_PP
+from server.policy import POLICY_SCORES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "split (export/quantize.py)")
         s.add_argument("--int8-max-drop-pp", type=float, default=MAX_DROP_PP,
                        help="refuse when an exit loses more validation top-1 than this to int8, in pp (default 1.0)")
+        s.add_argument("--policy-score", choices=("auto", *POLICY_SCORES), default="auto",
+                       help="what the policy's thresholds are compared with: auto (the cheaper on validation with the "
+                            "promise kept), top1 (the calibrated top-1 probability) or margin (top-1 minus top-2)")
         s.add_argument("--max-drop-pp", type=float, default=0.5,
                        help="accuracy the early-exit policy may lose against the final exit, in percentage points, "
                             "out of sample (default 0.5)")
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
 
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
                      args.fp16, args.max_batch, measure=not args.no_measure,
-                     max_drop_pp=args.max_drop_pp, int8=args.int8, int8_max_drop_pp=args.int8_max_drop_pp)
+                     max_drop_pp=args.max_drop_pp, int8=args.int8, int8_max_drop_pp=args.int8_max_drop_pp,
+                     policy_score=args.policy_score)
         return 0
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

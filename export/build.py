@@ -66,9 +66,12 @@ def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[
 def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: str | None = None,
                  only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
                  measure: bool = True, max_drop_pp: float = 0.5, log=print, int8: bool = False,
-                 int8_max_drop_pp: float = quantize.MAX_DROP_PP) -> Path:
+                 int8_max_drop_pp: float = quantize.MAX_DROP_PP, policy_score: str = "auto") -> Path:
     """Build the whole repository entry in a staging folder and publish it atomically. With `int8`, the
-    segments are quantized (export/quantize.py) and everything calibrated is fitted on the quantized chain."""
+    segments are quantized (export/quantize.py) and everything calibrated is fitted on the quantized chain.
+    `policy_score`: "auto" serves the cheaper of POLICY_SCORES on validation, or force one of them."""
+    if policy_score != "auto" and policy_score not in POLICY_SCORES:
+        raise ValueError(f"policy score {policy_score!r} unknown; valid: auto, {', '.join(POLICY_SCORES)}")
     if trt and int8:
         raise ExportError("--int8 makes ONNX Runtime models for CPUs; --trt builds TensorRT's own engines from float ONNX "
                           "(use --fp16 there): ask for one or the other")
@@ -118,7 +121,8 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 raise ExportError(str(e)) from e
         temps = [fit_temperature(z, labels) for z in logits]
         probs = [softmax(z / t) for z, t in zip(logits, temps)]
-        policy = make_policy(probs, labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100)
+        policy = make_policy(probs, labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100,
+                             tuple(POLICY_SCORES) if policy_score == "auto" else (policy_score,))
         scores = ExitScores.from_probs(probs, labels, policy["score"])  # what the served thresholds are compared with
         exits = []
         for k, (path, io) in enumerate(zip(paths, ios)):
@@ -166,12 +170,14 @@ def _export_segments(model: AuxNet, stage: Path) -> tuple[list[Path], list[dict]
     return paths, ios
 
 
-def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float) -> dict:
+def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float,
+                scores: tuple[str, ...] = tuple(POLICY_SCORES)) -> dict:
     """The manifest's policy: the served score's served rule (export/policy.py: per-exit thresholds or one shared
     threshold, on the top-1 probability or the top-1 minus top-2 margin, whichever is cheapest on validation
     with its promise kept) at the top level, where the server reads it; that score's two rules beside it, every
-    score's served figures under `scores`, and the curves the trade-off plot draws."""
-    by_score = {score: choose_policy(probs, labels, mflops, max_drop, score=score) for score in POLICY_SCORES}
+    score's served figures under `scores`, and the curves the trade-off plot draws. `scores`: the candidates
+    (export --policy-score may force one)."""
+    by_score = {score: choose_policy(probs, labels, mflops, max_drop, score=score) for score in scores}
     score = served_score(by_score)
     chosen = by_score[score]
     served = served_rule(chosen)

@@ -91,6 +91,16 @@ def test_unknown_schema_and_broken_chain_are_refused(tiny_repo, tmp_path):
         load_manifest(copy)
 
 
+def test_export_policy_score_option(tiny_run, tmp_path):
+    for score in ("top1", "margin"):
+        assert export_main(["exit", "1", "--checkpoint", str(tiny_run), "--out", str(tmp_path), "--name", score,
+                            "--no-measure", "--policy-score", score]) == 0
+        policy = load_manifest(tmp_path / score).manifest["policy"]
+        assert policy["score"] == score and list(policy["scores"]) == [score]
+    with pytest.raises(ValueError, match="policy score 'entropy' unknown; valid: auto, top1, margin"):
+        export_model(str(tiny_run), str(tmp_path), "x", policy_score="entropy", measure=False, log=lambda *a: None)
+
+
 @pytest.mark.parametrize("policy, message", [
     ({"score": "entropy"}, "policy score 'entropy' is not one this server knows \\('top1': .*; 'margin': "),
     ([0.9, 0.0], "policy must be an object; got \\[0.9, 0.0\\]"),

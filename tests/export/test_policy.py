@@ -240,3 +240,12 @@ def test_make_policy_serves_the_margin_where_the_top1_probability_cannot_tell():
     assert policy["score"] == "margin" and 0.42 < policy["thresholds"][0] <= 0.6
     assert policy["mean_mflops"] == pytest.approx(5.5) and policy["val_accuracy"] == 1.0
     assert policy["exit_rates"] == [0.5, 0.5] and policy["promise_kept_in_cross_validation"]
+
+
+def test_a_forced_score_is_served_even_where_the_other_is_cheaper():
+    from export.build import make_policy
+
+    probs, labels = near_ties()
+    policy = make_policy(probs, labels, [1.0, 10.0], 0.005, scores=("top1",))
+    assert policy["score"] == "top1" and list(policy["scores"]) == ["top1"]
+    assert policy["mean_mflops"] == pytest.approx(10.0)  # the top-1 probability cannot tell: never exit early
