@@ -91,8 +91,8 @@ def main(argv=None) -> int:
                                                                      32 / (totals[("int8", 32)] / 1000)))
     if list(qi.classes) != list(fi.classes):
         raise SystemExit(f"the two models' classes differ: {list(fi.classes)} vs {list(qi.classes)}")
-    images, labels = labelled_images(args.data, fi.classes, args.per_class)
-    fs, qs = exit_scores(fi, fchain, images, labels), exit_scores(qi, qchain, images, labels)
+    images, labels, files = labelled_images(args.data, fi.classes, args.per_class)
+    fs, qs = exit_scores(fi, fchain, images, labels, files), exit_scores(qi, qchain, images, labels, files)
     fa, qa = fs.correct.mean(axis=1), qs.correct.mean(axis=1)
     print(f"\ntest top-1 per exit on {len(images)} images of {args.data}")
     print("exit  layer   float    int8   change")

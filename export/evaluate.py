@@ -17,7 +17,8 @@ import numpy as np
 from export.calibration import softmax
 from export.policy import ExitScores, evaluate
 from server.decode import ImageLimits, decode_encoded, to_model_input
-from server.loadgen import load_labelled_folder
+from server.errors import InvalidInput
+from server.loadgen import labelled_files
 from server.repository import ModelInfo, load_manifest
 
 BATCH = 256  # images per ONNX Runtime call
@@ -32,10 +33,18 @@ def cpu_chain(info: ModelInfo, threads: int = 1) -> list:
     return [ort.InferenceSession(str(e.onnx), opts, providers=["CPUExecutionProvider"]) for e in info.exits]
 
 
-def exit_scores(info: ModelInfo, chain: list, images: list[bytes], labels: np.ndarray) -> ExitScores:
-    """Every exit's policy score and answer on the labelled images (each exit judged on every image)."""
+def exit_scores(info: ModelInfo, chain: list, images: list[bytes], labels: np.ndarray,
+                names: list[str] | None = None) -> ExitScores:
+    """Every exit's policy score and answer on the labelled images (each exit judged on every image). An image
+    the server would refuse is refused here too, named by `names[i]` if given."""
     size, limits = info.input_shape[1:], ImageLimits()
-    x = np.stack([to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std) for b in images])
+    inputs = []
+    for i, b in enumerate(images):
+        try:
+            inputs.append(to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std))
+        except InvalidInput as e:
+            raise ValueError(f"{names[i] if names else f'image {i}'}: {e}") from e
+    x = np.stack(inputs)
     logits = [[] for _ in chain]
     for i in range(0, len(x), BATCH):
         feed = x[i:i + BATCH]
@@ -48,11 +57,12 @@ def exit_scores(info: ModelInfo, chain: list, images: list[bytes], labels: np.nd
 
 
 def labelled_images(folder: str | Path, classes: tuple[str, ...], per_class: int | None = None
-                    ) -> tuple[list[bytes], np.ndarray]:
-    """The folder's images and their labels as the model's class indices; the first `per_class` of each class
-    in the folder's order, if given. A class folder the model does not know is refused by name."""
-    images, names, found = load_labelled_folder(folder)
-    if unknown := [c for c in found if c not in classes]:
+                    ) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """The folder's images, their labels as the model's class indices and their file paths; the first
+    `per_class` of each class in the folder's order, if given. A class folder the model does not know is
+    refused by name."""
+    files, names = labelled_files(folder)
+    if unknown := sorted({c for c in names if c not in classes}):
         raise ValueError(f"{folder}: class folders {unknown} are not classes of the model ({list(classes)})")
     if per_class:
         seen, keep = collections.Counter(), []
@@ -60,15 +70,15 @@ def labelled_images(folder: str | Path, classes: tuple[str, ...], per_class: int
             seen[n] += 1
             if seen[n] <= per_class:
                 keep.append(i)
-        images, names = [images[i] for i in keep], [names[i] for i in keep]
-    return images, np.asarray([classes.index(n) for n in names])
+        files, names = [files[i] for i in keep], [names[i] for i in keep]
+    return [f.read_bytes() for f in files], np.asarray([classes.index(n) for n in names]), [str(f) for f in files]
 
 
 def evaluate_model(model_dir: str | Path, folder: str | Path, per_class: int | None = None, threads: int = 1) -> dict:
     """Each exit's top-1 and the served policy's figures on the folder, with the manifest's promise."""
     info = load_manifest(model_dir)
-    images, labels = labelled_images(folder, info.classes, per_class)
-    scores = exit_scores(info, cpu_chain(info, threads), images, labels)
+    images, labels, files = labelled_images(folder, info.classes, per_class)
+    scores = exit_scores(info, cpu_chain(info, threads), images, labels, files)
     mflops = [e.mflops for e in info.exits]
     served = evaluate(scores, [e.threshold for e in info.exits], mflops)
     policy = info.manifest["policy"]

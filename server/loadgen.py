@@ -27,18 +27,24 @@ class Result:
     budget_met: bool = True
 
 
-def load_labelled_folder(root: str | Path) -> tuple[list[bytes], list[str], list[str]]:
-    """Encoded images and their class names from root/<class>/<file>."""
+def labelled_files(root: str | Path) -> tuple[list[Path], list[str]]:
+    """The image files under root/<class>/ (JPEG or PNG, in name order) and their class names."""
     root = Path(root)
-    data, names = [], []
+    files, names = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in (".jpg", ".jpeg", ".png"):
-                data.append(f.read_bytes())
+                files.append(f)
                 names.append(d.name)
-    if not data:
+    if not files:
         raise FileNotFoundError(f"no images under {root}/<class>/")
-    return data, names, sorted(set(names))
+    return files, names
+
+
+def load_labelled_folder(root: str | Path) -> tuple[list[bytes], list[str], list[str]]:
+    """Encoded images and their class names from root/<class>/<file>."""
+    files, names = labelled_files(root)
+    return [f.read_bytes() for f in files], names, sorted(set(names))
 
 
 def closed_loop(target: str, images: list[bytes], concurrency: int, total: int, timeout_s: float = 10.0,

@@ -77,3 +77,13 @@ def test_a_class_folder_the_model_does_not_know_is_refused_by_name(tiny_repo, fo
     (tmp_path / "data" / "zebra" / "0.png").write_bytes(png(images(1)[0]))
     assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(tmp_path / "data")]) == 2
     assert "class folders ['zebra'] are not classes of the model" in capsys.readouterr().err
+
+
+def test_an_image_the_server_would_refuse_is_named(tiny_repo, folder, tmp_path, capsys):
+    root, _, _ = folder
+    shutil.copytree(root, tmp_path / "data")
+    name = load_manifest(tiny_repo / "tiny").classes[0]
+    (tmp_path / "data" / name / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / name / 'broken.png'}: " in err and "PNG" in err
