@@ -38,16 +38,16 @@ def exit_scores(info: ModelInfo, chain: list, images: list[bytes], labels: np.nd
     """Every exit's policy score and answer on the labelled images (each exit judged on every image). An image
     the server would refuse is refused here too, named by `names[i]` if given."""
     size, limits = info.input_shape[1:], ImageLimits()
-    inputs = []
-    for i, b in enumerate(images):
+
+    def model_input(i: int) -> np.ndarray:
         try:
-            inputs.append(to_model_input(decode_encoded(b, limits, size), info.input_shape, info.mean, info.std))
+            return to_model_input(decode_encoded(images[i], limits, size), info.input_shape, info.mean, info.std)
         except InvalidInput as e:
             raise ValueError(f"{names[i] if names else f'image {i}'}: {e}") from e
-    x = np.stack(inputs)
+
     logits = [[] for _ in chain]
-    for i in range(0, len(x), BATCH):
-        feed = x[i:i + BATCH]
+    for i in range(0, len(images), BATCH):  # decoded a batch at a time: 224 px images would not fit at once
+        feed = np.stack([model_input(j) for j in range(i, min(i + BATCH, len(images)))])
         for k, s in enumerate(chain):
             out = s.run(None, {"input": feed})
             logits[k].append(out[-1].astype(np.float64))
