@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -35,9 +33,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from e
+        # weights_only: a checkpoint holds tensors, numbers, strings and containers only, so unpickling may not
+        # run code: a file handed over by someone else (export --checkpoint DOWNLOADED.pt) cannot execute anything.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises anything (ValueError on text, UnpicklingError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {first[:200]})") from e
     if not isinstance(ckpt, dict) or (missing := [k for k in REQUIRED_KEYS if k not in ckpt]):
         what = f"lacks keys {missing}" if isinstance(ckpt, dict) else f"is a {type(ckpt).__name__}, not a dict"
         raise ValueError(f"checkpoint {path} {what}; was it written by python -m training.run?")

@@ -86,7 +86,7 @@ def ingest(name: str, call_dirs: list[Path], results_root: Path, runs_root: Path
             shutil.copyfile(ckpts[run], dest / "last.pt")
             if rows:
                 (dest / "metrics.jsonl").write_bytes(files[f"{run}/metrics.jsonl"])
-            ckpt_epoch = int(torch.load(ckpts[run], map_location="cpu", weights_only=False)["epoch"])
+            ckpt_epoch = int(torch.load(ckpts[run], map_location="cpu", weights_only=True)["epoch"])
         tested = [r for r in rows if "test_top1_err" in r]
         summary.append({"run": run, "metrics_epochs": rows[-1]["epoch"] if rows else 0, "checkpoint_epoch": ckpt_epoch,
                         "planned_epochs": _planned_epochs(files[f"{run}.cmd"].decode()),

@@ -42,7 +42,7 @@ def test_later_call_replaces_earlier_and_states_are_reported(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.cmd", "a.log", "a.metrics.jsonl", "b.cmd", "b.metrics.jsonl",
                                                       "plan.txt", "profile_a.txt"]  # no probe dirs, no .pt
     assert (out / "a.log").read_text() == "call 1\ncall 2\n"
-    assert torch.load(tmp_path / "runs" / "lease" / "b" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "runs" / "lease" / "b" / "last.pt", weights_only=True)["epoch"] == 2
     assert [(s["run"], s["metrics_epochs"], s["checkpoint_epoch"], s["planned_epochs"]) for s in summary] == [
         ("a", 4, 4, 4), ("b", 3, 2, 4)]
     assert summary[0]["test_top1_err"] == [36.0, 16.0] and summary[0]["median_images_per_s"] == 1002.5

@@ -1,8 +1,10 @@
 """python -m training.run end to end on synthetic data: metrics, table, checkpoint, exact resume."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +90,27 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+    # A text file (torch's own error was "invalid literal for int() with base 10") and an empty one.
+    for name, data in (("text.pt", b"garbage\n"), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"checkpoint .*{name} is corrupt or not a torch checkpoint"):
+            load_checkpoint(tmp_path / name)
+
+
+class _RunsCode:
+    """Unpickling this calls a function: what a hostile checkpoint would do."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["AUXNET_TEST_MARKER"]),))
+
+
+def test_checkpoint_cannot_run_code_when_loaded(tmp_path, monkeypatch):
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("AUXNET_TEST_MARKER", str(marker))
+    torch.save({"model": {}, "config": {}, "epoch": 1, "data": {}, "payload": _RunsCode()}, tmp_path / "hostile.pt")
+    with pytest.raises(ValueError, match="hostile.pt is corrupt or not a torch checkpoint"):
+        load_checkpoint(tmp_path / "hostile.pt")
+    assert not marker.exists()
 
 
 @pytest.mark.slow
