@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -37,9 +38,18 @@ def load_checkpoint(path: str | Path) -> dict:
         # run code: a file handed over by someone else (export --checkpoint DOWNLOADED.pt) cannot execute anything.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises anything (ValueError on text, UnpicklingError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {first[:200]})") from e
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({_load_error(e)})") from e
     if not isinstance(ckpt, dict) or (missing := [k for k in REQUIRED_KEYS if k not in ckpt]):
         what = f"lacks keys {missing}" if isinstance(ckpt, dict) else f"is a {type(ckpt).__name__}, not a dict"
         raise ValueError(f"checkpoint {path} {what}; was it written by python -m training.run?")
     return ckpt
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's error in a line. Its weights-only refusal is a paragraph advising weights_only=False, the
+    very thing not to do with a file of unknown origin; what matters is the unpickler's own reason at its end."""
+    text = str(e).strip()
+    if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"it holds something other than tensors, numbers, strings and containers, refused unread: {reason[:200]}"
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else f"{type(e).__name__}: empty or truncated"
