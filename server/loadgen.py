@@ -30,6 +30,8 @@ class Result:
 def labelled_files(root: str | Path) -> tuple[list[Path], list[str]]:
     """The image files under root/<class>/ (JPEG or PNG, in name order) and their class names."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of images by class (root/<class>/<image>)")
     files, names = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(d.iterdir()):

@@ -87,3 +87,14 @@ def test_an_image_the_server_would_refuse_is_named(tiny_repo, folder, tmp_path, 
     assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'data' / name / 'broken.png'}: " in err and "PNG" in err
+
+
+def test_a_data_path_that_is_no_labelled_folder_is_refused_by_name(tiny_repo, tmp_path, capsys):
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    for path, says in ((tmp_path / "missing", "is not a folder of images by class"),
+                       (tmp_path / "file", "is not a folder of images by class"),
+                       (tmp_path / "empty", "no images under")):
+        assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and says in err, err
