@@ -38,19 +38,43 @@ RECIPE_DEFAULTS = {"schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.
                    "joint_match_multiway_decay": False}
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= low, refused by argparse with the option's name otherwise (batch size 0 was a
+    ZeroDivisionError, epochs 0 a run that wrote nothing)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _layers(text: str) -> str:
+    """--exits: comma-separated layer numbers, checked here and kept as typed (checkpoints record it so)."""
+    try:
+        [int(e) for e in text.split(",")]
+        return text
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated layer numbers, e.g. 15,25,35,45,56") from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m training.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     arch = p.add_argument_group("architecture (a preset, or explicit --depth/--exits)")
     arch.add_argument("--preset", choices=sorted(PRESETS), help="a network from the paper's tables")
     arch.add_argument("--family", default="cifar", choices=["cifar", "imagenet"])
-    arch.add_argument("--depth", type=int, help="explicit depth (6n+2 for cifar)")
-    arch.add_argument("--exits", help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
-    arch.add_argument("--width", type=int, default=1, help="width factor N")
+    arch.add_argument("--depth", type=_at_least(1), help="explicit depth (6n+2 for cifar)")
+    arch.add_argument("--exits", type=_layers, help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
+    arch.add_argument("--width", type=_at_least(1), default=1, help="width factor N")
     arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
     arch.add_argument("--preact-shortcut", action="store_true",
                       help="stage-transition shortcuts take BN-ReLU(x) (He et al.'s code) instead of raw x")
-    arch.add_argument("--image-size", type=int, default=None,
+    arch.add_argument("--image-size", type=_at_least(1), default=None,
                       help="training crop of large-image folders (default 224 for the ImageNet family); small "
                            "images train at their own size")
     p.add_argument("--method", default="multiway", choices=METHODS,
@@ -61,9 +85,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="fetch from the official address, checksum verified")
     p.add_argument("--decode-cache", default=None,
                    help="folder where a small-image folder's decoded arrays are kept (.npy), so later runs skip decoding")
-    p.add_argument("--val-size", type=int, default=None, help="validation images held out of train (default 5000; 10%% for synthetic)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--val-size", type=_at_least(0), default=None,
+                   help="validation images held out of train (default 5000; 10%% for synthetic)")
+    p.add_argument("--epochs", type=_at_least(1), default=1)
+    p.add_argument("--batch-size", type=_at_least(1), default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--no-nesterov", action="store_true")
@@ -76,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     recipe = p.add_argument_group("recipe options beyond the paper (off by default)")
     recipe.add_argument("--schedule", default="step", choices=["step", "cosine"],
                         help="step: lr/10 at 40%% and 60%% of the epochs (paper); cosine: after --warmup-epochs")
-    recipe.add_argument("--warmup-epochs", type=int, default=0)
+    recipe.add_argument("--warmup-epochs", type=_at_least(0), default=0)
     recipe.add_argument("--label-smoothing", type=float, default=0.0)
     recipe.add_argument("--distill-weight", type=float, default=0.0,
                         help="self-distillation: auxiliary outputs learn this much from the final output")
@@ -90,16 +115,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (its metrics.jsonl is cleared, last.pt replaced)")
-    p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--max-batches", type=_at_least(1), default=None, help="cap batches per epoch (smoke tests)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the validation and test passes after each epoch (speed probes: with --compile, the first "
                         "pass compiles the evaluation graphs too)")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+    p.add_argument("--workers", type=_at_least(0), default=DEFAULT_WORKERS,
                    help="loader processes for large image folders (default: 4, or the cores if fewer)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
                         "so every step has the same shape")
-    p.add_argument("--profile-steps", type=int, default=0,
+    p.add_argument("--profile-steps", type=_at_least(0), default=0,
                    help="profile this many training steps of the first epoch, after the warm-up batches, into "
                         "OUT/profile_epochN.txt: wall vs device-busy time per step, top operators (training/profiling.py)")
     p.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,

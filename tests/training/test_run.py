@@ -195,3 +195,16 @@ def test_a_fresh_start_drops_the_rows_of_a_run_killed_before_its_first_checkpoin
     run(tmp_path, "r", "--epochs", "1")
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["loss"] != [9.9]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),  # was a ZeroDivisionError
+    (["--epochs", "0"], "argument --epochs: 0 must be >= 1"),  # was a run that wrote no checkpoint
+    (["--epochs", "two"], "argument --epochs: 'two' is not an integer"),
+    (["--depth", "14", "--exits", "5,x,14"], "argument --exits: '5,x,14' is not comma-separated layer numbers"),
+    (["--val-size", "-1"], "argument --val-size: -1 must be >= 0"),
+])
+def test_bad_numbers_are_refused_by_option(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        get_args_parser().parse_args(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
