@@ -120,9 +120,28 @@ def _read_token(path: str | None) -> str | None:
     return token
 
 
+# Options that must lie in a range, as (option, lowest, highest; None = no bound). Unchecked, --port 99999 served
+# on port 34463 (gRPC takes it modulo 65536), --max-batch 0 failed at start-up with an IndexError, --threads 0
+# with a ValueError from the executor, --metrics-port 70000 with an OverflowError traceback.
+RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 65535), ("http_port", -1, 65535),
+          ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
+          ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
+          ("poll_s", 0, None)]
+
+
+def check_ranges(parser: argparse.ArgumentParser, args) -> None:
+    """parser.error (exit 2, the option and value named) for a number outside its range."""
+    for name, low, high in RANGES:
+        value = getattr(args, name)
+        if value != value or value < low or (high is not None and value > high):  # value != value: NaN
+            span = f"in [{low:g}, {high:g}]" if high is not None else f"at least {low:g}"
+            parser.error(f"--{name.replace('_', '-')} {value:g} must be {span}")
+
+
 def main() -> int:
     parser = get_args_parser()
     args = parser.parse_args()
+    check_ranges(parser, args)
     if not 0 <= args.monitor_fraction <= 1:
         parser.error(f"--monitor-fraction {args.monitor_fraction} must be in [0, 1]")
     if args.monitor_false_alarm_samples <= 1:

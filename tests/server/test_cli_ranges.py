@@ -1,0 +1,45 @@
+"""python -m server refuses numbers outside their range before loading anything, naming the option (exit 2)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from server.__main__ import RANGES, check_ranges, get_args_parser
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--port", "99999"], "--port 99999 must be in [0, 65535]"),  # served on port 34463 before
+    (["--metrics-port", "70000"], "--metrics-port 70000 must be in [-1, 65535]"),  # an OverflowError traceback
+    (["--http-port", "-2"], "--http-port -2 must be in [-1, 65535]"),
+    (["--max-batch", "0"], "--max-batch 0 must be at least 1"),  # an IndexError at start-up
+    (["--threads", "0"], "--threads 0 must be at least 1"),  # a ValueError from the executor
+    (["--decode-threads", "0"], "--decode-threads 0 must be at least 1"),
+    (["--max-inflight", "0"], "--max-inflight 0 must be at least 1"),
+    (["--max-queue-delay-ms", "-1"], "--max-queue-delay-ms -1 must be at least 0"),
+    (["--max-message-mb", "0"], "--max-message-mb 0 must be in [0.001, 2047]"),
+    (["--max-message-mb", "4096"], "--max-message-mb 4096 must be in [0.001, 2047]"),  # past gRPC's int32 limit
+    (["--grace-s", "nan"], "--grace-s nan must be at least 0"),
+    (["--poll-s", "-1"], "--poll-s -1 must be at least 0"),
+    (["--max-pixels", "0"], "--max-pixels 0 must be at least 1"),
+])
+def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
+    parser = get_args_parser()
+    with pytest.raises(SystemExit) as e:
+        check_ranges(parser, parser.parse_args(["--repo", "r", *argv]))
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_defaults_and_the_bounds_themselves_pass():
+    parser = get_args_parser()
+    check_ranges(parser, parser.parse_args(["--repo", "r"]))
+    for name, low, high in RANGES:
+        for value in (low, high):
+            if value is not None:
+                check_ranges(parser, parser.parse_args(["--repo", "r", f"--{name.replace('_', '-')}", f"{value:g}"]))
+
+
+def test_the_command_exits_2_before_loading_a_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--max-batch", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--max-batch 0 must be at least 1" in r.stderr and "repository" not in r.stderr
