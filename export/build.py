@@ -75,6 +75,8 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
     if trt and int8:
         raise ExportError("--int8 makes ONNX Runtime models for CPUs; --trt builds TensorRT's own engines from float ONNX "
                           "(use --fp16 there): ask for one or the other")
+    if trt and max_batch < 1:
+        raise ExportError(f"--max-batch {max_batch} must be at least 1 (TensorRT's profile maximum batch)")
     if trt:  # refuse before any work, and leave nothing behind
         from export.trt import require_tensorrt
 

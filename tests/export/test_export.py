@@ -199,3 +199,9 @@ def test_trt_without_tensorrt_fails_cleanly(tiny_run, tmp_path, capsys):
     assert export_main(["all", "--trt", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r")]) == 3
     assert "--trt needs the 'tensorrt' Python package" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_trt_max_batch_below_one_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    assert export_main(["all", "--trt", "--max-batch", "0", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r")]) == 2
+    assert "--max-batch 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
