@@ -52,11 +52,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                                          "(export/evaluate.py)")
     ev.add_argument("model_dir", help="REPO/NAME")
     ev.add_argument("--data", required=True, help="labelled images: DATA/<class>/<image> (JPEG or PNG)")
-    ev.add_argument("--per-class", type=int, help="only the first N images of each class")
+    ev.add_argument("--per-class", type=_positive, help="only the first N images of each class")
     ev.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per segment")
     ev.add_argument("--json", help="also write the figures to this file")
     ev.add_argument("--strict", action="store_true", help="exit 1 when the policy loses more than it promised")
     return p
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (--per-class 0 evaluated every image, as if it were absent)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def main(argv=None) -> int:

@@ -98,3 +98,10 @@ def test_a_data_path_that_is_no_labelled_folder_is_refused_by_name(tiny_repo, tm
         assert export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(path)]) == 2
         err = capsys.readouterr().err
         assert str(path) in err and says in err, err
+
+
+def test_per_class_below_one_is_refused(tiny_repo, folder, capsys):
+    root, _, _ = folder
+    with pytest.raises(SystemExit) as e:
+        export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(root), "--per-class", "0"])
+    assert e.value.code == 2 and "argument --per-class: 0 must be at least 1" in capsys.readouterr().err
