@@ -55,22 +55,11 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
     async def GetModelInfo(self, request, context):
         async def run():
             engine = self.app.engine_for(request.model)
-            info = engine.info
-            exits = [pb.ExitInfo(index=e.index, layer=e.layer, params=e.params, mflops=e.mflops, val_top1=e.val_top1,
-                                 temperature=e.temperature, default_threshold=engine.policy_threshold(e.index),
-                                 latency_ms_batch1=1000 * engine.latency.predict(e.index, 1),
-                                 latency_ms_per_image_batched=1000 * engine.latency.predict(e.index, engine.cfg.max_batch)
-                                 / engine.cfg.max_batch)
-                     for e in info.exits]
-            m = info.manifest
-            return pb.ModelInfo(name=info.name, version=info.version, architecture=m["architecture"],
-                                classes=list(info.classes), input_shape=list(info.input_shape), exits=exits,
-                                training_method=str(m.get("training", {}).get("method", "")),
-                                dataset=str(m.get("training", {}).get("dataset", "")),
-                                policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
-                                policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
-                                backend=engine.backends[0].name, max_batch_size=engine.cfg.max_batch,
-                                precision=info.precision, policy_score=info.policy_score)
+            ks = [e.index for e in engine.info.exits]
+            per_image = [engine.latency.predict(k, engine.cfg.max_batch) / engine.cfg.max_batch for k in ks]
+            return model_info_message(engine.info, [engine.policy_threshold(k) for k in ks],
+                                      [1000 * engine.latency.predict(k, 1) for k in ks], [1000 * t for t in per_image],
+                                      engine.backends[0].name, engine.cfg.max_batch)
 
         return await self._guard(context, request.model, run(), count=False)
 
@@ -138,6 +127,25 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1):
         return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1")
+
+
+def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[float],
+                       latency_ms_per_image_batched: list[float], backend: str, max_batch: int) -> pb.ModelInfo:
+    """GetModelInfo's answer: the manifest's fields (`info`, a loaded ModelInfo) with the engine's figures of now
+    (thresholds after any adaptation, measured latencies per exit). Apart so that a test builds it from any
+    manifest that loads (tests/server/test_manifest_fuzz.py)."""
+    exits = [pb.ExitInfo(index=e.index, layer=e.layer, params=e.params, mflops=e.mflops, val_top1=e.val_top1,
+                         temperature=e.temperature, default_threshold=t, latency_ms_batch1=b1,
+                         latency_ms_per_image_batched=per_image)
+             for e, t, b1, per_image in zip(info.exits, thresholds, latency_ms_batch1, latency_ms_per_image_batched)]
+    m = info.manifest
+    return pb.ModelInfo(name=info.name, version=info.version, architecture=m["architecture"],
+                        classes=list(info.classes), input_shape=list(info.input_shape), exits=exits,
+                        training_method=str(m.get("training", {}).get("method", "")),
+                        dataset=str(m.get("training", {}).get("dataset", "")),
+                        policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
+                        policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
+                        backend=backend, max_batch_size=max_batch, precision=info.precision, policy_score=info.policy_score)
 
 
 async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1"):

@@ -1,7 +1,7 @@
 """A hostile or damaged manifest: every field the server reads, replaced by values of the wrong type or range,
 is refused at load with a RepositoryError that names the manifest, never another exception (a TypeError at
 start-up is a traceback; at request time a broken GetModelInfo). What loads must also serve: the monitor's
-tables, the precision check and GetModelInfo's fields are built from it here."""
+tables, the precision check and GetModelInfo's answer (service.py's own function) are built from it here."""
 
 import copy
 import json
@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from protos.auxnet.v1 import inference_pb2 as pb
 from server.monitor import monitors_from_manifest
 from server.precision import precision_warnings
 from server.repository import RepositoryError, load_manifest
+from server.service import model_info_message
 
 BAD_VALUES = [None, "x", -1, 0, 2.5, True, [], {}, [1, "a"], [-3, 0, 2], {"a": 1}, "../exit_0.onnx", float("nan")]
 # Where the server reads a manifest (top level, input, policy, one auxiliary exit, the final exit, int8 block).
@@ -41,15 +41,8 @@ def served_fields(info) -> None:
     """What the server builds from a loaded manifest besides the engine's sessions."""
     monitors_from_manifest(info.manifest["exits"], 10_000)
     precision_warnings(info, "cpu", cpu_instructions=[])
-    m = info.manifest
-    pb.ModelInfo(name=info.name, version=info.version, architecture=m["architecture"], classes=list(info.classes),
-                 input_shape=list(info.input_shape), training_method=str(m.get("training", {}).get("method", "")),
-                 dataset=str(m.get("training", {}).get("dataset", "")),
-                 policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
-                 policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)), precision=info.precision,
-                 policy_score=info.policy_score,
-                 exits=[pb.ExitInfo(index=e.index, layer=e.layer, params=e.params, mflops=e.mflops, val_top1=e.val_top1,
-                                    temperature=e.temperature, default_threshold=e.threshold) for e in info.exits])
+    n = len(info.exits)
+    model_info_message(info, [e.threshold for e in info.exits], [0.5] * n, [0.1] * n, "onnxruntime", 32)
 
 
 @pytest.fixture(scope="module")
