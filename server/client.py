@@ -92,16 +92,39 @@ class Client:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser("python -m server.client", description="Classify images with an AuxNet server.")
-    p.add_argument("images", nargs="+", help="PNG or JPEG files")
-    p.add_argument("--target", default="127.0.0.1:8500")
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("--target", default="127.0.0.1:8500", help="host:port, a list host:port,host:port, or dns:///name:port")
     p.add_argument("--model", default="")
     p.add_argument("--budget-ms", type=float)
     p.add_argument("--min-confidence", type=float)
     p.add_argument("--policy", action="store_true", help="stop by the model's calibrated per-exit thresholds")
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--info", action="store_true", help="print the model's GetModelInfo (exits, policy, latencies)")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="gRPC deadline of each call")
+    p.add_argument("--tls-ca", help="PEM CA that signed the server's certificate: talk TLS")
+    p.add_argument("--client-cert", help="PEM client certificate (mutual TLS), with --client-key")
+    p.add_argument("--client-key", help="PEM private key of --client-cert")
+    p.add_argument("--server-name", help="the name the server's certificate carries, if not the target's host")
+    p.add_argument("--token-file", help="send 'authorization: Bearer <token>' with the token in this file")
     args = p.parse_args(argv)
+    if not args.images and not args.info:
+        p.error("give image files to classify, or --info")
+    if (args.client_cert is None) != (args.client_key is None):
+        p.error("--client-cert and --client-key go together")
+    try:
+        credentials = {"tls_ca": _read(args.tls_ca), "client_cert": _read(args.client_cert),
+                       "client_key": _read(args.client_key), "server_name": args.server_name,
+                       "token": _read(args.token_file, text=True)}
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     failures = 0
-    with Client(args.target) as client:
+    with Client(args.target, timeout_s=args.timeout_s, **credentials) as client:
+        if args.info:
+            try:
+                print(describe(client.model_info(args.model)))
+            except grpc.RpcError as e:
+                print(f"model info: error {e.code().name}: {e.details()}", file=sys.stderr)
+                failures += 1
         for path in args.images:
             try:
                 r = client.classify(Path(path).read_bytes(), model=args.model, budget_ms=args.budget_ms,
@@ -116,6 +139,29 @@ def main(argv=None) -> int:
                   f"(layer {r.exit_layer}) stop {STOP_NAMES[r.stop_reason].removeprefix('STOP_REASON_').lower()} "
                   f"latency {r.server_latency_ms:.2f} ms{'' if r.budget_met else ' BUDGET MISSED'}")
     return 1 if failures else 0
+
+
+def _read(path: str | None, text: bool = False):
+    """A credential file's bytes (a token: its stripped text), None without a path; an empty file is refused."""
+    if path is None:
+        return None
+    data = Path(path).read_bytes()
+    if not data.strip():
+        raise ValueError(f"{path} is empty")
+    return data.decode().strip() if text else data
+
+
+def describe(m: pb.ModelInfo) -> str:
+    """GetModelInfo as a few readable lines."""
+    lines = [f"{m.name} version {m.version}: {m.architecture}, {len(m.classes)} classes, input {list(m.input_shape)}, "
+             f"{m.backend} ({m.precision or 'fp32'}), max batch {m.max_batch_size}",
+             f"trained: {m.training_method or '?'} on {m.dataset or '?'}; policy on the {m.policy_score or 'top1'} score: "
+             f"validation top-1 {100 * m.policy_val_accuracy:.2f}% at {m.policy_mean_mflops:.1f} MFLOPs per image",
+             "exit  layer  params     MFLOPs  val top-1  threshold  ms (batch 1)  ms/image (batched)"]
+    lines += [f"{e.index:>4}  {e.layer:>5}  {e.params:>9,}  {e.mflops:>6.1f}  {100 * e.val_top1:>8.2f}%  "
+              f"{e.default_threshold:>9.3f}  {e.latency_ms_batch1:>12.3f}  {e.latency_ms_per_image_batched:>18.3f}"
+              for e in m.exits]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.client import Client
+from server.repository import load_manifest
 from tests.server.certs import make_credentials
 from tests.server.conftest import running_server
-from tests.server.helpers import images
+from tests.server.helpers import images, png
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,27 @@ def test_unknown_model_name_is_bounded_in_metrics_and_message(server):
 
     text = scrape(app)
     assert "x" * 70 not in text and 'model="_unknown"' in text
+
+
+def test_client_command_speaks_tls_and_the_token(tiny_repo, creds, tmp_path, capsys):
+    from server.client import main as client_main
+
+    image = tmp_path / "x.png"
+    image.write_bytes(png(images(1)[0]))
+    (tmp_path / "token").write_text("s3cret-token\n")
+    (tmp_path / "empty").write_text("")
+    with running_server(tiny_repo, tls_cert=str(creds["server.pem"]), tls_key=str(creds["server.key"]),
+                        auth_token="s3cret-token") as (_, target):
+        tls = ["--target", target, "--tls-ca", str(creds["ca.pem"]), "--server-name", "localhost"]
+        assert client_main([*tls, "--token-file", str(tmp_path / "token"), "--info", str(image)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("tiny version ") and f"{image}: " in out and " exit " in out
+        info = load_manifest(tiny_repo / "tiny")
+        assert len([line for line in out.splitlines() if line.split()[:2] == [str(0), str(info.exits[0].layer)]]) == 1
+        assert client_main([*tls, str(image)]) == 1  # no token
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert client_main(["--target", target, "--timeout-s", "3", "--token-file", str(tmp_path / "token"), str(image)]) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err  # plaintext to a TLS-only server
+    with pytest.raises(SystemExit):
+        client_main(["--token-file", str(tmp_path / "empty"), str(image)])
+    assert "empty" in capsys.readouterr().err
