@@ -61,11 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="agreement alarm: mean monitored samples between false alarms is at least this")
     p.add_argument("--monitor-adapt", action="store_true",
                    help="raise an alarmed exit's confidence thresholds; lower them back once agreement recovers")
-    p.add_argument("--poll-s", type=float, default=2.0, help="look for new model versions this often (0 = never)")
-    p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
+    p.add_argument("--poll-s", type=float, default=2.0,
+                   help="look for new model versions, and changed TLS and token files, this often (0 = never)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only (TLS files are read again when they change)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
-    p.add_argument("--auth-token-file", help="require 'authorization: Bearer <token>' with the token in this file")
+    p.add_argument("--auth-token-file", help="require 'authorization: Bearer <token>' with the token in this file "
+                                             "(read again when it changes, every --poll-s)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the ports (SO_REUSEPORT); metrics summed over them")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
@@ -89,7 +91,7 @@ async def serve(args) -> int:
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, auth_token=_read_token(args.auth_token_file), reuse_port=args.reuse_port)
+        tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file, reuse_port=args.reuse_port)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
@@ -109,15 +111,6 @@ async def serve(args) -> int:
     await stop.wait()
     await app.shutdown()
     return 0
-
-
-def _read_token(path: str | None) -> str | None:
-    if not path:
-        return None
-    token = open(path).read().strip()
-    if not token:
-        raise SystemExit(f"error: token file {path} is empty")
-    return token
 
 
 # Options that must lie in a range, as (option, lowest, highest; None = no bound). Unchecked, --port 99999 served

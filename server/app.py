@@ -4,7 +4,6 @@ reflection) and Prometheus metrics, and shut down gracefully."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.backends import default_threads, make_backend
+from server.credentials import BearerToken, TlsFiles
 from server.decode import ImageLimits
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
@@ -62,6 +62,7 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     auth_token: str | None = None  # require "authorization: Bearer <token>" on the inference service
+    auth_token_file: str | None = None  # the same with the token from this file, read again when it changes
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
 
 
@@ -86,6 +87,9 @@ class ServerApp:
         self.http_port: int | None = None
         self.draining = False
         self._watch: asyncio.Task | None = None
+        self._watch_creds: asyncio.Task | None = None
+        self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
+        self.token: BearerToken | None = None
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
 
@@ -177,10 +181,14 @@ class ServerApp:
 
     async def start(self) -> int:
         http_surface = self._http_surface()  # before binding anything: a missing aiohttp refuses to start cleanly
+        cfg = self.cfg
+        self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert or cfg.tls_key else None
+        if cfg.auth_token is not None or cfg.auth_token_file is not None:
+            self.token = BearerToken(cfg.auth_token, cfg.auth_token_file)
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port))]
-        interceptors = [BearerTokenInterceptor(self.cfg.auth_token)] if self.cfg.auth_token else []
+        interceptors = [BearerTokenInterceptor(self.token)] if self.token is not None else []
         # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
         core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
@@ -192,8 +200,8 @@ class ServerApp:
             (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, v2_grpc.TRITON_CONFIG_SERVICE,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
         address = f"{self.cfg.host}:{self.cfg.port}"
-        if self.cfg.tls_cert or self.cfg.tls_key:
-            self.port = self.server.add_secure_port(address, self._tls_credentials())
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
         else:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
@@ -203,8 +211,7 @@ class ServerApp:
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.cfg.reuse_port))])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             address = f"{self.cfg.host}:{self.cfg.health_port}"
-            secure = self.cfg.tls_cert or self.cfg.tls_key
-            self.health_port = (self.health_server.add_secure_port(address, self._tls_credentials()) if secure
+            self.health_port = (self.health_server.add_secure_port(address, self.tls.grpc_credentials()) if self.tls
                                 else self.health_server.add_insecure_port(address))
             if self.health_port == 0:
                 raise OSError(f"cannot listen on {address} for health checks (in use?)")
@@ -224,6 +231,8 @@ class ServerApp:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.cfg.poll_s > 0:
             self._watch = asyncio.create_task(self._watch_repository())
+            if self.tls is not None or (self.token is not None and self.token.path):
+                self._watch_creds = asyncio.create_task(self._watch_credentials())
         log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
                  self.cfg.host, self.port, v2_grpc.SPEC_SERVICE_NAME,
                  f"http://{self.cfg.host}:{self.http_port}/v2" if self.http_port else "off",
@@ -235,8 +244,9 @@ class ServerApp:
         grace = self.cfg.grace_s if grace_s is None else grace_s
         self.draining = True
         await self.health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._watch_creds):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         drained = all(await asyncio.gather(*(e.drain(grace) for e in self.engines.values())))
         # Requests refused while draining are still being answered UNAVAILABLE; stopping the port under
@@ -269,15 +279,13 @@ class ServerApp:
                                "off with --http-port -1") from e
         return OpenInferenceHTTP
 
-    def _tls_credentials(self) -> grpc.ServerCredentials:
-        if not (self.cfg.tls_cert and self.cfg.tls_key):
-            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
-        try:
-            cert, key = Path(self.cfg.tls_cert).read_bytes(), Path(self.cfg.tls_key).read_bytes()
-            ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None
-        except OSError as e:
-            raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
-        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    async def _watch_credentials(self) -> None:
+        """Every --poll-s: TLS files and the token file read again if they changed (server/credentials.py)."""
+        while True:
+            await asyncio.sleep(self.cfg.poll_s)
+            for watched in (self.tls, self.token):
+                if watched is not None:
+                    watched.refresh()
 
     async def wait(self) -> None:
         if self.server is not None:
@@ -301,15 +309,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     Inference Protocol's liveness/readiness RPCs stay open, as orchestrators' probes carry no credentials.
     The token is compared in constant time."""
 
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+    def __init__(self, token: BearerToken):
+        self.token = token  # current even after a rotation of its file
 
     async def intercept_service(self, continuation, details):
         method = details.method
         v2 = any(method.startswith(f"/{name}/") for name in v2_grpc.PROTECTED)
         if method.startswith(f"/{SERVICE_NAME}/") or (v2 and method not in v2_grpc.PROBE_METHODS):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
-            if not hmac.compare_digest(got.encode() if isinstance(got, str) else got, self.expected):
+            if not self.token.matches(got):
                 return _deny
         return await continuation(details)
 

@@ -20,7 +20,6 @@ their dependencies) and it parses HTTP, compression and TLS itself."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import ssl
 import time
@@ -81,29 +80,17 @@ class OpenInferenceHTTP:
             await self.runner.cleanup()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.app.cfg
-        if not (cfg.tls_cert or cfg.tls_key):
-            return None
-        if not (cfg.tls_cert and cfg.tls_key):
-            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            if cfg.tls_client_ca:
-                ctx.load_verify_locations(cfg.tls_client_ca)
-                ctx.verify_mode = ssl.CERT_REQUIRED
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"cannot use TLS files {cfg.tls_cert}, {cfg.tls_key}: {e}") from e
-        return ctx
+        """The app's TLS files as a context that follows their rotation (server/credentials.py)."""
+        return None if self.app.tls is None else self.app.tls.ssl_context()
 
     # --- every request: token, JSON errors ------------------------------------------------------------
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
-        token = self.app.cfg.auth_token
-        if token and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
+        token = self.app.token
+        if token is not None and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
             got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode("utf-8", "replace"), f"Bearer {token}".encode()):
+            if not token.matches(got):
                 return error_response(401, "missing or wrong bearer token in the 'Authorization' header",
                                       {"WWW-Authenticate": "Bearer"})
         try:

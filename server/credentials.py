@@ -1,0 +1,214 @@
+"""TLS certificates and the bearer token, read again when their files change: rotation without a restart.
+
+Why: certificates expire (cert-manager's last 90 days and are renewed at 60), and a token leaks or is rotated
+on schedule. A server that reads its credentials once serves an expired certificate until someone restarts
+it. Kubernetes updates a mounted secret by swapping a symlink, so a file is recognised as changed by what its
+path resolves to now (inode, device, modification time, size), not by its name.
+
+Every `--poll-s` the server calls `refresh()`. New files are read, checked (the key matches the certificate,
+the CA parses, the token is not empty) and only then used; a bad set is refused with one ERROR log line and
+the credentials in use stay. A set caught mid-rotation (a file changed while being read, or a certificate
+that does not match the key yet) is simply tried again at the next poll: the refusal is logged once per set of
+files seen. Connections already open keep the credentials they were made with.
+
+- gRPC: `grpc.dynamic_ssl_server_credentials`, whose fetcher gRPC calls at each new connection; it hands
+  over the new certificate, key and client CA when there are some.
+- HTTP (aiohttp): the live `ssl.SSLContext` loads the new certificate and key in place. A new client CA is
+  *added* to it: OpenSSL cannot forget a CA, so on the HTTP side a removed CA stays trusted until a restart
+  (the gRPC side replaces it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger("auxnet.server")
+
+
+def _stamps(paths: list[str]) -> tuple:
+    """What each path resolves to now; os.stat follows the symlinks a Kubernetes secret mount swaps."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class _Changing(Exception):
+    """A file changed while it was read: try again at the next poll."""
+
+
+class _Watched:
+    """What a set of watched files refused last, so that one refusal is logged once, not at every poll."""
+
+    _refused: tuple | None = None
+
+    def _refuse(self, stamps: tuple, what: str, why: str) -> bool:
+        if stamps != self._refused:
+            log.error("keeping the %s in use: %s", what, why)
+        self._refused = stamps
+        return False
+
+    def _current_stamps(self, paths: list[str]) -> tuple:
+        """The paths' stamps, or a marker of the missing file (a refusal logged once while it stays missing)."""
+        try:
+            return _stamps(paths)
+        except OSError as e:
+            return ("missing", e.filename, e.strerror)
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    cert: bytes
+    key: bytes
+    ca: bytes | None
+    stamps: tuple
+
+
+class TlsFiles(_Watched):
+    """The server's certificate chain, its key and (mutual TLS) the client CA, from files."""
+
+    def __init__(self, cert: str, key: str, ca: str | None = None):
+        if not (cert and key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        self.cert_path, self.key_path, self.ca_path = cert, key, ca
+        self.paths = [p for p in (cert, key, ca) if p]
+        try:
+            self.material = self._read()
+        except _Changing as e:
+            raise ValueError(f"TLS files changed while being read at start-up: {e}") from e
+        self.generation = 0  # incremented at each rotation; gRPC's fetcher compares it with what it last gave
+        self._contexts: list[ssl.SSLContext] = []
+
+    def _read(self) -> TlsMaterial:
+        try:
+            before = _stamps(self.paths)
+            cert, key = Path(self.cert_path).read_bytes(), Path(self.key_path).read_bytes()
+            ca = Path(self.ca_path).read_bytes() if self.ca_path else None
+            self._server_context()  # OpenSSL's own check: certificate and key parse and match, the CA parses
+            after = _stamps(self.paths)
+        except ssl.SSLError as e:  # before OSError, of which it is a subclass
+            raise ValueError(f"cannot use TLS files {', '.join(self.paths)}: {e}") from e
+        except OSError as e:
+            raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
+        if before != after:
+            raise _Changing(", ".join(self.paths))
+        return TlsMaterial(cert, key, ca, after)
+
+    def _server_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_path, self.key_path)
+        if self.ca_path:
+            ctx.load_verify_locations(self.ca_path)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def refresh(self) -> bool:
+        """Read the files again if they changed; True when new credentials are now in use."""
+        stamps = self._current_stamps(self.paths)
+        if stamps == self.material.stamps or stamps == self._refused:
+            return False
+        if stamps[0] == "missing":
+            return self._refuse(stamps, "TLS credentials", f"cannot read TLS file {stamps[1]}: {stamps[2]}")
+        try:
+            material = self._read()
+        except _Changing:
+            return False
+        except ValueError as e:
+            return self._refuse(stamps, "TLS credentials", str(e))
+        for ctx in self._contexts:  # the HTTP side's live contexts: new handshakes get the new certificate
+            try:
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+                if self.ca_path and material.ca != self.material.ca:
+                    ctx.load_verify_locations(cadata=material.ca.decode("ascii", "replace"))
+            except (OSError, ssl.SSLError) as e:  # changed again since _read: the next poll takes it
+                log.warning("TLS files changed again while loading them into the HTTP side (%s); next poll", e)
+        self.material, self._refused = material, None
+        self.generation += 1
+        log.info("TLS credentials reloaded from %s (rotation %d)", ", ".join(self.paths), self.generation)
+        return True
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        """Server credentials whose certificate gRPC fetches again at each new connection when it changed."""
+        given = [self.generation]
+
+        def fetch():  # called by gRPC core at each new connection; None: keep the configuration it has
+            if given[0] == self.generation:
+                return None
+            given[0] = self.generation
+            return self._grpc_configuration()
+
+        return grpc.dynamic_ssl_server_credentials(self._grpc_configuration(), fetch,
+                                                   require_client_authentication=self.ca_path is not None)
+
+    def _grpc_configuration(self):
+        m = self.material
+        return grpc.ssl_server_certificate_configuration([(m.key, m.cert)], root_certificates=m.ca)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A context for the HTTP side, kept up to date by refresh()."""
+        try:
+            ctx = self._server_context()
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use TLS files {', '.join(self.paths)}: {e}") from e
+        self._contexts.append(ctx)
+        return ctx
+
+
+class BearerToken(_Watched):
+    """The token requests must carry, from a string (fixed) or a file (read again when it changes)."""
+
+    def __init__(self, token: str | None = None, path: str | None = None):
+        self.path = path
+        if path is not None:
+            try:
+                token, self.stamps = self._read()
+            except _Changing as e:
+                raise ValueError(f"token file {e} changed while being read at start-up") from e
+        if not token:
+            raise ValueError("the bearer token is empty")
+        self.expected = f"Bearer {token}".encode()
+
+    def _read(self) -> tuple[str, tuple]:
+        try:
+            before = _stamps([self.path])
+            token = Path(self.path).read_text().strip()
+            after = _stamps([self.path])
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read token file {self.path}: {e}") from e
+        if not token:
+            raise ValueError(f"token file {self.path} is empty")
+        if before != after:
+            raise _Changing(self.path)
+        return token, after
+
+    def matches(self, header: str | bytes) -> bool:
+        """Constant-time comparison of an `authorization` value with `Bearer <token>`."""
+        got = header.encode("utf-8", "replace") if isinstance(header, str) else header
+        return hmac.compare_digest(got, self.expected)
+
+    def refresh(self) -> bool:
+        """Read the token file again if it changed; True when the new token is now required."""
+        if self.path is None:
+            return False
+        stamps = self._current_stamps([self.path])
+        if stamps == self.stamps or stamps == self._refused:
+            return False
+        if stamps[0] == "missing":
+            return self._refuse(stamps, "bearer token", f"cannot read token file {stamps[1]}: {stamps[2]}")
+        try:
+            token, self.stamps = self._read()
+        except _Changing:
+            return False
+        except ValueError as e:
+            return self._refuse(stamps, "bearer token", str(e))
+        self.expected, self._refused = f"Bearer {token}".encode(), None
+        log.info("bearer token reloaded from %s", self.path)
+        return True

@@ -1,0 +1,154 @@
+"""TLS files and the token file replaced while the server runs (a certificate renewed, a token rotated): new
+connections get the new credentials within a poll, no restart; a bad set is refused and the old one stays."""
+
+import logging
+import os
+import ssl
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.client import Client
+from tests.server.certs import make_credentials
+from tests.server.conftest import running_server
+from tests.server.helpers import images, wait_for
+from tests.server.v2_helpers import http
+
+POLL_S = 0.05
+
+
+def grpc_ok(target: str, ca: bytes) -> bool:
+    """A health check over a new TLS connection that trusts `ca` only."""
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca),
+                                  options=[("grpc.ssl_target_name_override", "localhost"),
+                                           ("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        return True
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, e  # the handshake failed, nothing else
+        return False
+    finally:
+        channel.close()
+
+
+def https_ok(url: str, ca_file) -> bool:
+    """GET /v2/health/live over a new TLS connection that trusts `ca_file` only."""
+    try:
+        return http(f"https://{url}/v2/health/live", context=ssl.create_default_context(cafile=str(ca_file)))[0] == 200
+    except OSError:  # urllib's URLError wraps the certificate failure
+        return False
+
+
+def kubernetes_mount(folder, creds):
+    """A Kubernetes secret volume: `name -> ..data/name`, `..data -> <timestamped folder>`, swapped in one rename."""
+    data = folder / "v1"
+    data.mkdir(parents=True)
+    for name in ("server.pem", "server.key"):
+        (data / name).write_bytes(creds[name].read_bytes())
+        os.symlink(f"..data/{name}", folder / name)
+    os.symlink("v1", folder / "..data")
+    return folder
+
+
+def swap(folder, creds, version: str):
+    data = folder / version
+    data.mkdir()
+    for name in ("server.pem", "server.key"):
+        (data / name).write_bytes(creds[name].read_bytes())
+    os.symlink(version, folder / "..tmp")
+    os.replace(folder / "..tmp", folder / "..data")  # the atomic swap kubelet does
+
+
+def test_a_renewed_certificate_is_served_to_new_connections_on_both_sides(tiny_repo, tmp_path):
+    old, new = make_credentials(_dir(tmp_path / "old")), make_credentials(_dir(tmp_path / "new"))
+    mount = kubernetes_mount(tmp_path / "mount", old)
+    with running_server(tiny_repo, tls_cert=str(mount / "server.pem"), tls_key=str(mount / "server.key"),
+                        poll_s=POLL_S) as (app, target):
+        url = f"localhost:{app.http_port}"
+        assert grpc_ok(target, old["ca.pem"].read_bytes()) and https_ok(url, old["ca.pem"])
+        assert not grpc_ok(target, new["ca.pem"].read_bytes())
+        swap(mount, new, "v2")
+        assert wait_for(lambda: grpc_ok(target, new["ca.pem"].read_bytes()), timeout_s=10)
+        assert https_ok(url, new["ca.pem"]) and not https_ok(url, old["ca.pem"])
+        assert not grpc_ok(target, old["ca.pem"].read_bytes())
+        assert app.tls.generation == 1
+
+
+def test_a_certificate_that_does_not_match_its_key_is_refused_and_the_old_one_kept(tiny_repo, tmp_path, caplog):
+    old, new = make_credentials(_dir(tmp_path / "old")), make_credentials(_dir(tmp_path / "new"))
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    replace(cert, old["server.pem"].read_bytes())
+    replace(key, old["server.key"].read_bytes())
+    with running_server(tiny_repo, tls_cert=str(cert), tls_key=str(key), poll_s=POLL_S, http_port=None) as (app, target):
+        with caplog.at_level(logging.ERROR, logger="auxnet.server"):
+            replace(cert, new["server.pem"].read_bytes())  # the key still the old one: half a rotation
+            assert wait_for(lambda: "keeping the TLS credentials in use" in caplog.text, timeout_s=10)
+            assert grpc_ok(target, old["ca.pem"].read_bytes()) and not grpc_ok(target, new["ca.pem"].read_bytes())
+            refusals = caplog.text.count("keeping the TLS credentials in use")
+            assert wait_for(lambda: False, timeout_s=10 * POLL_S) is False
+            assert caplog.text.count("keeping the TLS credentials in use") == refusals == 1  # logged once per file set
+            replace(key, new["server.key"].read_bytes())  # the rotation completed
+            assert wait_for(lambda: grpc_ok(target, new["ca.pem"].read_bytes()), timeout_s=10)
+        os.remove(key)  # a file gone: refused, still serving what it has
+        with caplog.at_level(logging.ERROR, logger="auxnet.server"):
+            assert wait_for(lambda: "cannot read TLS file" in caplog.text, timeout_s=10)
+        assert grpc_ok(target, new["ca.pem"].read_bytes())
+
+
+def test_a_rotated_token_file_takes_over_on_both_sides(tiny_repo, tmp_path, caplog):
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    with running_server(tiny_repo, auth_token_file=str(token), poll_s=POLL_S) as (app, target):
+        url = f"127.0.0.1:{app.http_port}/v2/models/tiny"
+
+        def grpc_accepts(t):
+            with Client(target, token=t) as c:
+                try:
+                    return bool(c.model_info().name)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+                    return False
+
+        def http_accepts(t):
+            return http(f"http://{url}", headers={"Authorization": f"Bearer {t}"})[0] == 200
+
+        assert grpc_accepts("first-token") and http_accepts("first-token") and not grpc_accepts("second-token")
+        replace(token, b"second-token\n")
+        assert wait_for(lambda: grpc_accepts("second-token"), timeout_s=10)
+        assert http_accepts("second-token") and not http_accepts("first-token") and not grpc_accepts("first-token")
+        with caplog.at_level(logging.ERROR, logger="auxnet.server"):
+            replace(token, b"  \n")  # emptied by mistake: refused, the token in use stays
+            assert wait_for(lambda: "keeping the bearer token in use" in caplog.text, timeout_s=10)
+        assert grpc_accepts("second-token")
+        with Client(target, token="second-token") as c:
+            assert c.classify(images(1)[0]).class_name
+
+
+def test_start_up_refuses_an_empty_token_file_and_a_key_that_is_not_the_certificates(tiny_repo, tmp_path):
+    from server.app import ServerApp, ServerConfig
+
+    (tmp_path / "empty").write_text("\n")
+    creds = make_credentials(_dir(tmp_path / "a"))
+    other = make_credentials(_dir(tmp_path / "b"))
+    for kwargs, says in (({"auth_token_file": str(tmp_path / "empty")}, "is empty"),
+                         ({"tls_cert": str(creds["server.pem"]), "tls_key": str(other["server.key"])}, "cannot use TLS files"),
+                         ({"tls_cert": str(creds["server.pem"])}, "TLS needs both")):
+        app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=None, **kwargs))
+        with pytest.raises(ValueError, match=says):
+            import asyncio
+
+            asyncio.run(app.start())
+
+
+def replace(path, data: bytes):
+    """Write a file whole, as rotation tools do (a reader never sees it half written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _dir(path):
+    path.mkdir(parents=True)
+    return path
