@@ -3,6 +3,7 @@ what the caller's PYTHONPATH provides: on the GPU machine that is where onnxrunt
 were installed (bench/gpu/serving_gpu.sh); dropping it would run the machine's own CPU onnxruntime."""
 
 import os
+from pathlib import Path
 
 from server.demo import start_server
 
@@ -23,7 +24,7 @@ def test_server_processes_keep_the_callers_pythonpath_and_an_added_one(tiny_repo
     proc, _, _ = start_server(str(tiny_repo), [], quiet=True,
                               env={"PYTHONPATH": str(added), "AUXNET_TEST_MARKER": str(marker)})
     try:
-        pythonpath = open(f"/proc/{proc.pid}/environ", "rb").read().split(b"\0")
+        pythonpath = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         entry = next(e for e in pythonpath if e.startswith(b"PYTHONPATH=")).decode().split("=", 1)[1].split(os.pathsep)
     finally:
         proc.terminate()
