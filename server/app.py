@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
+from server.access_log import AccessLog
 from server.backends import default_threads, make_backend
 from server.credentials import BearerToken, TlsFiles
 from server.decode import ImageLimits
@@ -63,6 +64,8 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     auth_token: str | None = None  # require "authorization: Bearer <token>" on the inference service
     auth_token_file: str | None = None  # the same with the token from this file, read again when it changes
+    access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
+    access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
 
 
@@ -90,6 +93,7 @@ class ServerApp:
         self._watch_creds: asyncio.Task | None = None
         self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
         self.token: BearerToken | None = None
+        self.access_log: AccessLog | None = None
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
 
@@ -185,6 +189,8 @@ class ServerApp:
         self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert or cfg.tls_key else None
         if cfg.auth_token is not None or cfg.auth_token_file is not None:
             self.token = BearerToken(cfg.auth_token, cfg.auth_token_file)
+        if cfg.access_log is not None:
+            self.access_log = AccessLog(cfg.access_log, cfg.access_log_sample)
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port))]
@@ -265,6 +271,8 @@ class ServerApp:
             self._http.server_close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
+        if self.access_log is not None:
+            self.access_log.close()
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")
         return drained
 

@@ -22,6 +22,7 @@ from server.requests import count as count_images
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
                "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT}
+STOP_REASONS = {v: k for k, v in REASON_ENUM.items()}  # the enum back to the engine's names
 
 
 class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
@@ -32,7 +33,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     async def Classify(self, request, context):
         arrival, deadline = self._arrival(context)
-        return await self._guard(context, request.model, self._classify(request, arrival, deadline))
+        return await self._guard(context, request.model, self._classify(request, arrival, deadline), method="Classify")
 
     async def ClassifyBatch(self, request, context):
         arrival, deadline = self._arrival(context)
@@ -50,7 +51,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             return pb.ClassifyBatchResponse(responses=[
                 self._encode(engine, r, a) for (engine, _, r), a in zip(prepared, answers)])
 
-        return await self._guard(context, model, run(), images=max(1, len(request.requests)))
+        return await self._guard(context, model, run(), images=max(1, len(request.requests)), method="ClassifyBatch")
 
     async def GetModelInfo(self, request, context):
         async def run():
@@ -125,8 +126,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     # --- errors: the one place that maps domain errors to status codes ---------------------------------
 
-    async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1):
-        return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1")
+    async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1, method: str = ""):
+        return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1", method=method)
 
 
 def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[float],
@@ -148,33 +149,47 @@ def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[fl
                         backend=backend, max_batch_size=max_batch, precision=info.precision, policy_score=info.policy_score)
 
 
-async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1"):
-    """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface).
-    `images`: how many to count, or a function saying so once the request is parsed (never a count that a
-    malformed request declares: a shape of 2**62 images must not reach a counter)."""
-    count = lambda a, m, c: count_images(a, m, c, images() if callable(images) else images, surface)  # noqa: E731
+async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1",
+                method: str = ""):
+    """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface),
+    in the access log too if one is kept. `images`: how many to count, or a function saying so once the request
+    is parsed (never a count that a malformed request declares: a shape of 2**62 images must not reach a counter)."""
+    started = time.monotonic()
+
+    def outcome(code: str, message: str | None = None, result=None) -> None:
+        if not counted:
+            return
+        n = images() if callable(images) else images
+        count_images(app, model, code, n, surface)
+        if app.access_log is not None:
+            app.access_log.record(surface, method, model, code, n, started, context.peer(), message, *_exits(result))
+
     try:
         result = await coro
     except ServingError as e:
-        if counted:
-            count(app, model, e.code.name)
+        outcome(e.code.name, str(e))
         await _abort(context, e.code, str(e))
         return None
     except asyncio.CancelledError:  # the client cancelled or its deadline passed
-        if counted:
-            remaining = context.time_remaining()
-            count(app, model, "DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S
-                  else "CANCELLED")
+        remaining = context.time_remaining()
+        outcome("DEADLINE_EXCEEDED" if remaining is not None and remaining < DEADLINE_SLACK_S else "CANCELLED")
         raise
     except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
         log.exception("internal error")
-        if counted:
-            count(app, model, "INTERNAL")
+        outcome("INTERNAL", f"internal error: {type(e).__name__}: {e}")
         await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
         return None
-    if counted:
-        count(app, model, "OK")
+    outcome("OK", result=result)
     return result
+
+
+def _exits(result) -> tuple[list[int] | None, list[str] | None]:
+    """The exits and stop reasons of an auxnet.v1 answer, for the access log (other answers: none)."""
+    responses = [result] if isinstance(result, pb.ClassifyResponse) else \
+        list(result.responses) if isinstance(result, pb.ClassifyBatchResponse) else None
+    if responses is None:
+        return None, None
+    return [r.exit_index for r in responses], [STOP_REASONS.get(r.stop_reason, "?") for r in responses]
 
 
 async def _abort(context, code: grpc.StatusCode, message: str) -> None:

@@ -39,12 +39,15 @@ def stop_exit_code(returncode: int) -> int:
     return 0 if returncode in (-signal.SIGTERM, -signal.SIGINT) else returncode
 
 
-def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path) -> list[str]:
+def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path,
+                access_log: str | None = None) -> list[str]:
     """The supervisor's own arguments with what each worker must do differently appended (argparse keeps the
-    last value of a repeated option)."""
+    last value of a repeated option). `access_log`: this worker's own file (rotation by several processes
+    of one file would lose lines)."""
+    own_log = ["--access-log", access_log] if access_log else []
     return [sys.executable, "-m", "server", *argv, "--workers", "1", "--reuse-port", "--port", str(port),
             "--metrics-port", "-1", "--health-port", str(-1 if health_port is None else health_port),
-            "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file)]
+            "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file), *own_log]
 
 
 def supervise(args, argv: list[str]) -> int:
@@ -63,7 +66,8 @@ def supervise(args, argv: list[str]) -> int:
     def spawn(i: int) -> subprocess.Popen:
         port_file = state / f"worker-{i}.ports"
         port_file.unlink(missing_ok=True)
-        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file), env=env)
+        log_file = f"{args.access_log}.{i}" if args.access_log and args.access_log != "-" else None  # PATH.0, PATH.1, ...
+        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file), env=env)
 
     def wait_ready(i: int, proc: subprocess.Popen) -> bool:
         deadline = time.time() + START_TIMEOUT_S

@@ -142,7 +142,7 @@ class OpenInferenceHTTP:
         name = request.match_info["model"]
         if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
             e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
-            count(self.app, name, e.code.name, surface=SURFACE)
+            self._outcome(request, name, e.code.name, 1, arrival, str(e))
             return error_response(429, str(e))
         self.active += 1
         images = 1
@@ -162,22 +162,29 @@ class OpenInferenceHTTP:
                                      arrival + timeout_s if timeout_s is not None else None)
             response = encode_response(engine, doc.get("id"), v2.outputs(engine, answers, requested), binary_names)
         except ServingError as e:
-            count(self.app, name, e.code.name, images, surface=SURFACE)
+            self._outcome(request, name, e.code.name, images, arrival, str(e))
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
         except web.HTTPException as e:
-            count(self.app, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, surface=SURFACE)
+            self._outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
             log.exception("internal error")
-            count(self.app, name, "INTERNAL", images, surface=SURFACE)
+            self._outcome(request, name, "INTERNAL", images, arrival, f"internal error: {type(e).__name__}: {e}")
             return error_response(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        count(self.app, name, "OK", images, surface=SURFACE)
+        self._outcome(request, name, "OK", images, arrival)
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response
 
+
+    def _outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
+                 message: str | None = None) -> None:
+        """Count one inference request's outcome, and log it if an access log is kept."""
+        count(self.app, model, code, images, surface=SURFACE)
+        if self.app.access_log is not None:
+            self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message)
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body; aiohttp undoes gzip/deflate (tritonclient's request_compression_algorithm) as it reads and

@@ -1,0 +1,79 @@
+"""The access log: one JSON line per inference request on every surface, with what the client was told."""
+
+import base64
+import json
+
+import grpc
+import pytest
+
+from server.access_log import AccessLog
+from server.client import Client
+from server.workers import worker_argv
+from tests.server.conftest import running_server
+from tests.server.helpers import images, png
+from tests.server.v2_helpers import error_of, http
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
+    log = tmp_path / "access.jsonl"
+    encoded = [png(a) for a in images(2)]
+    with running_server(tiny_repo, access_log=str(log)) as (app, target):
+        with Client(target) as c:
+            one = c.classify(encoded[0], calibrated_policy=True)
+            two = c.classify_batch(encoded, max_exit=0)
+            with pytest.raises(grpc.RpcError) as bad:
+                c.classify(b"not an image")
+            with pytest.raises(grpc.RpcError):
+                c.classify(encoded[0], model="nope")
+            c.model_info()  # not an inference request: no line
+        url = f"http://127.0.0.1:{app.http_port}/v2/models/tiny/infer"
+        ok = http(url, "POST", {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                            "parameters": {"content_type": "base64"},
+                                            "data": [base64.b64encode(encoded[1]).decode()]}]})
+        refused = error_of(http(url, "POST", {"inputs": []}))
+    assert ok[0] == 200 and refused[0] == 400
+    got = lines(log)  # the server has stopped: the file is complete
+    assert [(g["surface"], g["method"], g["code"], g["images"]) for g in got] == [
+        ("auxnet.v1", "Classify", "OK", 1), ("auxnet.v1", "ClassifyBatch", "OK", 2),
+        ("auxnet.v1", "Classify", "INVALID_ARGUMENT", 1), ("auxnet.v1", "Classify", "NOT_FOUND", 1),
+        ("v2-http", "infer", "OK", 1), ("v2-http", "infer", "INVALID_ARGUMENT", 1)]
+    assert got[0]["exits"] == [one.exit_index] and got[0]["reasons"] == [_reason(one)]
+    assert got[1]["exits"] == [r.exit_index for r in two] == [0, 0] and got[1]["reasons"] == ["max_exit", "max_exit"]
+    assert got[2]["message"] == bad.value.details() and "not a supported image format" in got[2]["message"]
+    assert got[3]["model"] == "nope" and "is not loaded" in got[3]["message"]
+    assert got[5]["message"] == refused[1]
+    assert all(g["peer"] and g["ms"] >= 0 and g["time"] > 1.7e9 for g in got)
+    assert "exits" not in got[4]  # v2 answers carry their exits in their own outputs
+
+
+def test_sampling_keeps_every_error_and_drops_successes_at_zero(tiny_repo, tmp_path):
+    log = tmp_path / "access.jsonl"
+    with running_server(tiny_repo, access_log=str(log), access_log_sample=0.0, http_port=None) as (_, target):
+        with Client(target) as c:
+            for a in images(3):
+                c.classify(png(a))
+            with pytest.raises(grpc.RpcError):
+                c.classify(b"")
+    assert [g["code"] for g in lines(log)] == ["INVALID_ARGUMENT"]
+
+
+def test_bad_settings_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="cannot open the access log"):
+        AccessLog(str(tmp_path / "missing-folder" / "log"))
+    with pytest.raises(ValueError, match="sample 1.5 must be in"):
+        AccessLog(str(tmp_path / "log"), sample=1.5)
+
+
+def test_each_worker_process_writes_a_file_of_its_own():
+    argv = worker_argv(["--repo", "r", "--access-log", "a.jsonl"], 8500, None, None, "ports", "a.jsonl.1")
+    assert argv[-2:] == ["--access-log", "a.jsonl.1"]  # argparse keeps the last: the worker's own file
+
+
+def _reason(r) -> str:
+    from server.client import STOP_NAMES
+
+    return STOP_NAMES[r.stop_reason].removeprefix("STOP_REASON_").lower()
