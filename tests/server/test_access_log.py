@@ -77,3 +77,35 @@ def _reason(r) -> str:
     from server.client import STOP_NAMES
 
     return STOP_NAMES[r.stop_reason].removeprefix("STOP_REASON_").lower()
+
+
+def test_the_file_rotates_and_a_stalled_writer_drops_and_counts(tmp_path, monkeypatch):
+    import server.access_log as access_log
+
+    monkeypatch.setattr(access_log, "MAX_BYTES", 1000)
+    monkeypatch.setattr(access_log, "FLUSH_S", 0.01)
+    log = AccessLog(str(tmp_path / "a.jsonl"))
+    for i in range(40):  # ~150 bytes a line: a few rotations
+        log.record("auxnet.v1", "Classify", "m", "OK", 1, 0.0, message=f"line {i}")
+        if i % 5 == 4:
+            assert _wait(lambda: not log.pending)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["a.jsonl", "a.jsonl.1", "a.jsonl.2"]  # two kept, older ones gone
+    kept = [json.loads(x)["message"] for name in reversed(files) for x in (tmp_path / name).read_text().splitlines()]
+    assert kept == [f"line {i}" for i in range(40 - len(kept), 40)]  # the newest, in order, none duplicated
+
+    monkeypatch.setattr(access_log, "FLUSH_S", 3600.0)  # a writer that does not come round (a stalled disk)
+    monkeypatch.setattr(access_log, "MAX_PENDING", 3)
+    log = AccessLog(str(tmp_path / "b.jsonl"))
+    for _ in range(5):
+        log.record("v2-http", "infer", "m", "INVALID_ARGUMENT", 1, 0.0, message="bad")
+    log.close()
+    got = lines(tmp_path / "b.jsonl")
+    assert [g.get("code") for g in got[:3]] == ["INVALID_ARGUMENT"] * 3 and got[3]["dropped_lines"] == 2
+
+
+def _wait(predicate, timeout_s=5.0):
+    from tests.server.helpers import wait_for
+
+    return wait_for(predicate, timeout_s)
