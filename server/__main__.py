@@ -68,6 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
     p.add_argument("--auth-token-file", help="require 'authorization: Bearer <token>' with the token in this file "
                                              "(read again when it changes, every --poll-s)")
+    p.add_argument("--max-connection-age-s", type=float, default=0.0,
+                   help="close each gRPC connection after about this long (in-flight calls get --grace-s), so clients "
+                        "re-resolve and reach replicas added since they connected (0 = never; Kubernetes: e.g. 60)")
     p.add_argument("--access-log", help="write one JSON line per request here ('-': stderr); errors always, successes "
                                         "at --access-log-sample; the file rotates at 64 MiB, 2 kept")
     p.add_argument("--access-log-sample", type=float, default=1.0,
@@ -96,7 +99,8 @@ async def serve(args) -> int:
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
-        access_log=args.access_log, access_log_sample=args.access_log_sample, reuse_port=args.reuse_port)
+        max_connection_age_s=args.max_connection_age_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
+        reuse_port=args.reuse_port)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
@@ -124,7 +128,8 @@ async def serve(args) -> int:
 RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 65535), ("http_port", -1, 65535),
           ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
-          ("poll_s", 0, None), ("access_log_sample", 0, 1)]
+          ("poll_s", 0, None), ("access_log_sample", 0, 1),
+          ("max_connection_age_s", 0, None)]
 
 
 def check_ranges(parser: argparse.ArgumentParser, args) -> None:

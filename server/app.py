@@ -64,6 +64,9 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     auth_token: str | None = None  # require "authorization: Bearer <token>" on the inference service
     auth_token_file: str | None = None  # the same with the token from this file, read again when it changes
+    # Close each client connection after this long (gRPC GOAWAY; in-flight calls get grace_s): clients then
+    # reconnect and re-resolve, so replicas an autoscaler adds get traffic from clients already connected.
+    max_connection_age_s: float = 0.0  # 0 = connections live as long as the client keeps them
     access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
@@ -194,6 +197,9 @@ class ServerApp:
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port))]
+        if self.cfg.max_connection_age_s > 0:  # gRPC core adds +-10% jitter, so clients do not reconnect at once
+            opts += [("grpc.max_connection_age_ms", int(1000 * self.cfg.max_connection_age_s)),
+                     ("grpc.max_connection_age_grace_ms", int(1000 * self.cfg.grace_s))]
         interceptors = [BearerTokenInterceptor(self.token)] if self.token is not None else []
         # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
