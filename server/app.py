@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ class ServerApp:
         if self.cfg.max_connection_age_s > 0:  # gRPC core adds +-10% jitter, so clients do not reconnect at once
             opts += [("grpc.max_connection_age_ms", int(1000 * self.cfg.max_connection_age_s)),
                      ("grpc.max_connection_age_grace_ms", int(1000 * self.cfg.grace_s))]
-        interceptors = [BearerTokenInterceptor(self.token)] if self.token is not None else []
+        interceptors = [BearerTokenInterceptor(self.token, self)] if self.token is not None else []
         # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
         core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
@@ -321,10 +322,11 @@ def _lower_thread_priority() -> None:
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Require `authorization: Bearer <token>` on both inference services. Health, reflection and the Open
     Inference Protocol's liveness/readiness RPCs stay open, as orchestrators' probes carry no credentials.
-    The token is compared in constant time."""
+    The token is compared in constant time. A refusal is written to the access log, if one is kept."""
 
-    def __init__(self, token: BearerToken):
+    def __init__(self, token: BearerToken, app=None):
         self.token = token  # current even after a rotation of its file
+        self.app = app
 
     async def intercept_service(self, continuation, details):
         method = details.method
@@ -332,12 +334,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(f"/{SERVICE_NAME}/") or (v2 and method not in v2_grpc.PROBE_METHODS):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
             if not self.token.matches(got):
-                return _deny
+                return grpc.unary_unary_rpc_method_handler(self._deny(method))
         return await continuation(details)
 
+    def _deny(self, method: str):
+        started = time.monotonic()
 
-async def _deny_call(request, context):
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in the 'authorization' metadata")
+        async def deny(request, context):
+            access_log = getattr(self.app, "access_log", None)
+            if access_log is not None:
+                access_log.record("v2-grpc" if not method.startswith(f"/{SERVICE_NAME}/") else "auxnet.v1",
+                                  method.rsplit("/", 1)[-1], "", "UNAUTHENTICATED", 0, started, context.peer(), DENIED)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+
+        return deny
 
 
-_deny = grpc.unary_unary_rpc_method_handler(_deny_call)
+DENIED = "missing or wrong bearer token in the 'authorization' metadata"

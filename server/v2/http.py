@@ -91,8 +91,12 @@ class OpenInferenceHTTP:
         if token is not None and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
             got = request.headers.get("Authorization", "")
             if not token.matches(got):
-                return error_response(401, "missing or wrong bearer token in the 'Authorization' header",
-                                      {"WWW-Authenticate": "Bearer"})
+                message = "missing or wrong bearer token in the 'Authorization' header"
+                if self.app.access_log is not None:
+                    self.app.access_log.record(SURFACE, f"{request.method} {request.path[:100]}",
+                                               request.match_info.get("model", ""), "UNAUTHENTICATED", 0,
+                                               time.monotonic(), request.remote or "", message)
+                return error_response(401, message, {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
         except ServingError as e:  # the one place domain errors become HTTP statuses (inference counts its own)

@@ -109,3 +109,19 @@ def _wait(predicate, timeout_s=5.0):
     from tests.server.helpers import wait_for
 
     return wait_for(predicate, timeout_s)
+
+
+def test_a_refused_token_is_written_on_both_sides(tiny_repo, tmp_path):
+    log = tmp_path / "access.jsonl"
+    with running_server(tiny_repo, access_log=str(log), auth_token="right") as (app, target):
+        with Client(target, token="wrong") as c:
+            with pytest.raises(grpc.RpcError) as e:
+                c.classify(png(images(1)[0]))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        status = http(f"http://127.0.0.1:{app.http_port}/v2/models/tiny/infer", "POST", {"inputs": []},
+                      headers={"Authorization": "Bearer wrong"})[0]
+    assert status == 401
+    got = lines(log)
+    assert [(g["surface"], g["method"], g["code"]) for g in got] == [
+        ("auxnet.v1", "Classify", "UNAUTHENTICATED"), ("v2-http", "POST /v2/models/tiny/infer", "UNAUTHENTICATED")]
+    assert got[1]["model"] == "tiny" and all("bearer token" in g["message"] and g["peer"] for g in got)
