@@ -2,7 +2,7 @@
 
 Why: metrics say that INVALID_ARGUMENT rose, not which client sends what; the client saw the message, the
 operator did not. A line per request names the surface, method, model, peer, status code, images, server time,
-the exits and stop reasons of an auxnet.v1 answer, and an error's message. Errors are always written,
+the exits and stop reasons of its answers, and an error's message. Errors are always written,
 successful requests at `--access-log-sample` (a fraction; 1 = all), so a busy server can keep a trace of its
 traffic at a cost it chooses.
 

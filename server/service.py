@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -150,10 +151,11 @@ def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[fl
 
 
 async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1",
-                method: str = ""):
+                method: str = "", answers: Callable[[], list[Answer]] | None = None):
     """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface),
     in the access log too if one is kept. `images`: how many to count, or a function saying so once the request
-    is parsed (never a count that a malformed request declares: a shape of 2**62 images must not reach a counter)."""
+    is parsed (never a count that a malformed request declares: a shape of 2**62 images must not reach a counter).
+    `answers`: where the access log finds the engine's answers when `coro`'s result does not carry them (v2)."""
     started = time.monotonic()
 
     def outcome(code: str, message: str | None = None, result=None) -> None:
@@ -162,7 +164,8 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
         n = images() if callable(images) else images
         count_images(app, model, code, n, surface)
         if app.access_log is not None:
-            app.access_log.record(surface, method, model, code, n, started, context.peer(), message, *_exits(result))
+            exits = answer_exits(answers()) if answers is not None and code == "OK" else _exits(result)
+            app.access_log.record(surface, method, model, code, n, started, context.peer(), message, *exits)
 
     try:
         result = await coro
@@ -181,6 +184,11 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
         return None
     outcome("OK", result=result)
     return result
+
+
+def answer_exits(answers: list[Answer]) -> tuple[list[int], list[str]]:
+    """The exits and stop reasons of the engine's answers, for the access log."""
+    return [a.exit_index for a in answers], [a.reason for a in answers]
 
 
 def _exits(result) -> tuple[list[int] | None, list[str] | None]:

@@ -92,6 +92,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = arrival + remaining if remaining is not None else None
         parsed: list[Tensor] = []
+        answered: list = []  # the engine's answers, for the access log
 
         async def run():
             engine = v2.resolve(self.app, request.model_name, request.model_version)
@@ -104,6 +105,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             parsed.extend(inputs)
             requested = v2.check_outputs([o.name for o in request.outputs])
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
+            answered.extend(answers)
             out = v2.outputs(engine, answers, requested)
             return oip.ModelInferResponse(
                 model_name=engine.info.name, model_version=engine.info.version, id=request.id,
@@ -112,8 +114,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 raw_output_contents=[to_raw(t) for t in out])
 
         return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed),
-                           method="ModelInfer",
-                           surface="v2-grpc")
+                           method="ModelInfer", surface="v2-grpc", answers=lambda: answered)
 
 
 def _inputs(request) -> list[Tensor]:

@@ -29,6 +29,7 @@ from aiohttp import web
 from server import __version__
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.requests import count, parse_where_cheap
+from server.service import answer_exits
 from server.v2 import model as v2
 from server.v2.http_codec import encode_response, parse_outputs, parse_request
 
@@ -177,18 +178,20 @@ class OpenInferenceHTTP:
             return error_response(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        self._outcome(request, name, "OK", images, arrival)
+        self._outcome(request, name, "OK", images, arrival, answers=answers)
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response
 
 
     def _outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
-                 message: str | None = None) -> None:
+                 message: str | None = None, answers=None) -> None:
         """Count one inference request's outcome, and log it if an access log is kept."""
         count(self.app, model, code, images, surface=SURFACE)
         if self.app.access_log is not None:
-            self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message)
+            exits = answer_exits(answers) if answers is not None else (None, None)
+            self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message,
+                                       *exits)
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body; aiohttp undoes gzip/deflate (tritonclient's request_compression_algorithm) as it reads and

@@ -11,6 +11,7 @@ from server.client import Client
 from server.workers import worker_argv
 from tests.server.conftest import running_server
 from tests.server.helpers import images, png
+from tests.server.test_open_inference import bytes_input
 from tests.server.v2_helpers import error_of, http
 
 
@@ -35,19 +36,23 @@ def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
                                             "parameters": {"content_type": "base64"},
                                             "data": [base64.b64encode(encoded[1]).decode()]}]})
         refused = error_of(http(url, "POST", {"inputs": []}))
+        import tritonclient.grpc as tgrpc
+
+        v2 = tgrpc.InferenceServerClient(target).infer("tiny", [bytes_input(tgrpc, encoded)], parameters={"max_exit": 0})
     assert ok[0] == 200 and refused[0] == 400
     got = lines(log)  # the server has stopped: the file is complete
     assert [(g["surface"], g["method"], g["code"], g["images"]) for g in got] == [
         ("auxnet.v1", "Classify", "OK", 1), ("auxnet.v1", "ClassifyBatch", "OK", 2),
         ("auxnet.v1", "Classify", "INVALID_ARGUMENT", 1), ("auxnet.v1", "Classify", "NOT_FOUND", 1),
-        ("v2-http", "infer", "OK", 1), ("v2-http", "infer", "INVALID_ARGUMENT", 1)]
+        ("v2-http", "infer", "OK", 1), ("v2-http", "infer", "INVALID_ARGUMENT", 1), ("v2-grpc", "ModelInfer", "OK", 2)]
     assert got[0]["exits"] == [one.exit_index] and got[0]["reasons"] == [_reason(one)]
     assert got[1]["exits"] == [r.exit_index for r in two] == [0, 0] and got[1]["reasons"] == ["max_exit", "max_exit"]
     assert got[2]["message"] == bad.value.details() and "not a supported image format" in got[2]["message"]
     assert got[3]["model"] == "nope" and "is not loaded" in got[3]["message"]
     assert got[5]["message"] == refused[1]
     assert all(g["peer"] and g["ms"] >= 0 and g["time"] > 1.7e9 for g in got)
-    assert "exits" not in got[4]  # v2 answers carry their exits in their own outputs
+    assert got[6]["exits"] == v2.as_numpy("exit_index").tolist() == [0, 0] and got[6]["reasons"] == ["max_exit"] * 2
+    assert got[4]["exits"] == [json.loads(ok[2])["outputs"][_output(ok, "exit_index")]["data"][0]]
 
 
 def test_sampling_keeps_every_error_and_drops_successes_at_zero(tiny_repo, tmp_path):
@@ -71,6 +76,10 @@ def test_bad_settings_are_refused_by_name(tmp_path):
 def test_each_worker_process_writes_a_file_of_its_own():
     argv = worker_argv(["--repo", "r", "--access-log", "a.jsonl"], 8500, None, None, "ports", "a.jsonl.1")
     assert argv[-2:] == ["--access-log", "a.jsonl.1"]  # argparse keeps the last: the worker's own file
+
+
+def _output(response, name: str) -> int:
+    return [o["name"] for o in json.loads(response[2])["outputs"]].index(name)
 
 
 def _reason(r) -> str:
