@@ -165,7 +165,8 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
         count_images(app, model, code, n, surface)
         if app.access_log is not None:
             exits = answer_exits(answers()) if answers is not None and code == "OK" else _exits(result)
-            app.access_log.record(surface, method, model, code, n, started, context.peer(), message, *exits)
+            app.access_log.record(surface, method, model or app.default_model_name(), code, n, started, context.peer(),
+                                  message, *exits)
 
     try:
         result = await coro

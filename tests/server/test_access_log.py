@@ -49,6 +49,7 @@ def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
     assert got[1]["exits"] == [r.exit_index for r in two] == [0, 0] and got[1]["reasons"] == ["max_exit", "max_exit"]
     assert got[2]["message"] == bad.value.details() and "not a supported image format" in got[2]["message"]
     assert got[3]["model"] == "nope" and "is not loaded" in got[3]["message"]
+    assert got[0]["model"] == "tiny"  # no name sent: the one model loaded answered
     assert got[5]["message"] == refused[1]
     assert all(g["peer"] and g["ms"] >= 0 and g["time"] > 1.7e9 for g in got)
     assert got[6]["exits"] == v2.as_numpy("exit_index").tolist() == [0, 0] and got[6]["reasons"] == ["max_exit"] * 2
