@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "per image for an accelerator's short runs, less overlap (RESULTS §14); 0 = off")
     p.add_argument("--finish-margin-quantile", type=float, default=0.9,
                    help="budgets: add this quantile of recent finish-prediction errors to each prediction (0 = off)")
+    p.add_argument("--default-budget-ms", type=float, default=0.0,
+                   help="the latency budget of a request that sets none: answered from the deepest exit that fits it "
+                        "(its budget_met says whether it did); 0 = none, such requests go as deep as their rule says")
     p.add_argument("--carry-stopped-rows", choices=["auto", "on", "off"], default="auto",
                    help="a batch in which some requests stop goes on in place, their rows as padding (auto: where "
                         "features live on a device, e.g. --device cuda)")
@@ -95,6 +98,7 @@ async def serve(args) -> int:
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
                             monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
                             finish_margin_quantile=args.finish_margin_quantile,
+                            default_budget_ms=args.default_budget_ms,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -129,7 +133,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
-          ("max_connection_age_s", 0, None)]
+          ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000)]
 
 
 def check_ranges(parser: argparse.ArgumentParser, args) -> None:

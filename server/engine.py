@@ -160,6 +160,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
         if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
             return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy)
         self.check_admission()
+        if budget_ms is None and self.cfg.default_budget_ms > 0:
+            budget_ms = self.cfg.default_budget_ms
         budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
         self._shed_if_hopeless(arrival, budget_end, deadline)
         job = Job(x, arrival, budget_end, deadline, min_confidence,

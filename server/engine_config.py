@@ -24,6 +24,10 @@ class EngineConfig:
     # A request with neither budget nor gRPC deadline is queued as if due this long after arrival: earliest
     # deadline first would otherwise put it behind every request that has one, forever under load.
     undeadlined_due_ms: float = 1000.0
+    # The budget of a request that sets none (0 = none): it is then answered as if it had sent budget_ms, from
+    # the deepest exit that fits, so that under load such requests come back early rather than queue until
+    # shed. Triton's analogue is a model's default queue timeout; here the answer is shallower, not refused.
+    default_budget_ms: float = 0.0
     # Keep features in the backend's memory along a chain of segments (IOBinding, issue 12). "auto": only
     # where that memory is a device's; on CPU the features are host arrays anyway and binding costs ~5%.
     io_binding: bool | str = "auto"

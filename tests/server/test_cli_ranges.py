@@ -22,6 +22,9 @@ from server.__main__ import RANGES, check_ranges, get_args_parser
     (["--grace-s", "nan"], "--grace-s nan must be at least 0"),
     (["--poll-s", "-1"], "--poll-s -1 must be at least 0"),
     (["--max-pixels", "0"], "--max-pixels 0 must be at least 1"),
+    (["--default-budget-ms", "-5"], "--default-budget-ms -5 must be in [0, 3.6e+06]"),
+    (["--access-log-sample", "2"], "--access-log-sample 2 must be in [0, 1]"),
+    (["--max-connection-age-s", "-1"], "--max-connection-age-s -1 must be at least 0"),
 ])
 def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
     parser = get_args_parser()

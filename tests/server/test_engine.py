@@ -360,3 +360,21 @@ def test_gpu_backends_run_every_batch_size_before_serving():
     engine_with("cpu").calibrate_latency()
     assert seen[("cuda", 0)] == seen[("cuda", 1)] == {1, 2, 3, 4, 5, 6}
     assert seen[("cpu", 0)] == {1, 2, 4, 6}  # the calibration's own sizes, the rest interpolated
+
+
+@in_loop
+async def test_a_request_without_budget_gets_the_default_one():
+    """--default-budget-ms: a request that sends no budget is answered as if it had sent that one."""
+    answers = {}
+    for default in (0.0, 20.0):
+        engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, default_budget_ms=default))
+        engine.latency.table[:] = 0.05  # every segment predicted at 50 ms: only exit 0 fits 20 ms
+        engine.start()
+        now = time.monotonic()
+        answers[default] = (await engine.classify(x(1), now, None, None, None, None),
+                            await engine.classify(x(1), now, 1000.0, None, None, None))  # its own budget wins
+        await engine.stop()
+    plain, own = answers[0.0]
+    assert (plain.exit_index, plain.reason) == (2, "final") and (own.exit_index, own.reason) == (2, "final")
+    defaulted, own = answers[20.0]
+    assert (defaulted.exit_index, defaulted.reason) == (0, "budget") and (own.exit_index, own.reason) == (2, "final")
