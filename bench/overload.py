@@ -1,6 +1,6 @@
 """Overload: open-loop load at about 3x measured capacity for a bounded time, then a recovery phase.
 
-    python -m bench.overload [--factor 3] [--seconds 10] [--budget-ms 100]
+    python -m bench.overload [--factor 3] [--seconds 10] [--budget-ms 100 | 0] [--server-args '--default-budget-ms 100']
 
 Capacity is first measured with a closed loop. Then requests are fired on a fixed schedule (open loop,
 independent of answers) with a budget and a 1 s deadline. Reported: accepted and rejected rates, p99 of
@@ -84,7 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--factor", type=float, default=3.0)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--budget-ms", type=float, default=100.0)
+    ap.add_argument("--budget-ms", type=float, default=100.0, help="each request's budget; 0 = requests send none")
+    ap.add_argument("--server-args", default="", help="extra server flags, e.g. '--default-budget-ms 100'")
     ap.add_argument("--max-inflight", type=int, default=64)
     ap.add_argument("--server-threads", type=int, default=1,
                     help="segment threads; 1 leaves the other core of a 2-core machine to the load generator")
@@ -92,13 +93,13 @@ def main() -> None:
     images, names, _ = load_labelled_folder(ROOT / "samples" / "cifar10-test")
     proc, target, _ = start_server(str(ROOT / "models" / "repository"),
                                 ["--shed-late-budgets", "--max-inflight", str(args.max_inflight),
-                                 "--threads", str(args.server_threads)])
+                                 "--threads", str(args.server_threads), *args.server_args.split()])
     try:
         with Client(target) as c:
             info = c.model_info()
         threshold = info.exits[0].default_threshold
         labels = [list(info.classes).index(n) for n in names]
-        kw = {"budget_ms": args.budget_ms, "min_confidence": threshold}
+        kw = {"budget_ms": args.budget_ms or None, "min_confidence": threshold}
         closed_loop(target, images, 16, 300, **kw)  # warm-up
         res, wall = closed_loop(target, images, 16, 1500, **kw)
         capacity = summarise(res, wall, None, 5)["throughput_rps"]
