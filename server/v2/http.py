@@ -23,6 +23,7 @@ import asyncio
 import logging
 import ssl
 import time
+import weakref
 
 from aiohttp import web
 
@@ -52,11 +53,12 @@ class OpenInferenceHTTP:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.body_timeout_s = BODY_TIMEOUT_S
+        self._born: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transport -> its first request
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def build(self) -> web.Application:
-        a = web.Application(client_max_size=self.app.cfg.max_message_bytes, middlewares=[self._guard])
+        a = web.Application(client_max_size=self.app.cfg.max_message_bytes, middlewares=[self._connection_age, self._guard])
         versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
         a.router.add_get("/v2/health/live", self.live)
         a.router.add_get("/v2/health/ready", self.ready)
@@ -84,7 +86,21 @@ class OpenInferenceHTTP:
         """The app's TLS files as a context that follows their rotation (server/credentials.py)."""
         return None if self.app.tls is None else self.app.tls.ssl_context()
 
-    # --- every request: token, JSON errors ------------------------------------------------------------
+    # --- every request: connection age, token, JSON errors ----------------------------------------------
+
+    @web.middleware
+    async def _connection_age(self, request: web.Request, handler):
+        """--max-connection-age-s on this side too: the first response after a keep-alive connection has lived
+        that long says `Connection: close`, so the client reconnects and a Service balances it anew (KServe
+        sends the Open Inference Protocol's HTTP through one)."""
+        response = await handler(request)
+        age = self.app.cfg.max_connection_age_s
+        if age > 0 and request.transport is not None:
+            now = time.monotonic()
+            if now - self._born.setdefault(request.transport, now) >= age:
+                response.force_close()
+        return response
+
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):

@@ -24,3 +24,20 @@ def test_connections_are_recycled_without_failing_a_call(tiny_repo, tmp_path, ag
     peers = [json.loads(line)["peer"] for line in log.read_text().splitlines()]
     assert len(peers) == 8 and all(json.loads(line)["code"] == "OK" for line in log.read_text().splitlines())
     assert (len(set(peers)) >= 2) == reconnects, peers
+
+
+def test_the_http_side_closes_a_keep_alive_connection_past_its_age(tiny_repo):
+    import http.client
+
+    with running_server(tiny_repo, max_connection_age_s=0.3) as (app, _):
+        conn = http.client.HTTPConnection("127.0.0.1", app.http_port, timeout=10)
+        headers = []
+        for pause in (0.0, 0.0, 0.5, 0.0):  # the third request comes after the connection's age
+            time.sleep(pause)
+            conn.request("GET", "/v2/health/live")
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read()) == {"live": True}
+            headers.append(r.getheader("Connection"))
+        conn.close()
+    # Keep-alive until the age, then one "close"; http.client reconnects by itself and the new connection is young.
+    assert [h == "close" for h in headers] == [False, False, True, False], headers
