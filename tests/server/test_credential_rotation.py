@@ -4,6 +4,7 @@ connections get the new credentials within a poll, no restart; a bad set is refu
 import logging
 import os
 import ssl
+import threading
 
 import grpc
 import pytest
@@ -12,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.client import Client
 from tests.server.certs import make_credentials
 from tests.server.conftest import running_server
-from tests.server.helpers import images, wait_for
+from tests.server.helpers import images, png, wait_for
 from tests.server.v2_helpers import http
 
 POLL_S = 0.05
@@ -69,8 +70,28 @@ def test_a_renewed_certificate_is_served_to_new_connections_on_both_sides(tiny_r
         url = f"localhost:{app.http_port}"
         assert grpc_ok(target, old["ca.pem"].read_bytes()) and https_ok(url, old["ca.pem"])
         assert not grpc_ok(target, new["ca.pem"].read_bytes())
+        # A client already connected keeps its connection across the rotation: none of its calls fails.
+        stop, results = threading.Event(), []
+
+        def steady_client():
+            with Client(target, tls_ca=old["ca.pem"].read_bytes(), server_name="localhost") as c:
+                image = png(images(1)[0])
+                while not stop.is_set():
+                    try:
+                        results.append(bool(c.classify(image).class_name))
+                    except grpc.RpcError as e:
+                        results.append(e.code().name)
+
+        steady = threading.Thread(target=steady_client)
+        steady.start()
+        assert wait_for(lambda: len(results) >= 5, timeout_s=10)
         swap(mount, new, "v2")
         assert wait_for(lambda: grpc_ok(target, new["ca.pem"].read_bytes()), timeout_s=10)
+        during = len(results)
+        assert wait_for(lambda: len(results) >= during + 5, timeout_s=10)
+        stop.set()
+        steady.join(10)
+        assert all(r is True for r in results), [r for r in results if r is not True][:3]
         assert https_ok(url, new["ca.pem"]) and not https_ok(url, old["ca.pem"])
         assert not grpc_ok(target, old["ca.pem"].read_bytes())
         assert app.tls.generation == 1
