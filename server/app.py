@@ -191,6 +191,7 @@ class ServerApp:
         http_surface = self._http_surface()  # before binding anything: a missing aiohttp refuses to start cleanly
         cfg = self.cfg
         self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert or cfg.tls_key else None
+        self._tls_in_use()
         if cfg.auth_token is not None or cfg.auth_token_file is not None:
             self.token = BearerToken(cfg.auth_token, cfg.auth_token_file)
         if cfg.access_log is not None:
@@ -298,9 +299,20 @@ class ServerApp:
         """Every --poll-s: TLS files and the token file read again if they changed (server/credentials.py)."""
         while True:
             await asyncio.sleep(self.cfg.poll_s)
-            for watched in (self.tls, self.token):
-                if watched is not None:
-                    watched.refresh()
+            if self.tls is not None and self.tls.refresh():
+                self._tls_in_use()
+            if self.token is not None:
+                self.token.refresh()
+
+    def _tls_in_use(self) -> None:
+        """The certificate now in use: its expiry as a metric, and a warning when it is near or past."""
+        material = self.tls.material if self.tls is not None else None
+        if material is None or material.not_after is None:
+            return
+        self.metrics.tls_expiry.set(material.not_after)
+        warning = material.expiry_warning()
+        if warning:
+            log.warning(warning)
 
     async def wait(self) -> None:
         if self.server is not None:

@@ -20,16 +20,20 @@ files seen. Connections already open keep the credentials they were made with.
 
 from __future__ import annotations
 
+import base64
+import calendar
 import hmac
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 log = logging.getLogger("auxnet.server")
+EXPIRY_WARNING_S = 14 * 86400  # warn at start-up and at each reload when the certificate expires sooner
 
 
 def _stamps(paths: list[str]) -> tuple:
@@ -39,6 +43,44 @@ def _stamps(paths: list[str]) -> tuple:
         st = os.stat(p)
         out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+def certificate_not_after(pem: bytes) -> float:
+    """When the first certificate of a PEM chain (the server's own) expires, as a Unix time. Read from its DER
+    with a minimal walk (Certificate -> tbsCertificate -> validity -> notAfter): the ssl module has no public
+    reader and the serving side does not depend on `cryptography`."""
+    text = pem.decode("ascii", "replace")
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in text or end not in text:
+        raise ValueError("no PEM certificate")
+    der = base64.b64decode("".join(text.split(begin, 1)[1].split(end, 1)[0].split()))
+    certificate = _der_elements(der)[0][1]  # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, ... }
+    fields = _der_elements(_der_elements(certificate)[0][1])
+    if fields and fields[0][0] == 0xA0:  # [0] version, present from X.509 v2 on
+        fields = fields[1:]
+    validity = _der_elements(fields[3][1])  # serialNumber, signature, issuer, validity
+    tag, value = validity[1]
+    when = value.decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280)
+        when = ("19" if int(when[:2]) >= 50 else "20") + when
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError(f"notAfter has ASN.1 tag {tag:#x}, not a time")
+    return calendar.timegm(time.strptime(when[:14], "%Y%m%d%H%M%S"))
+
+
+def _der_elements(content: bytes) -> list[tuple[int, bytes]]:
+    """(tag, content) of each DER element lying one after another in `content`."""
+    out, i = [], 0
+    while i < len(content):
+        tag, length, i = content[i], content[i + 1], i + 2
+        if length & 0x80:  # long form: the next (length & 0x7f) bytes hold the length
+            n = length & 0x7F
+            length, i = int.from_bytes(content[i:i + n], "big"), i + n
+        if i + length > len(content):
+            raise ValueError("truncated DER")
+        out.append((tag, content[i:i + length]))
+        i += length
+    return out
 
 
 class _Changing(Exception):
@@ -70,6 +112,19 @@ class TlsMaterial:
     key: bytes
     ca: bytes | None
     stamps: tuple
+    not_after: float | None  # the server certificate's expiry (Unix time); None if it could not be read
+
+    def expiry_warning(self, now: float | None = None) -> str | None:
+        """A line for the log when the certificate has expired or will within EXPIRY_WARNING_S."""
+        if self.not_after is None:
+            return None
+        left = self.not_after - (time.time() if now is None else now)
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.not_after))
+        if left <= 0:
+            return f"the TLS certificate expired at {when}: clients will refuse it; renew it (it is reloaded on change)"
+        if left <= EXPIRY_WARNING_S:
+            return f"the TLS certificate expires at {when}, in {left / 86400:.1f} days; renew it (it is reloaded on change)"
+        return None
 
 
 class TlsFiles(_Watched):
@@ -100,7 +155,11 @@ class TlsFiles(_Watched):
             raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
         if before != after:
             raise _Changing(", ".join(self.paths))
-        return TlsMaterial(cert, key, ca, after)
+        try:
+            not_after = certificate_not_after(cert)
+        except (ValueError, IndexError, UnicodeDecodeError):  # OpenSSL accepted it: a reader's gap, not a bad file
+            not_after = None
+        return TlsMaterial(cert, key, ca, after, not_after)
 
     def _server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -38,6 +38,9 @@ class Metrics:
         self.finish_margin = Gauge(f"{PREFIX}_finish_margin_seconds", "Added to each budget's prediction of the next "
                                    "segment's finish: a recent high quantile of how late segments finished against it",
                                    ["model"], registry=r, multiprocess_mode="livemax")
+        self.tls_expiry = Gauge(f"{PREFIX}_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate in use "
+                                "expires (Unix time; it is reloaded when its files change): alert well before it",
+                                registry=r, multiprocess_mode="livemin")
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for a segment", ["model", "exit"],
                                  registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Admitted requests not yet answered", ["model"],

@@ -1,16 +1,20 @@
 """TLS files and the token file replaced while the server runs (a certificate renewed, a token rotated): new
 connections get the new credentials within a poll, no restart; a bad set is refused and the old one stays."""
 
+import datetime
 import logging
 import os
+import re
 import ssl
 import threading
+import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.client import Client
+from server.credentials import TlsMaterial, certificate_not_after
 from tests.server.certs import make_credentials
 from tests.server.conftest import running_server
 from tests.server.helpers import images, png, wait_for
@@ -173,3 +177,55 @@ def replace(path, data: bytes):
 def _dir(path):
     path.mkdir(parents=True)
     return path
+
+
+def _self_signed(not_after: datetime.datetime) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expiry test")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(datetime.datetime(2020, 1, 1))
+            .not_valid_after(not_after).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("year", [2049, 2051, 2137])  # UTCTime up to 2049, GeneralizedTime from 2050 (RFC 5280)
+def test_certificate_expiry_is_read_from_the_der(year):
+    from cryptography import x509
+
+    when = datetime.datetime(year, 3, 4, 5, 6, 7, tzinfo=datetime.timezone.utc)
+    pem = _self_signed(when)
+    assert certificate_not_after(pem) == when.timestamp() == x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        certificate_not_after(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+
+
+def test_expiry_warnings_by_hand():
+    m = TlsMaterial(b"", b"", None, (), not_after=1_000_000.0)
+    assert m.expiry_warning(now=1_000_000.0 - 30 * 86400) is None
+    assert "expires at 1970-01-12 13:46:40 UTC, in 3.0 days" in m.expiry_warning(now=1_000_000.0 - 3 * 86400)
+    assert "expired at 1970-01-12 13:46:40 UTC" in m.expiry_warning(now=1_000_001.0)
+    assert TlsMaterial(b"", b"", None, (), not_after=None).expiry_warning() is None
+
+
+def test_the_certificate_in_use_is_a_metric_and_a_near_expiry_a_warning(tiny_repo, tmp_path, caplog):
+    from tests.server.test_serving import scrape
+
+    old = make_credentials(_dir(tmp_path / "old"))
+    mount = kubernetes_mount(tmp_path / "mount", old)
+    with caplog.at_level(logging.WARNING, logger="auxnet.server"):
+        with running_server(tiny_repo, tls_cert=str(mount / "server.pem"), tls_key=str(mount / "server.key"),
+                            poll_s=POLL_S, http_port=None) as (app, target):
+            expiry = lambda: float(re.search(r"^auxnet_tls_certificate_expiry_timestamp_seconds (\S+)$", scrape(app),
+                                             re.M).group(1))
+            assert expiry() == certificate_not_after(old["server.pem"].read_bytes())
+            assert "the TLS certificate expires at" in caplog.text  # the test certificates last one day
+            time.sleep(1.1)  # whole seconds: the new certificate expires later than the old
+            fresh = make_credentials(_dir(tmp_path / "fresh"))
+            swap(mount, fresh, "v2")
+            assert wait_for(lambda: expiry() == certificate_not_after(fresh["server.pem"].read_bytes()), timeout_s=10)
+            assert expiry() > certificate_not_after(old["server.pem"].read_bytes())
