@@ -28,6 +28,7 @@ from collections import deque
 MAX_BYTES = 64 * 2**20
 BACKUPS = 2
 MAX_MESSAGE = 300  # characters of an error's message kept in a line
+MAX_ID, MAX_IDS = 128, 64  # characters of a client's request id kept, ids of a batch kept: a client sets their size
 FLUSH_S = 0.2  # how often the writer thread writes what requests left
 MAX_PENDING = 100_000  # lines waiting for a stalled disk before new ones are dropped (and counted)
 
@@ -50,8 +51,10 @@ class AccessLog:
         self.writer.start()
 
     def record(self, surface: str, method: str, model: str, code: str, images: int, started: float, peer: str = "",
-               message: str | None = None, exits: list[int] | None = None, reasons: list[str] | None = None) -> None:
-        """One request's line; `started`: time.monotonic() when its handler began. On the event loop: no I/O."""
+               message: str | None = None, exits: list[int] | None = None, reasons: list[str] | None = None,
+               request_id: str | list[str] | None = None) -> None:
+        """One request's line; `started`: time.monotonic() when its handler began. On the event loop: no I/O.
+        `request_id`: what the client sent to find its request again (a ClassifyBatch: one per item)."""
         if code == "OK" and self.sample < 1.0 and self.rng.random() >= self.sample:
             return
         if len(self.pending) >= MAX_PENDING:
@@ -59,6 +62,8 @@ class AccessLog:
             return
         line = {"time": round(time.time(), 3), "surface": surface, "method": method, "model": model[:64], "peer": peer,
                 "code": code, "images": images, "ms": round(1000 * (time.monotonic() - started), 3)}
+        if request_id and any(request_id):
+            line["id"] = request_id[:MAX_ID] if isinstance(request_id, str) else [i[:MAX_ID] for i in request_id[:MAX_IDS]]
         if exits is not None:
             line["exits"], line["reasons"] = exits, reasons
         if message is not None:

@@ -34,7 +34,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     async def Classify(self, request, context):
         arrival, deadline = self._arrival(context)
-        return await self._guard(context, request.model, self._classify(request, arrival, deadline), method="Classify")
+        return await self._guard(context, request.model, self._classify(request, arrival, deadline), method="Classify",
+                                 request_id=request.request_id)
 
     async def ClassifyBatch(self, request, context):
         arrival, deadline = self._arrival(context)
@@ -52,7 +53,8 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             return pb.ClassifyBatchResponse(responses=[
                 self._encode(engine, r, a) for (engine, _, r), a in zip(prepared, answers)])
 
-        return await self._guard(context, model, run(), images=max(1, len(request.requests)), method="ClassifyBatch")
+        return await self._guard(context, model, run(), images=max(1, len(request.requests)), method="ClassifyBatch",
+                                 request_id=lambda: [r.request_id for r in request.requests])
 
     async def GetModelInfo(self, request, context):
         async def run():
@@ -127,8 +129,10 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
     # --- errors: the one place that maps domain errors to status codes ---------------------------------
 
-    async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1, method: str = ""):
-        return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1", method=method)
+    async def _guard(self, context, model: str, coro, count: bool = True, images: int = 1, method: str = "",
+                     request_id=None):
+        return await guard(self.app, context, model, coro, count, images, surface="auxnet.v1", method=method,
+                           request_id=request_id)
 
 
 def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[float],
@@ -151,7 +155,7 @@ def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[fl
 
 
 async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1",
-                method: str = "", answers: Callable[[], list[Answer]] | None = None):
+                method: str = "", answers: Callable[[], list[Answer]] | None = None, request_id=None):
     """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface),
     in the access log too if one is kept. `images`: how many to count, or a function saying so once the request
     is parsed (never a count that a malformed request declares: a shape of 2**62 images must not reach a counter).
@@ -166,7 +170,7 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
         if app.access_log is not None:
             exits = answer_exits(answers()) if answers is not None and code == "OK" else _exits(result)
             app.access_log.record(surface, method, model or app.default_model_name(), code, n, started, context.peer(),
-                                  message, *exits)
+                                  message, *exits, request_id=request_id() if callable(request_id) else request_id)
 
     try:
         result = await coro

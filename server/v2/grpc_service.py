@@ -114,7 +114,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 raw_output_contents=[to_raw(t) for t in out])
 
         return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed),
-                           method="ModelInfer", surface="v2-grpc", answers=lambda: answered)
+                           method="ModelInfer", surface="v2-grpc", answers=lambda: answered, request_id=request.id)
 
 
 def _inputs(request) -> list[Tensor]:

@@ -166,7 +166,7 @@ class OpenInferenceHTTP:
             self._outcome(request, name, e.code.name, 1, arrival, str(e))
             return error_response(429, str(e))
         self.active += 1
-        images = 1
+        images, request_id = 1, None
         try:
             engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
             if not engine.accepting or engine.stopped:
@@ -174,6 +174,7 @@ class OpenInferenceHTTP:
             body = await _read_body(request, self.body_timeout_s)
             doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers))
             images = v2.image_count(inputs)
+            request_id = str(doc["id"]) if doc.get("id") is not None else None
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
                 raise InvalidInput("'parameters' must be a JSON object")
@@ -183,7 +184,7 @@ class OpenInferenceHTTP:
                                      arrival + timeout_s if timeout_s is not None else None)
             response = encode_response(engine, doc.get("id"), v2.outputs(engine, answers, requested), binary_names)
         except ServingError as e:
-            self._outcome(request, name, e.code.name, images, arrival, str(e))
+            self._outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
         except web.HTTPException as e:
             self._outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
@@ -194,20 +195,20 @@ class OpenInferenceHTTP:
             return error_response(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        self._outcome(request, name, "OK", images, arrival, answers=answers)
+        self._outcome(request, name, "OK", images, arrival, answers=answers, request_id=request_id)
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response
 
 
     def _outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
-                 message: str | None = None, answers=None) -> None:
+                 message: str | None = None, answers=None, request_id: str | None = None) -> None:
         """Count one inference request's outcome, and log it if an access log is kept."""
         count(self.app, model, code, images, surface=SURFACE)
         if self.app.access_log is not None:
             exits = answer_exits(answers) if answers is not None else (None, None)
             self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message,
-                                       *exits)
+                                       *exits, request_id=request_id)
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body; aiohttp undoes gzip/deflate (tritonclient's request_compression_algorithm) as it reads and

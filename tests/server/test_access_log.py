@@ -24,8 +24,8 @@ def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
     encoded = [png(a) for a in images(2)]
     with running_server(tiny_repo, access_log=str(log)) as (app, target):
         with Client(target) as c:
-            one = c.classify(encoded[0], calibrated_policy=True)
-            two = c.classify_batch(encoded, max_exit=0)
+            one = c.classify(encoded[0], calibrated_policy=True, request_id="client-7")
+            two = c.classify_batch(encoded, max_exit=0, request_id="batch-1")
             with pytest.raises(grpc.RpcError) as bad:
                 c.classify(b"not an image")
             with pytest.raises(grpc.RpcError):
@@ -34,11 +34,12 @@ def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
         url = f"http://127.0.0.1:{app.http_port}/v2/models/tiny/infer"
         ok = http(url, "POST", {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                             "parameters": {"content_type": "base64"},
-                                            "data": [base64.b64encode(encoded[1]).decode()]}]})
+                                            "data": [base64.b64encode(encoded[1]).decode()]}], "id": "http-3"})
         refused = error_of(http(url, "POST", {"inputs": []}))
         import tritonclient.grpc as tgrpc
 
-        v2 = tgrpc.InferenceServerClient(target).infer("tiny", [bytes_input(tgrpc, encoded)], parameters={"max_exit": 0})
+        v2 = tgrpc.InferenceServerClient(target).infer("tiny", [bytes_input(tgrpc, encoded)], parameters={"max_exit": 0},
+                                                       request_id="grpc-9")
     assert ok[0] == 200 and refused[0] == 400
     got = lines(log)  # the server has stopped: the file is complete
     assert [(g["surface"], g["method"], g["code"], g["images"]) for g in got] == [
@@ -50,6 +51,8 @@ def test_every_surface_writes_a_line_with_its_outcome(tiny_repo, tmp_path):
     assert got[2]["message"] == bad.value.details() and "not a supported image format" in got[2]["message"]
     assert got[3]["model"] == "nope" and "is not loaded" in got[3]["message"]
     assert got[0]["model"] == "tiny"  # no name sent: the one model loaded answered
+    # The client's own request ids, to find a request again; none where none was sent.
+    assert [g.get("id") for g in got] == ["client-7", ["batch-1", "batch-1"], None, None, "http-3", None, "grpc-9"]
     assert got[5]["message"] == refused[1]
     assert all(g["peer"] and g["ms"] >= 0 and g["time"] > 1.7e9 for g in got)
     assert got[6]["exits"] == v2.as_numpy("exit_index").tolist() == [0, 0] and got[6]["reasons"] == ["max_exit"] * 2
