@@ -58,7 +58,7 @@ class OpenInferenceHTTP:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def build(self) -> web.Application:
-        a = web.Application(client_max_size=self.app.cfg.max_message_bytes, middlewares=[self._connection_age, self._guard])
+        a = web.Application(client_max_size=self.app.cfg.max_message_bytes, middlewares=self._middlewares())
         versioned = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
         a.router.add_get("/v2/health/live", self.live)
         a.router.add_get("/v2/health/ready", self.ready)
@@ -85,6 +85,10 @@ class OpenInferenceHTTP:
     def _ssl_context(self) -> ssl.SSLContext | None:
         """The app's TLS files as a context that follows their rotation (server/credentials.py)."""
         return None if self.app.tls is None else self.app.tls.ssl_context()
+
+    def _middlewares(self) -> list:
+        """The connection-age check only where it is on: a middleware is one more call on every request."""
+        return ([self._connection_age] if self.app.cfg.max_connection_age_s > 0 else []) + [self._guard]
 
     # --- every request: connection age, token, JSON errors ----------------------------------------------
 
