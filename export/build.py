@@ -21,7 +21,7 @@ from export.segments import PARITY_ATOL, export_segment, segment_parity
 from server.policy import POLICY_SCORES
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
 from training.checkpoint import load_checkpoint
-from training.config import ModelConfig
+from training.checkpoint import model_from_checkpoint as checkpoint_model
 from training.data import load_splits
 from training.data.batches import iterate
 from training.engine import collect_logits
@@ -35,16 +35,9 @@ class ExportError(RuntimeError):
 
 def model_from_checkpoint(ckpt: dict, path: str) -> AuxNet:
     try:
-        cfg = ModelConfig.from_dict(dict(ckpt["config"]))
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"checkpoint {path}: its model config is incompatible with this version ({e})") from e
-    model = AuxNet(cfg)
-    try:  # the averaged weights when the run kept them (--ema-decay): those were evaluated, those are served
-        model.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0:3]
-        raise ExportError(f"checkpoint {path}: weights do not fit the config {cfg.name()} ({' '.join(first)})") from e
-    return model.eval()
+        return checkpoint_model(ckpt, path)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
 
 
 def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[list[np.ndarray], np.ndarray, object]:
@@ -219,6 +212,12 @@ def _build_trt(stage: Path, exits: list[dict], max_batch: int, fp16: bool, log) 
     cache.unlink(missing_ok=True)
 
 
+def _weights_label(ckpt: dict) -> str:
+    """Which weights the training run left: the averaged ones (--ema-decay), also under retrained heads."""
+    ema = ckpt.get("model_ema") or (ckpt.get("heads") or {}).get("trunk_weights") == "exponential moving average"
+    return "exponential moving average" if ema else "last step"
+
+
 def _manifest(name, cfg, ckpt, splits, exits, policy, n_val) -> dict:
     import onnx
     import onnxruntime
@@ -238,8 +237,10 @@ def _manifest(name, cfg, ckpt, splits, exits, policy, n_val) -> dict:
         "training": {"method": args.get("method"), "dataset": dataset, "epochs": ckpt["epoch"],
                      "seed": args.get("seed"), "batch_size": args.get("batch_size"), "lr": args.get("lr"),
                      "recipe": {k: args.get(k, default) for k, default in RECIPE_DEFAULTS.items()},
-                     "weights": "exponential moving average" if ckpt.get("model_ema") else "last step",
-                     "precision": ckpt.get("precision"), "final_metrics": ckpt.get("metrics", {})},
+                     "weights": _weights_label(ckpt),
+                     "precision": ckpt.get("precision"), "final_metrics": ckpt.get("metrics", {}),
+                     # python -m training.heads retrained the auxiliary heads afterwards: how, from what
+                     **({"auxiliary_heads_retrained": ckpt["heads"]} if ckpt.get("heads") else {})},
         "calibration": {"split": "validation (held out of the training set)", "images": n_val,
                         "temperature": "per exit, NLL-fitted"},
         "exits": exits,

@@ -49,6 +49,8 @@ def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=prin
         m = json.loads((Path(model_dir) / "manifest.json").read_text())
     p, training = m["policy"], m.get("training", {})
     recipe = " ".join(f"{k}={v}" for k, v in training.get("recipe", {}).items() if v != RECIPE_DEFAULTS.get(k))
+    if heads := training.get("auxiliary_heads_retrained"):
+        recipe = f"{recipe} heads retrained (pool {heads['pool']}, {heads['views']} views x {heads['epochs']} epochs)".strip()
     c = Candidate(checkpoint, m["architecture"], str(training.get("method", "")), float(p["val_accuracy"]),
                   float(p["final_exit_val_accuracy"]), float(p["mean_mflops"]), float(m["exits"][-1]["mflops"]),
                   bool(p.get("promise_kept_in_cross_validation", True)), tuple(float(e["val_top1"]) for e in m["exits"]),

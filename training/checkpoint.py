@@ -45,6 +45,25 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def model_from_checkpoint(ckpt: dict, path: str | Path):
+    """The network a checkpoint holds, in eval mode: its averaged weights when the run kept them (--ema-decay;
+    those were evaluated, those are exported). ValueError, naming the checkpoint, when it does not fit."""
+    from training.config import ModelConfig
+    from training.model import AuxNet
+
+    try:
+        cfg = ModelConfig.from_dict(dict(ckpt["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: its model config is incompatible with this version ({e})") from e
+    model = AuxNet(cfg)
+    try:
+        model.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise ValueError(f"checkpoint {path}: weights do not fit the config {cfg.name()} ({' '.join(first)})") from e
+    return model.eval()
+
+
 def _load_error(e: Exception) -> str:
     """torch.load's error in a line. Its weights-only refusal is a paragraph advising weights_only=False, the
     very thing not to do with a file of unknown origin; what matters is the unpickler's own reason at its end."""

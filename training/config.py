@@ -26,6 +26,10 @@ class ModelConfig:
     # Stage-transition shortcut fed BN-ReLU(x) as in He et al.'s pre-activation code, instead of raw x
     # (issue 10: measure which trains better; raw x is what the committed models use).
     preact_shortcut: bool = False
+    # Auxiliary heads average-pool to a P x P grid before their fc (1: global pooling, the paper's). A shallow exit
+    # sees few channels, and global pooling throws away where things are; Kaya et al.'s internal classifiers
+    # (ICML 2019, "Shallow-Deep Networks") keep a small grid for that reason. Set by `python -m training.heads`.
+    aux_head_pool: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exits", tuple(sorted(int(e) for e in self.exits)))
@@ -57,7 +61,8 @@ class ModelConfig:
         name = f"{stem}-{self.depth}" + (f"-{len(self.exits)}" if len(self.exits) > 1 else "")
         # A network with He et al.'s stage-transition shortcuts is another architecture (same parameters, other
         # function): say so wherever it is named (manifests, `export choose` tables, logs).
-        return name + (f"/{self.width}" if self.width != 1 else "") + ("-preact" if self.preact_shortcut else "")
+        return (name + (f"/{self.width}" if self.width != 1 else "") + ("-preact" if self.preact_shortcut else "")
+                + (f"-pool{self.aux_head_pool}" if self.aux_head_pool != 1 else ""))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +88,8 @@ def validate_exits(cfg: ModelConfig) -> None:
         raise ValueError(f"family {cfg.family!r} unknown; valid: 'cifar', 'imagenet'")
     if cfg.width < 1:
         raise ValueError(f"width factor {cfg.width} must be a positive integer")
+    if cfg.aux_head_pool < 1:
+        raise ValueError(f"auxiliary head pool grid {cfg.aux_head_pool} must be at least 1 (1 = global average pooling)")
     if cfg.num_classes < 2:
         raise ValueError(f"num_classes {cfg.num_classes} must be at least 2")
     valid = cfg.valid_exit_layers()

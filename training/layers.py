@@ -75,16 +75,26 @@ def _shortcut(in_ch: int, out_ch: int, stride: int, option_a: bool) -> nn.Module
 
 
 class ExitHead(nn.Module):
-    """BN -> ReLU -> global average pool -> fc. The BN is needed because the residual stream of a
-    pre-activation net is never normalised (DESIGN.md)."""
+    """BN -> ReLU -> average pool -> fc. The BN is needed because the residual stream of a pre-activation net
+    is never normalised (DESIGN.md). `pool` = 1 pools globally (the paper); P > 1 averages the P x P cells of a
+    `side` x `side` feature map and the fc reads all C * P * P of them (ModelConfig.aux_head_pool)."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, pool: int = 1, side: int | None = None):
         super().__init__()
+        if pool > 1 and (side is None or side % pool):
+            raise ValueError(f"a {pool} x {pool} pool grid needs a feature-map side divisible by it, got {side}")
+        self.pool = pool
+        # A fixed kernel, not adaptive pooling: the ONNX exporter cannot export adaptive pooling of a traced size.
+        self.cell = side // pool if pool > 1 else None
         self.bn = nn.BatchNorm2d(channels)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(channels * pool * pool, num_classes)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C * P * P), the fc's input
+        a = F.relu(self.bn(x))
+        return a.mean(dim=(2, 3)) if self.pool == 1 else F.avg_pool2d(a, self.cell).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
-        return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
+        return self.fc(self.pooled(x))
 
 
 class _ScaleGrad(torch.autograd.Function):

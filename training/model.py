@@ -7,6 +7,8 @@ module, which is what export turns into one engine per exit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -25,9 +27,18 @@ class AuxNet(nn.Module):
         else:
             self.stem, blocks, channels = _imagenet_trunk(cfg)
         self.blocks = nn.ModuleList(blocks)
-        # channels[b] = channels of the residual stream after b blocks (b = 0 is the stem's output).
-        self.heads = nn.ModuleList(ExitHead(channels[b], cfg.num_classes) for b in self.exit_blocks)
+        # channels[b] and spatial[b]: channels and side of the residual stream after b blocks (b = 0: the stem's output).
         self.channels = channels
+        self.spatial = _spatial_sizes(cfg.image_size, self.stem, blocks)
+        last = len(self.exit_blocks) - 1
+        aux_sides = [self.spatial[b] for b in self.exit_blocks[:-1]]
+        for layer, side in zip(self.exits, aux_sides):
+            if side % cfg.aux_head_pool:
+                common = math.gcd(*aux_sides)
+                raise ValueError(f"auxiliary head pool grid {cfg.aux_head_pool} does not divide the {side}x{side} feature "
+                                 f"map at exit layer {layer}; valid grids: {[p for p in range(1, common + 1) if common % p == 0]}")
+        self.heads = nn.ModuleList(ExitHead(channels[b], cfg.num_classes, 1 if k == last else cfg.aux_head_pool, self.spatial[b])
+                                   for k, b in enumerate(self.exit_blocks))
         _he_init(self)
 
     @property
@@ -148,6 +159,21 @@ def _imagenet_trunk(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], list[
                 in_ch = mid
             channels.append(in_ch)
     return stem, blocks, channels
+
+
+def _spatial_sizes(image_size: int, stem: nn.Module, blocks: list[nn.Module]) -> list[int]:
+    """Side of the square feature map after b blocks (b = 0: the stem's output), from the strides alone."""
+    side = image_size
+    for m in stem.modules() if isinstance(stem, nn.Sequential) else [stem]:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+            side = (side + 2 * p - k) // s + 1
+    sides = [side]
+    for block in blocks:  # 3x3 convs padded by 1 and 1x1 convs unpadded: a stride s gives (side - 1) // s + 1
+        stride = max(m.stride[0] for m in block.modules() if isinstance(m, nn.Conv2d))
+        side = (side - 1) // stride + 1
+        sides.append(side)
+    return sides
 
 
 def _he_init(model: nn.Module) -> None:

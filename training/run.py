@@ -74,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
     arch.add_argument("--preact-shortcut", action="store_true",
                       help="stage-transition shortcuts take BN-ReLU(x) (He et al.'s code) instead of raw x")
+    arch.add_argument("--aux-head-pool", type=_at_least(1), default=1,
+                      help="auxiliary heads average-pool to a P x P grid (1: global, the paper's; see python -m training.heads)")
     arch.add_argument("--image-size", type=_at_least(1), default=None,
                       help="training crop of large-image folders (default 224 for the ImageNet family); small "
                            "images train at their own size")
@@ -145,12 +147,12 @@ def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
         # The data decides what the net sees, so training, export and serving agree (issue 10: an ImageNet
         # preset used to declare 224 px while its images were cropped to 32).
         return ModelConfig(**{**cfg.to_dict(), "image_size": image_size, "shortcut_scale": args.shortcut_scale,
-                              "preact_shortcut": args.preact_shortcut})
+                              "preact_shortcut": args.preact_shortcut, "aux_head_pool": args.aux_head_pool})
     if not args.depth:
         raise ValueError("give --preset NAME or --depth D [--exits L1,...,D]")
     exits = tuple(int(e) for e in args.exits.split(",")) if args.exits else (args.depth,)
     return ModelConfig(args.family, args.depth, exits, args.width, num_classes, args.shortcut_scale, image_size,
-                       args.preact_shortcut)
+                       args.preact_shortcut, args.aux_head_pool)
 
 
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -196,6 +198,9 @@ def main(args) -> dict:
                          val_indices=ckpt["data"]["val_indices"] if ckpt else None, image_size=intended_image_size(args),
                          decode_cache=args.decode_cache)
     cfg = model_config(args, len(splits.classes), splits.image_size)
+    if ckpt is not None and (before := ModelConfig.from_dict(dict(ckpt["config"]))) != cfg:
+        changed = ", ".join(f"{k} was {v!r}, now {getattr(cfg, k)!r}" for k, v in before.to_dict().items() if getattr(cfg, k) != v)
+        raise ValueError(f"--resume: the network differs from the checkpoint's ({changed}); pass the same architecture options")
     device = pick_device(args.device)
     dist_info = init_from_env(device.type)
     if dist_info.enabled and device.type == "cuda":
