@@ -80,7 +80,7 @@ def pooled_model(source: AuxNet, pool: int) -> AuxNet:
     cells' means is the global mean), so the new network computes what the old one did."""
     if source.num_outputs < 2:
         raise ValueError(f"{source.cfg.name()} has no auxiliary outputs: nothing to retrain")
-    model = AuxNet(dataclasses.replace(source.cfg, aux_head_pool=pool))  # ValueError when P divides no exit's map
+    model = AuxNet(dataclasses.replace(source.cfg, aux_head_pool=pool))  # ValueError when P does not divide an exit's map
     state = source.state_dict()
     for k, head in enumerate(source.heads[:-1]):
         w = head.fc.weight.detach()
