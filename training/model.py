@@ -164,7 +164,7 @@ def _imagenet_trunk(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], list[
 def _spatial_sizes(image_size: int, stem: nn.Module, blocks: list[nn.Module]) -> list[int]:
     """Side of the square feature map after b blocks (b = 0: the stem's output), from the strides alone."""
     side = image_size
-    for m in stem.modules() if isinstance(stem, nn.Sequential) else [stem]:
+    for m in stem.modules():  # a lone Conv2d (CIFAR) yields itself; a Sequential (ImageNet) its layers
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
             side = (side + 2 * p - k) // s + 1
