@@ -3,9 +3,14 @@
 
     python -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_30ep
     python -m bench.paper_tables --runs /tmp/paper_runs          # bench/gpu/paper_runs.sh's layout
+    python -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep \
+        --heads a_multiway=bench/results/heads_2026-12-01/heads_a_multiway_pool4.json ...
 
 A run is NAME.cmd (the training command) with NAME.metrics.jsonl or NAME/metrics.jsonl beside it; its last
 row gives the errors. The paper trained 400 epochs on the original binary CIFAR; ours say what they had.
+`--heads RUN=FILE` adds run RUN with its auxiliary heads retrained by `python -m training.heads` (FILE: the
+heads.json it wrote, with the test errors) as one more Table 6 column; Tables 1 and 2 are unchanged by it,
+since the final output and the trunk stay bit-identical.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Run:
     seed: int
     data: str
     last: dict  # the last metrics row
+    heads: str = ""  # the auxiliary heads' retraining (training.heads), "" for the run's own heads
 
     @property
     def label(self) -> str:
@@ -87,6 +93,26 @@ def load_run(cmd_file: Path) -> Run | None:
     data = Path(opts.get("--data-dir", opts.get("--dataset", "?"))).name or "?"
     return Run(name, network, method, exits, recipe, int(opts.get("--epochs", 1)), int(opts.get("--seed", 0)), data,
                rows[-1])
+
+
+def with_heads(runs: list[Run], spec: str) -> Run:
+    """`RUN=FILE`: run RUN's row with its auxiliary outputs' test errors from training.heads' heads.json."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--heads {spec!r}: expected RUN=FILE, e.g. a_multiway=runs/a_multiway_pool4/heads.json")
+    run = next((r for r in runs if r.name == name), None)
+    if run is None:
+        raise ValueError(f"--heads {spec!r}: no run named {name!r} (runs: {', '.join(r.name for r in runs) or 'none'})")
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict) or any(k not in record for k in ("pool", "epochs", "views")):
+        raise ValueError(f"--heads {spec!r}: {path} is not a heads.json of training.heads (pool, epochs, views)")
+    errs = record.get("test_top1_err")
+    if not isinstance(errs, list) or len(errs) != len(run.exits):
+        raise ValueError(f"--heads {spec!r}: {path} has no test_top1_err for {len(run.exits)} outputs "
+                         "(heads.json from training.heads of 2026-12-01 or later; the earlier ones print them in their log)")
+    heads = f"{record['pool']}x{record['pool']} heads, {record['epochs']} ep on {record['views']} views"
+    return Run(run.name, run.network, run.method, run.exits, run.recipe, run.planned_epochs, run.seed, run.data,
+               {**run.last, "test_top1_err": errs}, heads)
 
 
 def _fmt(v) -> str:
@@ -124,7 +150,8 @@ def table6(runs: list[Run]) -> list[str]:
     cols = [r for r in runs if r.exits == TABLE6_LAYERS]
     if not cols:
         return ["(no run with outputs at layers 15, 25, 35, 45, 56)"]
-    heads = [f"ours ({chr(97 + i)}): {'ResNet (probes)' if r.method == 'none' else r.method}" for i, r in enumerate(cols)]
+    heads = [f"ours ({chr(97 + i)}): {'ResNet (probes)' if r.method == 'none' else r.method}{' + grid heads' if r.heads else ''}"
+             for i, r in enumerate(cols)]
     out = ["| output | " + " | ".join(heads) + " | paper: AuxNet | paper: ResNet |",
            "|---|" + "---:|" * (len(cols) + 2)]
     for k in reversed(range(len(TABLE6_LAYERS))):
@@ -133,7 +160,7 @@ def table6(runs: list[Run]) -> list[str]:
                    f"{_fmt(PAPER_TABLE6['ResNet'][k])} |")
     out.append("")
     out += [f"({chr(97 + i)}) {r.name}: {r.network} {r.method}{' ' + r.recipe if r.recipe else ''}, {r.label}"
-            for i, r in enumerate(cols)]
+            f"{'; auxiliary heads retrained (training.heads): ' + r.heads if r.heads else ''}" for i, r in enumerate(cols)]
     return out
 
 
@@ -141,14 +168,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="folders holding NAME.cmd files and their metrics")
     p.add_argument("--cifar100", action="store_true", help="Table 2's CIFAR-100 column")
+    p.add_argument("--heads", nargs="*", default=[], metavar="RUN=FILE",
+                   help="run RUN with its auxiliary heads retrained (training.heads' heads.json): one more Table 6 column")
     args = p.parse_args()
     runs = [r for d in args.runs for f in sorted(Path(d).glob("*.cmd")) if (r := load_run(f)) is not None]
     if not runs:
         raise SystemExit(f"no runs (NAME.cmd with NAME.metrics.jsonl or NAME/metrics.jsonl) in {', '.join(args.runs)}")
+    try:
+        retrained = [with_heads(runs, spec) for spec in args.heads]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     for title, rows in (("Table 1 layout: training method -> final-output test error", table1(runs)),
                         ("Table 2 layout: network -> final-output test error (the paper's method and recipe)",
                          table2(runs, args.cifar100)),
-                        ("Table 6 layout: test error (%) per output", table6(runs))):
+                        ("Table 6 layout: test error (%) per output", table6(runs + retrained))):
         print(f"### {title}\n")
         print("\n".join(rows) + "\n")
 

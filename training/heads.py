@@ -194,7 +194,7 @@ def main(args, log=print) -> dict:
               "distill_temperature": loss_cfg.distill_temperature, "seed": args.seed, "precision": precision,
               "trunk_weights": "exponential moving average" if ckpt.get("model_ema") else "last step",
               "val_top1_err_before": val_before["top1_err"], "val_top1_err": val_after["top1_err"],
-              "seconds": round(time.time() - start, 1)}
+              "test_top1_err": test_after["top1_err"], "seconds": round(time.time() - start, 1)}
     metrics = {**ckpt.get("metrics", {}), "val_top1_err": val_after["top1_err"], "val_top5_err": val_after["top5_err"],
                "test_top1_err": test_after["top1_err"], "test_top5_err": test_after["top5_err"]}
     new = {k: v for k, v in ckpt.items() if k != "model_ema"}

@@ -1,8 +1,11 @@
 """bench/paper_tables.py: our runs beside the paper's printed figures, in both run-folder layouts."""
 
 import json
+import re
 
-from bench.paper_tables import load_run, table1, table2, table6
+import pytest
+
+from bench.paper_tables import load_run, table1, table2, table6, with_heads
 
 ERRS = {"multiway": [48.0, 23.0, 18.0, 14.0, 13.5], "none": [55.0, 43.0, 35.0, 16.5, 14.0],
         "distill": [40.0, 17.0, 9.0, 6.0, 5.9]}
@@ -49,3 +52,37 @@ def test_table6_lists_every_run_per_output_with_the_papers_columns(tmp_path):
     out25 = next(row for row in t6 if row.startswith("| output-25 |"))
     assert out25 == "| output-25 | 23.00 | 17.00 | 43.00 | 18.94 | 45.07 |"
     assert next(row for row in t6 if row.startswith("| output-56 |")).endswith("| 5.53 | 6.56 |")
+
+
+def write_heads(path, errs, **fields):
+    record = {"source": "runs/x/a_multiway", "pool": 4, "views": 8, "epochs": 4, "test_top1_err": errs, **fields}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_retrained_heads_add_a_table6_column_and_leave_tables_1_and_2(tmp_path):
+    found = runs(tmp_path)
+    heads = write_heads(tmp_path / "heads.json", [30.0, 19.0, 15.0, 13.9, 13.5])
+    grid = with_heads(found, f"a_multiway={heads}")
+    assert grid.last["test_top1_err"] == [30.0, 19.0, 15.0, 13.9, 13.5] and grid.heads == "4x4 heads, 4 ep on 8 views"
+    assert found[0].last["test_top1_err"] == ERRS["multiway"]  # the run's own row is untouched
+    t6 = table6([*found, grid])
+    assert t6[0].count("ours (") == 4 and "ours (d): multiway + grid heads" in t6[0]
+    assert next(row for row in t6 if row.startswith("| output-15 |")) == "| output-15 | 48.00 | 40.00 | 55.00 | 30.00 | 50.35 | 63.01 |"
+    assert t6[-1].startswith("(d) a_multiway: AuxNet-56-5 multiway") and t6[-1].endswith(
+        "auxiliary heads retrained (training.heads): 4x4 heads, 4 ep on 8 views")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("a_multiway", "expected RUN=FILE"),
+    ("nobody={heads}", "no run named 'nobody' (runs: a_multiway, c_distill, none)"),
+    ("a_multiway={short}", "has no test_top1_err for 5 outputs"),
+    ("a_multiway={other}", "is not a heads.json of training.heads"),
+])
+def test_retrained_heads_refusals_name_what_is_wrong(tmp_path, spec, message):
+    found = runs(tmp_path)
+    files = {"heads": write_heads(tmp_path / "h.json", [1.0] * 5), "short": write_heads(tmp_path / "s.json", [1.0] * 4),
+             "other": tmp_path / "o.json"}
+    files["other"].write_text(json.dumps({"test_top1_err": [1.0] * 5}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        with_heads(found, spec.format(**files))

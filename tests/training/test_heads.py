@@ -122,6 +122,7 @@ def test_heads_end_to_end_keeps_the_trunk_and_exports(tiny_run, tmp_path):
     assert not torch.allclose(new["model"]["heads.0.fc.weight"], spread)  # it trained
     assert record["val_top1_err_before"][-1] == record["val_top1_err"][-1]  # the final output did not move
     assert new["metrics"]["val_top1_err"] == record["val_top1_err"] and len(new["metrics"]["test_top1_err"]) == 2
+    assert record["test_top1_err"] == new["metrics"]["test_top1_err"]  # bench.paper_tables' grid-head rows read it
     # the same seed gives the same heads
     main(_heads_args(tiny_run, tmp_path / "again"), log=lambda *a: None)
     assert torch.equal(load_checkpoint(tmp_path / "again")["model"]["heads.0.fc.weight"], new["model"]["heads.0.fc.weight"])

@@ -1,0 +1,1 @@
+python -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep --heads a_multiway=bench/results/heads_2026-12-01/heads_a_multiway_pool4.json b_resnet56=bench/results/heads_2026-12-01/heads_b_resnet56_pool4.json c_multiway_distill=bench/results/heads_2026-12-01/heads_c_pool4.json
