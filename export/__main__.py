@@ -38,6 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--max-drop-pp", type=float, default=0.5,
                        help="accuracy the early-exit policy may lose against the final exit, in percentage points, "
                             "out of sample (default 0.5)")
+        _promise_confidence(s)
     ch = sub.add_parser("choose", help="export the best of several checkpoints, judged on validation (export/choose.py)")
     ch.add_argument("--checkpoint", action="append", required=True, help="a candidate run directory (repeat)")
     ch.add_argument("--out", help="model repository directory")
@@ -45,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ch.add_argument("--dry-run", action="store_true", help="rank the candidates and say why; publish nothing")
     ch.add_argument("--data-dir", help="where the checkpoints' data set lies now (for calibration)")
     ch.add_argument("--max-drop-pp", type=float, default=0.5, help="the policy's promise (default 0.5)")
+    _promise_confidence(ch)
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
     c.add_argument("--checkpoint", help="also check parity with this checkpoint")
@@ -57,6 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the figures to this file")
     ev.add_argument("--strict", action="store_true", help="exit 1 when the policy loses more than it promised")
     return p
+
+
+def _promise_confidence(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--promise-confidence", type=float, metavar="LEVEL",
+                        help="promise the drop with this confidence (e.g. 0.9: the cross-validated drop plus 1.28 "
+                             "standard errors within --max-drop-pp) instead of on average; costs compute "
+                             "(bench/RESULTS.md §23)")
 
 
 def _positive(text: str) -> int:
@@ -87,14 +96,15 @@ def main(argv=None) -> int:
         if args.command == "choose":
             from export.choose import choose
 
-            choose(args.checkpoint, args.out, args.name, args.data_dir, args.max_drop_pp, dry_run=args.dry_run)
+            choose(args.checkpoint, args.out, args.name, args.data_dir, args.max_drop_pp, dry_run=args.dry_run,
+                   promise_confidence=args.promise_confidence)
             return 0
         from export.build import export_model
 
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
                      args.fp16, args.max_batch, measure=not args.no_measure,
                      max_drop_pp=args.max_drop_pp, int8=args.int8, int8_max_drop_pp=args.int8_max_drop_pp,
-                     policy_score=args.policy_score)
+                     policy_score=args.policy_score, promise_confidence=args.promise_confidence)
         return 0
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,16 @@ from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
 from export.plot import plot_tradeoff
-from export.policy import ExitScores, agreement_table, choose_policy, conditional_table, drop_curve, served_rule, served_score
+from export.policy import (
+    ExitScores,
+    agreement_table,
+    choose_policy,
+    conditional_table,
+    drop_curve,
+    served_rule,
+    served_score,
+    z_score,
+)
 from export.segments import PARITY_ATOL, export_segment, segment_parity
 from server.policy import POLICY_SCORES
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
@@ -59,10 +68,12 @@ def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[
 def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: str | None = None,
                  only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
                  measure: bool = True, max_drop_pp: float = 0.5, log=print, int8: bool = False,
-                 int8_max_drop_pp: float = quantize.MAX_DROP_PP, policy_score: str = "auto") -> Path:
+                 int8_max_drop_pp: float = quantize.MAX_DROP_PP, policy_score: str = "auto",
+                 promise_confidence: float | None = None) -> Path:
     """Build the whole repository entry in a staging folder and publish it atomically. With `int8`, the
     segments are quantized (export/quantize.py) and everything calibrated is fitted on the quantized chain.
-    `policy_score`: "auto" serves the cheaper of POLICY_SCORES on validation, or force one of them."""
+    `policy_score`: "auto" serves the cheaper of POLICY_SCORES on validation, or force one of them.
+    `promise_confidence`: the level at which the policy's drop is promised (None: on average)."""
     if policy_score != "auto" and policy_score not in POLICY_SCORES:
         raise ValueError(f"policy score {policy_score!r} unknown; valid: auto, {', '.join(POLICY_SCORES)}")
     if trt and int8:
@@ -83,6 +94,8 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         raise ExportError(f"exit {only_exit} does not exist; this model has exits 0..{model.num_outputs - 1}")
     if not 0 <= max_drop_pp <= 100:
         raise ExportError(f"--max-drop-pp {max_drop_pp} must be a percentage-point drop in [0, 100]")
+    if promise_confidence is not None and not 0.5 <= promise_confidence < 1:
+        raise ExportError(f"--promise-confidence {promise_confidence} must be a level in [0.5, 1), e.g. 0.9")
     if int8 and not 0 <= int8_max_drop_pp <= 100:
         raise ExportError(f"--int8-max-drop-pp {int8_max_drop_pp} must be a percentage-point drop in [0, 100]")
     log(f"calibrating {cfg.name()} on the validation split ...")
@@ -117,7 +130,7 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         temps = [fit_temperature(z, labels) for z in logits]
         probs = [softmax(z / t) for z, t in zip(logits, temps)]
         policy = make_policy(probs, labels, [c["mflops"] for c in costs[:kept]], max_drop_pp / 100,
-                             tuple(POLICY_SCORES) if policy_score == "auto" else (policy_score,))
+                             tuple(POLICY_SCORES) if policy_score == "auto" else (policy_score,), promise_confidence)
         scores = ExitScores.from_probs(probs, labels, policy["score"])  # what the served thresholds are compared with
         exits = []
         for k, (path, io) in enumerate(zip(paths, ios)):
@@ -146,7 +159,8 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                       + (", int8)" if int8 else ")"), stage / "tradeoff.png")
         load_manifest(stage)  # the server's own validation, before anything is published
     log(f"wrote {repo_path / name} ({len(exits)} exits{', int8' if int8 else ''}; parity max |diff| {worst:.1e}; "
-        f"policy thresholds {policy['thresholds'][:-1]} -> held-out drop {100 * policy['held_out']['drop']:.2f} pp, "
+        f"policy thresholds {policy['thresholds'][:-1]} -> held-out drop {100 * policy['held_out']['drop']:.2f} "
+        f"+- {100 * policy['held_out']['drop_se']:.2f} pp, "
         f"{policy['held_out']['mean_mflops']:.1f} MFLOPs/image vs {costs[kept - 1]['mflops']:.1f})")
     return repo_path / name
 
@@ -166,13 +180,13 @@ def _export_segments(model: AuxNet, stage: Path) -> tuple[list[Path], list[dict]
 
 
 def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float], max_drop: float,
-                scores: tuple[str, ...] = tuple(POLICY_SCORES)) -> dict:
+                scores: tuple[str, ...] = tuple(POLICY_SCORES), confidence: float | None = None) -> dict:
     """The manifest's policy: the served score's served rule (export/policy.py: per-exit thresholds or one shared
     threshold, on the top-1 probability or the top-1 minus top-2 margin, whichever is cheapest on validation
     with its promise kept) at the top level, where the server reads it; that score's two rules beside it, every
     score's served figures under `scores`, and the curves the trade-off plot draws. `scores`: the candidates
-    (export --policy-score may force one)."""
-    by_score = {score: choose_policy(probs, labels, mflops, max_drop, score=score) for score in scores}
+    (export --policy-score may force one). `confidence`: the promise's level (export/policy.py), None = on average."""
+    by_score = {score: choose_policy(probs, labels, mflops, max_drop, score=score, confidence=confidence) for score in scores}
     score = served_score(by_score)
     chosen = by_score[score]
     served = served_rule(chosen)
@@ -180,11 +194,13 @@ def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float]
     return {
         "rule": (f"confidence thresholds of least mean MFLOPs whose accuracy drop against the final exit is "
                  f"<= {100 * max_drop:g} pp out of sample: the smallest safety margin whose mean held-out drop in "
-                 "repeated 2-fold cross-validation on the validation split (5 random splits) keeps the promise, then "
+                 "repeated 2-fold cross-validation on the validation split (5 random splits) keeps the promise"
+                 + ("" if confidence is None else f" with {confidence:g} confidence (the held-out drop plus "
+                    f"{z_score(confidence):.2f} standard errors within it)") + ", then "
                  "thresholds chosen on the whole split at (drop - margin); per exit, or one shared threshold where "
                  "that kept the promise at less cost; compared with the calibrated top-1 probability, or with the "
                  "top-1 minus top-2 probability where that kept the promise at less cost"),
-        "score": score, "served_rule": served, "max_drop": max_drop, **chosen[served],
+        "score": score, "served_rule": served, "max_drop": max_drop, "promise_confidence": confidence, **chosen[served],
         "final_exit_val_accuracy": round(final_acc, 5),
         "per_exit": chosen["per_exit"], "shared": chosen["shared"],
         "scores": {s: {"served_rule": served_rule(c), **{k: v for k, v in c[served_rule(c)].items() if k != "folds"}}

@@ -39,13 +39,14 @@ class Candidate:
     policy_score: str = "top1"  # what its thresholds are compared with (server/policy.py)
 
 
-def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=print) -> Candidate:
+def evaluate(checkpoint: str, data_dir: str | None, max_drop_pp: float, log=print,
+             promise_confidence: float | None = None) -> Candidate:
     """Export and calibrate one candidate in a scratch repository; read what the manifest says."""
     from export.build import export_model
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = export_model(checkpoint, scratch, "candidate", data_dir, measure=False, max_drop_pp=max_drop_pp,
-                                 log=lambda *a: None)
+                                 log=lambda *a: None, promise_confidence=promise_confidence)
         m = json.loads((Path(model_dir) / "manifest.json").read_text())
     p, training = m["policy"], m.get("training", {})
     recipe = " ".join(f"{k}={v}" for k, v in training.get("recipe", {}).items() if v != RECIPE_DEFAULTS.get(k))
@@ -102,7 +103,7 @@ def table(candidates: list[Candidate], max_drop_pp: float) -> list[str]:
 
 
 def choose(checkpoints: list[str], repo: str | None, name: str | None, data_dir: str | None = None,
-           max_drop_pp: float = 0.5, log=print, dry_run: bool = False) -> Candidate:
+           max_drop_pp: float = 0.5, log=print, dry_run: bool = False, promise_confidence: float | None = None) -> Candidate:
     from export.build import export_model
     from export.check import check_model
 
@@ -110,15 +111,17 @@ def choose(checkpoints: list[str], repo: str | None, name: str | None, data_dir:
         raise ValueError(f"choose needs at least two different candidates; got {checkpoints}")
     if not dry_run and not (repo and name):
         raise ValueError("choose publishes the winner: give --out and --name (or --dry-run to only rank)")
-    log(f"candidates, calibrated on their validation splits (policy promise: <= {max_drop_pp} pp):")
-    candidates = [evaluate(c, data_dir, max_drop_pp, log) for c in checkpoints]
+    level = "on average" if promise_confidence is None else f"with {promise_confidence:g} confidence"
+    log(f"candidates, calibrated on their validation splits (policy promise: <= {max_drop_pp} pp, {level}):")
+    candidates = [evaluate(c, data_dir, max_drop_pp, log, promise_confidence) for c in checkpoints]
     ranked = rank(candidates, max_drop_pp)
     winner = ranked[0]
     log(f"chosen: {winner.checkpoint} ({len(ranked)} of {len(candidates)} eligible)")
     if dry_run:
         log("\n".join(["", *table(candidates, max_drop_pp), "", "--dry-run: nothing published"]))
         return winner
-    model_dir = export_model(winner.checkpoint, repo, name, data_dir, max_drop_pp=max_drop_pp, log=log)
+    model_dir = export_model(winner.checkpoint, repo, name, data_dir, max_drop_pp=max_drop_pp, log=log,
+                             promise_confidence=promise_confidence)
     problems = check_model(str(model_dir), winner.checkpoint, log=log)
     if problems:
         raise RuntimeError(f"the exported {model_dir} failed its check: {problems}")

@@ -11,9 +11,10 @@ import torch
 from export import quantize
 from export.__main__ import main as export_main
 from export.calibration import softmax
-from export.evaluate import evaluate_model
+from export.evaluate import evaluate_model, verdict
 from export.policy import ExitScores, evaluate
 from server.decode import ImageLimits, decode_encoded, to_model_input
+from server.policy import policy_confidence
 from server.repository import load_manifest
 from tests.server.helpers import images, png
 
@@ -48,6 +49,12 @@ def test_figures_are_what_the_onnx_chain_answers(tiny_repo, folder):
     assert r["policy"]["mean_mflops"] == pytest.approx(expected["mean_mflops"])
     assert r["policy"]["exit_rates"] == pytest.approx(expected["exit_rates"])
     assert r["promised_max_drop"] == info.manifest["policy"]["max_drop"]
+    # the drop's standard error: per image, final exit right minus the exit it stops at right
+    conf, last = [policy_confidence(p, info.policy_score) for p in probs], len(info.exits) - 1
+    stop = [next(k for k, e in enumerate(info.exits) if k == last or conf[k][i] >= e.threshold) for i in range(len(labels))]
+    per_image = [int(probs[-1][i].argmax() == y) - int(probs[k][i].argmax() == y) for i, (k, y) in enumerate(zip(stop, labels))]
+    assert r["policy"]["drop"] == pytest.approx(np.mean(per_image))
+    assert r["policy"]["drop_se"] == pytest.approx(np.std(per_image, ddof=1) / np.sqrt(len(labels)))
 
 
 def test_cli_report_json_per_class_and_strict(tiny_repo, folder, tmp_path, capsys):
@@ -105,3 +112,16 @@ def test_per_class_below_one_is_refused(tiny_repo, folder, capsys):
     with pytest.raises(SystemExit) as e:
         export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(root), "--per-class", "0"])
     assert e.value.code == 2 and "argument --per-class: 0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("drop, se, confidence, expected", [
+    (0.004, 0.0015, None, "; promised <= 0.5 pp: kept"),
+    (0.0063, 0.0016, None, "; promised <= 0.5 pp: NOT kept, by 0.13 pp = 0.8 standard errors, within this sample's noise"),
+    (0.0090, 0.0015, 0.9, "; promised <= 0.5 pp with 0.9 confidence: NOT kept, by 0.40 pp = 2.7 standard errors, "
+                          "beyond this sample's noise"),
+    (0.0060, 0.0, None, "; promised <= 0.5 pp: NOT kept, by 0.10 pp = inf standard errors, beyond this sample's noise"),
+])
+def test_a_miss_says_whether_it_is_beyond_the_samples_noise(drop, se, confidence, expected):
+    r = {"promised_max_drop": 0.005, "promise_confidence": confidence, "policy": {"drop": drop, "drop_se": se}}
+    assert verdict(r) == expected
+    assert verdict({**r, "promised_max_drop": None}) == ""  # a manifest without a promise: nothing to judge

@@ -101,6 +101,21 @@ def test_export_policy_score_option(tiny_run, tmp_path):
         export_model(str(tiny_run), str(tmp_path), "x", policy_score="entropy", measure=False, log=lambda *a: None)
 
 
+def test_promise_confidence_option(tiny_run, tmp_path, capsys):
+    assert export_main(["exit", "1", "--checkpoint", str(tiny_run), "--out", str(tmp_path), "--name", "c90",
+                        "--no-measure", "--promise-confidence", "0.9"]) == 0
+    policy = load_manifest(tmp_path / "c90").manifest["policy"]
+    held = policy["held_out"]
+    assert policy["promise_confidence"] == 0.9 and "with 0.9 confidence" in policy["rule"]
+    assert held["drop_bound"] == pytest.approx(held["drop"] + 1.2816 * held["drop_se"], abs=2e-5)
+    assert policy["promise_kept_in_cross_validation"] == (held["drop_bound"] <= policy["max_drop"] + 2e-5)
+    for bad in ("1.0", "0.4"):
+        assert export_main(["exit", "1", "--checkpoint", str(tiny_run), "--out", str(tmp_path), "--name", "bad",
+                            "--no-measure", "--promise-confidence", bad]) == 2
+        assert f"--promise-confidence {float(bad)} must be a level in [0.5, 1), e.g. 0.9" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("policy, message", [
     ({"score": "entropy"}, "policy score 'entropy' is not one this server knows \\('top1': .*; 'margin': "),
     ([0.9, 0.0], "policy must be an object; got \\[0.9, 0.0\\]"),
@@ -150,7 +165,8 @@ def test_export_single_exit(tiny_run, tmp_path):
 def test_manifest_policy_serves_one_rule_with_held_out_figures(tiny_repo):
     m = load_manifest(tiny_repo / "tiny").manifest
     policy, e0 = m["policy"], m["exits"][0]
-    assert policy["max_drop"] == 0.005 and set(policy["held_out"]) >= {"drop", "mean_mflops", "accuracy"}
+    assert policy["max_drop"] == 0.005 and set(policy["held_out"]) >= {"drop", "mean_mflops", "accuracy", "drop_se"}
+    assert policy["promise_confidence"] is None and policy["held_out"]["drop_bound"] == policy["held_out"]["drop"]
     assert policy["held_out"]["drop"] <= 0.005 + 1e-9
     assert policy["shared"]["thresholds"][-1] == 0.0 and len(policy["per_exit_curve"]) > 3
     served = policy[policy["served_rule"]]  # the served rule's figures are the top level's

@@ -12,13 +12,17 @@ from export.policy import (
     choose_policy,
     conditional_table,
     cross_validated,
+    drop_standard_error,
     evaluate,
     halves,
     held_out_folds,
+    held_out_standard_error,
     optimise_thresholds,
+    paired_drop,
     served_rule,
     served_score,
     stop_exits,
+    z_score,
 )
 
 MFLOPS = [10.0, 20.0, 40.0]
@@ -249,3 +253,43 @@ def test_a_forced_score_is_served_even_where_the_other_is_cheaper():
     policy = make_policy(probs, labels, [1.0, 10.0], 0.005, scores=("top1",))
     assert policy["score"] == "top1" and list(policy["scores"]) == ["top1"]
     assert policy["mean_mflops"] == pytest.approx(10.0)  # the top-1 probability cannot tell: never exit early
+
+
+def test_paired_drop_and_its_standard_error_by_hand():
+    s = planted()
+    # Thresholds 0.9 / 0.6: group D stops at exit 0 (wrong, final right: +1), group C at exit 1 (250 wrong: +1).
+    d = paired_drop(s, [0.9, 0.6, 0.0])
+    assert d.sum() == 200 + 250 and set(np.unique(d)) == {0.0, 1.0}
+    assert d.mean() == pytest.approx(evaluate(s, [0.9, 0.6, 0.0], MFLOPS)["drop"])
+    p = 0.45  # 450 ones in 1,000: sample sd sqrt(p(1-p) * n/(n-1)), over sqrt(n)
+    assert drop_standard_error(d) == pytest.approx(np.sqrt(p * (1 - p) * 1000 / 999) / np.sqrt(1000))
+    assert drop_standard_error(np.array([1.0])) == 0.0
+
+
+def test_held_out_standard_error_averages_each_image_over_its_repeats():
+    # Four images; two repeats. Image 0 held out twice (1 and 0: mean 0.5), image 1 twice (1, 1), image 2 once
+    # (-1), image 3 never (not counted).
+    folds = [{"held": np.array([0, 1]), "per_image_drop": np.array([1.0, 1.0])},
+             {"held": np.array([0, 1, 2]), "per_image_drop": np.array([0.0, 1.0, -1.0])}]
+    assert held_out_standard_error(folds, 4) == pytest.approx(np.std([0.5, 1.0, -1.0], ddof=1) / np.sqrt(3))
+
+
+def test_z_score_of_a_promise_level():
+    assert z_score(None) == 0.0 and z_score(0.5) == 0.0
+    assert z_score(0.9) == pytest.approx(1.28155, abs=1e-5) and z_score(0.95) == pytest.approx(1.64485, abs=1e-5)
+    for bad in (0.4, 1.0):
+        with pytest.raises(ValueError, match=f"promise confidence {bad} must be in \\[0.5, 1\\)"):
+            z_score(bad)
+
+
+def test_a_promise_with_confidence_needs_a_larger_margin_and_keeps_its_bound():
+    s = random_scores(2000, 7)
+    mean = cross_validated(s, MFLOPS, 0.005, optimise_thresholds, seed=0)
+    sure = cross_validated(s, MFLOPS, 0.005, optimise_thresholds, seed=0, confidence=0.9)
+    assert mean["held_out"]["drop_bound"] == mean["held_out"]["drop"]  # on average: no standard errors added
+    h = sure["held_out"]
+    assert h["drop_bound"] == pytest.approx(h["drop"] + z_score(0.9) * h["drop_se"])
+    assert sure["kept"] and h["drop_bound"] <= 0.005 + 1e-12
+    assert sure["margin"] > mean["margin"] and h["drop"] < mean["held_out"]["drop"]
+    # the standard error is the held-out images' own, recomputed from the folds
+    assert h["drop_se"] == pytest.approx(held_out_standard_error(sure["folds"], s.n)) and h["drop_se"] > 0
