@@ -32,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "split (export/quantize.py)")
         s.add_argument("--int8-max-drop-pp", type=float, default=MAX_DROP_PP,
                        help="refuse when an exit loses more validation top-1 than this to int8, in pp (default 1.0)")
+        s.add_argument("--int8-full-range", action="store_true",
+                       help="8-bit int8 weights instead of the default 7: only for CPUs with VNNI, since without it "
+                            "(AVX2) their 16-bit sums saturate and the answers change (export/quantize.py)")
         s.add_argument("--policy-score", choices=("auto", *POLICY_SCORES), default="auto",
                        help="what the policy's thresholds are compared with: auto (the cheaper on validation with the "
                             "promise kept), top1 (the calibrated top-1 probability) or margin (top-1 minus top-2)")
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
         export_model(args.checkpoint, args.out, args.name, args.data_dir, getattr(args, "k", None), args.trt,
                      args.fp16, args.max_batch, measure=not args.no_measure,
                      max_drop_pp=args.max_drop_pp, int8=args.int8, int8_max_drop_pp=args.int8_max_drop_pp,
-                     policy_score=args.policy_score, promise_confidence=args.promise_confidence)
+                     policy_score=args.policy_score, promise_confidence=args.promise_confidence,
+                     int8_full_range=args.int8_full_range)
         return 0
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -69,16 +69,19 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                  only_exit: int | None = None, trt: bool = False, fp16: bool = False, max_batch: int = 64,
                  measure: bool = True, max_drop_pp: float = 0.5, log=print, int8: bool = False,
                  int8_max_drop_pp: float = quantize.MAX_DROP_PP, policy_score: str = "auto",
-                 promise_confidence: float | None = None) -> Path:
+                 promise_confidence: float | None = None, int8_full_range: bool = False) -> Path:
     """Build the whole repository entry in a staging folder and publish it atomically. With `int8`, the
     segments are quantized (export/quantize.py) and everything calibrated is fitted on the quantized chain.
     `policy_score`: "auto" serves the cheaper of POLICY_SCORES on validation, or force one of them.
-    `promise_confidence`: the level at which the policy's drop is promised (None: on average)."""
+    `promise_confidence`: the level at which the policy's drop is promised (None: on average).
+    `int8_full_range`: 8-bit int8 weights, which saturate on CPUs without VNNI (default: 7 bits; export/quantize.py)."""
     if policy_score != "auto" and policy_score not in POLICY_SCORES:
         raise ValueError(f"policy score {policy_score!r} unknown; valid: auto, {', '.join(POLICY_SCORES)}")
     if trt and int8:
         raise ExportError("--int8 makes ONNX Runtime models for CPUs; --trt builds TensorRT's own engines from float ONNX "
                           "(use --fp16 there): ask for one or the other")
+    if int8_full_range and not int8:
+        raise ExportError("--int8-full-range chooses how --int8 quantizes the weights: add --int8")
     if trt and max_batch < 1:
         raise ExportError(f"--max-batch {max_batch} must be at least 1 (TensorRT's profile maximum batch)")
     if trt:  # refuse before any work, and leave nothing behind
@@ -121,10 +124,11 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
             log(f"quantizing to int8 (activation ranges from {quantize.CALIBRATION_IMAGES} validation images) ...")
             calibration_images = _first_images(splits, quantize.CALIBRATION_IMAGES)
             try:
-                quantize.quantize_chain(paths, calibration_images)
+                quantize.quantize_chain(paths, calibration_images, reduce_range=not int8_full_range)
                 float_logits = logits
                 logits, labels = quantize.chain_logits(paths, iterate(splits.val, splits, 256, False, 0, torch.device("cpu")))
-                quantization = quantize.report(float_logits, logits, labels, len(calibration_images), int8_max_drop_pp)
+                quantization = quantize.report(float_logits, logits, labels, len(calibration_images), int8_max_drop_pp,
+                                               reduce_range=not int8_full_range)
             except quantize.QuantizationError as e:
                 raise ExportError(str(e)) from e
         temps = [fit_temperature(z, labels) for z in logits]

@@ -12,9 +12,14 @@ Each segment is quantized on its own: its input and outputs stay float32, so the
 (features handed from one segment to the next, logits out) is unchanged, and the server runs the files as it
 runs float ones. Each segment's ranges come from the features the float chain before it produces.
 
-What is not measured here: a CPU without VNNI multiplies uint8 x int8 through 16-bit sums that can saturate
-(ONNX Runtime's documentation suggests reduced-range weights there), so the manifest records the int8
-instructions of the CPU that measured the accuracy and the server warns on a CPU without them; the CUDA
+A CPU without VNNI (AVX2 only) multiplies uint8 x int8 with vpmaddubsw, which adds two products in a
+saturating 16-bit sum: 255 x 127 x 2 overflows it, so such a CPU answers differently from the one the export
+measured (on the default model, 1.9 pp lower top-1 at the final exit on an AVX2-only EPYC: bench/RESULTS.md
+§24). The manifest records the int8 instructions of the CPU that measured the accuracy and the server warns on
+a CPU without them. So the weights are quantized to 7 bits by default ([-64, 63], ONNX Runtime's `reduce_range`,
+which its documentation recommends for non-VNNI CPUs): 255 x 64 x 2 fits in 16 bits, no sum saturates and every
+x86 CPU computes the same integers, for one bit of weight precision (measured: every exit within 0.3 pp of float
+on test, on an AVX2-only CPU, §24). `--int8-full-range` keeps 8-bit weights, for fleets that all have VNNI. The CUDA
 provider runs QDQ graphs with float kernels between quantize/dequantize pairs, so an --int8 model is for CPUs
 (the server warns there too: server/precision.py).
 """
@@ -36,6 +41,7 @@ BATCH = 64
 MAX_DROP_PP = 1.0  # an exit that loses more validation top-1 than this to int8 is refused by default
 SETTINGS = {"format": "QDQ (ONNX Runtime static quantization)", "activations": "uint8, asymmetric, per tensor",
             "weights": "int8, symmetric, per output channel", "ranges": "MinMax over the calibration images"}
+REDUCED_WEIGHTS = "int8 in a 7-bit range [-64, 63] (reduce_range: no 16-bit saturation without VNNI), symmetric, per output channel"
 
 
 class QuantizationError(RuntimeError):
@@ -60,9 +66,10 @@ class _Batches:
         return next(self._it, None)
 
 
-def quantize_chain(paths: list[Path], images: np.ndarray) -> None:
+def quantize_chain(paths: list[Path], images: np.ndarray, reduce_range: bool = True) -> None:
     """Replace each float segment in `paths` (in chain order) by its int8 version, in place. Segment k's
-    activation ranges are measured on what the float segments before it make of `images`."""
+    activation ranges are measured on what the float segments before it make of `images`. `reduce_range`:
+    7-bit weights (module docstring)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -80,7 +87,7 @@ def quantize_chain(paths: list[Path], images: np.ndarray) -> None:
                 try:
                     quantize_static(str(prepared), str(quantized), _Batches(feed), quant_format=QuantFormat.QDQ,
                                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=CalibrationMethod.MinMax)
+                                    calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
                 except Exception as e:  # noqa: BLE001 - name the segment; ONNX Runtime's own message follows
                     raise QuantizationError(f"quantizing {path.name} (segment {k}) failed: {type(e).__name__}: {e}") from e
                 os.replace(quantized, path)
@@ -105,7 +112,7 @@ def chain_logits(paths: list[Path], batches) -> tuple[list[np.ndarray], np.ndarr
 
 
 def report(float_logits: list[np.ndarray], int8_logits: list[np.ndarray], labels: np.ndarray, n_calibration: int,
-           max_drop_pp: float) -> dict:
+           max_drop_pp: float, reduce_range: bool = True) -> dict:
     """The manifest's `quantization` block; refuses a model whose int8 exit loses more than `max_drop_pp`
     validation top-1 against its float version."""
     import onnxruntime
@@ -123,7 +130,8 @@ def report(float_logits: list[np.ndarray], int8_logits: list[np.ndarray], labels
             f"int8 exit {worst['exit']} reaches {100 * worst['int8_val_top1']:.2f}% validation top-1 against "
             f"{100 * worst['float_val_top1']:.2f}% in float ({drop_pp:.2f} pp lost > --int8-max-drop-pp {max_drop_pp:g}); "
             "nothing was published: export it in float, or allow a larger drop")
-    return {"precision": "int8", **SETTINGS, "calibration_images": n_calibration,
+    settings = {**SETTINGS, "weights": REDUCED_WEIGHTS} if reduce_range else SETTINGS
+    return {"precision": "int8", **settings, "reduce_range": reduce_range, "calibration_images": n_calibration,
             "calibration_split": "validation (the images the temperatures and thresholds are also fitted on)",
             "per_exit": rows, "max_drop_pp": max_drop_pp,
             "parity": "each exit's parity_max_abs_diff is the float export's against torch, checked before quantizing",

@@ -30,12 +30,15 @@ def precision_warnings(info: ModelInfo, device_type: str, cpu_instructions: list
         # pairs: slower than the float model, for int8's accuracy.
         return [f"model {info.name} is int8 (exported with --int8, for CPUs) but runs on {device_type}: export it "
                 "without --int8 for a GPU"]
-    measured = info.manifest["quantization"].get("measured_on", {}).get("cpu_int8_instructions", [])
+    quantization = info.manifest["quantization"]
+    measured = quantization.get("measured_on", {}).get("cpu_int8_instructions", [])
     here = cpu_int8_instructions() if cpu_instructions is None else cpu_instructions
-    if measured and not here:
+    # 7-bit weights (export --int8's default since 2026-12-01) never saturate the 16-bit sums: the same answers
+    # without VNNI. Older manifests say nothing: full range.
+    if measured and not here and not quantization.get("reduce_range", False):
         # Without VNNI, uint8 x int8 products are summed in 16 bits that can saturate (ONNX Runtime's
         # quantization documentation): the accuracy its export measured may not hold here.
         return [f"model {info.name} is int8 and its accuracy was measured on a CPU with {', '.join(measured)}; this "
                 "CPU has no int8 dot-product instructions, so its answers may differ: check them here (python -m "
-                "bench.int8_cpu) or serve the float model"]
+                "bench.int8_cpu), serve the float model, or re-export with --int8 and without --int8-full-range"]
     return []
