@@ -45,7 +45,10 @@ class AccessLog:
         self.sample = sample
         self.rng = random.Random(seed)
         self.pending: deque[str] = deque()  # append and popleft are atomic: no lock between loop and writer
+        # Lines dropped since the start, and how many of them the log has reported: each has one writer (record()
+        # on the event loop; the writer thread), so no increment is lost between a read and a reset.
         self.dropped = 0
+        self._dropped_reported = 0
         self.stopping = threading.Event()
         self.writer = threading.Thread(target=self._write_loop, name="access-log", daemon=True)
         self.writer.start()
@@ -77,7 +80,8 @@ class AccessLog:
 
     def _flush(self) -> None:
         lines = [self.pending.popleft() for _ in range(len(self.pending))]
-        dropped, self.dropped = self.dropped, 0
+        dropped = self.dropped - self._dropped_reported
+        self._dropped_reported += dropped
         if dropped:
             lines.append(json.dumps({"time": round(time.time(), 3), "dropped_lines": dropped}) + "\n")
         if not lines:

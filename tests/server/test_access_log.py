@@ -117,6 +117,18 @@ def test_the_file_rotates_and_a_stalled_writer_drops_and_counts(tmp_path, monkey
     got = lines(tmp_path / "b.jsonl")
     assert [g.get("code") for g in got[:3]] == ["INVALID_ARGUMENT"] * 3 and got[3]["dropped_lines"] == 2
 
+    # Each flush reports the drops since the one before, once (the loop counts, the writer reports: no reset
+    # that could lose an increment made between its read and its write).
+    log = AccessLog(str(tmp_path / "c.jsonl"))
+    for _ in range(5):
+        log.record("v2-http", "infer", "m", "INVALID_ARGUMENT", 1, 0.0)
+    log._flush()
+    for _ in range(4):
+        log.record("v2-http", "infer", "m", "INVALID_ARGUMENT", 1, 0.0)
+    log.close()
+    assert [g["dropped_lines"] for g in lines(tmp_path / "c.jsonl") if "dropped_lines" in g] == [2, 1]
+    assert log.dropped == 3
+
 
 def _wait(predicate, timeout_s=5.0):
     from tests.server.helpers import wait_for
