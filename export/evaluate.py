@@ -112,7 +112,7 @@ def report(r: dict) -> list[str]:
 def verdict(r: dict) -> str:
     """Whether the drop on these images kept the manifest's promise; a miss says how many of this sample's
     standard errors it is (export/policy.py's drop_standard_error): one test set is one draw, and a promise
-    made on average is missed by about half of them where the policy sits at its limit."""
+    made on average misses on some draws (28% of 40 for the default model, bench/RESULTS.md §23)."""
     promise, p = r["promised_max_drop"], r["policy"]
     if promise is None:
         return ""
