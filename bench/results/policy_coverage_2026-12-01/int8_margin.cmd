@@ -1,1 +1,1 @@
-python -m bench.policy_coverage --onnx-model models/repository-int8/auxnet56_5-cifar10-int8 --score margin --resamples 40 --confidence 0.8 0.9
+python -m bench.policy_coverage --onnx-model models/repository-int8/auxnet56_5-cifar10-int8 --score margin --resamples 40 --confidence 0.8 0.9   # the 8-bit twin (before the re-export), as this AVX2 CPU computes it
