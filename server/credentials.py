@@ -13,9 +13,13 @@ files seen. Connections already open keep the credentials they were made with.
 
 - gRPC: `grpc.dynamic_ssl_server_credentials`, whose fetcher gRPC calls at each new connection; it hands
   over the new certificate, key and client CA when there are some.
-- HTTP (aiohttp): the live `ssl.SSLContext` loads the new certificate and key in place. A new client CA is
-  *added* to it: OpenSSL cannot forget a CA, so on the HTTP side a removed CA stays trusted until a restart
-  (the gRPC side replaces it).
+- HTTP (aiohttp): the listening socket's context hands each new connection to a whole new `ssl.SSLContext`
+  per rotation, the one OpenSSL checked while the files were read (`FollowingContext`). Why not load new
+  files into one live context, as this did until 2026-12-01: OpenSSL can add a CA to a context but never
+  remove one, and a context's session cache lets a client resume a session it made before. Rotating a
+  compromised client CA out left it trusted on this side until a restart, and a client of the removed CA
+  could still resume its session (TLS 1.2; tests/server/test_credential_rotation.py). A new context has
+  neither the old CA nor the old sessions: a session made before a rotation is not resumed after it.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class TlsMaterial:
     ca: bytes | None
     stamps: tuple
     not_after: float | None  # the server certificate's expiry (Unix time); None if it could not be read
+    context: ssl.SSLContext | None = None  # the HTTP side's, built from these very files (None in unit tests)
 
     def expiry_warning(self, now: float | None = None) -> str | None:
         """A line for the log when the certificate has expired or will within EXPIRY_WARNING_S."""
@@ -140,14 +145,13 @@ class TlsFiles(_Watched):
         except _Changing as e:
             raise ValueError(f"TLS files changed while being read at start-up: {e}") from e
         self.generation = 0  # incremented at each rotation; gRPC's fetcher compares it with what it last gave
-        self._contexts: list[ssl.SSLContext] = []
 
     def _read(self) -> TlsMaterial:
         try:
             before = _stamps(self.paths)
             cert, key = Path(self.cert_path).read_bytes(), Path(self.key_path).read_bytes()
             ca = Path(self.ca_path).read_bytes() if self.ca_path else None
-            self._server_context()  # OpenSSL's own check: certificate and key parse and match, the CA parses
+            context = self._server_context()  # OpenSSL's own check: certificate and key parse and match, the CA parses
             after = _stamps(self.paths)
         except ssl.SSLError as e:  # before OSError, of which it is a subclass
             raise ValueError(f"cannot use TLS files {', '.join(self.paths)}: {e}") from e
@@ -159,7 +163,7 @@ class TlsFiles(_Watched):
             not_after = certificate_not_after(cert)
         except (ValueError, IndexError, UnicodeDecodeError):  # OpenSSL accepted it: a reader's gap, not a bad file
             not_after = None
-        return TlsMaterial(cert, key, ca, after, not_after)
+        return TlsMaterial(cert, key, ca, after, not_after, context)
 
     def _server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -182,14 +186,7 @@ class TlsFiles(_Watched):
             return False
         except ValueError as e:
             return self._refuse(stamps, "TLS credentials", str(e))
-        for ctx in self._contexts:  # the HTTP side's live contexts: new handshakes get the new certificate
-            try:
-                ctx.load_cert_chain(self.cert_path, self.key_path)
-                if self.ca_path and material.ca != self.material.ca:
-                    ctx.load_verify_locations(cadata=material.ca.decode("ascii", "replace"))
-            except (OSError, ssl.SSLError) as e:  # changed again since _read: the next poll takes it
-                log.warning("TLS files changed again while loading them into the HTTP side (%s); next poll", e)
-        self.material, self._refused = material, None
+        self.material, self._refused = material, None  # the HTTP side's next handshake takes material.context
         self.generation += 1
         log.info("TLS credentials reloaded from %s (rotation %d)", ", ".join(self.paths), self.generation)
         return True
@@ -212,13 +209,25 @@ class TlsFiles(_Watched):
         return grpc.ssl_server_certificate_configuration([(m.key, m.cert)], root_certificates=m.ca)
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A context for the HTTP side, kept up to date by refresh()."""
-        try:
-            ctx = self._server_context()
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"cannot use TLS files {', '.join(self.paths)}: {e}") from e
-        self._contexts.append(ctx)
-        return ctx
+        """The context the HTTP side listens with: every connection made by the credentials in use."""
+        front = FollowingContext(ssl.PROTOCOL_TLS_SERVER)
+        front.files = self
+        return front
+
+
+class FollowingContext(ssl.SSLContext):
+    """A server context that makes each connection with `files.material.context`, the context of the TLS files
+    in use when the connection arrives. asyncio makes a server connection's TLS object with the
+    listening context's `wrap_bio`, so the listening socket keeps this one object and each rotation still
+    takes effect whole: certificate, key, client CAs and session cache. Its own settings are never used."""
+
+    files: TlsFiles
+
+    def wrap_bio(self, *args, **kwargs) -> ssl.SSLObject:
+        return self.files.material.context.wrap_bio(*args, **kwargs)
+
+    def wrap_socket(self, *args, **kwargs) -> ssl.SSLSocket:  # a blocking server given this context
+        return self.files.material.context.wrap_socket(*args, **kwargs)
 
 
 class BearerToken(_Watched):

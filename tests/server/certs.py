@@ -30,16 +30,17 @@ def _cert(subject, key, issuer, issuer_key, ca=False, san=None, usage=None):
     return b.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def make_credentials(folder):
-    """Write ca.pem, server.pem/server.key, client.pem/client.key; return their paths."""
+def make_credentials(folder, ca_name: str = "auxnet test CA"):
+    """Write ca.pem, server.pem/server.key, client.pem/client.key; return their paths. Sets that must be told
+    apart in one trust store need CAs of different names (a store finds a certificate's issuer by its name)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("auxnet test CA", ca_key, "auxnet test CA", ca_key, ca=True)
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", server_key, "auxnet test CA", ca_key,
+    server = _cert("localhost", server_key, ca_name, ca_key,
                    san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
                    usage=ExtendedKeyUsageOID.SERVER_AUTH)
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("auxnet test client", client_key, "auxnet test CA", ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client = _cert("auxnet test client", client_key, ca_name, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     files = {"ca.pem": ca, "server.pem": server, "server.key": _pem_key(server_key), "client.pem": client,
              "client.key": _pem_key(client_key)}
     for name, data in files.items():

@@ -5,6 +5,7 @@ import datetime
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -99,6 +100,73 @@ def test_a_renewed_certificate_is_served_to_new_connections_on_both_sides(tiny_r
         assert https_ok(url, new["ca.pem"]) and not https_ok(url, old["ca.pem"])
         assert not grpc_ok(target, old["ca.pem"].read_bytes())
         assert app.tls.generation == 1
+
+
+def client_context(server_ca, client, version=ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
+    """A client's TLS context with its certificate. TLS 1.2 by default: a refusal then fails the handshake (in TLS
+    1.3 the server checks the client certificate after the client thinks the handshake done, so a refusal shows
+    as a closed connection)."""
+    ctx = ssl.create_default_context(cafile=str(server_ca))
+    ctx.load_cert_chain(client["client.pem"], client["client.key"])
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def https_client(url: str, ctx: ssl.SSLContext, session=None):
+    """(HTTP status line or why the connection failed, the TLS session, whether it was resumed) of GET
+    /v2/health/live over a new connection, resuming `session` (made with the same `ctx`) if given."""
+    host, port = url.split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host, session=session) as tls:
+            tls.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := tls.recv(4096):
+                reply += chunk
+            return reply.split(b"\r\n")[0].decode() or "closed", tls.session, tls.session_reused
+    except (ssl.SSLError, ConnectionError) as e:
+        return f"refused: {type(e).__name__}", None, False
+
+
+def test_a_client_ca_rotated_out_is_refused_on_both_sides_and_its_sessions_are_not_resumed(tiny_repo, tmp_path):
+    """Mutual TLS: the client CA file trusted two CAs, then one was rotated out (say it leaked). New connections
+    of its clients are refused on gRPC and HTTP alike, and so is an HTTP client resuming a TLS session it made
+    before the rotation; the other CA's clients go on. Before 2026-12-01 the HTTP side kept trusting the
+    removed CA until a restart, and resumed the old session."""
+    server = make_credentials(_dir(tmp_path / "server"), ca_name="server CA")
+    one, two = (make_credentials(_dir(tmp_path / name), ca_name=f"client CA {name}") for name in ("one", "two"))
+    client_cas = tmp_path / "client-ca.pem"
+    replace(client_cas, one["ca.pem"].read_bytes() + two["ca.pem"].read_bytes())
+    with running_server(tiny_repo, tls_cert=str(server["server.pem"]), tls_key=str(server["server.key"]),
+                        tls_client_ca=str(client_cas), poll_s=POLL_S) as (app, target):
+        url, server_ca = f"localhost:{app.http_port}", server["ca.pem"]
+
+        def grpc_client_ok(client) -> bool:
+            with Client(target, tls_ca=server_ca.read_bytes(), client_cert=client["client.pem"].read_bytes(),
+                        client_key=client["client.key"].read_bytes(), server_name="localhost", timeout_s=3) as c:
+                try:
+                    return bool(c.model_info().name)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, e  # the handshake failed, nothing else
+                    return False
+
+        ctx_one, ctx_two = client_context(server_ca, one), client_context(server_ca, two)
+        status, session, _ = https_client(url, ctx_one)
+        assert status == "HTTP/1.1 200 OK" and session is not None
+        status, session, reused = https_client(url, ctx_one, session=session)
+        assert (status, reused) == ("HTTP/1.1 200 OK", True)  # sessions are resumed while nothing changes
+        assert https_client(url, ctx_two)[0] == "HTTP/1.1 200 OK"
+        assert grpc_client_ok(one) and grpc_client_ok(two)
+
+        replace(client_cas, two["ca.pem"].read_bytes())  # CA one rotated out
+        assert wait_for(lambda: app.tls.generation == 1, timeout_s=10)
+        assert https_client(url, ctx_one, session=session)[0].startswith("refused")
+        assert https_client(url, ctx_one)[0].startswith("refused")
+        tls13 = ssl.TLSVersion.TLSv1_3
+        assert https_client(url, client_context(server_ca, one, tls13))[0] in ("closed", "refused: SSLError")
+        assert https_client(url, ctx_two)[0] == "HTTP/1.1 200 OK"
+        assert https_client(url, client_context(server_ca, two, tls13))[0] == "HTTP/1.1 200 OK"
+        assert not grpc_client_ok(one) and grpc_client_ok(two)
 
 
 def test_a_certificate_that_does_not_match_its_key_is_refused_and_the_old_one_kept(tiny_repo, tmp_path, caplog):
