@@ -29,6 +29,25 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 _OBJECT_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>")
 
 
+def _decoder_warnings() -> None:
+    """Process-wide warning filters for decoding clients' images, set once at import: `warnings.catch_warnings`
+    around each decode (as this did until 2026-12-01) swaps the process's filters while other decode threads run,
+    and resets Python's once-per-place memory of warnings, so every warning printed again at every request.
+    - Pillow's UserWarnings about a client's corrupt metadata ("Corrupt EXIF data", "Tag data larger than file")
+      are ignored: the client's answer says what was wrong; printed, they let any client write lines to the
+      server's stderr with each request (2 per corrupt TIFF, measured by mutating images).
+    - Pillow's decompression-bomb warning (an image past its MAX_IMAGE_PIXELS, 89M) is an error: a decode refuses
+      it. Our own limit (8192 per side, `--max-pixels`) is lower and checked first wherever a size is known
+      before decoding; a GIF frame is sized only as it loads."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+_decoder_warnings()
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_pixels: int = 4096 * 4096  # declared width * height, checked before decoding
@@ -47,10 +66,8 @@ def _open(data: bytes):
         raise InvalidInput("image is empty: send encoded image bytes (PNG, JPEG, WebP, BMP, GIF, TIFF) in 'encoded', "
                            "or pixels in 'raw'")
     try:
-        with warnings.catch_warnings():  # the size is checked against our own, lower, limit right after
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as e:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # past Pillow's limit: past ours too
         raise InvalidInput(f"image refused as a decompression bomb: {_clean(str(e))}") from e
     except UnidentifiedImageError as e:
         raise InvalidInput(f"image bytes are not a supported image format (starts with {data[:8].hex()}); send "
@@ -66,7 +83,7 @@ def jpeg_header(data: bytes) -> tuple[int, int, str] | None:
         return None
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
+    except Exception:  # noqa: BLE001 - ValueError, and KeyError for a valid 4:4:1 JPEG (simplejpeg 1.9): Pillow's turn
         return None
     return h, w, colorspace
 
@@ -98,22 +115,20 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
     im = opened if opened is not None else _open(data)
     kind = im.format
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            w, h = im.size
-            _check_size(h, w, limits)
-            if size is not None and kind == "JPEG" and (w > 2 * size[1] or h > 2 * size[0]):
-                im.draft("RGB", (size[1] * 2, size[0] * 2))  # decode at 1/2..1/8 scale: far less work
-            im.load()
-            if size is not None and im.size != (size[1], size[0]) and not im.mode.startswith("I"):
-                # Resize inside Pillow (it releases the GIL) before any full-size array exists; reducing_gap:
-                # box-reduce by an integer factor first, then resample: far cheaper from 4096 px.
-                im = (im if im.mode == "RGB" else im.convert("RGB")).resize((size[1], size[0]), Image.BILINEAR,
-                                                                             reducing_gap=3.0)
-            rgb = _to_rgb8(im)
-            if size is not None and rgb.shape[:2] != size:  # 16-bit gray: scaled to 8 bits first, then resized
-                rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR, reducing_gap=3.0),
-                                 dtype=np.uint8)
+        w, h = im.size
+        _check_size(h, w, limits)
+        if size is not None and kind == "JPEG" and (w > 2 * size[1] or h > 2 * size[0]):
+            im.draft("RGB", (size[1] * 2, size[0] * 2))  # decode at 1/2..1/8 scale: far less work
+        im.load()  # a GIF frame larger than Pillow's limit raises its bomb warning here (an error: see below)
+        if size is not None and im.size != (size[1], size[0]) and not im.mode.startswith("I"):
+            # Resize inside Pillow (it releases the GIL) before any full-size array exists; reducing_gap:
+            # box-reduce by an integer factor first, then resample: far cheaper from 4096 px.
+            im = (im if im.mode == "RGB" else im.convert("RGB")).resize((size[1], size[0]), Image.BILINEAR,
+                                                                         reducing_gap=3.0)
+        rgb = _to_rgb8(im)
+        if size is not None and rgb.shape[:2] != size:  # 16-bit gray: scaled to 8 bits first, then resized
+            rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR, reducing_gap=3.0),
+                             dtype=np.uint8)
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -137,7 +152,7 @@ def _decode_jpeg_directly(data: bytes, limits: ImageLimits, size: tuple[int, int
         return None
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)  # strict: corrupt data raises
-    except ValueError:
+    except Exception:  # noqa: BLE001 - whatever it cannot do, Pillow decodes or names
         return None
 
 

@@ -87,6 +87,28 @@ def test_corrupt_jpegs_are_refused_in_pillows_words(cut):
     assert str(direct.value) == str(pillow.value)  # e.g. "image header is corrupt: OSError: Truncated File Read"
 
 
+def jpeg_441(a: np.ndarray) -> bytes:
+    """A valid JPEG with 4:4:1 chroma subsampling (luma sampled 1 x 4 per chroma sample): a 4:2:0 one (4 luma
+    blocks per MCU) relabelled 1 x 4 (4 blocks too), so its scan still decodes, to other pixels. libjpeg-turbo 3
+    reads it; simplejpeg 1.9's header reader has no name for that subsampling and raised KeyError, which the
+    server answered as an internal error (found by mutating images, 2026-12-01)."""
+    data = bytearray(jpeg(a, subsampling="4:2:0"))
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 10 : sof + 12] == b"\x01\x22"  # component 1 (Y): sampling 2 x 2
+    data[sof + 11] = 0x14
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [None, (32, 32), (16, 16)])
+def test_a_jpeg_whose_subsampling_simplejpeg_cannot_name_is_decoded_by_pillow(size):
+    data = jpeg_441(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    opened, pixels = probe(data)
+    assert pixels == 32 * 32
+    got = decode_encoded(data, ImageLimits(), size=size, opened=opened)
+    assert np.array_equal(got, pillow_only(data, size=size))
+    assert np.array_equal(decode_encoded(data, ImageLimits(), size=size), got)  # not probed first: the same
+
+
 def test_without_simplejpeg_pillow_decodes_everything(monkeypatch):
     monkeypatch.setattr(decode, "simplejpeg", None)
     data = SAMPLES[1].read_bytes()
