@@ -14,7 +14,7 @@ import sys
 
 from server.app import ServerApp, ServerConfig
 from server.backends import default_threads
-from server.decode import ImageLimits
+from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
 from server.repository import RepositoryError
 
@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "features live on a device, e.g. --device cuda)")
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    p.add_argument("--image-formats", type=image_formats, default=FORMATS, metavar="F1,F2,...",
+                   help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
+                        "whose decoder (libtiff) prints a corrupt file's complaints to stderr")
     p.add_argument("--max-message-mb", type=float, default=16)
     p.add_argument("--grace-s", type=float, default=10.0)
     p.add_argument("--shed-late-budgets", action="store_true",
@@ -100,7 +103,7 @@ async def serve(args) -> int:
                             finish_margin_quantile=args.finish_margin_quantile,
                             default_budget_ms=args.default_budget_ms,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
-        limits=ImageLimits(max_pixels=args.max_pixels), max_message_bytes=int(args.max_message_mb * 2**20),
+        limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
@@ -134,6 +137,16 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000)]
+
+
+def image_formats(text: str) -> tuple[str, ...]:
+    """'png,jpeg' -> ('PNG', 'JPEG'): names of FORMATS, any case, at least one."""
+    names = tuple(dict.fromkeys(n.strip().upper() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'no format'}; "
+                                         f"choose among {','.join(FORMATS)}")
+    return names
 
 
 def check_ranges(parser: argparse.ArgumentParser, args) -> None:

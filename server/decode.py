@@ -24,7 +24,9 @@ JPEG_START = b"\xff\xd8"
 FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")
 
 # Formats whose Pillow decoders are mature and bounded by the pixel limit below; everything else (EPS runs
-# Ghostscript, for one) is refused by name.
+# Ghostscript, for one) is refused by name. `--image-formats` narrows them: TIFF, for one, is decoded by libtiff,
+# which prints its own complaints about a corrupt file to the process's stderr (C code: no Python filter reaches
+# it), so a server whose clients send no TIFF is quieter and smaller to attack without it.
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 _OBJECT_REPR = re.compile(r"<[^<>]* (object )?at 0x[0-9a-fA-F]+>")
 
@@ -52,6 +54,7 @@ _decoder_warnings()
 class ImageLimits:
     max_pixels: int = 4096 * 4096  # declared width * height, checked before decoding
     max_side: int = 8192
+    formats: tuple[str, ...] = FORMATS  # the encoded formats accepted, a subset of FORMATS
 
 
 def _clean(message: str) -> str:
@@ -59,19 +62,19 @@ def _clean(message: str) -> str:
     return _OBJECT_REPR.sub("the image bytes", message)[:200]
 
 
-def _open(data: bytes):
+def _open(data: bytes, formats: tuple[str, ...] = FORMATS):
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise InvalidInput("image is empty: send encoded image bytes (PNG, JPEG, WebP, BMP, GIF, TIFF) in 'encoded', "
+        raise InvalidInput(f"image is empty: send encoded image bytes ({', '.join(formats)}) in 'encoded', "
                            "or pixels in 'raw'")
     try:
-        return Image.open(io.BytesIO(data), formats=FORMATS)
+        return Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # past Pillow's limit: past ours too
         raise InvalidInput(f"image refused as a decompression bomb: {_clean(str(e))}") from e
     except UnidentifiedImageError as e:
         raise InvalidInput(f"image bytes are not a supported image format (starts with {data[:8].hex()}); send "
-                           f"{', '.join(FORMATS)} bytes in 'encoded' or pixels in 'raw'") from e
+                           f"{', '.join(formats)} bytes in 'encoded' or pixels in 'raw'") from e
     except Exception as e:  # noqa: BLE001 - a header so broken that identification itself fails
         raise InvalidInput(f"image header is corrupt: {type(e).__name__}: {_clean(str(e))}") from e
 
@@ -88,16 +91,16 @@ def jpeg_header(data: bytes) -> tuple[int, int, str] | None:
     return h, w, colorspace
 
 
-def probe(data: bytes):
+def probe(data: bytes, formats: tuple[str, ...] = FORMATS):
     """(opened image, width x height) from the header alone (no decoding), to decide where to decode;
     (None, 0) if unreadable (the decode itself then reports the problem). Pass the image on to
     `decode_encoded(..., opened=)`: identifying the format again costs as much as a small decode. A JPEG
     that libjpeg-turbo reads is not opened at all (None, its pixels): `decode_encoded` reads it directly."""
-    head = jpeg_header(data)
+    head = jpeg_header(data) if "JPEG" in formats else None
     if head is not None:
         return None, head[0] * head[1]
     try:
-        im = _open(data)
+        im = _open(data, formats)
         w, h = im.size
         return im, w * h
     except InvalidInput:
@@ -110,9 +113,9 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
     `opened`: the image `probe` returned for these bytes, not yet loaded."""
     from PIL import Image
 
-    if opened is None and (rgb := _decode_jpeg_directly(data, limits, size)) is not None:
+    if opened is None and "JPEG" in limits.formats and (rgb := _decode_jpeg_directly(data, limits, size)) is not None:
         return rgb
-    im = opened if opened is not None else _open(data)
+    im = opened if opened is not None else _open(data, limits.formats)
     kind = im.format
     try:
         w, h = im.size

@@ -48,10 +48,10 @@ class ExitControls:
         return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy
 
 
-def encoded_pixels(data: bytes) -> tuple[object | None, int]:
+def encoded_pixels(data: bytes, formats: tuple[str, ...]) -> tuple[object | None, int]:
     """(opened image or None, pixels it declares), or 'too many to decode inline' when the file alone is big
-    (then it is opened where it is decoded)."""
-    return probe(data) if len(data) <= DECODE_INLINE_MAX_BYTES else (None, INLINE_MAX_PIXELS + 1)
+    (then it is opened where it is decoded). `formats`: those accepted (ImageLimits.formats)."""
+    return probe(data, formats) if len(data) <= DECODE_INLINE_MAX_BYTES else (None, INLINE_MAX_PIXELS + 1)
 
 
 async def _inline_or_decode_threads(app, inline: bool, work: Callable):

@@ -101,7 +101,7 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         if which is None:
             raise InvalidInput("request has no image: set 'encoded' (image file bytes) or 'raw' (pixels)")
 
-        opened, pixels = encoded_pixels(r.encoded) if which == "encoded" else (None, r.raw.height * r.raw.width)
+        opened, pixels = encoded_pixels(r.encoded, limits.formats) if which == "encoded" else (None, r.raw.height * r.raw.width)
 
         def work():
             if which == "encoded":

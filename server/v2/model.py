@@ -188,7 +188,7 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
             raise InvalidInput(f"input 'image' must have shape [N] or [N,1] (one encoded file per image); got {list(t.shape)}")
         works = []
         for d in t.data:
-            opened, pixels = encoded_pixels(d)
+            opened, pixels = encoded_pixels(d, limits.formats)
             works.append((lambda d=d, o=opened: to_model_input(decode_encoded(d, limits, size=size, opened=o),
                                                                info.input_shape, info.mean, info.std), pixels))
         return works

@@ -46,3 +46,12 @@ def test_the_command_exits_2_before_loading_a_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--max-batch", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--max-batch 0 must be at least 1" in r.stderr and "repository" not in r.stderr
+
+
+@pytest.mark.parametrize("text, says", [("png,tiff,eps", "unknown EPS; choose among PNG,JPEG,WEBP,BMP,GIF,TIFF"),
+                                        (" , ", "no format; choose among")])
+def test_image_formats_are_names_of_the_supported_ones(text, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        get_args_parser().parse_args(["--repo", "r", "--image-formats", text])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert get_args_parser().parse_args(["--repo", "r", "--image-formats", "jpeg, PNG,jpeg"]).image_formats == ("JPEG", "PNG")

@@ -116,3 +116,40 @@ def test_mutated_images_decode_or_are_refused_by_name(fmt, kw):
             if not isinstance(got, InvalidInput):
                 assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
                 assert size is None or got.shape[:2] == size
+
+
+def test_a_server_without_tiff_and_jpeg_refuses_them_by_name_on_both_protocols(tiny_repo):
+    """--image-formats PNG: TIFF and JPEG (also the libjpeg-turbo path, which never opens Pillow) are refused as
+    unsupported, naming what is accepted; PNG is served. auxnet.v1 gRPC and the Open Inference Protocol's HTTP."""
+    import base64
+
+    import grpc
+
+    from server.client import Client
+    from tests.server.conftest import running_server
+    from tests.server.v2_helpers import error_of, http
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    as_format = {}
+    for fmt in ("PNG", "TIFF", "JPEG"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, fmt)
+        as_format[fmt] = buf.getvalue()
+    with running_server(tiny_repo, limits=ImageLimits(formats=("PNG",))) as (app, target):
+        infer = f"http://127.0.0.1:{app.http_port}/v2/models/tiny/infer"
+
+        def over_http(data: bytes):
+            return http(infer, "POST", {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                    "parameters": {"content_type": "base64"},
+                                                    "data": [base64.b64encode(data).decode()]}]})
+
+        with Client(target) as c:
+            assert c.classify(as_format["PNG"]).class_name
+            assert over_http(as_format["PNG"])[0] == 200
+            for fmt in ("TIFF", "JPEG"):
+                with pytest.raises(grpc.RpcError) as e:
+                    c.classify(as_format[fmt])
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a supported image format" in e.value.details() and "send PNG bytes" in e.value.details()
+                status, message = error_of(over_http(as_format[fmt]))
+                assert status == 400 and "send PNG bytes in 'encoded'" in message
