@@ -178,9 +178,10 @@ def main(args, log=print) -> dict:
         raise ValueError(f"{info['dataset']} from {root}: training and validation splits must both be non-empty")
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
-    per_image = sum(h.fc.in_features for h in model.heads[:-1]) * 2 + model.cfg.num_classes * 4
+    per_view = len(splits.train) * (sum(h.fc.in_features for h in model.heads[:-1]) * 2 + model.cfg.num_classes * 4)
+    check_cache_fits(args.views, per_view, device, available_memory(device))
     log(f"{model.cfg.name()} from {args.checkpoint}: caching {args.views} views of {len(splits.train)} training images "
-        f"({args.views * len(splits.train) * per_image / 2**30:.2f} GiB on {device}, {precision})")
+        f"({args.views * per_view / 2**30:.2f} GiB on {device}, {precision})")
     start = time.time()
     feats, finals, labels = cache_views(model, splits, args.views, args.seed, device, precision, log)
     train_fcs(model, feats, finals, labels, args, loss_cfg, log)
@@ -204,6 +205,45 @@ def main(args, log=print) -> dict:
     (out / "heads.json").write_text(json.dumps(record, indent=1) + "\n")
     log(_table(model, record, test_after["top1_err"]))
     return record
+
+
+CACHE_SHARE = 0.8  # of the memory available before the cache: the rest for the network's passes and evaluation
+
+
+def check_cache_fits(views: int, per_view: int, device, available: int | None) -> None:
+    """ValueError, before any pass, when the cache of `views` views (`per_view` bytes each) would take more than
+    CACHE_SHARE of `available` bytes: the cache is held whole, and on an ImageNet-size set it runs to terabytes
+    (1.28M images x 3 heads x up to 16k float16 inputs per view), which used to end in the kernel's OOM kill after
+    hours of passes. Says how many views would fit."""
+    if available is None or views * per_view <= CACHE_SHARE * available:
+        return
+    fit = int(CACHE_SHARE * available // per_view)
+    advice = f"pass --views {fit} or fewer" if fit >= 1 else "even one view does not fit: use a smaller --pool"
+    raise ValueError(f"caching {views} views takes {views * per_view / 2**30:.2f} GiB on {device}, more than "
+                     f"{CACHE_SHARE:.0%} of the {available / 2**30:.2f} GiB available there: {advice}")
+
+
+def available_memory(device, meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes free for the cache: on CUDA the device's free memory; on the CPU the kernel's MemAvailable, or a
+    container's headroom (cgroup v2 memory.max - memory.current) when smaller. None where neither is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path(cgroup, "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path(cgroup, "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def _checkpoint_file(path: str) -> Path:

@@ -158,3 +158,34 @@ def test_resume_with_another_head_grid_is_refused(tiny_run):
                                     "--aux-head-pool", "2"])
     with pytest.raises(ValueError, match="aux_head_pool was 1, now 2"):
         run_main(args)
+
+
+def test_a_cache_larger_than_memory_is_refused_before_any_pass(tiny_run, tmp_path, monkeypatch):
+    import training.heads as heads
+
+    with pytest.raises(ValueError, match=r"caching 8 views takes 0\.80 GiB on cpu, more than 80% of the 0\.50 GiB "
+                                         r"available there: pass --views 4 or fewer"):
+        heads.check_cache_fits(8, 2**30 // 10, torch.device("cpu"), 2**29)
+    with pytest.raises(ValueError, match="even one view does not fit: use a smaller --pool"):
+        heads.check_cache_fits(1, 2**30, torch.device("cpu"), 2**30)
+    heads.check_cache_fits(8, 2**30 // 10, torch.device("cpu"), None)  # unknown: no refusal
+    passes = []
+    monkeypatch.setattr(heads, "cache_views", lambda *a, **k: passes.append(1))
+    monkeypatch.setattr(heads, "available_memory", lambda device: 1000)
+    with pytest.raises(ValueError, match="GiB available there"):
+        main(_heads_args(tiny_run, tmp_path / "h"), log=lambda *a: None)
+    assert passes == [] and not (tmp_path / "h" / "last.pt").exists()
+
+
+def test_available_memory_takes_the_smaller_of_the_machine_and_the_container(tmp_path):
+    from training.heads import available_memory
+
+    cpu = torch.device("cpu")
+    (tmp_path / "meminfo").write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
+    (tmp_path / "cg").mkdir()
+    (tmp_path / "cg" / "memory.max").write_text("max\n")
+    (tmp_path / "cg" / "memory.current").write_text("5000000000\n")
+    assert available_memory(cpu, tmp_path / "meminfo", tmp_path / "cg") == 20000000 * 1024  # no container limit
+    (tmp_path / "cg" / "memory.max").write_text("8000000000\n")
+    assert available_memory(cpu, tmp_path / "meminfo", tmp_path / "cg") == 3000000000  # the container's headroom
+    assert available_memory(cpu, tmp_path / "none", tmp_path / "none") is None
