@@ -1,0 +1,219 @@
+"""A long run of mixed, partly hostile traffic against one server process: does anything grow, does anything
+fail that should not?
+
+    python -m bench.soak [--minutes 10] [--clients 8] [--sample-s 10] [--repo models/repository] [--server-args '']
+
+Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule
+(the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 45%; ClassifyBatch of 8 such
+images 5%; the Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BYTES tensor) 10%;
+a mutated image (bench/image_fuzz.py's mutations) over auxnet.v1 15%; a malformed HTTP body (cut JSON, random
+bytes, a wrong tensor) 10%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
+overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
+unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
+descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
+first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.image_fuzz import mutate
+from protos.oip import open_inference_pb2 as oip
+from protos.oip import open_inference_pb2_grpc as oip_grpc
+from server.client import Client
+from server.demo import ROOT, start_server
+from server.loadgen import load_labelled_folder
+from server.workers import free_port
+
+MIX = [("classify", 45), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
+       ("malformed_http", 10)]
+EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
+EXPECTED_HTTP = {200, 400, 429}
+
+
+def proc_stats(pid: int) -> dict:
+    """Resident memory (MB), its peak, threads and open file descriptors of a process, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return {"rss_mb": int(fields["VmRSS"][0]) / 1024, "hwm_mb": int(fields["VmHWM"][0]) / 1024,
+            "threads": int(fields["Threads"][0]), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def slope_per_minute(times: list[float], values: list[float]) -> float:
+    """Least-squares slope of values against times (s), per minute."""
+    t, v = np.asarray(times), np.asarray(values)
+    return float(np.polyfit(t, v, 1)[0] * 60) if len(t) >= 2 else 0.0
+
+
+class Traffic:
+    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int):
+        self.target, self.http_base, self.model, self.images = target, http_base, model, images
+        self.rng = random.Random(seed)
+        self.outcomes: collections.Counter = collections.Counter()
+        self.unexpected: list[str] = []
+
+    def run(self, stop: threading.Event) -> None:
+        kinds, weights = zip(*MIX)
+        with Client(self.target, timeout_s=10, retries=0) as client:
+            channel = grpc.insecure_channel(self.target)
+            v2 = oip_grpc.GRPCInferenceServiceStub(channel)
+            while not stop.is_set():
+                kind = self.rng.choices(kinds, weights)[0]
+                try:
+                    code = getattr(self, kind)(client, v2)
+                except grpc.RpcError as e:
+                    code = e.code().name
+                    if code not in EXPECTED_GRPC:
+                        self.unexpected.append(f"{kind}: {code}: {e.details()}"[:200])
+                except Exception as e:  # noqa: BLE001 - a dropped connection, a timeout: what this looks for
+                    code = type(e).__name__
+                    self.unexpected.append(f"{kind}: {code}: {e}"[:200])
+                self.outcomes[(kind, str(code))] += 1
+            channel.close()
+
+    def _controls(self) -> dict:
+        rule = self.rng.randrange(4)
+        if rule == 0:
+            return {"calibrated_policy": True}
+        if rule == 1:
+            return {"budget_ms": self.rng.choice([3.0, 10.0, 50.0])}
+        return {"min_confidence": self.rng.choice([0.5, 0.9])} if rule == 2 else {}
+
+    def classify(self, client: Client, v2) -> str:
+        client.classify(self.rng.choice(self.images), **self._controls())
+        return "OK"
+
+    def classify_batch(self, client: Client, v2) -> str:
+        client.classify_batch(self.rng.sample(self.images, 8), **self._controls())
+        return "OK"
+
+    def hostile_image(self, client: Client, v2) -> str:
+        client.classify(mutate(self.rng.choice(self.images), self.rng))
+        return "OK"
+
+    def v2_grpc(self, client: Client, v2) -> str:
+        image = self.rng.choice(self.images)
+        request = oip.ModelInferRequest(model_name=self.model, inputs=[oip.ModelInferRequest.InferInputTensor(
+            name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(image).to_bytes(4, "little") + image])
+        for key, value in self._controls().items():
+            which = "bool_param" if isinstance(value, bool) else "double_param"
+            request.parameters[key].CopyFrom(oip.InferParameter(**{which: value}))
+        v2.ModelInfer(request, timeout=10)
+        return "OK"
+
+    def v2_http(self, client: Client, v2) -> int:
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
+                            "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}],
+                "parameters": self._controls()}
+        return self._post(json.dumps(body).encode(), "v2_http")
+
+    def malformed_http(self, client: Client, v2) -> int:
+        good = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                       "parameters": {"content_type": "base64"},
+                                       "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}]}).encode()
+        variant = self.rng.randrange(3)
+        if variant == 0:
+            body = good[:self.rng.randrange(len(good))]  # cut anywhere
+        elif variant == 1:
+            body = self.rng.randbytes(self.rng.randint(0, 2000))
+        else:
+            body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                           "data": list(range(self.rng.randint(0, 4000)))}]}).encode()  # wrong size
+        return self._post(body, "malformed_http")
+
+    def _post(self, body: bytes, kind: str) -> int:
+        request = urllib.request.Request(f"{self.http_base}/v2/models/{self.model}/infer", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                r.read()
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status, detail = e.code, e.read()[:150]
+            if status not in EXPECTED_HTTP:
+                self.unexpected.append(f"{kind}: HTTP {status}: {detail!r}")
+        return status
+
+
+def main() -> None:
+    p = argparse.ArgumentParser("python -m bench.soak", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--sample-s", type=float, default=10)
+    p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--server-args", default="")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    images = load_labelled_folder(args.data)[0][:args.images]
+    http_port = free_port("127.0.0.1")
+    proc, target, _ = start_server(args.repo, ["--http-port", str(http_port), *args.server_args.split()])
+    try:
+        with Client(target) as c:
+            model = c.model_info().name
+        print(f"{args.clients} client threads, {args.minutes:g} min, {len(images)} images, model {model}, "
+              f"server args '{args.server_args}', {os.cpu_count()} cores shared by server and clients")
+        stop = threading.Event()
+        clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i)
+                   for i in range(args.clients)]
+        threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in clients]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        samples = []
+        print("| minute | requests | server RSS (MB) | peak RSS (MB) | threads | open fds |\n|---:|---:|---:|---:|---:|---:|")
+        while (elapsed := time.monotonic() - start) < args.minutes * 60:
+            time.sleep(min(args.sample_s, max(0.0, args.minutes * 60 - elapsed)))
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited with code {proc.returncode}")
+            s = {"t": time.monotonic() - start, "requests": sum(sum(c.outcomes.values()) for c in clients),
+                 **proc_stats(proc.pid)}
+            samples.append(s)
+            print(f"| {s['t'] / 60:.1f} | {s['requests']} | {s['rss_mb']:.1f} | {s['hwm_mb']:.1f} | {s['threads']} | "
+                  f"{s['fds']} |", flush=True)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        settled = [s for s in samples if s["t"] >= 0.2 * args.minutes * 60]
+        outcomes = collections.Counter()
+        for c in clients:
+            outcomes.update(c.outcomes)
+        unexpected = [u for c in clients for u in c.unexpected]
+        print("\n| request | answers |\n|---|---|")
+        for kind, _ in MIX:
+            got = {code: n for (k, code), n in sorted(outcomes.items()) if k == kind}
+            print(f"| {kind} | {', '.join(f'{code} {n}' for code, n in got.items())} |")
+        if settled:
+            first, last = settled[0], settled[-1]
+            print(f"\nafter warm-up ({first['t'] / 60:.1f} to {last['t'] / 60:.1f} min, {last['requests'] - first['requests']}"
+                  f" requests): RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f}), "
+                  f"slope {slope_per_minute([s['t'] for s in settled], [s['rss_mb'] for s in settled]):+.2f} MB/min; "
+                  f"threads {first['threads']} -> {last['threads']}; open fds {first['fds']} -> {last['fds']}")
+        print(f"unexpected answers: {len(unexpected)}")
+        for u in unexpected[:10]:
+            print(f"  {u}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
