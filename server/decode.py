@@ -122,7 +122,7 @@ def decode_encoded(data: bytes, limits: ImageLimits, size: tuple[int, int] | Non
         _check_size(h, w, limits)
         if size is not None and kind == "JPEG" and (w > 2 * size[1] or h > 2 * size[0]):
             im.draft("RGB", (size[1] * 2, size[0] * 2))  # decode at 1/2..1/8 scale: far less work
-        im.load()  # a GIF frame larger than Pillow's limit raises its bomb warning here (an error: see below)
+        im.load()  # a GIF frame past Pillow's limit raises its bomb warning here (an error: _decoder_warnings)
         if size is not None and im.size != (size[1], size[0]) and not im.mode.startswith("I"):
             # Resize inside Pillow (it releases the GIL) before any full-size array exists; reducing_gap:
             # box-reduce by an integer factor first, then resample: far cheaper from 4096 px.

@@ -213,8 +213,8 @@ CACHE_SHARE = 0.8  # of the memory available before the cache: the rest for the 
 def check_cache_fits(views: int, per_view: int, device, available: int | None) -> None:
     """ValueError, before any pass, when the cache of `views` views (`per_view` bytes each) would take more than
     CACHE_SHARE of `available` bytes: the cache is held whole, and on an ImageNet-size set it runs to terabytes
-    (1.28M images x 3 heads x up to 16k float16 inputs per view), which used to end in the kernel's OOM kill after
-    hours of passes. Says how many views would fit."""
+    (1.28M images x 3 heads x up to 16k float16 inputs per view), which would end in the kernel's OOM kill after
+    hours of passes (reasoned, not tried). Says how many views would fit."""
     if available is None or views * per_view <= CACHE_SHARE * available:
         return
     fit = int(CACHE_SHARE * available // per_view)
