@@ -33,6 +33,7 @@ from server.policy import policy_confidence
 from server.repository import ModelInfo
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
+from server.statistics import ModelStatistics
 
 log = logging.getLogger("auxnet.server")
 
@@ -67,6 +68,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
                             "monitor off; re-export it to turn it on", info.name)
         self._sample_rng = random.Random(0)
         self._metric_children: dict = {}
+        self.stats = ModelStatistics()  # Triton's statistics extension (server/statistics.py)
         self.shadow: list[ShadowJob] = []
         self._shadow_wakeup = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no exit has work queued or running
@@ -169,8 +171,17 @@ class ModelEngine(SegmentChain, AgreementSampling):
                   use_policy)
         self._admit()
         try:
+            job.enqueued = time.monotonic()
             self._push(0, job)
-            return await job.future
+            try:
+                answer = await job.future
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.failed(time.monotonic() - arrival)
+                raise
+            self.stats.answered(answer.latency_s, job.enqueued - arrival, job.compute_s)
+            return answer
         finally:
             self._release()
             # The caller went away (asyncio cancels the awaited future with the task): the worker drops
@@ -320,6 +331,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         self.latency.observe(k, step.size, step.dt)
         self._metric(self.metrics.compute_latency, name, str(k)).observe(step.dt)
         self._metric(self.metrics.batch_size, name, str(k)).observe(len(step.jobs))
+        self.stats.segment_run(step.size, step.dt)
         host = []  # features copied to the host only if some request needs them (queued, or sampled)
 
         def features():
@@ -334,6 +346,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         rows = range(len(step.jobs)) if step.rows is None else step.rows  # each job's row of the features
         answered = {}
         for i, job in enumerate(step.jobs):
+            job.compute_s += step.dt
             if job.future.done():
                 continue
             reason = step.reasons[i]

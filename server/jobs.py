@@ -29,6 +29,8 @@ class Job:
     seq: int = 0
     drop_reason: str = "cancelled"  # why a job whose caller left is dropped: "cancelled" or "deadline"
     predicted_finish: float | None = None  # when it went on with a budget: its next segment's predicted end
+    enqueued: float = 0.0  # time.monotonic() when it joined the first exit's queue (server/statistics.py)
+    compute_s: float = 0.0  # the segment runs it took part in, summed
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""

@@ -39,12 +39,23 @@ class TritonModelConfigStub:
                 request_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelConfigRequest.SerializeToString,
                 response_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/ModelStatistics',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class TritonModelConfigServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ModelConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_TritonModelConfigServicer_to_server(servicer, server):
                     servicer.ModelConfig,
                     request_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelConfigRequest.FromString,
                     response_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class TritonModelConfig:
             '/auxnet.oip.TritonModelConfig/ModelConfig',
             protos_dot_oip_dot_triton__compat__pb2.ModelConfigRequest.SerializeToString,
             protos_dot_oip_dot_triton__compat__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/ModelStatistics',
+            protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

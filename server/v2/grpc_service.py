@@ -31,8 +31,8 @@ PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive",
 
 def add_to_server(servicer: OpenInferenceServicer, server) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
-    RPCs and Triton's ModelConfig under the specification's service, and each under the name reflection
-    describes."""
+    RPCs and Triton's ModelConfig and ModelStatistics under the specification's service, and each under the name
+    reflection describes."""
     def handlers(module, service):
         return {m.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, m.name), request_deserializer=getattr(module, m.input_type.name).FromString,
@@ -84,6 +84,14 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         async def run():
             config = v2.triton_config(v2.resolve(self.app, request.name, request.version))
             return triton.ModelConfigResponse(config=json_format.ParseDict(config, triton.ModelConfig()))
+
+        return await guard(self.app, context, request.name, run(), counted=False)
+
+    async def ModelStatistics(self, request, context):
+        """Triton's statistics extension, not the protocol's: server/statistics.py says what each figure counts."""
+        async def run():
+            stats = v2.statistics(self.app, request.name, request.version)
+            return json_format.ParseDict(stats, triton.ModelStatisticsResponse())
 
         return await guard(self.app, context, request.name, run(), counted=False)
 

@@ -5,6 +5,7 @@
     GET  /v2/models/{model}[/versions/{version}]        model metadata
     GET  /v2/models/{model}[/versions/{version}]/ready  model readiness (no token)
     GET  /v2/models/{model}[/versions/{version}]/config Triton's model configuration (Triton's clients ask)
+    GET  /v2/models[/{model}[/versions/{version}]]/stats Triton's statistics extension (server/statistics.py)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
@@ -63,7 +64,9 @@ class OpenInferenceHTTP:
         a.router.add_get("/v2/health/live", self.live)
         a.router.add_get("/v2/health/ready", self.ready)
         a.router.add_get("/v2", self.server_metadata)
+        a.router.add_get("/v2/models/stats", self.model_stats)  # before /v2/models/{model}, which would take it
         for base in versioned:
+            a.router.add_get(base + "/stats", self.model_stats)
             a.router.add_get(base, self.model_metadata)
             a.router.add_get(base + "/ready", self.model_ready)
             a.router.add_get(base + "/config", self.model_config)
@@ -153,6 +156,11 @@ class OpenInferenceHTTP:
     async def model_config(self, request):
         """Triton's model configuration (not part of the protocol; Triton's clients and tools ask for it)."""
         return web.json_response(v2.triton_config(self._engine(request)))
+
+    async def model_stats(self, request):
+        """Triton's statistics extension (server/statistics.py): every model, or the one the path names."""
+        return web.json_response(v2.statistics(self.app, request.match_info.get("model", ""),
+                                               request.match_info.get("version", "")))
 
     async def model_ready(self, request):
         engine = self._engine(request)

@@ -25,7 +25,7 @@ from server.v2.tensors import BYTES, Tensor
 
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
-EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit")
+EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics")
 OUTPUT_DOCS = {
     "label": "INT64 [N] top-1 class index",
     "class_name": "BYTES [N] top-1 class name",
@@ -58,6 +58,18 @@ def resolve(app, name: str, version: str = "") -> ModelEngine:
     engine = app.engine_for(name)
     version_check(engine, version)
     return engine
+
+
+def statistics(app, name: str = "", version: str = "") -> dict:
+    """Triton's statistics extension: {"model_stats": [...]} for the named model (every loaded one when the name
+    is empty), its figures as server/statistics.py counts them."""
+    if name:
+        engines = [resolve(app, name, version)]
+    elif version:
+        raise InvalidInput("a model version needs a model name")
+    else:
+        engines = [app.engines[n] for n in sorted(app.engines)]
+    return {"model_stats": [e.stats.to_triton(e.info.name, e.info.version) for e in engines]}
 
 
 INPUT_TYPES = {"image": BYTES, "pixels": "UINT8", "pixels_fp32": "FP32", "input": "FP32"}

@@ -50,6 +50,9 @@ def test_bearer_token_on_v2_grpc_and_http_with_probes_open(tiny_repo):
                     c.get_model_metadata(MODEL, headers=headers)
                 with pytest.raises(InferenceServerException):
                     c.get_model_config(MODEL, headers=headers)
+                with pytest.raises(InferenceServerException) as e:
+                    c.get_inference_statistics(MODEL, headers=headers)
+                assert "bearer token" in e.value.message()
             r = c.infer(MODEL, [image_input(module)], headers={"authorization": "Bearer s3cret"})
             assert r.as_numpy("label").shape == (1,)
         status, headers, _ = http(f"http://{url}/v2", "GET")
