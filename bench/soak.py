@@ -7,7 +7,7 @@ Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 te
 (the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 45%; ClassifyBatch of 8 such
 images 5%; the Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BYTES tensor) 10%;
 a mutated image (bench/image_fuzz.py's mutations) over auxnet.v1 15%; a malformed HTTP body (cut JSON, random
-bytes, a wrong tensor) 10%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
+bytes, a wrong tensor) 10%; Triton's statistics over HTTP 1%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
 overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
 unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
@@ -40,7 +40,7 @@ from server.loadgen import load_labelled_folder
 from server.workers import free_port
 
 MIX = [("classify", 45), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
-       ("malformed_http", 10)]
+       ("malformed_http", 10), ("stats", 1)]
 EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 EXPECTED_HTTP = {200, 400, 429}
 
@@ -122,6 +122,11 @@ class Traffic:
                             "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}],
                 "parameters": self._controls()}
         return self._post(json.dumps(body).encode(), "v2_http")
+
+    def stats(self, client: Client, v2) -> int:
+        with urllib.request.urlopen(f"{self.http_base}/v2/models/{self.model}/stats", timeout=10) as r:
+            json.loads(r.read())
+            return r.status
 
     def malformed_http(self, client: Client, v2) -> int:
         good = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
