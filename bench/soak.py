@@ -117,11 +117,13 @@ class Traffic:
         v2.ModelInfer(request, timeout=10)
         return "OK"
 
+    def _image_body(self) -> dict:
+        """An Open Inference Protocol HTTP request of one image (JSON, base64)."""
+        return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
+                            "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}]}
+
     def v2_http(self, client: Client, v2) -> int:
-        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
-                            "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}],
-                "parameters": self._controls()}
-        return self._post(json.dumps(body).encode(), "v2_http")
+        return self._post(json.dumps({**self._image_body(), "parameters": self._controls()}).encode(), "v2_http")
 
     def stats(self, client: Client, v2) -> int:
         with urllib.request.urlopen(f"{self.http_base}/v2/models/{self.model}/stats", timeout=10) as r:
@@ -129,9 +131,7 @@ class Traffic:
             return r.status
 
     def malformed_http(self, client: Client, v2) -> int:
-        good = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                       "parameters": {"content_type": "base64"},
-                                       "data": [base64.b64encode(self.rng.choice(self.images)).decode()]}]}).encode()
+        good = json.dumps(self._image_body()).encode()
         variant = self.rng.randrange(3)
         if variant == 0:
             body = good[:self.rng.randrange(len(good))]  # cut anywhere
