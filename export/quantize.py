@@ -6,7 +6,13 @@ Why static QDQ with uint8 activations and per-channel int8 weights: measured on 
 2-core AMD EPYC with AVX-512 VNNI (bench/RESULTS.md §20), the quantized chain ran 1.76-2.07x the float one at
 batch 32 and 2.0x at batch 1, with every exit's validation top-1 within 0.4 pp; uint8 x int8 is what VNNI's
 dot product takes natively (int8 activations ran ~10% slower in a prototype). Activation ranges are MinMax
-over the calibration images.
+over the calibration images, widened outward to 7 significant bits. Why: the float chain that measures them
+runs on this CPU's kernels, whose last bits differ between CPUs; exported on an AVX2 CPU and on an AVX-512 one,
+the same checkpoint gave int8 files whose activation scales differed by ~3e-7 relative (bench/RESULTS.md §27).
+A range end rounded to a 2^-7 relative grid lands on the same grid point unless it lies within such a
+difference of a grid boundary (from the differences measured between those two CPUs: 0.002 expected crossings
+over the default chain), so the same checkpoint now gives the same files on almost any CPU; widening a range by
+at most 0.8% costs about 0.01 bit of activation resolution.
 
 Each segment is quantized on its own: its input and outputs stay float32, so the repository's contract
 (features handed from one segment to the next, logits out) is unchanged, and the server runs the files as it
@@ -28,6 +34,7 @@ provider runs QDQ graphs with float kernels between quantize/dequantize pairs, s
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -39,9 +46,11 @@ from server.precision import cpu_int8_instructions
 
 CALIBRATION_IMAGES = 512  # validation images whose activations set the ranges (the calibrator keeps them all)
 BATCH = 64
+RANGE_BITS = 7  # significant bits kept of each activation range's ends (module docstring)
 MAX_DROP_PP = 1.0  # an exit that loses more validation top-1 than this to int8 is refused by default
 SETTINGS = {"format": "QDQ (ONNX Runtime static quantization)", "activations": "uint8, asymmetric, per tensor",
-            "weights": "int8, symmetric, per output channel", "ranges": "MinMax over the calibration images"}
+            "weights": "int8, symmetric, per output channel",
+            "ranges": "MinMax over the calibration images, widened outward to 7 significant bits"}
 REDUCED_WEIGHTS = "int8 in a 7-bit range [-64, 63] (reduce_range: no 16-bit saturation without VNNI), symmetric, per output channel"
 
 
@@ -86,15 +95,41 @@ def quantize_chain(paths: list[Path], images: np.ndarray, reduce_range: bool = T
                 # ONNX Runtime's documentation asks, so ranges are measured on the graph that is quantized.
                 quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
                 try:
-                    quantize_static(str(prepared), str(quantized), _Batches(feed), quant_format=QuantFormat.QDQ,
+                    ranges = activation_ranges(prepared, feed, Path(tmp) / "augmented.onnx")
+                    # The ranges go in as overrides of every calibrated tensor (given unwidened, they reproduce
+                    # quantize_static's own files byte for byte); its own calibration then sees one batch only.
+                    quantize_static(str(prepared), str(quantized), _Batches(feed[:BATCH]), quant_format=QuantFormat.QDQ,
                                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
+                                    calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range,
+                                    extra_options={"TensorQuantOverrides": ranges})
                 except Exception as e:  # noqa: BLE001 - name the segment; ONNX Runtime's own message follows
                     raise QuantizationError(f"quantizing {path.name} (segment {k}) failed: {type(e).__name__}: {e}") from e
                 os.replace(quantized, path)
             feed = outputs[0] if len(outputs) == 2 else None
     finally:
         logging.getLogger().setLevel(quiet)
+
+
+def activation_ranges(model: Path, feed: np.ndarray, augmented: Path) -> dict[str, list[dict]]:
+    """MinMax of every tensor ONNX Runtime calibrates in `model` over `feed`, each range widened to
+    RANGE_BITS significant bits, as quantize_static's TensorQuantOverrides."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(_Batches(feed))
+    ranges = {}
+    for name, data in calibrator.compute_data().items():
+        lowest, highest = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
+        ranges[name] = [{"rmin": np.float32(widened(lowest, math.floor)), "rmax": np.float32(widened(highest, math.ceil))}]
+    return ranges
+
+
+def widened(value: float, rounding, bits: int = RANGE_BITS) -> float:
+    """`value` rounded (math.floor: down, math.ceil: up) to `bits` significant bits; exact in float32."""
+    if value == 0.0 or not math.isfinite(value):
+        return value
+    quantum = math.ldexp(1.0, math.frexp(value)[1] - bits)  # |value| lies in [2^(e-1), 2^e)
+    return rounding(value / quantum) * quantum
 
 
 def chain_logits(paths: list[Path], batches) -> tuple[list[np.ndarray], np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.fold import fold_batch_norms
 from training.model import AuxNet
 
 OPSET = 17
@@ -17,12 +18,13 @@ PARITY_ATOL = 1e-4  # fp32, issue 3: |onnx - torch| <= this x max(1, largest |ou
 def export_segment(model: AuxNet, k: int, example: torch.Tensor, path: Path) -> dict:
     """Write segment k (dynamic batch) and return its I/O description for the manifest."""
     seg = model.segment(k).eval()
+    exported = fold_batch_norms(seg)  # same bits on any CPU (export/fold.py); parity is checked against `seg`
     final = k == model.num_outputs - 1
     outputs = ["logits"] if final else ["features", "logits"]
     axes = {name: {0: "batch"} for name in ["input", *outputs]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference notes
-        torch.onnx.export(seg, (example,), str(path), input_names=["input"], output_names=outputs,
+        torch.onnx.export(exported, (example,), str(path), input_names=["input"], output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     with torch.no_grad():
         out = seg(example)

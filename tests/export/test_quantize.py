@@ -1,6 +1,8 @@
 """`python -m export all --int8`: every segment quantized, calibrated on what the quantized chain answers,
 refused when int8 costs an exit too much accuracy, and served as any model is."""
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -213,3 +215,53 @@ def test_a_malformed_quantization_block_is_refused_by_name(int8_repo, tmp_path):
     (copy / "manifest.json").write_text(json.dumps({**m, "quantization": {**m["quantization"], "precision": "int4"}}))
     with pytest.raises(RepositoryError, match="'quantization' must be an object with precision \"int8\".*'int4'"):
         load_manifest(copy)
+
+
+def test_widened_keeps_seven_significant_bits_and_only_grows_the_range():
+    assert quantize.widened(1.0, math.ceil) == 1.0  # already on the grid
+    assert quantize.widened(1.0 + 2**-10, math.ceil) == 1.0 + 2**-6  # [1, 2): a step of 2^-6
+    assert quantize.widened(1.0 + 2**-10, math.floor) == 1.0
+    assert quantize.widened(-3.3, math.floor) == -3.3125  # [-4, -2): steps of 2^-5; -105.6 steps -> -106
+    assert quantize.widened(0.02, math.ceil) == 0.02001953125  # [2^-6, 2^-5): steps of 2^-12; 81.92 -> 82
+    assert quantize.widened(0.0, math.floor) == 0.0
+    for v in np.random.default_rng(0).standard_normal(200) * 10.0 ** np.random.default_rng(1).integers(-4, 4, 200):
+        lo, hi = quantize.widened(float(v), math.floor), quantize.widened(float(v), math.ceil)
+        assert lo <= v <= hi and hi - lo <= abs(v) * 2**-6 and float(np.float32(hi)) == hi
+
+
+def _quantized_files(float_dir, images: np.ndarray, out) -> list[bytes]:
+    out.mkdir()
+    paths = []
+    for e in load_manifest(float_dir).exits:
+        paths.append(out / e.onnx.name)
+        paths[-1].write_bytes(e.onnx.read_bytes())
+    quantize.quantize_chain(paths, images)
+    return [p.read_bytes() for p in paths]
+
+
+def test_int8_files_do_not_move_with_last_bit_differences_in_the_measured_activations(tiny_repo, tmp_path, monkeypatch):
+    """Another CPU's float kernels measure each activation range a few ulps apart (RESULTS §27); images scaled
+    by 1 - 2^-20 do the same here (every activation moves by about 1e-6 relative; the pixels stay within [0, 1],
+    whose ends are grid points: 1 + 2^-20 would move the input's own range, which no CPU computes). With ranges
+    widened to 7 bits the files stay the same; measured as they are, they moved."""
+    x = np.stack([img.transpose(2, 0, 1) / 255.0 for img in images(64, seed=9)]).astype(np.float32)
+    nudged = (x * np.float32(1 - 2**-20)).astype(np.float32)
+    assert not np.array_equal(x, nudged)
+    assert _quantized_files(tiny_repo / "tiny", x, tmp_path / "a") == _quantized_files(tiny_repo / "tiny", nudged, tmp_path / "b")
+    monkeypatch.setattr(quantize, "widened", lambda value, rounding: value)  # ranges as measured, the old way
+    measured = _quantized_files(tiny_repo / "tiny", x, tmp_path / "c")
+    assert measured != _quantized_files(tiny_repo / "tiny", nudged, tmp_path / "d")
+    # Handed over as overrides, the measured ranges give exactly the file quantize_static makes on its own.
+    assert measured[0] == _quantize_static_alone(load_manifest(tiny_repo / "tiny").exits[0].onnx, x, tmp_path / "e")
+
+
+def _quantize_static_alone(float_onnx, x: np.ndarray, tmp) -> bytes:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp.mkdir()
+    quant_pre_process(str(float_onnx), str(tmp / "prepared.onnx"), skip_symbolic_shape=True)
+    quantize_static(str(tmp / "prepared.onnx"), str(tmp / "int8.onnx"), quantize._Batches(x), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, reduce_range=True)
+    return (tmp / "int8.onnx").read_bytes()
