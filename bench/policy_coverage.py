@@ -33,8 +33,7 @@ from export.calibration import fit_temperature, softmax
 from export.policy import ExitScores, choose_policy, drop_standard_error, evaluate, paired_drop, served_rule
 from export.quantize import chain_logits
 from server.repository import load_manifest
-from training.checkpoint import load_checkpoint
-from training.data import load_splits
+from training.checkpoint import checkpoint_splits, load_checkpoint
 from training.data.batches import iterate
 
 
@@ -47,9 +46,7 @@ def onnx_split_logits(model_dir: str, checkpoint: str, data_dir: str) -> dict:
     if cache.is_file():
         return dict(np.load(cache))
     ckpt = load_checkpoint(checkpoint)
-    data = ckpt["data"]
-    splits = load_splits(data["dataset"], data_dir, val_indices=data["val_indices"], split_seed=ckpt["args"].get("seed", 0),
-                         image_size=data.get("image_size", 32))
+    splits = checkpoint_splits(ckpt, data_dir)
     out = {"mflops": np.array([e.mflops for e in info.exits])}
     for name, ds in (("val", splits.val), ("test", splits.test)):
         logits, labels = chain_logits([e.onnx for e in info.exits], iterate(ds, splits, 256, False, 0, torch.device("cpu")))

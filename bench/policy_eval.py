@@ -38,8 +38,7 @@ from export.policy import (
     served_score,
 )
 from server.policy import POLICY_SCORES
-from training.checkpoint import load_checkpoint
-from training.data import load_splits
+from training.checkpoint import checkpoint_splits, load_checkpoint
 from training.data.batches import iterate
 from training.engine import collect_logits
 from training.model import segment_costs
@@ -62,9 +61,7 @@ def split_logits(checkpoint: Path, data_dir: str, cache: Path) -> dict:
         return dict(np.load(cache))
     ckpt = load_checkpoint(str(checkpoint))
     model = model_from_checkpoint(ckpt, str(checkpoint))
-    info = ckpt["data"]
-    splits = load_splits(info["dataset"], data_dir, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0),
-                         image_size=info.get("image_size", 32))
+    splits = checkpoint_splits(ckpt, data_dir)
     out = {}
     with torch.no_grad():
         for name, ds in (("val", splits.val), ("test", splits.test)):

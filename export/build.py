@@ -29,9 +29,8 @@ from export.policy import (
 from export.segments import PARITY_ATOL, export_segment, segment_parity
 from server.policy import POLICY_SCORES
 from server.repository import MANIFEST, SCHEMA_VERSION, load_manifest, sha256_file
-from training.checkpoint import load_checkpoint
+from training.checkpoint import checkpoint_splits, load_checkpoint
 from training.checkpoint import model_from_checkpoint as checkpoint_model
-from training.data import load_splits
 from training.data.batches import iterate
 from training.engine import collect_logits
 from training.model import AuxNet, segment_costs
@@ -53,8 +52,7 @@ def validation_logits(model: AuxNet, ckpt: dict, data_dir: str | None) -> tuple[
     info = ckpt["data"]
     root = data_dir or info.get("data_dir")
     try:
-        splits = load_splits(info["dataset"], root, val_indices=info["val_indices"], split_seed=ckpt["args"].get("seed", 0),
-                             image_size=info.get("image_size", 32))  # the size it was trained at
+        splits = checkpoint_splits(ckpt, root)  # its validation images, at the size it was trained at
     except (FileNotFoundError, ValueError) as e:
         raise ExportError(f"calibration needs the validation split of {info['dataset']} from {root}: {e} "
                           "(pass --data-dir)") from e

@@ -64,6 +64,17 @@ def model_from_checkpoint(ckpt: dict, path: str | Path):
     return model.eval()
 
 
+def checkpoint_splits(ckpt: dict, data_dir: str | Path | None = None, **options):
+    """The train / validation / test splits a checkpoint was trained on: its data set, recorded validation
+    indices, split seed and image size (the validation split is what export and the heads calibrate on, so it
+    must be these images exactly). `data_dir` replaces the recorded folder; `options` go to load_splits."""
+    from training.data.registry import load_splits
+
+    info = ckpt["data"]
+    return load_splits(info["dataset"], data_dir or info.get("data_dir"), val_indices=info["val_indices"],
+                       split_seed=ckpt.get("args", {}).get("seed", 0), image_size=info.get("image_size", 32), **options)
+
+
 def _load_error(e: Exception) -> str:
     """torch.load's error in a line. Its weights-only refusal is a paragraph advising weights_only=False, the
     very thing not to do with a file of unknown origin; what matters is the unpickler's own reason at its end."""

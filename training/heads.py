@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 
 from server.repository import sha256_file
-from training.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic
-from training.data import load_splits
+from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
 from training.data.batches import iterate
 from training.methods import OptimConfig, output_losses
 from training.model import AuxNet, segment_costs
@@ -172,8 +171,7 @@ def main(args, log=print) -> dict:
     if not 0 <= loss_cfg.distill_weight <= 1:
         raise ValueError(f"--distill-weight {loss_cfg.distill_weight} must be in [0, 1]")
     root = args.data_dir or info.get("data_dir")
-    splits = load_splits(info["dataset"], root, val_indices=info["val_indices"], split_seed=run_args.get("seed", 0),
-                         image_size=info.get("image_size", 32), decode_cache=args.decode_cache)
+    splits = checkpoint_splits(ckpt, root, decode_cache=args.decode_cache)
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise ValueError(f"{info['dataset']} from {root}: training and validation splits must both be non-empty")
     device = pick_device(args.device)
