@@ -53,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
     c.add_argument("--checkpoint", help="also check parity with this checkpoint")
+    c.add_argument("--rebuild", action="store_true",
+                   help="also export the segments again from --checkpoint and require byte-identical files")
+    c.add_argument("--data-dir", help="with --rebuild of an int8 model: where the checkpoint's data set lies now")
     ev = sub.add_parser("evaluate", help="each exit's and the served policy's accuracy on a labelled folder "
                                          "(export/evaluate.py)")
     ev.add_argument("model_dir", help="REPO/NAME")
@@ -91,7 +94,9 @@ def main(argv=None) -> int:
         if args.command == "check":
             from export.check import check_model
 
-            return 1 if check_model(args.model_dir, args.checkpoint) else 0
+            if args.rebuild and not args.checkpoint:
+                raise ValueError("--rebuild needs --checkpoint: the checkpoint the model is said to come from")
+            return 1 if check_model(args.model_dir, args.checkpoint, rebuild=args.rebuild, data_dir=args.data_dir) else 0
         if args.command == "evaluate":
             from export.evaluate import main as evaluate_main
 

@@ -212,6 +212,30 @@ def make_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[float]
     }
 
 
+def rebuild_segments(checkpoint: str, manifest: dict, out: Path, data_dir: str | None = None) -> list[Path]:
+    """The segment files export would write today for the model `manifest` describes, from `checkpoint`,
+    into `out`: float, or for an int8 model quantized as its manifest says (which needs the checkpoint's
+    validation images, from `data_dir` or the recorded folder). For `export check --rebuild`."""
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, checkpoint)
+    kept = len(manifest["exits"])
+    if kept > model.num_outputs:
+        raise ExportError(f"the manifest has {kept} exits, the checkpoint's network {model.num_outputs}: not its model")
+    paths, _ = _export_segments(model, out)
+    for path in paths[kept:]:
+        path.unlink()
+    paths = paths[:kept]
+    block = manifest.get("quantization")
+    if block:
+        try:
+            splits = checkpoint_splits(ckpt, data_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise ExportError(f"rebuilding int8 files needs the checkpoint's validation images: {e} (pass --data-dir)") from e
+        quantize.quantize_chain(paths, _first_images(splits, block.get("calibration_images", quantize.CALIBRATION_IMAGES)),
+                                reduce_range=block.get("reduce_range", False))
+    return paths
+
+
 def _first_images(splits, n: int) -> np.ndarray:
     x, _ = next(iterate(splits.val, splits, n, False, 0, torch.device("cpu")))
     return x.numpy()

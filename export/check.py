@@ -9,8 +9,11 @@ import numpy as np
 from server.repository import load_manifest
 
 
-def check_model(model_dir: str, checkpoint: str | None = None, log=print) -> list[str]:
-    """Return a list of problems (empty when the model is sound)."""
+def check_model(model_dir: str, checkpoint: str | None = None, log=print, rebuild: bool = False,
+                data_dir: str | None = None) -> list[str]:
+    """Return a list of problems (empty when the model is sound). `rebuild`: also export the segments again
+    from `checkpoint` and require the published files byte for byte (export is reproducible on any CPU since
+    2026-12-01: bench/RESULTS.md §27), which proves which checkpoint a repository was built from."""
     import onnx
 
     from export.segments import PARITY_ATOL, onnx_session
@@ -49,7 +52,27 @@ def check_model(model_dir: str, checkpoint: str | None = None, log=print) -> lis
             worst = max(r["segment_max_abs_diff"], r["chain_max_abs_diff"]) / r["output_scale"]
             if worst > PARITY_ATOL:
                 problems.append(f"exit {r['exit']}: ONNX differs from the checkpoint by {worst:.2e} > {PARITY_ATOL}")
+    if rebuild and not problems:
+        problems += _rebuilt_differences(model_dir, info, checkpoint, data_dir, log)
     log(f"{Path(model_dir)}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
     for p in problems:
         log(f"  - {p}")
     return problems
+
+
+def _rebuilt_differences(model_dir: str, info, checkpoint: str, data_dir: str | None, log) -> list[str]:
+    import tempfile
+
+    from export.build import rebuild_segments
+    from server.repository import sha256_file
+
+    with tempfile.TemporaryDirectory(prefix="auxnet-rebuild-") as tmp:
+        rebuilt = [sha256_file(p) for p in rebuild_segments(checkpoint, info.manifest, Path(tmp), data_dir)]
+    differ = [(e, h) for e, h in zip(info.exits, rebuilt) if h != e.raw["sha256"]]
+    if not differ:
+        log(f"{Path(model_dir)}: rebuilt from {checkpoint}: all {len(rebuilt)} segment files byte-identical")
+        return []
+    built_with = info.manifest.get("export", {}).get("versions", {})
+    return [f"exit {e.index}: rebuilt from {checkpoint}, {e.onnx.name} differs from the published file (sha256 {h[:12]} "
+            f"against {e.raw['sha256'][:12]}): another checkpoint, files changed since export, an export before 2026-12-01, "
+            f"or other versions (it was exported with {built_with or 'unrecorded versions'})" for e, h in differ]

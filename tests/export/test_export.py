@@ -78,6 +78,43 @@ def test_check_passes_then_catches_tampering(tiny_run, tiny_repo, tmp_path):
         check_model(str(copy))
 
 
+def _nudge_one_weight(model_dir, exit_index: int) -> None:
+    """Move one convolution weight of a segment by one ulp and record the file's new checksum, as a forger
+    who wants the files to pass `check` would: far inside the parity tolerance."""
+    import onnx
+    from onnx import numpy_helper
+
+    from server.repository import sha256_file
+
+    path = model_dir / f"exit_{exit_index}.onnx"
+    model = onnx.load(str(path))
+    init = next(t for t in model.graph.initializer if t.name.endswith("conv1.weight"))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] = np.nextafter(w.flat[0], np.float32(np.inf))
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    m = json.loads((model_dir / "manifest.json").read_text())
+    m["exits"][exit_index]["sha256"] = sha256_file(path)
+    (model_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_check_rebuild_proves_which_checkpoint_made_the_files(tiny_run, tiny_repo, tmp_path, capsys):
+    said = []
+    assert check_model(str(tiny_repo / "tiny"), str(tiny_run), log=said.append, rebuild=True) == []
+    assert any("all 2 segment files byte-identical" in line for line in said)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_repo / "tiny", copy)
+    _nudge_one_weight(copy, 0)
+    assert check_model(str(copy), str(tiny_run), log=lambda *a: None) == []  # parity cannot see one ulp
+    problems = check_model(str(copy), str(tiny_run), log=lambda *a: None, rebuild=True)
+    assert len(problems) == 1 and problems[0].startswith(f"exit 0: rebuilt from {tiny_run}, exit_0.onnx differs from the "
+                                                         "published file (sha256 ")
+    assert "another checkpoint, files changed since export" in problems[0]
+    assert export_main(["check", str(copy), "--checkpoint", str(tiny_run), "--rebuild"]) == 1
+    assert export_main(["check", str(copy), "--rebuild"]) == 2
+    assert "--rebuild needs --checkpoint" in capsys.readouterr().err
+
+
 def test_unknown_schema_and_broken_chain_are_refused(tiny_repo, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(tiny_repo / "tiny", copy)

@@ -152,6 +152,12 @@ def test_bad_requests_are_refused_before_any_work(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_check_rebuilds_the_int8_files_byte_for_byte(int8_repo, tiny_run):
+    said = []
+    assert check_model(str(only_model(int8_repo)), str(tiny_run), log=said.append, rebuild=True) == []
+    assert any("all 2 segment files byte-identical" in line for line in said)
+
+
 def test_check_accepts_the_int8_model_and_says_why_parity_is_not_checked(int8_repo, tiny_run):
     model_dir = only_model(int8_repo)
     lines = []
