@@ -111,7 +111,8 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 end = min(end, arrival + timeout_s) if end is not None else arrival + timeout_s
             inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: _inputs(request))
             parsed.extend(inputs)
-            requested = v2.check_outputs([o.name for o in request.outputs])
+            requested = v2.check_outputs([(o.name, parameter_value(o.parameters["classification"]))
+                                          if "classification" in o.parameters else (o.name, None) for o in request.outputs])
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
             answered.extend(answers)
             out = v2.outputs(engine, answers, requested)

@@ -127,25 +127,24 @@ def _numbers(name: str, datatype: str, data) -> np.ndarray:
     return a.astype(target).reshape(-1)
 
 
-def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[str], set[str]]:
+def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[tuple[str, int | None]], set[str]]:
     specs = doc.get("outputs") or []
     if not isinstance(specs, list):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...}")
-    names, binary = [], set()
+    requested, binary = [], set()
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidInput("each requested output needs a 'name'")
         params = spec.get("parameters") or {}
-        if params.get("classification"):
-            raise InvalidInput("the classification extension is not supported: request 'label', 'confidence' or "
-                               "'probabilities'")
-        names.append(spec["name"])
+        if not isinstance(params, dict):
+            raise InvalidInput(f"output {spec['name'][:64]!r}: 'parameters' must be a JSON object")
+        requested.append((spec["name"], params.get("classification")))
         if params.get("binary_data", binary_all):
             binary.add(spec["name"])
-    v2.check_outputs(names)
-    if not names and binary_all:
+    checked = v2.check_outputs(requested)
+    if not checked and binary_all:
         binary = set(v2.DEFAULT_OUTPUTS)
-    return names, binary
+    return checked, binary
 
 
 def encode_response(engine, request_id, tensors: list[Tensor], binary_names: set[str]) -> web.Response:

@@ -25,12 +25,17 @@ from server.v2.tensors import BYTES, Tensor
 
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
-EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics")
+EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification")
+# Triton's classification extension: an output requested with the parameter "classification": k comes back as
+# BYTES [N, min(k, classes)], the k highest values of each row as "<value>:<index>:<label>", the value written as
+# C's %f (what Triton's std::to_string gives). Only 'probabilities' holds a value per class.
+CLASSIFIED_OUTPUT = "probabilities"
 OUTPUT_DOCS = {
     "label": "INT64 [N] top-1 class index",
     "class_name": "BYTES [N] top-1 class name",
     "confidence": "FP32 [N] calibrated (temperature-scaled) top-1 probability at the exit that answered",
-    "probabilities": "FP32 [N,classes] calibrated class probabilities (only when requested by name)",
+    "probabilities": "FP32 [N,classes] calibrated class probabilities (only when requested by name; with the "
+                     "classification parameter k, BYTES [N,k] of the top k classes)",
     "exit_index": "INT32 [N] exit that answered, 0 = shallowest",
     "exit_layer": "INT32 [N] network layer of that exit",
     "stop_reason": "BYTES [N] confidence | budget | final | max_exit",
@@ -161,11 +166,27 @@ def image_count(inputs: list[Tensor]) -> int:
     return max(1, min(t.shape[0], t.count))
 
 
-def check_outputs(requested: list[str]) -> list[str]:
-    for name in requested:
+def check_outputs(requested: list[tuple[str, object]]) -> list[tuple[str, int | None]]:
+    """(name, classification count or None) of each requested output from (name, its "classification"
+    parameter or None); refused, naming what is wrong, before any image is decoded."""
+    checked = []
+    for name, classification in requested:
         if name not in OUTPUT_DOCS:
             raise InvalidInput(f"output {name[:64]!r} does not exist; valid: {', '.join(OUTPUT_DOCS)}")
-    return requested
+        checked.append((name, _classification_count(name, classification)))
+    return checked
+
+
+def _classification_count(name: str, value: object) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
+        return None  # 0 is how Triton's clients say "no classification" (InferRequestedOutput's class_count)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"output '{name}': parameter 'classification' must be a whole number of classes >= 1; "
+                           f"got {str(value)[:32]!r}")
+    if name != CLASSIFIED_OUTPUT:
+        raise InvalidInput(f"output '{name}': classification applies to '{CLASSIFIED_OUTPUT}' (one value per class); "
+                           f"'{name}' is {OUTPUT_DOCS[name].split(' ', 2)[0]} {OUTPUT_DOCS[name].split(' ', 2)[1]}")
+    return value
 
 
 async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitControls, arrival: float,
@@ -222,8 +243,9 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def outputs(engine: ModelEngine, answers: list[Answer], requested: list[str]) -> list[Tensor]:
-    """The requested outputs (all default ones when none is named), in the order asked."""
+def outputs(engine: ModelEngine, answers: list[Answer], requested: list[tuple[str, int | None]]) -> list[Tensor]:
+    """The requested outputs (all default ones when none is named), in the order asked; a classification
+    count turns 'probabilities' into its top classes (EXTENSIONS)."""
     info = engine.info
     probs = np.stack([a.probs for a in answers]).astype(np.float32)
     best = probs.argmax(1)
@@ -240,8 +262,18 @@ def outputs(engine: ModelEngine, answers: list[Answer], requested: list[str]) ->
         "budget_met": lambda: np.array([a.budget_met for a in answers], np.bool_),
     }
     out = []
-    for name in requested or DEFAULT_OUTPUTS:
+    for name, count in requested or [(name, None) for name in DEFAULT_OUTPUTS]:
+        if count is not None:
+            out.append(Tensor(name, BYTES, (n, min(count, probs.shape[1])), top_classes(probs, count, info.classes)))
+            continue
         data = values[name]()
         shape = (n, probs.shape[1]) if name == "probabilities" else (n,)
         out.append(Tensor(name, OUTPUT_DOCS[name].split()[0], shape, data))
     return out
+
+
+def top_classes(probs: np.ndarray, count: int, classes: tuple[str, ...]) -> list[bytes]:
+    """Row by row, the `count` largest values as b"<value>:<index>:<label>", largest first (equal values:
+    lower index first)."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :count]
+    return [f"{float(probs[i, j]):f}:{j}:{classes[j]}".encode() for i, row in enumerate(order) for j in row]

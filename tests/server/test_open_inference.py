@@ -284,7 +284,7 @@ def test_malformed_http_bodies_name_what_is_wrong(srv):
         ({"inputs": [{**one, "shape": [1, -2, 2, 3], "data": [0] * 12}]}, {}, "dimensions must be in [0, 2147483647]"),
         ({"inputs": [{**one, "datatype": "FP8", "data": [0]}]}, {}, "unknown datatype 'FP8'"),
         ({"inputs": [{**one, "data": [0] * 12}], "outputs": [{"name": "label", "parameters": {"classification": 3}}]},
-         {}, "the classification extension is not supported"),
+         {}, "output 'label': classification applies to 'probabilities'"),
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
                       "data": ["@@@"]}]}, {}, "input 'image' is not valid base64"),
         ({"inputs": [{**one, "data": [0] * 12}]}, {"Content-Encoding": "br"}, "request body cannot be read with Content-Encoding 'br'"),
