@@ -85,7 +85,11 @@ def test_classification_in_json_and_refusals_over_http(srv):
 
 def test_classification_refusals_over_grpc(srv):
     _, target, _ = srv
-    stub = oip_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target))
+    with grpc.insecure_channel(target) as channel:
+        _refusals_over_grpc(oip_grpc.GRPCInferenceServiceStub(channel))
+
+
+def _refusals_over_grpc(stub):
     a = np.stack(images(1, seed=3))
     request = oip.ModelInferRequest(model_name=MODEL, inputs=[oip.ModelInferRequest.InferInputTensor(
         name="pixels", datatype="UINT8", shape=list(a.shape))], raw_input_contents=[a.tobytes()])
