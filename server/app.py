@@ -346,6 +346,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(f"/{SERVICE_NAME}/") or (v2 and method not in v2_grpc.PROBE_METHODS):
             got = dict(details.invocation_metadata or ()).get("authorization", "")
             if not self.token.matches(got):
+                if method.rsplit("/", 1)[-1] in v2_grpc.STREAM_METHODS:  # answered before any request is read
+                    return grpc.stream_stream_rpc_method_handler(self._deny(method))
                 return grpc.unary_unary_rpc_method_handler(self._deny(method))
         return await continuation(details)
 

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,7 +30,7 @@ from server.jobs import Answer, ExitQueue, Job, Step
 from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
-from server.policy import policy_confidence
+from server.policy import CONTINUED, policy_confidence
 from server.repository import ModelInfo
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
@@ -158,9 +159,13 @@ class ModelEngine(SegmentChain, AgreementSampling):
     # --- requests -------------------------------------------------------------------------------------
 
     async def classify(self, x: np.ndarray, arrival: float, budget_ms: float | None, min_confidence: float | None,
-                       max_exit: int | None, deadline: float | None, use_policy: bool = False) -> Answer:
+                       max_exit: int | None, deadline: float | None, use_policy: bool = False,
+                       progress: Callable[[Answer], None] | None = None) -> Answer:
+        """The answer of the exit where the request stops. `progress`, if given, also gets (on the event loop)
+        the answer of every exit passed before it, as soon as that exit is computed (Job.progress)."""
         if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
-            return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy)
+            return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy,
+                                                 progress)
         self.check_admission()
         if budget_ms is None and self.cfg.default_budget_ms > 0:
             budget_ms = self.cfg.default_budget_ms
@@ -168,7 +173,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         self._shed_if_hopeless(arrival, budget_end, deadline)
         job = Job(x, arrival, budget_end, deadline, min_confidence,
                   self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future(),
-                  use_policy)
+                  use_policy, progress=progress)
         self._admit()
         try:
             job.enqueued = time.monotonic()
@@ -351,6 +356,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 continue
             reason = step.reasons[i]
             if reason is None:
+                if job.progress is not None:
+                    job.progress(Answer(k, step.probs[i], CONTINUED, step.now - job.arrival,
+                                        job.budget_end is None or step.now <= job.budget_end))
                 if last:
                     job.x = features()[rows[i]]
                     self._push(k + 1, job)

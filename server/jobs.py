@@ -4,6 +4,7 @@ run of a batch as a pool thread decided it (Step), an exit's queue, and the answ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,9 @@ class Job:
     predicted_finish: float | None = None  # when it went on with a budget: its next segment's predicted end
     enqueued: float = 0.0  # time.monotonic() when it joined the first exit's queue (server/statistics.py)
     compute_s: float = 0.0  # the segment runs it took part in, summed
+    # Progressive answers (ModelStreamInfer's `progressive`): called on the event loop with the answer of every
+    # exit this request passes without stopping, as soon as that exit is computed; its last answer is the future's.
+    progress: Callable[[Answer], None] | None = None
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 CONFIDENCE, BUDGET, FINAL, MAX_EXIT = "confidence", "budget", "final", "max_exit"
+# Not a stop: the answer of an exit a progressive request passed on its way deeper (server/jobs.py, Job.progress).
+CONTINUED = "continued"
 REASONS = (CONFIDENCE, BUDGET, FINAL, MAX_EXIT)
 
 # What the calibrated policy's thresholds are compared with (the manifest's policy.score; absent = "top1").

@@ -67,7 +67,8 @@ class SegmentChain:
                 # Probabilities only where a request may stop on confidence or does stop here: one that just
                 # passes through an exit needs none (issue 12: five numpy passes a segment saved).
                 thresholds = [self.threshold(k, j) for j in jobs]
-                needed = k == self.last or any(t is not None for t in thresholds)
+                progressive = any(j.progress is not None for j in jobs)
+                needed = k == self.last or progressive or any(t is not None for t in thresholds)
                 logits = outputs[-1] if rows is None else outputs[-1][rows]
                 probs = calibrated(logits, self.info.exits[k].temperature) if needed else None
                 now = time.monotonic()
@@ -80,7 +81,8 @@ class SegmentChain:
                 steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, size, rows))
                 nxt = k + 1
                 carry = stopping and not all(r is not None for r in reasons) and self._carries(backend)
-                if (k == self.last or (stopping and not carry) or any(j.future.done() for j in jobs)
+                # A progressive request's answer here goes out now, not after the chain: the chain ends.
+                if (k == self.last or (stopping and not carry) or progressive or any(j.future.done() for j in jobs)
                         or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
                     break
                 if inline_limit_s is not None and \

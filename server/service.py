@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
@@ -155,12 +155,16 @@ def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[fl
 
 
 async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1",
-                method: str = "", answers: Callable[[], list[Answer]] | None = None, request_id=None):
+                method: str = "", answers: Callable[[], list[Answer]] | None = None, request_id=None,
+                fail: Callable[[grpc.StatusCode, str], Awaitable[None]] | None = None):
     """Await `coro`; map domain errors to gRPC status codes and count each outcome once (for every gRPC surface),
     in the access log too if one is kept. `images`: how many to count, or a function saying so once the request
     is parsed (never a count that a malformed request declares: a shape of 2**62 images must not reach a counter).
-    `answers`: where the access log finds the engine's answers when `coro`'s result does not carry them (v2)."""
+    `answers`: where the access log finds the engine's answers when `coro`'s result does not carry them (v2).
+    `fail`: how an error reaches the client (default: the call's status; a stream's request answers in-band)."""
     started = time.monotonic()
+    if fail is None:
+        fail = lambda code, message: _abort(context, code, message)  # noqa: E731
 
     def outcome(code: str, message: str | None = None, result=None) -> None:
         if not counted:
@@ -176,7 +180,7 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
         result = await coro
     except ServingError as e:
         outcome(e.code.name, str(e))
-        await _abort(context, e.code, str(e))
+        await fail(e.code, str(e))
         return None
     except asyncio.CancelledError:  # the client cancelled or its deadline passed
         remaining = context.time_remaining()
@@ -185,7 +189,7 @@ async def guard(app, context, model: str, coro, counted: bool = True, images=1, 
     except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer INTERNAL
         log.exception("internal error")
         outcome("INTERNAL", f"internal error: {type(e).__name__}: {e}")
-        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+        await fail(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
         return None
     outcome("OK", result=result)
     return result

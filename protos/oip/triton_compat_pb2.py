@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos.oip import open_inference_pb2 as protos_dot_oip_dot_open__inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/oip/triton_compat.proto\x12\nauxnet.oip\"7\n\x16ModelStatisticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"K\n\x17ModelStatisticsResponse\x12\x30\n\x0bmodel_stats\x18\x01 \x03(\x0b\x32\x1b.auxnet.oip.ModelStatistics\".\n\x11StatisticDuration\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\n\n\x02ns\x18\x02 \x01(\x04\"\xa4\x03\n\x0fInferStatistics\x12.\n\x07success\x18\x01 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12+\n\x04\x66\x61il\x18\x02 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12,\n\x05queue\x18\x03 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_input\x18\x04 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_infer\x18\x05 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x35\n\x0e\x63ompute_output\x18\x06 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x30\n\tcache_hit\x18\x07 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x31\n\ncache_miss\x18\x08 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\"\xcd\x01\n\x14InferBatchStatistics\x12\x12\n\nbatch_size\x18\x01 \x01(\x04\x12\x34\n\rcompute_input\x18\x02 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_infer\x18\x03 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x35\n\x0e\x63ompute_output\x18\x04 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\"\xe7\x01\n\x0fModelStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0elast_inference\x18\x03 \x01(\x04\x12\x17\n\x0finference_count\x18\x04 \x01(\x04\x12\x17\n\x0f\x65xecution_count\x18\x05 \x01(\x04\x12\x34\n\x0finference_stats\x18\x06 \x01(\x0b\x32\x1b.auxnet.oip.InferStatistics\x12\x35\n\x0b\x62\x61tch_stats\x18\x07 \x03(\x0b\x32 .auxnet.oip.InferBatchStatistics\"3\n\x12ModelConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\">\n\x13ModelConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.auxnet.oip.ModelConfig\"#\n\x12ModelTensorReshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\xcf\x01\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdata_type\x18\x02 \x01(\x0e\x32\x14.auxnet.oip.DataType\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.auxnet.oip.ModelInput.Format\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x10\n\x08optional\x18\x08 \x01(\x08\";\n\x06\x46ormat\x12\x0f\n\x0b\x46ORMAT_NONE\x10\x00\x12\x0f\n\x0b\x46ORMAT_NHWC\x10\x01\x12\x0f\n\x0b\x46ORMAT_NCHW\x10\x02\"\x83\x01\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdata_type\x18\x02 \x01(\x0e\x32\x14.auxnet.oip.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12/\n\x07reshape\x18\x05 \x01(\x0b\x32\x1e.auxnet.oip.ModelTensorReshape\"Z\n\x14ModelDynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xee\x02\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12%\n\x05input\x18\x05 \x03(\x0b\x32\x16.auxnet.oip.ModelInput\x12\'\n\x06output\x18\x06 \x03(\x0b\x32\x17.auxnet.oip.ModelOutput\x12:\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32 .auxnet.oip.ModelDynamicBatching\x12;\n\nparameters\x18\x0e \x03(\x0b\x32\'.auxnet.oip.ModelConfig.ParametersEntry\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.auxnet.oip.ModelParameter:\x02\x38\x01*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x32\xc3\x01\n\x11TritonModelConfig\x12P\n\x0bModelConfig\x12\x1e.auxnet.oip.ModelConfigRequest\x1a\x1f.auxnet.oip.ModelConfigResponse\"\x00\x12\\\n\x0fModelStatistics\x12\".auxnet.oip.ModelStatisticsRequest\x1a#.auxnet.oip.ModelStatisticsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/oip/triton_compat.proto\x12\nauxnet.oip\x1a\x1fprotos/oip/open_inference.proto\"i\n\x18ModelStreamInferResponse\x12\x15\n\rerror_message\x18\x01 \x01(\t\x12\x36\n\x0einfer_response\x18\x02 \x01(\x0b\x32\x1e.auxnet.oip.ModelInferResponse\"7\n\x16ModelStatisticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"K\n\x17ModelStatisticsResponse\x12\x30\n\x0bmodel_stats\x18\x01 \x03(\x0b\x32\x1b.auxnet.oip.ModelStatistics\".\n\x11StatisticDuration\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\n\n\x02ns\x18\x02 \x01(\x04\"\xa4\x03\n\x0fInferStatistics\x12.\n\x07success\x18\x01 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12+\n\x04\x66\x61il\x18\x02 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12,\n\x05queue\x18\x03 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_input\x18\x04 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_infer\x18\x05 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x35\n\x0e\x63ompute_output\x18\x06 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x30\n\tcache_hit\x18\x07 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x31\n\ncache_miss\x18\x08 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\"\xcd\x01\n\x14InferBatchStatistics\x12\x12\n\nbatch_size\x18\x01 \x01(\x04\x12\x34\n\rcompute_input\x18\x02 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x34\n\rcompute_infer\x18\x03 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\x12\x35\n\x0e\x63ompute_output\x18\x04 \x01(\x0b\x32\x1d.auxnet.oip.StatisticDuration\"\xe7\x01\n\x0fModelStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0elast_inference\x18\x03 \x01(\x04\x12\x17\n\x0finference_count\x18\x04 \x01(\x04\x12\x17\n\x0f\x65xecution_count\x18\x05 \x01(\x04\x12\x34\n\x0finference_stats\x18\x06 \x01(\x0b\x32\x1b.auxnet.oip.InferStatistics\x12\x35\n\x0b\x62\x61tch_stats\x18\x07 \x03(\x0b\x32 .auxnet.oip.InferBatchStatistics\"3\n\x12ModelConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\">\n\x13ModelConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.auxnet.oip.ModelConfig\"#\n\x12ModelTensorReshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\xcf\x01\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdata_type\x18\x02 \x01(\x0e\x32\x14.auxnet.oip.DataType\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.auxnet.oip.ModelInput.Format\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x10\n\x08optional\x18\x08 \x01(\x08\";\n\x06\x46ormat\x12\x0f\n\x0b\x46ORMAT_NONE\x10\x00\x12\x0f\n\x0b\x46ORMAT_NHWC\x10\x01\x12\x0f\n\x0b\x46ORMAT_NCHW\x10\x02\"\x83\x01\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdata_type\x18\x02 \x01(\x0e\x32\x14.auxnet.oip.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12/\n\x07reshape\x18\x05 \x01(\x0b\x32\x1e.auxnet.oip.ModelTensorReshape\"Z\n\x14ModelDynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"\xee\x02\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12%\n\x05input\x18\x05 \x03(\x0b\x32\x16.auxnet.oip.ModelInput\x12\'\n\x06output\x18\x06 \x03(\x0b\x32\x17.auxnet.oip.ModelOutput\x12:\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32 .auxnet.oip.ModelDynamicBatching\x12;\n\nparameters\x18\x0e \x03(\x0b\x32\'.auxnet.oip.ModelConfig.ParametersEntry\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.auxnet.oip.ModelParameter:\x02\x38\x01*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x32\xa2\x02\n\x11TritonModelConfig\x12P\n\x0bModelConfig\x12\x1e.auxnet.oip.ModelConfigRequest\x1a\x1f.auxnet.oip.ModelConfigResponse\"\x00\x12\\\n\x0fModelStatistics\x12\".auxnet.oip.ModelStatisticsRequest\x1a#.auxnet.oip.ModelStatisticsResponse\"\x00\x12]\n\x10ModelStreamInfer\x12\x1d.auxnet.oip.ModelInferRequest\x1a$.auxnet.oip.ModelStreamInferResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,40 +34,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=2093
-  _globals['_DATATYPE']._serialized_end=2343
-  _globals['_MODELSTATISTICSREQUEST']._serialized_start=46
-  _globals['_MODELSTATISTICSREQUEST']._serialized_end=101
-  _globals['_MODELSTATISTICSRESPONSE']._serialized_start=103
-  _globals['_MODELSTATISTICSRESPONSE']._serialized_end=178
-  _globals['_STATISTICDURATION']._serialized_start=180
-  _globals['_STATISTICDURATION']._serialized_end=226
-  _globals['_INFERSTATISTICS']._serialized_start=229
-  _globals['_INFERSTATISTICS']._serialized_end=649
-  _globals['_INFERBATCHSTATISTICS']._serialized_start=652
-  _globals['_INFERBATCHSTATISTICS']._serialized_end=857
-  _globals['_MODELSTATISTICS']._serialized_start=860
-  _globals['_MODELSTATISTICS']._serialized_end=1091
-  _globals['_MODELCONFIGREQUEST']._serialized_start=1093
-  _globals['_MODELCONFIGREQUEST']._serialized_end=1144
-  _globals['_MODELCONFIGRESPONSE']._serialized_start=1146
-  _globals['_MODELCONFIGRESPONSE']._serialized_end=1208
-  _globals['_MODELTENSORRESHAPE']._serialized_start=1210
-  _globals['_MODELTENSORRESHAPE']._serialized_end=1245
-  _globals['_MODELINPUT']._serialized_start=1248
-  _globals['_MODELINPUT']._serialized_end=1455
-  _globals['_MODELINPUT_FORMAT']._serialized_start=1396
-  _globals['_MODELINPUT_FORMAT']._serialized_end=1455
-  _globals['_MODELOUTPUT']._serialized_start=1458
-  _globals['_MODELOUTPUT']._serialized_end=1589
-  _globals['_MODELDYNAMICBATCHING']._serialized_start=1591
-  _globals['_MODELDYNAMICBATCHING']._serialized_end=1681
-  _globals['_MODELPARAMETER']._serialized_start=1683
-  _globals['_MODELPARAMETER']._serialized_end=1721
-  _globals['_MODELCONFIG']._serialized_start=1724
-  _globals['_MODELCONFIG']._serialized_end=2090
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=2013
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=2090
-  _globals['_TRITONMODELCONFIG']._serialized_start=2346
-  _globals['_TRITONMODELCONFIG']._serialized_end=2541
+  _globals['_DATATYPE']._serialized_start=2233
+  _globals['_DATATYPE']._serialized_end=2483
+  _globals['_MODELSTREAMINFERRESPONSE']._serialized_start=79
+  _globals['_MODELSTREAMINFERRESPONSE']._serialized_end=184
+  _globals['_MODELSTATISTICSREQUEST']._serialized_start=186
+  _globals['_MODELSTATISTICSREQUEST']._serialized_end=241
+  _globals['_MODELSTATISTICSRESPONSE']._serialized_start=243
+  _globals['_MODELSTATISTICSRESPONSE']._serialized_end=318
+  _globals['_STATISTICDURATION']._serialized_start=320
+  _globals['_STATISTICDURATION']._serialized_end=366
+  _globals['_INFERSTATISTICS']._serialized_start=369
+  _globals['_INFERSTATISTICS']._serialized_end=789
+  _globals['_INFERBATCHSTATISTICS']._serialized_start=792
+  _globals['_INFERBATCHSTATISTICS']._serialized_end=997
+  _globals['_MODELSTATISTICS']._serialized_start=1000
+  _globals['_MODELSTATISTICS']._serialized_end=1231
+  _globals['_MODELCONFIGREQUEST']._serialized_start=1233
+  _globals['_MODELCONFIGREQUEST']._serialized_end=1284
+  _globals['_MODELCONFIGRESPONSE']._serialized_start=1286
+  _globals['_MODELCONFIGRESPONSE']._serialized_end=1348
+  _globals['_MODELTENSORRESHAPE']._serialized_start=1350
+  _globals['_MODELTENSORRESHAPE']._serialized_end=1385
+  _globals['_MODELINPUT']._serialized_start=1388
+  _globals['_MODELINPUT']._serialized_end=1595
+  _globals['_MODELINPUT_FORMAT']._serialized_start=1536
+  _globals['_MODELINPUT_FORMAT']._serialized_end=1595
+  _globals['_MODELOUTPUT']._serialized_start=1598
+  _globals['_MODELOUTPUT']._serialized_end=1729
+  _globals['_MODELDYNAMICBATCHING']._serialized_start=1731
+  _globals['_MODELDYNAMICBATCHING']._serialized_end=1821
+  _globals['_MODELPARAMETER']._serialized_start=1823
+  _globals['_MODELPARAMETER']._serialized_end=1861
+  _globals['_MODELCONFIG']._serialized_start=1864
+  _globals['_MODELCONFIG']._serialized_end=2230
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=2153
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=2230
+  _globals['_TRITONMODELCONFIG']._serialized_start=2486
+  _globals['_TRITONMODELCONFIG']._serialized_end=2776
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from protos.oip import open_inference_pb2 as protos_dot_oip_dot_open__inference__pb2
 from protos.oip import triton_compat_pb2 as protos_dot_oip_dot_triton__compat__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,11 @@ class TritonModelConfigStub:
                 request_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/auxnet.oip.TritonModelConfig/ModelStreamInfer',
+                request_serializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
 
 
 class TritonModelConfigServicer:
@@ -61,6 +67,12 @@ class TritonModelConfigServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStreamInfer(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TritonModelConfigServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_TritonModelConfigServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class TritonModelConfig:
             '/auxnet.oip.TritonModelConfig/ModelStatistics',
             protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsRequest.SerializeToString,
             protos_dot_oip_dot_triton__compat__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/auxnet.oip.TritonModelConfig/ModelStreamInfer',
+            protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,17 +15,19 @@ from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
 from protos.oip import triton_compat_pb2 as triton
 from server import __version__
-from server.errors import InvalidInput
 from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
-from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
+from server.v2 import stream
+from server.v2.grpc_messages import infer_response, request_inputs, request_parameters, requested_outputs
+from server.v2.tensors import Tensor
 
 SPEC_SERVICE_NAME = "inference.GRPCInferenceService"  # the path every Open Inference Protocol client calls
 OWN_SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # what reflection describes
 SERVICE_NAMES = (SPEC_SERVICE_NAME, OWN_SERVICE_NAME)
 TRITON_CONFIG_SERVICE = triton.DESCRIPTOR.services_by_name["TritonModelConfig"].full_name
 PROTECTED = (*SERVICE_NAMES, TRITON_CONFIG_SERVICE)  # the bearer token applies to all of these but the probes
+STREAM_METHODS = ("ModelStreamInfer",)
 PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token
 
 
@@ -34,10 +36,12 @@ def add_to_server(servicer: OpenInferenceServicer, server) -> None:
     RPCs and Triton's ModelConfig and ModelStatistics under the specification's service, and each under the name
     reflection describes."""
     def handlers(module, service):
-        return {m.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, m.name), request_deserializer=getattr(module, m.input_type.name).FromString,
-            response_serializer=getattr(module, m.output_type.name).SerializeToString)
-            for m in module.DESCRIPTOR.services_by_name[service].methods}
+        table = {}
+        for m in module.DESCRIPTOR.services_by_name[service].methods:
+            kind = grpc.stream_stream_rpc_method_handler if m.client_streaming else grpc.unary_unary_rpc_method_handler
+            table[m.name] = kind(getattr(servicer, m.name), request_deserializer=_message(m.input_type).FromString,
+                                 response_serializer=_message(m.output_type).SerializeToString)
+        return table
 
     protocol, config = handlers(oip, "GRPCInferenceService"), handlers(triton, "TritonModelConfig")
     for name, table in ((SPEC_SERVICE_NAME, {**protocol, **config}), (OWN_SERVICE_NAME, protocol),
@@ -46,9 +50,10 @@ def add_to_server(servicer: OpenInferenceServicer, server) -> None:
         server.add_registered_method_handlers(name, table)
 
 
-def parameter_value(p: oip.InferParameter):
-    which = p.WhichOneof("parameter_choice")
-    return None if which is None else getattr(p, which)
+def _message(descriptor):
+    """The generated class of a message type, whichever of our two proto modules defines it."""
+    module = oip if descriptor.file.name == oip.DESCRIPTOR.name else triton
+    return getattr(module, descriptor.name)
 
 
 class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -104,46 +109,20 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
         async def run():
             engine = v2.resolve(self.app, request.model_name, request.model_version)
-            params = {k: parameter_value(p) for k, p in request.parameters.items()}
+            params = request_parameters(request)
             controls, timeout_s, _ = v2.parse_parameters(params)
-            end = deadline
-            if timeout_s is not None:
-                end = min(end, arrival + timeout_s) if end is not None else arrival + timeout_s
-            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: _inputs(request))
+            end = v2.earliest(deadline, None if timeout_s is None else arrival + timeout_s)
+            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: request_inputs(request))
             parsed.extend(inputs)
-            requested = v2.check_outputs([(o.name, parameter_value(o.parameters["classification"]))
-                                          if "classification" in o.parameters else (o.name, None) for o in request.outputs])
+            requested = requested_outputs(request)
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
             answered.extend(answers)
-            out = v2.outputs(engine, answers, requested)
-            return oip.ModelInferResponse(
-                model_name=engine.info.name, model_version=engine.info.version, id=request.id,
-                outputs=[oip.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=list(t.shape))
-                         for t in out],
-                raw_output_contents=[to_raw(t) for t in out])
+            return infer_response(engine, request.id, v2.outputs(engine, answers, requested))
 
         return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed),
                            method="ModelInfer", surface="v2-grpc", answers=lambda: answered, request_id=request.id)
 
-
-def _inputs(request) -> list[Tensor]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
-    out = []
-    for i, t in enumerate(request.inputs):
-        name = t.name[:64]  # for messages: no valid input name is longer
-        if raw:
-            if t.HasField("contents"):
-                raise InvalidInput(f"input '{name}' sets contents while raw_input_contents is used; use one form")
-            out.append(from_raw(name, t.datatype, t.shape, raw[i]))
-            continue
-        check_header(name, t.datatype, t.shape)
-        field = CONTENTS_FIELD.get(t.datatype)
-        if field is None:
-            raise InvalidInput(f"input '{name}' of type {t.datatype} can only be sent in raw_input_contents")
-        out.append(from_values(name, t.datatype, t.shape, getattr(t.contents, field)))
-    if not out:
-        raise InvalidInput("request has no input tensor; send one of image, pixels, pixels_fp32, input")
-    return out
-
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Triton's bidirectional stream, not the protocol's: server/v2/stream.py."""
+        async for response in stream.model_stream_infer(self.app, request_iterator, context):
+            yield response

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,7 +39,8 @@ OUTPUT_DOCS = {
                      "classification parameter k, BYTES [N,k] of the top k classes)",
     "exit_index": "INT32 [N] exit that answered, 0 = shallowest",
     "exit_layer": "INT32 [N] network layer of that exit",
-    "stop_reason": "BYTES [N] confidence | budget | final | max_exit",
+    "stop_reason": "BYTES [N] confidence | budget | final | max_exit (continued: a progressive request's answer "
+                   "from an exit it passed)",
     "server_latency_ms": "FP32 [N] arrival to answer, in the server",
     "budget_met": "BOOL [N] answered within budget_ms (true without a budget)",
 }
@@ -48,6 +50,11 @@ CONTROL_TYPES = {"budget_ms": "number", "min_confidence": "number", "max_exit": 
 CLIENT_PARAMETERS = {"timeout": "integer",  # Triton: the request's timeout in microseconds; a deadline here
                      "priority": "integer",  # accepted and ignored: scheduling is earliest-deadline-first
                      "binary_data_output": "bool"}  # HTTP: every output in binary form
+# Parameters of the streaming RPC only (Triton's ModelStreamInfer, server/v2/stream.py).
+STREAM_PARAMETERS = {"progressive": "bool",  # also answer from every exit passed on the way to the one that stops
+                     # tritonclient's enable_empty_final_response: accepted and ignored, since every response of a
+                     # request here carries outputs and the last one says so (triton_final_response = true)
+                     "triton_enable_empty_final_response": "bool"}
 
 
 def version_check(engine: ModelEngine, version: str) -> None:
@@ -135,11 +142,15 @@ def triton_config(engine: ModelEngine) -> dict:
     }
 
 
-def parse_parameters(params: dict) -> tuple[ExitControls, float | None, bool]:
+def parse_parameters(params: dict, stream: bool = False) -> tuple[ExitControls, float | None, bool]:
     """Request parameters -> (controls, timeout in seconds or None, binary_data_output). Unknown names and
-    wrong types are refused by name: a misspelt budget must not be ignored silently."""
-    known = {**CONTROL_TYPES, **CLIENT_PARAMETERS}
+    wrong types are refused by name: a misspelt budget must not be ignored silently. `stream`: the request came
+    on ModelStreamInfer, where STREAM_PARAMETERS are valid too (the caller reads them)."""
+    known = {**CONTROL_TYPES, **CLIENT_PARAMETERS, **(STREAM_PARAMETERS if stream else {})}
     for key, value in params.items():
+        if key in STREAM_PARAMETERS and not stream:
+            raise InvalidInput(f"parameter {key!r} applies only to the streaming RPC ModelStreamInfer (gRPC), which "
+                               "can send more than one response per request")
         if key not in known:
             raise InvalidInput(f"unknown request parameter {key[:64]!r}; valid: {', '.join(known)}")
         kind = known[key]
@@ -156,6 +167,11 @@ def parse_parameters(params: dict) -> tuple[ExitControls, float | None, bool]:
     if timeout is not None and timeout <= 0:
         raise InvalidInput(f"parameter 'timeout' must be a positive number of microseconds; got {timeout}")
     return controls, None if timeout is None else timeout / 1e6, bool(get("binary_data_output", False))
+
+
+def earliest(*ends: float | None) -> float | None:
+    """The earliest of some deadlines (None: none)."""
+    return min((e for e in ends if e is not None), default=None)
 
 
 def image_count(inputs: list[Tensor]) -> int:
@@ -190,13 +206,17 @@ def _classification_count(name: str, value: object) -> int | None:
 
 
 async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitControls, arrival: float,
-                deadline: float | None) -> list[Answer]:
-    """Validate, decode every image (big ones on the decode threads), then schedule each image like a Classify."""
+                deadline: float | None, progress: Callable[[Answer], None] | None = None) -> list[Answer]:
+    """Validate, decode every image (big ones on the decode threads), then schedule each image like a Classify.
+    `progress` (progressive answers, one image only): gets the answer of every exit passed before the last."""
     controls.check(len(engine.info.exits))
+    if progress is not None and len(inputs) == 1 and inputs[0].shape and inputs[0].shape[0] != 1:
+        raise InvalidInput(f"a progressive request holds one image (its responses are that image's answers, exit by "
+                           f"exit); got {inputs[0].shape[0]}: send one request per image on the stream")
     works = _image_works(app, engine, inputs)  # refuses, before any decode, more images than there is room for
     xs = await prepare_all((decode_where_cheap(app, w, px) for w, px in works), lambda i: f"input '{inputs[0].name}' image {i}")
     if len(xs) == 1:  # without gather's task (11 us in an idle loop): one image is the common request
-        return [await engine.classify(*controls.classify_args(xs[0], arrival, deadline))]
+        return [await engine.classify(*controls.classify_args(xs[0], arrival, deadline), progress=progress)]
     return list(await asyncio.gather(*(engine.classify(*controls.classify_args(x, arrival, deadline)) for x in xs)))
 
 

@@ -234,7 +234,7 @@ def test_big_requests_are_parsed_off_the_event_loop(tiny_repo, monkeypatch):
     import server.v2.http as http_module
 
     seen = []
-    for module, name in ((http_module, "parse_request"), (grpc_module, "_inputs")):
+    for module, name in ((http_module, "parse_request"), (grpc_module, "request_inputs")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, real=real, **k: (seen.append(threading.current_thread().name),
                                                                       real(*a, **k))[1])
