@@ -8,8 +8,8 @@ server process, tritonclient on both sides, side by side in one run.
    stream kept that full (a callback sends the next request as each is answered); final exit and the calibrated
    policy; rounds alternate so drift on a shared machine touches each alike. Server CPU per image from /proc.
 2. Progressive answers (`progressive: true`, no early stop: every exit answers), 1 and `--concurrency` in flight
-   on one stream: per exit, when its answer reached the client (ms after sending) and its accuracy on these
-   labelled images; beside unary final-exit requests at the same concurrency."""
+   on one stream, each image once: per exit, when its answer reached the client (ms after sending) and its
+   accuracy on these labelled images; beside unary final-exit requests at the same concurrency."""
 
 from __future__ import annotations
 
@@ -160,10 +160,9 @@ def main() -> None:
                     r["server_cpu"] = process_cpu_s(proc.pid) - cpu0
                     runs[(w, pol)].append(r)
         progressive = {}
-        for conc in sorted({1, args.concurrency}):
-            n = min(args.requests, 500 if conc == 1 else args.requests)
-            progressive[conc] = (streamed(target, model, images, conc, n, {"progressive": True}),
-                                 unary(target, model, images, conc, n, {}))
+        for conc in sorted({1, args.concurrency}):  # every image once (they are stored class by class)
+            progressive[conc] = (streamed(target, model, images, conc, len(images), {"progressive": True}),
+                                 unary(target, model, images, conc, len(images), {}))
     finally:
         proc.terminate()
         proc.wait(30)
