@@ -356,9 +356,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 continue
             reason = step.reasons[i]
             if reason is None:
-                if job.progress is not None:
-                    job.progress(Answer(k, step.probs[i], CONTINUED, step.now - job.arrival,
-                                        job.budget_end is None or step.now <= job.budget_end))
+                if job.progress is not None and not step.progressed:
+                    job.progress(self._continued(step, i))
                 if last:
                     job.x = features()[rows[i]]
                     self._push(k + 1, job)
@@ -382,6 +381,19 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 self._sample(ShadowJob(features()[rows[i]], k + 1, k, int(step.probs[i].argmax()), float(scored[i])))
         for reason, n in answered.items():  # one counter update per batch and reason, not per request
             self._metric(self.metrics.exits, name, str(k), reason).inc(n)
+
+    def _progress(self, step: Step) -> None:
+        """On the event loop: the progressive answers of a step whose chain goes on (SegmentChain._progress_now)."""
+        for i, job in enumerate(step.jobs):
+            if job.progress is not None and step.reasons[i] is None and not job.future.done():
+                job.progress(self._continued(step, i))
+
+    @staticmethod
+    def _continued(step: Step, i: int) -> Answer:
+        """The answer at this step's exit of job i, which goes on deeper (a progressive answer)."""
+        job = step.jobs[i]
+        return Answer(step.k, step.probs[i], CONTINUED, step.now - job.arrival,
+                      job.budget_end is None or step.now <= job.budget_end)
 
     def _metric(self, family, *labels):
         """A metric's labelled child, looked up once (prometheus_client's labels() costs a lock and a dict)."""

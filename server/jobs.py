@@ -65,6 +65,7 @@ class Step:
     size: int  # rows computed (a carried batch also computes the rows of requests that stopped before)
     rows: np.ndarray | None = None  # each job's row of `outputs`; None: job i is row i (see carry_stopped_rows)
     applied: bool = False  # its answers already sent while the chain went on
+    progressed: bool = False  # its progressive answers already sent while the chain went on
 
 
 @dataclass

@@ -16,7 +16,7 @@ from server.static_batches import FeaturesLease
 
 class SegmentChain:
     """Needs from its host: backends, cfg, info, last, latency, finish_error, monitors, queues, _loop,
-    threshold(), policy_confidence(), predict_finish(), _apply()."""
+    threshold(), policy_confidence(), predict_finish(), _apply(), _progress()."""
 
     def _carries(self, backend) -> bool:
         """Whether a partly stopped batch goes on in place on this backend (EngineConfig.carry_stopped_rows)."""
@@ -32,6 +32,15 @@ class SegmentChain:
             self._apply(step, last=False)
         else:
             self._loop.call_soon_threadsafe(self._apply, step, False)
+
+    def _progress_now(self, step: Step, on_loop: bool) -> None:
+        """Send a step's progressive answers (Job.progress) while its chain goes on; the rest of the step is
+        applied when the chain ends."""
+        step.progressed = True
+        if on_loop:
+            self._progress(step)
+        else:
+            self._loop.call_soon_threadsafe(self._progress, step)
 
     def _runs_inline(self, k: int, batch: int) -> bool:
         """Whether segment k's run of `batch` requests is short enough to run on the event loop's thread."""
@@ -81,13 +90,14 @@ class SegmentChain:
                 steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, size, rows))
                 nxt = k + 1
                 carry = stopping and not all(r is not None for r in reasons) and self._carries(backend)
-                # A progressive request's answer here goes out now, not after the chain: the chain ends.
-                if (k == self.last or (stopping and not carry) or progressive or any(j.future.done() for j in jobs)
+                if (k == self.last or (stopping and not carry) or any(j.future.done() for j in jobs)
                         or self.queues[origin].heap or self.queues[nxt].heap or self.queues[nxt].busy):
                     break
                 if inline_limit_s is not None and \
                         time.perf_counter() - started + self.latency.predict(nxt, size) > inline_limit_s:
                     break  # the loop has been held long enough: the next exit's worker takes the batch up
+                if progressive and not carry:  # their answers here go out now, while the chain runs on (a carried
+                    self._progress_now(steps[-1], on_loop=inline_limit_s is not None)  # step is sent below)
                 if k != origin:
                     self.queues[k].busy = False
                 self.queues[nxt].busy, self.queues[nxt].busy_batch = True, size

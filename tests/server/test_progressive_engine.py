@@ -1,6 +1,6 @@
 """Progressive answers in the engine (Job.progress): a request that asks for them gets the answer of every exit
-it passes, from its own row, as soon as that exit is computed; requests batched with it are unaffected, with
-stopped rows carried in place or not, and the chain that would run on through idle exits stops for it."""
+it passes, from its own row, as soon as that exit is computed, once; requests batched with it are unaffected,
+with stopped rows carried in place or not; a chain through idle exits runs on while the answers go out."""
 
 import asyncio
 import time
@@ -8,7 +8,6 @@ import time
 import pytest
 
 from server.engine_config import EngineConfig
-from tests.server.test_carry_rows import record_batches
 from tests.server.test_engine import in_loop, make_engine, x
 
 
@@ -46,11 +45,13 @@ async def test_every_exit_passed_answers_from_its_own_row_and_the_batch_is_unaff
 
 
 @in_loop
-async def test_the_first_answer_arrives_before_the_deeper_segments_run():
-    # Exits 1 and 2 take 0.2 s each; with nobody waiting the chain would run all three in one call and send
-    # everything at the end. For a progressive request it stops at every exit instead.
+async def test_each_answer_is_sent_while_the_chain_runs_on_in_one_call():
+    # Exits 1 and 2 take 0.2 s each. Alone, with nobody waiting, the batch runs all three segments in one thread
+    # call (§9's chain); a progressive request's answers must still leave as each exit is computed, not at the end.
     engine = make_engine(n=3, delays=[0.0, 0.2, 0.2])
-    sizes = record_batches(engine)
+    calls = []
+    compute = engine._compute
+    engine._compute = lambda *a, **k: (calls.append(a[0]), compute(*a, **k))[1]
     engine.start()
     try:
         answers, seen = await batch_with_progressive(engine, [4], stop_at_first=set(), progressive={4})
@@ -60,20 +61,20 @@ async def test_the_first_answer_arrives_before_the_deeper_segments_run():
     assert final.exit_index == 2 and [k for k, *_ in seen[4]] == [0, 1]
     t_first, t_second = seen[4][0][3], seen[4][1][3]
     assert t_final - t_first > 0.3 and t_final - t_second > 0.15  # each sent when its exit was computed
-    assert sizes == {0: [1], 1: [1], 2: [1]}
+    assert calls == [0]  # one call from exit 0 to the end: no trip through the queues for the answers
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["pool-thread", "event-loop"])
 @in_loop
-async def test_a_plain_request_alone_still_chains_through_idle_exits():
-    """The control for the test above: without progress the chain runs on in one call (no answer in between)."""
-    engine = make_engine(n=3)
-    calls = []
-    compute = engine._compute
-    engine._compute = lambda *a, **k: (calls.append(a[0]), compute(*a, **k))[1]
+async def test_a_chain_sends_each_progressive_answer_once(inline):
+    """Answers sent while the chain ran on are not sent again when the chain's steps are applied at its end."""
+    cfg = EngineConfig(max_batch=8, monitor_fraction=0.0, inline_compute_ms=1000.0 if inline else 0.0)
+    engine = make_engine(n=4, cfg=cfg)
     engine.start()
     try:
-        await batch_with_progressive(engine, [4], stop_at_first=set(), progressive=set())
-        await batch_with_progressive(engine, [4], stop_at_first=set(), progressive={4})
+        answers, seen = await batch_with_progressive(engine, [1, 2], stop_at_first=set(), progressive={1, 2})
     finally:
         await engine.stop()
-    assert calls == [0, 0, 1, 2]  # one call from exit 0 to the end; then one call per exit
+    assert [a.exit_index for a, _ in answers] == [3, 3]
+    for label in (1, 2):
+        assert [(k, got) for k, got, _, _ in seen[label]] == [(0, label), (1, label), (2, label)]
