@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2_grpc as oip_grpc
 from tritonclient.utils import InferenceServerException
 
 from server.engine_config import EngineConfig
-from tests.server.helpers import images, png
+from tests.server.helpers import images, png, wait_for
 from tests.server.v2_helpers import counted, error_of, http, v2_server
 
 MODEL = "tiny"
@@ -247,3 +247,30 @@ def test_the_stream_answers_on_the_specification_path_with_raw_grpc(srv):
     assert [r.error_message for r in responses] == ["", ""]
     assert [r.infer_response.id for r in responses] == ["raw", "raw"]
     assert all(r.infer_response.parameters["triton_final_response"].bool_param for r in responses)
+
+
+def test_draining_answers_what_the_stream_had_sent_and_refuses_the_rest_in_band(tiny_repo):
+    """A request held in a queue when the server starts draining is answered on its stream; one sent on the same
+    stream after that gets UNAVAILABLE in-band (clients retry those elsewhere); the drain completes."""
+    import asyncio
+
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_queue_delay_ms=3000)) as (app, target, _):
+        s = Stream(target)
+        try:
+            s.send("held", seed=1)
+            assert wait_for(lambda: app.engines[MODEL].inflight == 1)
+            shutdown = asyncio.run_coroutine_threadsafe(app.shutdown(10.0), app.loop)
+            assert wait_for(lambda: app.draining)
+            s.send("late", seed=2)
+            got = {}
+            for _ in range(2):
+                result, error = s.next()
+                if error is not None:
+                    got["late" if error.message().startswith("request 'late'") else "?"] = error.message()
+                else:
+                    got[result.get_response().id] = result
+            assert _final(got["held"]) and got["held"].as_numpy("stop_reason").tolist() == [b"final"]
+            assert got["late"].startswith("request 'late': UNAVAILABLE: server is shutting down")
+            assert shutdown.result(30) is True
+        finally:
+            s.close(cancel=True)
