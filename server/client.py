@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -73,6 +74,16 @@ class Client:
         return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
                                   metadata=self.metadata)
 
+    def classify_progressive(self, image, timeout_s: float | None = None, **kw) -> Iterator[pb.ClassifyResponse]:
+        """The answer of every exit the image passes (stop_reason CONTINUED), then the one it stops at. Leaving
+        the loop early (break, or closing the iterator) cancels the call, and the server stops computing it."""
+        call = self.stub.ClassifyProgressive(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
+                                             metadata=self.metadata)
+        try:
+            yield from call
+        finally:
+            call.cancel()  # no-op once the call has ended
+
     def classify_batch(self, images, timeout_s: float | None = None, **kw) -> list[pb.ClassifyResponse]:
         req = pb.ClassifyBatchRequest(requests=[classify_request(im, **kw) for im in images])
         return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s, metadata=self.metadata).responses)
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-confidence", type=float)
     p.add_argument("--policy", action="store_true", help="stop by the model's calibrated per-exit thresholds")
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--progressive", action="store_true", help="print the answer of every exit passed, as it comes")
     p.add_argument("--info", action="store_true", help="print the model's GetModelInfo (exits, policy, latencies)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="gRPC deadline of each call")
     p.add_argument("--tls-ca", help="PEM CA that signed the server's certificate: talk TLS")
@@ -127,17 +139,18 @@ def main(argv=None) -> int:
                 failures += 1
         for path in args.images:
             try:
-                r = client.classify(Path(path).read_bytes(), model=args.model, budget_ms=args.budget_ms,
-                                    min_confidence=args.min_confidence, top_k=args.top_k,
-                                    calibrated_policy=args.policy)
+                kw = dict(model=args.model, budget_ms=args.budget_ms, min_confidence=args.min_confidence,
+                          top_k=args.top_k, calibrated_policy=args.policy)
+                image = Path(path).read_bytes()
+                answers = client.classify_progressive(image, **kw) if args.progressive else [client.classify(image, **kw)]
+                for r in answers:
+                    print(f"{path}: {r.class_name} (label {r.label}) confidence {r.confidence:.3f} exit {r.exit_index} "
+                          f"(layer {r.exit_layer}) stop {STOP_NAMES[r.stop_reason].removeprefix('STOP_REASON_').lower()} "
+                          f"latency {r.server_latency_ms:.2f} ms{'' if r.budget_met else ' BUDGET MISSED'}")
             except (OSError, grpc.RpcError) as e:
                 msg = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
                 print(f"{path}: error {msg}", file=sys.stderr)
                 failures += 1
-                continue
-            print(f"{path}: {r.class_name} (label {r.label}) confidence {r.confidence:.3f} exit {r.exit_index} "
-                  f"(layer {r.exit_layer}) stop {STOP_NAMES[r.stop_reason].removeprefix('STOP_REASON_').lower()} "
-                  f"latency {r.server_latency_ms:.2f} ms{'' if r.budget_met else ' BUDGET MISSED'}")
     return 1 if failures else 0
 
 

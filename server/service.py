@@ -22,7 +22,7 @@ from server.requests import count as count_images
 
 log = logging.getLogger("auxnet.server")
 REASON_ENUM = {"confidence": pb.STOP_REASON_CONFIDENCE, "budget": pb.STOP_REASON_BUDGET,
-               "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT}
+               "final": pb.STOP_REASON_FINAL, "max_exit": pb.STOP_REASON_MAX_EXIT, "continued": pb.STOP_REASON_CONTINUED}
 STOP_REASONS = {v: k for k, v in REASON_ENUM.items()}  # the enum back to the engine's names
 
 
@@ -55,6 +55,37 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
 
         return await self._guard(context, model, run(), images=max(1, len(request.requests)), method="ClassifyBatch",
                                  request_id=lambda: [r.request_id for r in request.requests])
+
+    async def ClassifyProgressive(self, request, context):
+        """A response per exit passed, then the one it stops at. The engine's progress callback queues them; the
+        request runs as a task of its own so that this generator can send them while it computes. A client that
+        cancels cancels the task: the engine drops the request before its next segment."""
+        arrival, deadline = self._arrival(context)
+        call = CallSnapshot(context)
+        sent: asyncio.Queue = asyncio.Queue()
+        failed: list[tuple[grpc.StatusCode, str]] = []
+
+        async def run():
+            engine, args, r = await self._prepare(request, arrival, deadline)
+            answer = await engine.classify(*args, progress=lambda a: sent.put_nowait(self._encode(engine, r, a)))
+            return self._encode(engine, r, answer)
+
+        async def fail(code: grpc.StatusCode, message: str) -> None:
+            failed.append((code, message))
+
+        task = asyncio.create_task(guard(self.app, call, request.model, run(), surface="auxnet.v1",
+                                         method="ClassifyProgressive", request_id=request.request_id, fail=fail))
+        task.add_done_callback(lambda _: sent.put_nowait(None))
+        try:
+            while (response := await sent.get()) is not None:
+                yield response
+            last = await task
+            if failed:
+                await _abort(context, *failed[0])
+            elif last is not None:
+                yield last
+        finally:
+            task.cancel()
 
     async def GetModelInfo(self, request, context):
         async def run():
@@ -152,6 +183,24 @@ def model_info_message(info, thresholds: list[float], latency_ms_batch1: list[fl
                         policy_val_accuracy=float(m["policy"].get("val_accuracy", 0.0)),
                         policy_mean_mflops=float(m["policy"].get("mean_mflops", 0.0)),
                         backend=backend, max_batch_size=max_batch, precision=info.precision, policy_score=info.policy_score)
+
+
+class CallSnapshot:
+    """What `guard` asks of a call (its peer, the time left), answered from values taken when the call began, for
+    work that may outlive the call (a stream's requests, a progressive answer's task): grpc's call object must not
+    be used once the call has ended (its peer() crashed the process when a request cancelled with its stream was
+    logged)."""
+
+    def __init__(self, context):
+        self._peer = context.peer()
+        remaining = context.time_remaining()
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 async def guard(app, context, model: str, coro, counted: bool = True, images=1, surface: str = "auxnet.v1",

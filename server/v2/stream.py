@@ -30,7 +30,7 @@ from protos.oip import open_inference_pb2 as oip
 from protos.oip import triton_compat_pb2 as triton
 from server.jobs import Answer
 from server.requests import parse_where_cheap
-from server.service import guard
+from server.service import CallSnapshot, guard
 from server.v2 import model as v2
 from server.v2.grpc_messages import infer_response, request_inputs, request_parameters, requested_outputs
 from server.v2.tensors import Tensor
@@ -39,26 +39,9 @@ log = logging.getLogger("auxnet.server")
 FINAL_FLAG = "triton_final_response"
 
 
-class StreamCall:
-    """What `guard` asks of a call (its peer, the time left), answered from values taken when the stream opened:
-    grpc's call object must not be used once the stream has ended (its peer() crashed the process when a request
-    cancelled with its stream was logged)."""
-
-    def __init__(self, context):
-        self._peer = context.peer()
-        remaining = context.time_remaining()
-        self.deadline = None if remaining is None else time.monotonic() + remaining
-
-    def peer(self) -> str:
-        return self._peer
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-
 async def model_stream_infer(app, request_iterator, context) -> AsyncIterator[triton.ModelStreamInferResponse]:
     """The responses of one stream, in the order they are ready."""
-    call = StreamCall(context)
+    call = CallSnapshot(context)
     out: asyncio.Queue = asyncio.Queue()  # (response, last of its request); None: the stream is done
     room = asyncio.Semaphore(max(1, app.cfg.engine.max_inflight))
     pending: set[asyncio.Task] = set()
@@ -88,7 +71,7 @@ async def model_stream_infer(app, request_iterator, context) -> AsyncIterator[tr
             task.cancel()
 
 
-async def _answer(app, call: StreamCall, request, out: asyncio.Queue) -> None:
+async def _answer(app, call: CallSnapshot, request, out: asyncio.Queue) -> None:
     """One request of the stream: its responses (or its error) onto `out`; the last one marked."""
     arrival = time.monotonic()
     stream_deadline = call.deadline

@@ -20,6 +20,7 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_BUDGET: _ClassVar[StopReason]
     STOP_REASON_FINAL: _ClassVar[StopReason]
     STOP_REASON_MAX_EXIT: _ClassVar[StopReason]
+    STOP_REASON_CONTINUED: _ClassVar[StopReason]
 PIXEL_TYPE_UNSPECIFIED: PixelType
 PIXEL_TYPE_UINT8: PixelType
 PIXEL_TYPE_FLOAT32: PixelType
@@ -28,6 +29,7 @@ STOP_REASON_CONFIDENCE: StopReason
 STOP_REASON_BUDGET: StopReason
 STOP_REASON_FINAL: StopReason
 STOP_REASON_MAX_EXIT: StopReason
+STOP_REASON_CONTINUED: StopReason
 
 class RawImage(_message.Message):
     __slots__ = ("data", "height", "width", "channels", "pixel_type")

@@ -44,6 +44,11 @@ class EarlyExitServiceStub:
                 request_serializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchRequest.SerializeToString,
                 response_deserializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
+        self.ClassifyProgressive = channel.unary_stream(
+                '/auxnet.v1.EarlyExitService/ClassifyProgressive',
+                request_serializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/auxnet.v1.EarlyExitService/GetModelInfo',
                 request_serializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
@@ -69,6 +74,15 @@ class EarlyExitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyProgressive(self, request, context):
+        """One image, answered progressively: a response from every exit it passes (stop_reason CONTINUED) as soon as
+        that exit is computed, then the answer of the exit where it stops, as Classify would give it. Cancelling the
+        call stops the computation: a client satisfied with an early answer frees the server from the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Exits, layers, cost, calibration summary and the latency the server measured.
         """
@@ -88,6 +102,11 @@ def add_EarlyExitServiceServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchRequest.FromString,
                     response_serializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchResponse.SerializeToString,
+            ),
+            'ClassifyProgressive': grpc.unary_stream_rpc_method_handler(
+                    servicer.ClassifyProgressive,
+                    request_deserializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyRequest.FromString,
+                    response_serializer=protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -149,6 +168,33 @@ class EarlyExitService:
             '/auxnet.v1.EarlyExitService/ClassifyBatch',
             protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchRequest.SerializeToString,
             protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyProgressive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/auxnet.v1.EarlyExitService/ClassifyProgressive',
+            protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+            protos_dot_auxnet_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
