@@ -22,11 +22,12 @@ import time
 
 import numpy as np
 
-from bench.protocols import process_cpu_s
+from bench.protocols import SURFACES, process_cpu_s, run_surface
 from bench.serving import load_test_images
 from server.demo import ROOT, start_server
 
 OUTPUTS = ("label", "exit_index")
+V2_GRPC = SURFACES.index("v2 ModelInfer (gRPC, tritonclient)")
 
 
 def _input(img: bytes):
@@ -44,35 +45,8 @@ def _outputs():
 
 
 def unary(target, model, images, concurrency, total, params) -> dict:
-    """`total` requests from `concurrency` threads, each its own client: (wall s, latencies ms, labels, errors)."""
-    import tritonclient.grpc as tg
-
-    lat, labels, errors, lock, counter = [], {}, [], threading.Lock(), iter(range(total))
-
-    def worker():
-        c = tg.InferenceServerClient(target)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            try:
-                r = c.infer(model, [_input(images[i % len(images)])], outputs=_outputs(), parameters=params or None)
-            except Exception as e:  # noqa: BLE001 - counted and shown: a benchmark must not hide failures
-                errors.append(str(e)[:80])
-                continue
-            with lock:
-                lat.append(1000 * (time.perf_counter() - t))
-                labels[i] = int(r.as_numpy("label")[0])
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"wall": time.perf_counter() - t0, "lat": lat, "labels": labels, "errors": errors, "exits": {}}
+    """`total` unary ModelInfer calls from `concurrency` threads, each its own tritonclient (bench.protocols)."""
+    return {**run_surface(V2_GRPC, target, "", model, images, concurrency, total, params), "exits": {}}
 
 
 def streamed(target, model, images, concurrency, total, params) -> dict:
