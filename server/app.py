@@ -15,7 +15,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
-from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.access_log import AccessLog
 from server.backends import default_threads, make_backend
 from server.credentials import BearerToken, TlsFiles
@@ -23,9 +22,11 @@ from server.decode import ImageLimits
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import UnknownModel
+from server.handlers import CorruptMessages, method_handlers
 from server.metrics import Metrics
 from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
+from server.requests import count as count_images
 from server.service import EarlyExitServicer
 from server.static_batches import static_chain
 from server.v2 import grpc_service as v2_grpc
@@ -207,8 +208,13 @@ class ServerApp:
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
         core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
-        pb_grpc.add_EarlyExitServiceServicer_to_server(EarlyExitServicer(self), self.server)
-        v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server)
+        corrupt = CorruptMessages(lambda method: count_images(
+            self, "", "INVALID_ARGUMENT", 1, "auxnet.v1" if method.startswith(f"/{SERVICE_NAME}/") else "v2-grpc"))
+        v1 = method_handlers(EarlyExitServicer(self), pb.DESCRIPTOR.services_by_name["EarlyExitService"],
+                             lambda descriptor: getattr(pb, descriptor.name), corrupt)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, v1),))
+        self.server.add_registered_method_handlers(SERVICE_NAME, v1)
+        v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server, corrupt)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, v2_grpc.TRITON_CONFIG_SERVICE,

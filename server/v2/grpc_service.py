@@ -15,6 +15,7 @@ from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
 from protos.oip import triton_compat_pb2 as triton
 from server import __version__
+from server.handlers import CorruptMessages, method_handlers
 from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
@@ -31,19 +32,12 @@ STREAM_METHODS = ("ModelStreamInfer",)
 PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token
 
 
-def add_to_server(servicer: OpenInferenceServicer, server) -> None:
+def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
-    RPCs and Triton's ModelConfig and ModelStatistics under the specification's service, and each under the name
-    reflection describes."""
-    def handlers(module, service):
-        table = {}
-        for m in module.DESCRIPTOR.services_by_name[service].methods:
-            kind = grpc.stream_stream_rpc_method_handler if m.client_streaming else grpc.unary_unary_rpc_method_handler
-            table[m.name] = kind(getattr(servicer, m.name), request_deserializer=_message(m.input_type).FromString,
-                                 response_serializer=_message(m.output_type).SerializeToString)
-        return table
-
-    protocol, config = handlers(oip, "GRPCInferenceService"), handlers(triton, "TritonModelConfig")
+    RPCs and Triton's ModelConfig, ModelStatistics and ModelStreamInfer under the specification's service, and
+    each under the name reflection describes. Requests are parsed by server/handlers.py."""
+    protocol = method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt)
+    config = method_handlers(servicer, triton.DESCRIPTOR.services_by_name["TritonModelConfig"], _message, corrupt)
     for name, table in ((SPEC_SERVICE_NAME, {**protocol, **config}), (OWN_SERVICE_NAME, protocol),
                         (TRITON_CONFIG_SERVICE, config)):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))

@@ -12,6 +12,9 @@ What it adds here beside ModelInfer:
 - an error fails its request, not the stream: it comes back as the response's `error_message`, prefixed with the
   request's id (tritonclient hands a callback only the message) and the status code ModelInfer would have given.
 
+A message that is not a ModelInferRequest ends the stream INVALID_ARGUMENT, after the requests before it are
+answered (grpc parses each message as it is read; nothing after a corrupt one can be trusted).
+
 Flow control: at most `--max-inflight` requests of one stream are in progress (their last response not yet
 written); beyond that the stream is not read, so a client that sends faster than it is answered is held back by
 gRPC's flow control instead of queueing without bound here. Each request still passes the engine's admission.
@@ -25,6 +28,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from protos.oip import open_inference_pb2 as oip
 from protos.oip import triton_compat_pb2 as triton
@@ -46,13 +50,22 @@ async def model_stream_infer(app, request_iterator, context) -> AsyncIterator[tr
     room = asyncio.Semaphore(max(1, app.cfg.engine.max_inflight))
     pending: set[asyncio.Task] = set()
 
+    corrupt: list[str] = []  # why the stream could not be read on, if a message was not a ModelInferRequest
+    read_count = 0
+
     async def read() -> None:
+        nonlocal read_count
         try:
-            async for request in request_iterator:
-                await room.acquire()  # released when the request's last response is written
-                task = asyncio.create_task(_answer(app, call, request, out))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+            try:
+                async for request in request_iterator:
+                    read_count += 1
+                    await room.acquire()  # released when the request's last response is written
+                    task = asyncio.create_task(_answer(app, call, request, out))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+            except DecodeError as e:  # grpc parses each message as it is read: nothing after it can be trusted
+                corrupt.append(f"message {read_count + 1} of the stream is not a ModelInferRequest ({e}); the "
+                               f"{read_count} before it were answered, the stream ends")
             await asyncio.gather(*list(pending), return_exceptions=True)  # the client half-closed: finish the rest
         finally:
             out.put_nowait(None)
@@ -64,7 +77,9 @@ async def model_stream_infer(app, request_iterator, context) -> AsyncIterator[tr
             yield response
             if last:
                 room.release()
-        await reader  # re-raises what ended the reading, if anything did
+        await reader  # re-raises what ended the reading, if anything unexpected did
+        if corrupt:  # counted and logged where it was parsed (server/handlers.py)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, corrupt[0])
     finally:  # the client went away or the server stops: nobody is left to answer
         reader.cancel()
         for task in list(pending):

@@ -274,3 +274,24 @@ def test_draining_answers_what_the_stream_had_sent_and_refuses_the_rest_in_band(
             assert shutdown.result(30) is True
         finally:
             s.close(cancel=True)
+
+
+def test_a_corrupt_message_ends_the_stream_invalid_argument_after_answering_those_before_it(srv):
+    _, target, _ = srv
+    a = images(1, seed=9)[0]
+    good = oip.ModelInferRequest(model_name=MODEL, id="good", inputs=[oip.ModelInferRequest.InferInputTensor(
+        name="pixels", datatype="UINT8", shape=[1, *a.shape])], raw_input_contents=[a.tobytes()]).SerializeToString()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                     request_serializer=lambda b: b,
+                                     response_deserializer=oip.ModelStreamInferResponse.FromString)
+        responses = call(iter([good, b"\xff\xff\xff\x01not a message", good]), timeout=TIMEOUT_S)
+        got = []
+        with pytest.raises(grpc.RpcError) as e:
+            for r in responses:
+                got.append(r.infer_response.id)
+    assert got == ["good"]
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("message 2 of the stream is not a ModelInferRequest (")
+    assert e.value.details().endswith("the 1 before it were answered, the stream ends")
+    assert tgrpc.InferenceServerClient(target).is_server_live()

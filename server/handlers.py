@@ -1,0 +1,102 @@
+"""gRPC method handlers built from a service's descriptor, whose request messages we parse ourselves instead of
+handing grpc a deserializer: a message that is not the method's request type is refused INVALID_ARGUMENT, naming
+the type expected, and counted. grpc's own deserializer answered such a message UNKNOWN ("Unexpected
+DecodeError") and logged a traceback for each one, a log flood under hostile traffic; here the operator gets one
+warning a minute and a counter (auxnet_requests_total{code="INVALID_ARGUMENT"})."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger("auxnet.server")
+LOG_EVERY_S = 60.0
+
+
+class CorruptMessages:
+    """Counts messages that do not parse and logs them at most once per LOG_EVERY_S."""
+
+    def __init__(self, count: Callable[[str], None]):
+        self.count = count  # called with the method's full name
+        self.last_logged = float("-inf")
+        self.unlogged = 0
+
+    def seen(self, method: str, peer: str) -> None:
+        self.count(method)
+        now = time.monotonic()
+        if now - self.last_logged < LOG_EVERY_S:
+            self.unlogged += 1
+            return
+        also = f" ({self.unlogged} more since the last such warning)" if self.unlogged else ""
+        log.warning("%s from %s: a message that is not the method's request type, refused INVALID_ARGUMENT%s",
+                    method, peer, also)
+        self.last_logged, self.unlogged = now, 0
+
+
+def not_a_message(name: str) -> str:
+    return f"the request is not a {name} message (its protobuf wire format does not parse)"
+
+
+def method_handlers(servicer, service, message_class: Callable, corrupt: CorruptMessages) -> dict:
+    """{method name: handler} for every method of `service` (a ServiceDescriptor), each calling the servicer's
+    method of that name with parsed requests. `message_class(descriptor)`: the generated class of a message type."""
+    table = {}
+    for m in service.methods:
+        parse = message_class(m.input_type).FromString
+        serialize = message_class(m.output_type).SerializeToString
+        behaviour, method = getattr(servicer, m.name), f"/{service.full_name}/{m.name}"
+        if m.client_streaming:
+            table[m.name] = grpc.stream_stream_rpc_method_handler(_stream_stream(behaviour, parse, method, corrupt),
+                                                                  response_serializer=serialize)
+        elif m.server_streaming:
+            table[m.name] = grpc.unary_stream_rpc_method_handler(
+                _unary_stream(behaviour, parse, m.input_type.name, method, corrupt), response_serializer=serialize)
+        else:
+            table[m.name] = grpc.unary_unary_rpc_method_handler(
+                _unary_unary(behaviour, parse, m.input_type.name, method, corrupt), response_serializer=serialize)
+    return table
+
+
+async def _parsed(raw: bytes, parse, name: str, method: str, corrupt: CorruptMessages, context):
+    try:
+        return parse(raw)
+    except DecodeError:
+        corrupt.seen(method, context.peer())
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, not_a_message(name))
+
+
+def _unary_unary(behaviour, parse, name, method, corrupt):
+    async def handler(raw: bytes, context):
+        return await behaviour(await _parsed(raw, parse, name, method, corrupt, context), context)
+
+    return handler
+
+
+def _unary_stream(behaviour, parse, name, method, corrupt):
+    async def handler(raw: bytes, context):
+        async for response in behaviour(await _parsed(raw, parse, name, method, corrupt, context), context):
+            yield response
+
+    return handler
+
+
+def _stream_stream(behaviour, parse, method, corrupt):
+    """Each message parsed as it is read; one that does not parse is counted and raises DecodeError from the
+    request iterator, which the stream's own code answers (server/v2/stream.py: the stream ends INVALID_ARGUMENT)."""
+    async def handler(raw_requests, context):
+        async def requests():
+            async for raw in raw_requests:
+                try:
+                    yield parse(raw)
+                except DecodeError:
+                    corrupt.seen(method, context.peer())
+                    raise
+
+        async for response in behaviour(requests(), context):
+            yield response
+
+    return handler
