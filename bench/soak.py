@@ -4,10 +4,12 @@ fail that should not?
     python -m bench.soak [--minutes 10] [--clients 8] [--sample-s 10] [--repo models/repository] [--server-args '']
 
 Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule
-(the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 45%; ClassifyBatch of 8 such
+(the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 33%; ClassifyBatch of 8 such
 images 5%; the Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BYTES tensor) 10%;
 a mutated image (bench/image_fuzz.py's mutations) over auxnet.v1 15%; a malformed HTTP body (cut JSON, random
-bytes, a wrong tensor) 10%; Triton's statistics over HTTP 1%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
+bytes, a wrong tensor) 10%; Triton's statistics over HTTP 1%; ClassifyProgressive, read to the end or left after
+the first answer (a cancel) 5%; Triton's ModelStreamInfer with 1-8 requests, half of them progressive, 4%;
+bytes that are no protobuf message to a gRPC method 2%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
 overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
 unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
@@ -32,15 +34,19 @@ import grpc
 import numpy as np
 
 from bench.image_fuzz import mutate
+from protos.auxnet.v1 import inference_pb2 as pb
 from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
+from protos.oip import triton_compat_pb2 as triton
 from server.client import Client
 from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
 from server.workers import free_port
 
-MIX = [("classify", 45), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
-       ("malformed_http", 10), ("stats", 1)]
+MIX = [("classify", 33), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
+       ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2)]
+CORRUPT_TARGETS = ("/auxnet.v1.EarlyExitService/Classify", "/auxnet.v1.EarlyExitService/ClassifyBatch",
+                   "/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelMetadata")
 EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 EXPECTED_HTTP = {200, 400, 429}
 
@@ -71,8 +77,11 @@ class Traffic:
     def run(self, stop: threading.Event) -> None:
         kinds, weights = zip(*MIX)
         with Client(self.target, timeout_s=10, retries=0) as client:
-            channel = grpc.insecure_channel(self.target)
+            channel = self.channel = grpc.insecure_channel(self.target)
             v2 = oip_grpc.GRPCInferenceServiceStub(channel)
+            self.stream_call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                                     request_serializer=oip.ModelInferRequest.SerializeToString,
+                                                     response_deserializer=triton.ModelStreamInferResponse.FromString)
             while not stop.is_set():
                 kind = self.rng.choices(kinds, weights)[0]
                 try:
@@ -108,14 +117,54 @@ class Traffic:
         return "OK"
 
     def v2_grpc(self, client: Client, v2) -> str:
+        v2.ModelInfer(self._infer_request(**self._controls()), timeout=10)
+        return "OK"
+
+    def _infer_request(self, **parameters) -> oip.ModelInferRequest:
         image = self.rng.choice(self.images)
         request = oip.ModelInferRequest(model_name=self.model, inputs=[oip.ModelInferRequest.InferInputTensor(
             name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(image).to_bytes(4, "little") + image])
-        for key, value in self._controls().items():
+        for key, value in parameters.items():
             which = "bool_param" if isinstance(value, bool) else "double_param"
             request.parameters[key].CopyFrom(oip.InferParameter(**{which: value}))
-        v2.ModelInfer(request, timeout=10)
+        return request
+
+    def progressive(self, client: Client, v2) -> str:
+        answers = client.classify_progressive(self.rng.choice(self.images), **self._controls())
+        if self.rng.random() < 0.5:
+            next(answers)
+            answers.close()  # the client leaves after the first answer: the server drops the rest
+            return "OK (left early)"
+        last = list(answers)[-1]
+        if last.stop_reason == pb.STOP_REASON_CONTINUED:
+            raise RuntimeError("a progressive call ended on a CONTINUED answer")
         return "OK"
+
+    def stream(self, client: Client, v2) -> str:
+        n = self.rng.randint(1, 8)
+        requests = [self._infer_request(**self._controls(), **({"progressive": True} if self.rng.random() < 0.5 else {}))
+                    for _ in range(n)]
+        for i, r in enumerate(requests):
+            r.id = str(i)
+        finals, errors = set(), []
+        for response in self.stream_call(iter(requests), timeout=20):
+            if response.error_message:
+                errors.append(response.error_message)
+                finals.add(response.infer_response.id)
+            elif response.infer_response.parameters["triton_final_response"].bool_param:
+                finals.add(response.infer_response.id)
+        if finals != {str(i) for i in range(n)}:
+            raise RuntimeError(f"stream of {n}: final answers for {sorted(finals)} only")
+        bad = [e for e in errors if ": RESOURCE_EXHAUSTED: " not in e]
+        if bad:
+            raise RuntimeError(f"stream: {bad[0]}")
+        return "OK" if not errors else "RESOURCE_EXHAUSTED (in-band)"
+
+    def corrupt_grpc(self, client: Client, v2) -> str:
+        call = self.channel.unary_unary(self.rng.choice(CORRUPT_TARGETS), request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+        call(b"\xff\xff\xff\x01" + self.rng.randbytes(self.rng.randint(0, 200)), timeout=10)
+        return "OK"  # never: such bytes do not parse, and INVALID_ARGUMENT comes back as an RpcError
 
     def _image_body(self) -> dict:
         """An Open Inference Protocol HTTP request of one image (JSON, base64)."""
