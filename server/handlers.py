@@ -41,14 +41,16 @@ def not_a_message(name: str) -> str:
     return f"the request is not a {name} message (its protobuf wire format does not parse)"
 
 
-def method_handlers(servicer, service, message_class: Callable, corrupt: CorruptMessages) -> dict:
+def method_handlers(servicer, service, message_class: Callable, corrupt: CorruptMessages,
+                    served_as: str | None = None) -> dict:
     """{method name: handler} for every method of `service` (a ServiceDescriptor), each calling the servicer's
-    method of that name with parsed requests. `message_class(descriptor)`: the generated class of a message type."""
+    method of that name with parsed requests. `message_class(descriptor)`: the generated class of a message type.
+    `served_as`: the service path the handlers are registered under, if not the descriptor's (for the log)."""
     table = {}
     for m in service.methods:
         parse = message_class(m.input_type).FromString
         serialize = message_class(m.output_type).SerializeToString
-        behaviour, method = getattr(servicer, m.name), f"/{service.full_name}/{m.name}"
+        behaviour, method = getattr(servicer, m.name), f"/{served_as or service.full_name}/{m.name}"
         if m.client_streaming:
             table[m.name] = grpc.stream_stream_rpc_method_handler(_stream_stream(behaviour, parse, method, corrupt),
                                                                   response_serializer=serialize)

@@ -36,10 +36,14 @@ def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessa
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
     RPCs and Triton's ModelConfig, ModelStatistics and ModelStreamInfer under the specification's service, and
     each under the name reflection describes. Requests are parsed by server/handlers.py."""
-    protocol = method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt)
-    config = method_handlers(servicer, triton.DESCRIPTOR.services_by_name["TritonModelConfig"], _message, corrupt)
-    for name, table in ((SPEC_SERVICE_NAME, {**protocol, **config}), (OWN_SERVICE_NAME, protocol),
-                        (TRITON_CONFIG_SERVICE, config)):
+    def protocol(name):
+        return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name)
+
+    def config(name):
+        return method_handlers(servicer, triton.DESCRIPTOR.services_by_name["TritonModelConfig"], _message, corrupt, name)
+
+    for name, table in ((SPEC_SERVICE_NAME, {**protocol(SPEC_SERVICE_NAME), **config(SPEC_SERVICE_NAME)}),
+                        (OWN_SERVICE_NAME, protocol(OWN_SERVICE_NAME)), (TRITON_CONFIG_SERVICE, config(TRITON_CONFIG_SERVICE))):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
         server.add_registered_method_handlers(name, table)
 

@@ -70,3 +70,15 @@ def test_warnings_are_at_most_one_a_minute_and_say_how_many_were_not_logged(capl
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
     assert warnings[0].endswith("refused INVALID_ARGUMENT") and "(4 more since the last such warning)" in warnings[1]
+
+
+def test_the_warning_names_the_path_the_client_called(tiny_repo, caplog):
+    """The protocol's handlers serve two paths (the specification's and our package's): the log says which."""
+    with caplog.at_level(logging.WARNING, logger="auxnet.server"), running_server(tiny_repo) as (_, target):
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError):
+                call(CORRUPT, timeout=10)
+    warnings = [r.getMessage() for r in caplog.records if "not the method's request type" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("/inference.GRPCInferenceService/ModelInfer from ")
