@@ -46,7 +46,7 @@ def _outputs():
 
 def unary(target, model, images, concurrency, total, params) -> dict:
     """`total` unary ModelInfer calls from `concurrency` threads, each its own tritonclient (bench.protocols)."""
-    return {**run_surface(V2_GRPC, target, "", model, images, concurrency, total, params), "exits": {}}
+    return run_surface(V2_GRPC, target, "", model, images, concurrency, total, params)
 
 
 def streamed(target, model, images, concurrency, total, params) -> dict:
