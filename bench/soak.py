@@ -2,6 +2,7 @@
 fail that should not?
 
     python -m bench.soak [--minutes 10] [--clients 8] [--sample-s 10] [--repo models/repository] [--server-args '']
+                         [--mix KIND=SHARE,...]   (other shares than the default mix below, e.g. to single out a path)
 
 Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule
 (the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 33%; ClassifyBatch of 8 such
@@ -51,6 +52,18 @@ EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 EXPECTED_HTTP = {200, 400, 429}
 
 
+def parse_mix(text: str) -> list[tuple[str, int]]:
+    """"stream=40,progressive=40" -> [("stream", 40), ("progressive", 40)]; kinds from MIX, shares > 0."""
+    mix = []
+    for item in text.split(","):
+        kind, _, share = item.partition("=")
+        if kind not in dict(MIX) or not share.isdigit() or int(share) <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: want KIND=SHARE with KIND one of {', '.join(dict(MIX))} and "
+                                             "SHARE a whole number > 0")
+        mix.append((kind, int(share)))
+    return mix
+
+
 def proc_stats(pid: int) -> dict:
     """Resident memory (MB), its peak, threads and open file descriptors of a process, from /proc."""
     fields = {}
@@ -68,14 +81,14 @@ def slope_per_minute(times: list[float], values: list[float]) -> float:
 
 
 class Traffic:
-    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int):
-        self.target, self.http_base, self.model, self.images = target, http_base, model, images
+    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int, mix=MIX):
+        self.target, self.http_base, self.model, self.images, self.mix = target, http_base, model, images, mix
         self.rng = random.Random(seed)
         self.outcomes: collections.Counter = collections.Counter()
         self.unexpected: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
-        kinds, weights = zip(*MIX)
+        kinds, weights = zip(*self.mix)
         with Client(self.target, timeout_s=10, retries=0) as client:
             channel = self.channel = grpc.insecure_channel(self.target)
             v2 = oip_grpc.GRPCInferenceServiceStub(channel)
@@ -216,6 +229,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--server-args", default="")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", type=parse_mix, default=MIX, help="KIND=SHARE,... instead of the default mix")
     args = p.parse_args()
     images = load_labelled_folder(args.data)[0][:args.images]
     http_port = free_port("127.0.0.1")
@@ -226,7 +240,7 @@ def main() -> None:
         print(f"{args.clients} client threads, {args.minutes:g} min, {len(images)} images, model {model}, "
               f"server args '{args.server_args}', {os.cpu_count()} cores shared by server and clients")
         stop = threading.Event()
-        clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i)
+        clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i, args.mix)
                    for i in range(args.clients)]
         threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in clients]
         start = time.monotonic()
@@ -252,7 +266,7 @@ def main() -> None:
             outcomes.update(c.outcomes)
         unexpected = [u for c in clients for u in c.unexpected]
         print("\n| request | answers |\n|---|---|")
-        for kind, _ in MIX:
+        for kind, _ in args.mix:
             got = {code: n for (k, code), n in sorted(outcomes.items()) if k == kind}
             print(f"| {kind} | {', '.join(f'{code} {n}' for code, n in got.items())} |")
         if settled:
