@@ -2,7 +2,8 @@
 fail that should not?
 
     python -m bench.soak [--minutes 10] [--clients 8] [--sample-s 10] [--repo models/repository] [--server-args '']
-                         [--mix KIND=SHARE,...]   (other shares than the default mix below, e.g. to single out a path)
+                         [--mix KIND=SHARE,...]   (other shares than the default mix below, e.g. to single out a path;
+                                                   progressive_full / progressive_left: the two halves of progressive)
 
 Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule
 (the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 33%; ClassifyBatch of 8 such
@@ -46,6 +47,7 @@ from server.workers import free_port
 
 MIX = [("classify", 33), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
        ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2)]
+SINGLED_OUT = ("progressive_full", "progressive_left")  # the two halves of `progressive`, for --mix only
 CORRUPT_TARGETS = ("/auxnet.v1.EarlyExitService/Classify", "/auxnet.v1.EarlyExitService/ClassifyBatch",
                    "/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelMetadata")
 EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
@@ -53,12 +55,12 @@ EXPECTED_HTTP = {200, 400, 429}
 
 
 def parse_mix(text: str) -> list[tuple[str, int]]:
-    """"stream=40,progressive=40" -> [("stream", 40), ("progressive", 40)]; kinds from MIX, shares > 0."""
+    """"stream=40,progressive=40" -> [("stream", 40), ("progressive", 40)]; kinds from MIX or SINGLED_OUT, shares > 0."""
     mix = []
     for item in text.split(","):
         kind, _, share = item.partition("=")
-        if kind not in dict(MIX) or not share.isdigit() or int(share) <= 0:
-            raise argparse.ArgumentTypeError(f"{item!r}: want KIND=SHARE with KIND one of {', '.join(dict(MIX))} and "
+        if kind not in dict(MIX) and kind not in SINGLED_OUT or not share.isdigit() or int(share) <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: want KIND=SHARE with KIND one of {', '.join([*dict(MIX), *SINGLED_OUT])} and "
                                              "SHARE a whole number > 0")
         mix.append((kind, int(share)))
     return mix
@@ -142,9 +144,9 @@ class Traffic:
             request.parameters[key].CopyFrom(oip.InferParameter(**{which: value}))
         return request
 
-    def progressive(self, client: Client, v2) -> str:
+    def progressive(self, client: Client, v2, leave: bool | None = None) -> str:
         answers = client.classify_progressive(self.rng.choice(self.images), **self._controls())
-        if self.rng.random() < 0.5:
+        if leave if leave is not None else self.rng.random() < 0.5:
             next(answers)
             answers.close()  # the client leaves after the first answer: the server drops the rest
             return "OK (left early)"
@@ -152,6 +154,12 @@ class Traffic:
         if last.stop_reason == pb.STOP_REASON_CONTINUED:
             raise RuntimeError("a progressive call ended on a CONTINUED answer")
         return "OK"
+
+    def progressive_full(self, client: Client, v2) -> str:
+        return self.progressive(client, v2, leave=False)
+
+    def progressive_left(self, client: Client, v2) -> str:
+        return self.progressive(client, v2, leave=True)
 
     def stream(self, client: Client, v2) -> str:
         n = self.rng.randint(1, 8)
