@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from server.app import ServerApp, ServerConfig
 from server.backends import default_threads
@@ -83,6 +84,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fraction of successful requests written to the access log (default 1 = all)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the ports (SO_REUSEPORT); metrics summed over them")
+    p.add_argument("--recycle-rss-mb", type=float, default=0.0,
+                   help="replace a worker whose resident memory passes this many MB: its replacement starts first, "
+                        "then it drains (a guard against slow native leaks, e.g. grpc.aio's on cancelled streams, "
+                        "RESULTS §31); runs a supervisor even with --workers 1 (0 = off; Linux /proc)")
+    p.add_argument("--recycle-min-age-s", type=float, default=60.0,
+                   help="never recycle a worker younger than this (bounds churn if the limit is near a fresh worker's size)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
     p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
     p.add_argument("--log-level", default="INFO")
@@ -111,9 +118,11 @@ async def serve(args) -> int:
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
+    handoff = []  # SIGUSR1: stop, handing the ports to a replacement (server.workers' recycling)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: (handoff.append(True), stop.set()))
     app = ServerApp(cfg)
     try:
         app.load_models()
@@ -125,7 +134,7 @@ async def serve(args) -> int:
         with open(args.port_file, "w") as f:
             f.write(f"{app.port} {app.metrics_port or 0} {app.health_port or 0} {app.http_port or 0}\n")
     await stop.wait()
-    await app.shutdown()
+    await app.shutdown(handoff=bool(handoff))
     return 0
 
 
@@ -136,7 +145,8 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
-          ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000)]
+          ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
+          ("recycle_min_age_s", 0, None)]
 
 
 def image_formats(text: str) -> tuple[str, ...]:
@@ -172,8 +182,10 @@ def main() -> int:
         parser.error(f"--inline-compute-ms {args.inline_compute_ms} must be 0 (off) or more")
     if args.workers < 1:
         parser.error(f"--workers {args.workers} must be at least 1")
+    if args.recycle_rss_mb and not Path("/proc/self/status").exists():
+        parser.error(f"--recycle-rss-mb {args.recycle_rss_mb:g} reads workers' memory from /proc, which this system lacks")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers > 1:
+    if args.workers > 1 or args.recycle_rss_mb:
         from server.workers import supervise
 
         return supervise(args, sys.argv[1:])

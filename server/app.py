@@ -259,9 +259,20 @@ class ServerApp:
                  f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         return self.port
 
-    async def shutdown(self, grace_s: float | None = None) -> bool:
-        """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop."""
+    async def shutdown(self, grace_s: float | None = None, handoff: bool = False) -> bool:
+        """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop.
+
+        `handoff`: a replacement already serves on the same ports (a recycled --workers process). Refusing with
+        UNAVAILABLE ("retry on another replica") would then lose requests that have nowhere else to go, so the
+        ports close first instead: gRPC sends GOAWAY and refuses new calls on open connections in the way clients
+        retry by themselves on a new connection, which reaches the replacement; HTTP and the health port stop
+        accepting. Calls already here are answered within the grace period."""
         grace = self.cfg.grace_s if grace_s is None else grace_s
+        if handoff:  # the health port too: a probe must not see this process's NOT_SERVING while the other serves
+            await asyncio.gather(*([self.server.stop(grace)] if self.server is not None else []),
+                                 *([self.v2_http.stop()] if self.v2_http is not None else []),
+                                 *([self.health_server.stop(0.5)] if self.health_server is not None else []))
+            self.server = self.v2_http = self.health_server = None
         self.draining = True
         await self.health.enter_graceful_shutdown()
         for task in (self._watch, self._watch_creds):
@@ -271,7 +282,8 @@ class ServerApp:
         drained = all(await asyncio.gather(*(e.drain(grace) for e in self.engines.values())))
         # Requests refused while draining are still being answered UNAVAILABLE; stopping the port under
         # them would turn that into CANCELLED, which clients do not retry elsewhere.
-        await asyncio.sleep(min(REFUSAL_WINDOW_S, grace))
+        if not handoff:
+            await asyncio.sleep(min(REFUSAL_WINDOW_S, grace))
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self.v2_http is not None:

@@ -39,21 +39,24 @@ def classify_request(image: bytes | np.ndarray, model: str = "", budget_ms: floa
 
 class Client:
     """Blocking client. `targets` may list several replicas ("host:port,host:port") or a dns:/// name;
-    calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone)."""
+    calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone) and CANCELLED (see below)."""
 
     def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3, tls_ca: bytes | None = None,
                  client_cert: bytes | None = None, client_key: bytes | None = None, token: str | None = None,
                  server_name: str | None = None):
         import json
 
-        service_config = {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [{
+        service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+        # Retried: UNAVAILABLE (a replica draining or gone) and CANCELLED, which a server that shuts down gives the
+        # calls it had received but not yet handed to a handler (grpc/grpc#41785; RESULTS §31). A call this client
+        # cancels itself is never retried; every method of the service is idempotent. gRPC wants maxAttempts >= 2,
+        # so retries=0 leaves the policy out rather than setting it to 1.
+        if retries > 0:
+            service_config["methodConfig"] = [{
                 "name": [{"service": "auxnet.v1.EarlyExitService"}],
-                "retryPolicy": {"maxAttempts": max(2, retries + 1), "initialBackoff": "0.05s", "maxBackoff": "1s",
-                                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-            }],
-        }
+                "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
+            }]
         if "," in target:  # a static list of replicas
             target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
         options = [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),

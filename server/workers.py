@@ -45,13 +45,24 @@ def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: 
     last value of a repeated option). `access_log`: this worker's own file (rotation by several processes
     of one file would lose lines)."""
     own_log = ["--access-log", access_log] if access_log else []
-    return [sys.executable, "-m", "server", *argv, "--workers", "1", "--reuse-port", "--port", str(port),
+    return [sys.executable, "-m", "server", *argv, "--workers", "1", "--recycle-rss-mb", "0", "--reuse-port", "--port", str(port),
             "--metrics-port", "-1", "--health-port", str(-1 if health_port is None else health_port),
             "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file), *own_log]
 
 
+def resident_mb(pid: int) -> float | None:
+    """A process's resident memory (MB) from /proc, or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
 def supervise(args, argv: list[str]) -> int:
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess, start_http_server
 
     host = args.host
     port = args.port or free_port(host)
@@ -62,17 +73,24 @@ def supervise(args, argv: list[str]) -> int:
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     stopping = False
+    # A worker's id names its port file and access log (PATH.<id>). A slot keeps its id when its worker is
+    # restarted after dying, but a recycled worker's replacement gets a new one: both run while the old drains.
+    ids = list(range(args.workers))
+    next_id = args.workers
 
-    def spawn(i: int) -> subprocess.Popen:
-        port_file = state / f"worker-{i}.ports"
+    def spawn(wid: int) -> subprocess.Popen:
+        port_file = state / f"worker-{wid}.ports"
         port_file.unlink(missing_ok=True)
-        log_file = f"{args.access_log}.{i}" if args.access_log and args.access_log != "-" else None  # PATH.0, PATH.1, ...
+        log_file = f"{args.access_log}.{wid}" if args.access_log and args.access_log != "-" else None  # PATH.0, PATH.1, ...
         return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file), env=env)
 
-    def wait_ready(i: int, proc: subprocess.Popen) -> bool:
+    def is_ready(wid: int) -> bool:
+        port_file = state / f"worker-{wid}.ports"
+        return port_file.exists() and bool(port_file.read_text().strip())
+
+    def wait_ready(wid: int, proc: subprocess.Popen) -> bool:
         deadline = time.time() + START_TIMEOUT_S
-        port_file = state / f"worker-{i}.ports"
-        while not (port_file.exists() and port_file.read_text().strip()):
+        while not is_ready(wid):
             if proc.poll() is not None or time.time() > deadline:
                 return False
             time.sleep(0.05)
@@ -81,14 +99,23 @@ def supervise(args, argv: list[str]) -> int:
     def on_signal(signum, _frame):
         nonlocal stopping
         stopping = True
-        for p in procs:
+        for p in [*procs, *retiring, *([recycling.new] if recycling else [])]:
             if p is not None and p.poll() is None:  # None: a worker already stopped (a second signal)
                 p.send_signal(signum)
 
-    procs: list[subprocess.Popen] = []
+    def write_port_file() -> None:  # renamed into place: a reader never sees half a line
+        if args.port_file:
+            tmp = Path(f"{args.port_file}.tmp")
+            tmp.write_text(f"{port} {metrics_port} {health_port or 0} {http_port or 0} "
+                           f"{' '.join(str(p.pid) for p in procs if p is not None)}\n")
+            tmp.replace(args.port_file)
+
+    procs: list[subprocess.Popen | None] = []
+    retiring: list[subprocess.Popen] = []  # recycled workers still draining (or a replacement that failed)
+    recycling: Recycling | None = None
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    procs.extend(spawn(i) for i in range(args.workers))
+    procs.extend(spawn(i) for i in ids)
     for i, p in enumerate(procs):
         if not wait_ready(i, p):
             log.error("refusing to start: worker %d did not start (exit code %s)", i, p.poll())
@@ -97,18 +124,21 @@ def supervise(args, argv: list[str]) -> int:
                 q.wait(args.grace_s + 5)
             shutil.rmtree(state, ignore_errors=True)
             return 2
+    started = [time.monotonic()] * len(procs)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    recycles = Counter("auxnet_worker_recycles", "Workers replaced for passing --recycle-rss-mb", registry=registry)
+    resident = Gauge("auxnet_worker_resident_bytes", "Resident memory of each worker slot, read by the supervisor",
+                     ["slot"], registry=registry)
     http = None
     if args.metrics_port >= 0:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
         http, _ = start_http_server(args.metrics_port, host, registry=registry)
     metrics_port = http.server_port if http else 0
-    if args.port_file:
-        Path(args.port_file).write_text(f"{port} {metrics_port} {health_port or 0} {http_port or 0} "
-                                        f"{' '.join(str(p.pid) for p in procs)}\n")
+    write_port_file()
     log.info("%d workers serving on %s:%d (metrics on %s)", len(procs), host, port,
              f"http://{host}:{metrics_port}/metrics" if http else "none")
     code = 0
+    last_rss_check = 0.0
     while procs:
         time.sleep(0.2)
         for i, p in enumerate(procs):
@@ -120,9 +150,36 @@ def supervise(args, argv: list[str]) -> int:
                 procs[i] = None
             else:
                 log.error("worker %d (pid %d) exited with code %s; starting it again", i, p.pid, p.returncode)
-                procs[i] = spawn(i)
-                wait_ready(i, procs[i])
-        if stopping and all(p is None for p in procs):
+                procs[i] = spawn(ids[i])
+                wait_ready(ids[i], procs[i])
+                started[i] = time.monotonic()
+                write_port_file()
+        for p in [p for p in retiring if p.poll() is not None]:
+            multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+            retiring.remove(p)
+            returncode = stop_exit_code(p.returncode) if stopping else p.returncode
+            (log.info if returncode == 0 else log.error)("retired worker (pid %d) exited with code %s", p.pid, p.returncode)
+            code = code or (returncode if stopping else 0)
+        if recycling is not None:
+            recycling, retired, swapped = recycling.advance(procs, started, ids, is_ready, stopping)
+            retiring.extend([retired] if retired is not None else [])
+            if swapped:
+                recycles.inc()
+                write_port_file()
+        if time.monotonic() - last_rss_check >= RSS_CHECK_S:
+            last_rss_check = time.monotonic()
+            for i, p in enumerate(procs):
+                rss = None if p is None else resident_mb(p.pid)
+                if rss is None:
+                    continue
+                resident.labels(slot=str(i)).set(rss * 2**20)
+                if (args.recycle_rss_mb and recycling is None and not stopping and rss > args.recycle_rss_mb
+                        and time.monotonic() - started[i] >= args.recycle_min_age_s):
+                    log.warning("worker %d (pid %d) holds %.0f MB resident, over --recycle-rss-mb %g: starting its "
+                                "replacement; it drains once that one serves", i, p.pid, rss, args.recycle_rss_mb)
+                    recycling = Recycling(i, p, next_id, spawn(next_id), time.monotonic())
+                    next_id += 1
+        if stopping and all(p is None for p in procs) and not retiring and recycling is None:
             break
     if http is not None:
         http.shutdown()
@@ -130,3 +187,38 @@ def supervise(args, argv: list[str]) -> int:
     shutil.rmtree(state, ignore_errors=True)
     log.info("all workers stopped")
     return code
+
+
+RSS_CHECK_S = 1.0
+HANDOFF_SIGNAL = signal.SIGUSR1  # a worker told so closes its ports first and then drains (ServerApp.shutdown)
+
+
+class Recycling:
+    """One worker being replaced: its replacement starts while it serves on (both share the port), and once the
+    replacement serves it is told to hand off (HANDOFF_SIGNAL): it closes its ports, so that clients move to the
+    replacement, and answers what it holds. One at a time, so capacity never drops by more than one worker."""
+
+    def __init__(self, slot: int, old: subprocess.Popen, new_id: int, new: subprocess.Popen, since: float):
+        self.slot, self.old, self.new_id, self.new, self.since = slot, old, new_id, new, since
+
+    def advance(self, procs, started, ids, is_ready, stopping) -> tuple[Recycling | None, subprocess.Popen | None, bool]:
+        """(what is still in progress, a worker told to stop that must be waited for, whether the slot changed)."""
+        if stopping:  # the stop was passed on to the replacement too; the old one is in procs and drains there
+            return None, self.new, False
+        failed = self.new.poll() is not None or time.monotonic() - self.since > START_TIMEOUT_S
+        if failed:
+            log.error("the replacement of worker %d did not start (exit code %s); worker %d serves on and is "
+                      "tried again after --recycle-min-age-s", self.slot, self.new.poll(), self.slot)
+            if self.new.poll() is None:
+                self.new.kill()
+            started[self.slot] = time.monotonic()
+            return None, self.new, False
+        if not is_ready(self.new_id):
+            return self, None, False
+        if procs[self.slot] is not self.old:  # the old one died meanwhile and was restarted: keep that one
+            self.new.send_signal(signal.SIGTERM)
+            return None, self.new, False
+        procs[self.slot], ids[self.slot], started[self.slot] = self.new, self.new_id, time.monotonic()
+        self.old.send_signal(HANDOFF_SIGNAL)
+        log.info("worker %d: pid %d serves; pid %d drains", self.slot, self.new.pid, self.old.pid)
+        return None, self.old, True

@@ -32,6 +32,10 @@ def test_deployment_agrees_with_server_flags():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": args.port, "metrics": args.metrics_port, "health": args.health_port, "http": args.http_port}
     assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace_s + container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # A recycled worker's replacement (~160 MB resident once serving) and the supervisor must fit beside the old
+    # worker under the container's limit, or the recycle itself gets the pod OOM-killed.
+    limit_mb = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
+    assert 0 < args.recycle_rss_mb and args.recycle_rss_mb + 256 < limit_mb
     service = yaml.safe_load((K8S / "service.yaml").read_text())
     assert service["spec"]["clusterIP"] == "None"  # headless: clients see every pod
     hpa = next(yaml.safe_load_all((K8S / "hpa.yaml").read_text()))

@@ -2,6 +2,7 @@
 replaced (issue 12)."""
 
 import base64
+import collections
 import json
 import os
 import signal
@@ -25,9 +26,9 @@ from tests.server.helpers import images, png
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_workers(repo, *extra):
+def start_workers(repo, *extra, workers=2):
     port_file = Path(tempfile.mkdtemp()) / "ports"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--workers", "2", "--threads", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(repo), "--workers", str(workers), "--threads", "1",
                              "--port", "0", "--metrics-port", "0", "--health-port", "0", "--http-port", "0", "--port-file", str(port_file),
                              "--log-level", "WARNING", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -36,7 +37,7 @@ def start_workers(repo, *extra):
         assert time.time() < deadline, "workers did not start"
         time.sleep(0.1)
     port, metrics, health, http, *pids = (int(v) for v in port_file.read_text().split())
-    return proc, port, metrics, health, http, pids
+    return proc, port, metrics, health, http, pids, port_file
 
 
 def samples(metrics_port, name):
@@ -46,7 +47,7 @@ def samples(metrics_port, name):
 
 @pytest.mark.slow
 def test_two_workers_share_the_port_sum_metrics_drain_and_are_replaced(tiny_repo):
-    proc, port, mport, hport, http_port, pids = start_workers(tiny_repo)
+    proc, port, mport, hport, http_port, pids, _ = start_workers(tiny_repo)
     try:
         assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
         # Both workers listen on the same port (SO_REUSEPORT).
@@ -110,7 +111,7 @@ def test_a_stop_that_reached_a_worker_before_its_handlers_counts_as_clean():
 def test_stop_while_a_worker_is_being_replaced_exits_0(tiny_repo):
     """Found by CI on a loaded machine: SIGTERM while the supervisor was starting a replacement worker killed
     that worker before it had installed its handlers, and the supervisor exited 241 (-SIGTERM)."""
-    proc, port, mport, hport, http_port, pids = start_workers(tiny_repo)
+    proc, port, mport, hport, http_port, pids, _ = start_workers(tiny_repo)
     try:
         os.kill(pids[0], signal.SIGKILL)
         deadline = time.time() + 30
@@ -127,3 +128,46 @@ def test_stop_while_a_worker_is_being_replaced_exits_0(tiny_repo):
         if proc.poll() is None:
             proc.kill()
     assert code == 0, proc.stderr.read()[-2000:]
+
+
+@pytest.mark.slow
+def test_a_worker_past_its_memory_limit_is_replaced_while_requests_flow_and_none_is_lost(tiny_repo):
+    """--recycle-rss-mb: every worker holds more than 1 MB, so each is replaced once it is --recycle-min-age-s old.
+    A client on one channel keeps classifying throughout: every request is answered across replacements (the old
+    worker's GOAWAY moves the channel; server.client.Client retries the rare call that grpc's shutdown cancels,
+    grpc/grpc#41785); the old worker drains and exits 0; the supervisor counts the recycles on /metrics."""
+    proc, port, mport, hport, _, pids, port_file = start_workers(tiny_repo, "--recycle-rss-mb", "1", "--recycle-min-age-s",
+                                                                 "2", workers=1)
+    seen, answered, errors, health = [pids[0]], 0, [], collections.Counter()
+    try:
+        with Client(f"127.0.0.1:{port}") as c, grpc.insecure_channel(f"127.0.0.1:{hport}") as hc:
+            probe = health_pb2_grpc.HealthStub(hc)
+            deadline = time.time() + 90
+            while len(seen) < 3 and time.time() < deadline:
+                try:
+                    answered += bool(c.classify(png(images(1, seed=answered)[0])).class_name)
+                except grpc.RpcError as e:
+                    errors.append(f"{e.code().name}: {e.details()}")
+                try:  # the health port is shared too: a probe must never see the old worker's NOT_SERVING
+                    health[health_pb2.HealthCheckResponse.ServingStatus.Name(
+                        probe.Check(health_pb2.HealthCheckRequest(), timeout=5).status)] += 1
+                except grpc.RpcError as e:  # a bare channel: grpc's shutdown may cancel a call (grpc/grpc#41785)
+                    health[e.code().name] += 1
+                now = int(port_file.read_text().split()[4])
+                if now != seen[-1]:
+                    seen.append(now)
+        assert not errors, errors[:5]
+        assert set(health) <= {"SERVING", "CANCELLED", "UNAVAILABLE"} and health["SERVING"] >= answered - 2, health
+        assert len(seen) == 3, f"{len(seen) - 1} replacements in 90 s ({answered} answered)"
+        assert answered >= 20
+        assert sum(s.value for s in samples(mport, "auxnet_worker_recycles_total")) >= 2
+        resident = samples(mport, "auxnet_worker_resident_bytes")
+        assert [s.labels["slot"] for s in resident] == ["0"] and resident[0].value > 2**20
+        ok = sum(s.value for s in samples(mport, "auxnet_requests_total") if s.labels["code"] == "OK")
+        assert ok == answered  # the drained workers' counts stay in the sum
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, proc.stderr.read()[-2000:]
+    assert not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
+                   for p in seen)
