@@ -20,6 +20,13 @@ def test_manifest_is_valid_kubernetes(name):
         kubernetes_validate.validate(doc, "1.37.0", strict=True)  # raises ValidationError with the path
 
 
+def assert_recycling_fits(args, container) -> None:
+    """A recycled worker's replacement (~160 MB resident once serving) and the supervisor (~60 MB) must fit beside
+    the old worker under the container's memory limit, or the recycle itself gets the pod OOM-killed."""
+    limit_mb = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
+    assert 0 < args.recycle_rss_mb and args.recycle_rss_mb + 256 < limit_mb
+
+
 def test_deployment_agrees_with_server_flags():
     deploy = yaml.safe_load((K8S / "deployment.yaml").read_text())
     pod = deploy["spec"]["template"]
@@ -32,10 +39,7 @@ def test_deployment_agrees_with_server_flags():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": args.port, "metrics": args.metrics_port, "health": args.health_port, "http": args.http_port}
     assert pod["spec"]["terminationGracePeriodSeconds"] > args.grace_s + container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    # A recycled worker's replacement (~160 MB resident once serving) and the supervisor must fit beside the old
-    # worker under the container's limit, or the recycle itself gets the pod OOM-killed.
-    limit_mb = int(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
-    assert 0 < args.recycle_rss_mb and args.recycle_rss_mb + 256 < limit_mb
+    assert_recycling_fits(args, container)
     service = yaml.safe_load((K8S / "service.yaml").read_text())
     assert service["spec"]["clusterIP"] == "None"  # headless: clients see every pod
     hpa = next(yaml.safe_load_all((K8S / "hpa.yaml").read_text()))
@@ -97,6 +101,7 @@ def test_kserve_inferenceservice_is_valid_and_agrees_with_server_flags(tiny_repo
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http1": args.http_port, "h2c": args.port, "metrics": args.metrics_port, "health": args.health_port}
     assert predictor["terminationGracePeriodSeconds"] > args.grace_s
+    assert_recycling_fits(args, container)
     probes = [container[p]["grpc"] for p in ("readinessProbe", "livenessProbe", "startupProbe")]
     assert all(p["port"] == args.health_port != args.port for p in probes)  # outside the request limit
     import grpc
