@@ -15,7 +15,8 @@ bytes that are no protobuf message to a gRPC method 2%. Expected answers: OK / 2
 overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
 unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
-first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute.
+first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute. A supervised
+server (--workers, --recycle-rss-mb in --server-args) is measured with its workers, and its largest worker apart.
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def proc_stats(pid: int) -> dict:
             "threads": int(fields["Threads"][0]), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+def tree_stats(pid: int) -> dict:
+    """proc_stats of a server, its workers' added in when it is a supervisor (--workers, --recycle-rss-mb), with
+    `worker_mb`: the resident memory of its largest worker (of itself when it has none)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    own, workers = proc_stats(pid), []
+    for child in children:
+        try:
+            workers.append(proc_stats(child))
+        except OSError:  # it exited between the listing and the read (a recycled worker)
+            pass
+    total = {key: own[key] + sum(w[key] for w in workers) for key in ("rss_mb", "hwm_mb", "threads", "fds")}
+    return {**total, "worker_mb": max((w["rss_mb"] for w in workers), default=own["rss_mb"])}
+
+
 def slope_per_minute(times: list[float], values: list[float]) -> float:
     """Least-squares slope of values against times (s), per minute."""
     t, v = np.asarray(times), np.asarray(values)
@@ -83,15 +101,16 @@ def slope_per_minute(times: list[float], values: list[float]) -> float:
 
 
 class Traffic:
-    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int, mix=MIX):
+    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int, mix=MIX, retries=0):
         self.target, self.http_base, self.model, self.images, self.mix = target, http_base, model, images, mix
+        self.retries = retries
         self.rng = random.Random(seed)
         self.outcomes: collections.Counter = collections.Counter()
         self.unexpected: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
         kinds, weights = zip(*self.mix)
-        with Client(self.target, timeout_s=10, retries=0) as client:
+        with Client(self.target, timeout_s=10, retries=self.retries) as client:
             channel = self.channel = grpc.insecure_channel(self.target)
             v2 = oip_grpc.GRPCInferenceServiceStub(channel)
             self.stream_call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
@@ -238,6 +257,8 @@ def main() -> None:
     p.add_argument("--server-args", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", type=parse_mix, default=MIX, help="KIND=SHARE,... instead of the default mix")
+    p.add_argument("--client-retries", type=int, default=0,
+                   help="server.client.Client's retries of UNAVAILABLE and CANCELLED on auxnet.v1 calls (default none)")
     args = p.parse_args()
     images = load_labelled_folder(args.data)[0][:args.images]
     http_port = free_port("127.0.0.1")
@@ -248,22 +269,25 @@ def main() -> None:
         print(f"{args.clients} client threads, {args.minutes:g} min, {len(images)} images, model {model}, "
               f"server args '{args.server_args}', {os.cpu_count()} cores shared by server and clients")
         stop = threading.Event()
-        clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i, args.mix)
+        clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i, args.mix,
+                           args.client_retries)
                    for i in range(args.clients)]
         threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in clients]
         start = time.monotonic()
         for t in threads:
             t.start()
         samples = []
-        print("| minute | requests | server RSS (MB) | peak RSS (MB) | threads | open fds |\n|---:|---:|---:|---:|---:|---:|")
+        print("| minute | requests | server RSS (MB) | peak RSS (MB) | largest worker (MB) | threads | open fds |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|")
         while (elapsed := time.monotonic() - start) < args.minutes * 60:
             time.sleep(min(args.sample_s, max(0.0, args.minutes * 60 - elapsed)))
             if proc.poll() is not None:
                 raise SystemExit(f"the server exited with code {proc.returncode}")
             s = {"t": time.monotonic() - start, "requests": sum(sum(c.outcomes.values()) for c in clients),
-                 **proc_stats(proc.pid)}
+                 **tree_stats(proc.pid)}
             samples.append(s)
-            print(f"| {s['t'] / 60:.1f} | {s['requests']} | {s['rss_mb']:.1f} | {s['hwm_mb']:.1f} | {s['threads']} | "
+            print(f"| {s['t'] / 60:.1f} | {s['requests']} | {s['rss_mb']:.1f} | {s['hwm_mb']:.1f} | {s['worker_mb']:.1f} | "
+                  f"{s['threads']} | "
                   f"{s['fds']} |", flush=True)
         stop.set()
         for t in threads:

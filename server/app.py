@@ -266,7 +266,8 @@ class ServerApp:
         UNAVAILABLE ("retry on another replica") would then lose requests that have nowhere else to go, so the
         ports close first instead: gRPC sends GOAWAY and refuses new calls on open connections in the way clients
         retry by themselves on a new connection, which reaches the replacement; HTTP and the health port stop
-        accepting. Calls already here are answered within the grace period."""
+        accepting. Calls already here are answered within the grace period, except those grpc had received but
+        not yet handed to a handler: grpc cancels them (grpc/grpc#41785), and server.client.Client retries those."""
         grace = self.cfg.grace_s if grace_s is None else grace_s
         if handoff:  # the health port too: a probe must not see this process's NOT_SERVING while the other serves
             await asyncio.gather(*([self.server.stop(grace)] if self.server is not None else []),

@@ -59,7 +59,12 @@ class Client:
             }]
         if "," in target:  # a static list of replicas
             target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
-        options = [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
+        # A connection reset while it was being set up (a server or recycled worker closing its listening socket
+        # with the connection still queued on it) puts the channel in a reconnect back-off during which calls
+        # fail at once; gRPC's default first back-off, 1 s, outlasts the retries above (0.05 + 0.1 + 0.2 s), so
+        # reconnect after 0.1 s instead (then x1.6 per failure, as gRPC's own schedule).
+        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
                    ("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
         if tls_ca is not None or client_cert is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=client_key,

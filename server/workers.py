@@ -7,6 +7,9 @@ serves /metrics itself: every worker writes its metrics to a shared PROMETHEUS_M
 supervisor adds them up. SIGTERM/SIGINT are passed on to every worker, each drains as a single server does
 (health NOT_SERVING, admitted requests answered), and the supervisor exits 0 once all have. A worker that
 dies otherwise is started again. Each worker watches the repository for new versions itself.
+
+With --recycle-rss-mb (which runs a supervisor even for one worker), a worker whose resident memory passes the
+limit is replaced in place (class Recycling): a guard against native leaks we cannot fix (RESULTS §31).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+python -u -m bench.soak --minutes 20 --sample-s 60 --clients 4 --client-retries 3 --mix progressive_left=50,classify=30,v2_http=10,classify_batch=10 --server-args "--recycle-rss-mb 158 --recycle-min-age-s 60"
