@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
+from server import grpc_log
 from server.access_log import AccessLog
 from server.backends import default_threads, make_backend
 from server.credentials import BearerToken, TlsFiles
@@ -94,6 +95,7 @@ class ServerApp:
         self.v2_http = None  # server/v2/http.py's OpenInferenceHTTP while the HTTP side serves
         self.http_port: int | None = None
         self.draining = False
+        self._grpc_log = None  # server/grpc_log.py's filter while serving
         self._watch: asyncio.Task | None = None
         self._watch_creds: asyncio.Task | None = None
         self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
@@ -197,6 +199,7 @@ class ServerApp:
             self.token = BearerToken(cfg.auth_token, cfg.auth_token_file)
         if cfg.access_log is not None:
             self.access_log = AccessLog(cfg.access_log, cfg.access_log_sample)
+        self._grpc_log = grpc_log.install(lambda method: self.metrics.grpc_failed_batches.labels(method[:128]).inc())
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port))]
@@ -300,6 +303,8 @@ class ServerApp:
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
         if self.access_log is not None:
             self.access_log.close()
+        if self._grpc_log is not None:
+            grpc_log.uninstall(self._grpc_log)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")
         return drained
 

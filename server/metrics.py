@@ -56,6 +56,9 @@ class Metrics:
                                                                          "backend", "precision", "policy_score"],
                                 registry=r,
                                 multiprocess_mode="livemax")
+        self.grpc_failed_batches = Counter(f"{PREFIX}_grpc_failed_batches", "grpc batches that failed on calls whose "
+                                           "client had just left (logged by grpc as ExecuteBatchError; server/grpc_log.py)",
+                                           ["method"], registry=r)
         self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
                                ["model", "result"], registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
