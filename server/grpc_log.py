@@ -12,18 +12,18 @@ import re
 import time
 from collections.abc import Callable
 
+from server.log_limit import LogLimit
+
 log = logging.getLogger("auxnet.server")
 GRPC_LOGGER = "grpc._cython.cygrpc"
 FAILED_BATCH = re.compile(r"ExecuteBatchError raised in core by servicer method \[(.*)\]")
-LOG_EVERY_S = 60.0
 
 
 class FailedBatchFilter(logging.Filter):
     def __init__(self, count: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
         super().__init__()
-        self.count, self.clock = count, clock
-        self.last_logged = float("-inf")
-        self.unlogged = 0
+        self.count = count
+        self.limit = LogLimit(clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         match = FAILED_BATCH.fullmatch(record.getMessage())
@@ -31,14 +31,9 @@ class FailedBatchFilter(logging.Filter):
             return True
         method = match.group(1)
         self.count(method)
-        now = self.clock()
-        if now - self.last_logged < LOG_EVERY_S:
-            self.unlogged += 1
-            return False
-        also = f" ({self.unlogged} more since the last such warning)" if self.unlogged else ""
-        log.warning("grpc could not finish a call to %s that its client had just left (counted in "
-                    "auxnet_grpc_failed_batches_total; grpc logs it as an ExecuteBatchError)%s", method, also)
-        self.last_logged, self.unlogged = now, 0
+        if (also := self.limit.due()) is not None:
+            log.warning("grpc could not finish a call to %s that its client had just left (counted in "
+                        "auxnet_grpc_failed_batches_total; grpc logs it as an ExecuteBatchError)%s", method, also)
         return False
 
 

@@ -7,34 +7,28 @@ warning a minute and a counter (auxnet_requests_total{code="INVALID_ARGUMENT"}).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from server.log_limit import LogLimit
+
 log = logging.getLogger("auxnet.server")
-LOG_EVERY_S = 60.0
 
 
 class CorruptMessages:
-    """Counts messages that do not parse and logs them at most once per LOG_EVERY_S."""
+    """Counts messages that do not parse and logs them at most once a minute."""
 
     def __init__(self, count: Callable[[str], None]):
         self.count = count  # called with the method's full name
-        self.last_logged = float("-inf")
-        self.unlogged = 0
+        self.limit = LogLimit()
 
     def seen(self, method: str, peer: str) -> None:
         self.count(method)
-        now = time.monotonic()
-        if now - self.last_logged < LOG_EVERY_S:
-            self.unlogged += 1
-            return
-        also = f" ({self.unlogged} more since the last such warning)" if self.unlogged else ""
-        log.warning("%s from %s: a message that is not the method's request type, refused INVALID_ARGUMENT%s",
-                    method, peer, also)
-        self.last_logged, self.unlogged = now, 0
+        if (also := self.limit.due()) is not None:
+            log.warning("%s from %s: a message that is not the method's request type, refused INVALID_ARGUMENT%s",
+                        method, peer, also)
 
 
 def not_a_message(name: str) -> str:

@@ -55,11 +55,11 @@ def test_progressive_refuses_a_corrupt_request_too_and_the_server_goes_on(srv):
         assert c.classify(png(images(1)[0])).model == "tiny"
 
 
-def test_warnings_are_at_most_one_a_minute_and_say_how_many_were_not_logged(caplog, monkeypatch):
+def test_warnings_are_at_most_one_a_minute_and_say_how_many_were_not_logged(caplog):
     clock = [1000.0]
-    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
     seen = []
     corrupt = handlers.CorruptMessages(seen.append)
+    corrupt.limit.clock = lambda: clock[0]
     with caplog.at_level(logging.WARNING, logger="auxnet.server"):
         for _ in range(5):
             corrupt.seen("/svc/M", "ipv4:1.2.3.4:5")
