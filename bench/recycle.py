@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -29,22 +26,8 @@ import numpy as np
 
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.client import Client, classify_request
-from server.demo import ROOT
+from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
-
-
-def start(repo: str, extra: list[str]) -> tuple[subprocess.Popen, int, int, Path]:
-    port_file = Path(tempfile.mkdtemp()) / "ports"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", repo, "--workers", "1", "--port", "0",
-                             "--metrics-port", "0", "--health-port", "-1", "--http-port", "-1", "--port-file",
-                             str(port_file), "--log-level", "WARNING", *extra], cwd=ROOT)
-    deadline = time.time() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"the server did not start (exit code {proc.poll()})")
-        time.sleep(0.1)
-    port, metrics = (int(v) for v in port_file.read_text().split()[:2])
-    return proc, port, metrics, port_file
 
 
 def recycles(metrics_port: int) -> int:
@@ -130,7 +113,9 @@ def main() -> None:
     recycle = ["--recycle-rss-mb", "1", "--recycle-min-age-s", str(args.min_age_s)]
     for name, extra, ours in [("control", [], False), (f"recycled every ~{args.min_age_s:g} s", recycle, False),
                               (f"recycled every ~{args.min_age_s:g} s", recycle, True)]:
-        proc, port, metrics, _ = start(args.repo, [*extra, *args.server_args.split()])
+        proc, target, metrics = start_server(args.repo, ["--health-port", "-1", "--http-port", "-1", *extra,
+                                                         *args.server_args.split()], quiet=True)
+        port = int(target.rsplit(":", 1)[1])
         try:
             latencies, outcomes, messages = drive(port, images, args.seconds, args.clients, ours)
             n = recycles(metrics) if extra else 0
