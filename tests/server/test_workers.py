@@ -5,10 +5,13 @@ import base64
 import collections
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -173,3 +176,63 @@ def test_a_worker_past_its_memory_limit_is_replaced_while_requests_flow_and_none
     assert "exited with code" not in stderr, stderr[-2000:]  # each old worker drained and exited 0 (else an ERROR)
     assert not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
                    for p in seen)
+
+
+@pytest.mark.slow
+def test_a_replacement_that_cannot_start_leaves_the_old_worker_serving_and_is_tried_again(tiny_repo, tmp_path):
+    """A bad version published while a worker is past its limit: its replacement refuses the repository (exit 2),
+    so the old worker serves on (it refuses the bad version itself), the supervisor reaps the failed replacement,
+    counts no recycle and tries again after --recycle-min-age-s; once the repository is good again the next try
+    replaces the worker. Nothing a client sends is lost meanwhile."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    good = os.readlink(repo / "tiny")
+    broken = repo / ".versions" / "tiny-broken"
+    shutil.copytree(repo / good, broken)
+    (broken / "exit_1.onnx").write_bytes((broken / "exit_1.onnx").read_bytes()[:-10])  # its checksum no longer matches
+
+    def point_at(target: str) -> None:  # atomically, as export publishes
+        (repo / "tiny.tmp").symlink_to(target)
+        (repo / "tiny.tmp").replace(repo / "tiny")
+
+    point_at(str(broken.relative_to(repo)))
+    # started on the broken version, the worker itself would refuse: start on the good one, then break it at once
+    point_at(good)
+    proc, port, mport, _, _, pids, port_file = start_workers(repo, "--recycle-rss-mb", "1", "--recycle-min-age-s", "2",
+                                                             "--poll-s", "0.5", workers=1)
+    point_at(str(broken.relative_to(repo)))
+    answered, errors = 0, []
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            deadline = time.time() + 60
+            while sum("did not start" in line for line in stderr_lines) < 2 and time.time() < deadline:
+                try:
+                    answered += bool(c.classify(png(images(1, seed=answered)[0])).class_name)
+                except grpc.RpcError as e:
+                    errors.append(f"{e.code().name}: {e.details()}")
+            failures = [line for line in stderr_lines if "did not start" in line]
+            assert len(failures) >= 2, "".join(stderr_lines[-20:])
+            assert "exit code 2" in failures[0], failures[0]
+            assert int(port_file.read_text().split()[4]) == pids[0]  # the old worker still holds the slot
+            assert sum(s.value for s in samples(mport, "auxnet_worker_recycles_total")) == 0
+            point_at(good)
+            while int(port_file.read_text().split()[4]) == pids[0] and time.time() < deadline + 60:
+                try:
+                    answered += bool(c.classify(png(images(1, seed=answered)[0])).class_name)
+                except grpc.RpcError as e:
+                    errors.append(f"{e.code().name}: {e.details()}")
+            assert int(port_file.read_text().split()[4]) != pids[0], "the worker was not replaced once the repository was good"
+            assert sum(s.value for s in samples(mport, "auxnet_worker_recycles_total")) >= 1
+        assert not errors, errors[:5]
+        assert answered >= 10
+        assert any("refusing new version tiny-broken" in line for line in stderr_lines)  # the old worker's own refusal
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        reader.join(5)
+    assert code == 0, "".join(stderr_lines[-20:])
+    reaped = [line for line in stderr_lines if re.search(r"retired worker \(pid \d+\) exited with code 2", line)]
+    assert len(reaped) >= len(failures), "".join(stderr_lines[-20:])  # each failed replacement was waited for
