@@ -6,7 +6,9 @@ the gRPC port (and the health and HTTP ports) with SO_REUSEPORT, so the kernel s
 serves /metrics itself: every worker writes its metrics to a shared PROMETHEUS_MULTIPROC_DIR and the
 supervisor adds them up. SIGTERM/SIGINT are passed on to every worker, each drains as a single server does
 (health NOT_SERVING, admitted requests answered), and the supervisor exits 0 once all have. A worker that
-dies otherwise is started again. Each worker watches the repository for new versions itself.
+dies otherwise is started again, at once the first time and then after a doubling delay while it keeps dying
+young (class CrashBackoff: a broken repository or a crash at start must not become a hot loop). Each worker
+watches the repository for new versions itself.
 
 With --recycle-rss-mb (which runs a supervisor even for one worker), a worker whose resident memory passes the
 limit is replaced in place (class Recycling): a guard against native leaks we cannot fix (RESULTS §31).
@@ -128,6 +130,8 @@ def supervise(args, argv: list[str]) -> int:
             shutil.rmtree(state, ignore_errors=True)
             return 2
     started = [time.monotonic()] * len(procs)
+    restart_at: list[float | None] = [None] * len(procs)  # a dead worker's slot, empty until then
+    backoff = CrashBackoff(len(procs))
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
     recycles = Counter("auxnet_worker_recycles", "Workers replaced for passing --recycle-rss-mb", registry=registry)
@@ -148,11 +152,18 @@ def supervise(args, argv: list[str]) -> int:
             if p is None or p.poll() is None:
                 continue
             multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+            procs[i] = None
             if stopping:
                 code = code or stop_exit_code(p.returncode)
-                procs[i] = None
             else:
-                log.error("worker %d (pid %d) exited with code %s; starting it again", i, p.pid, p.returncode)
+                delay = backoff.delay(i, time.monotonic() - started[i])
+                log.error("worker %d (pid %d) exited with code %s; starting it again%s", i, p.pid, p.returncode,
+                          f" in {delay:g} s (it died young {backoff.young[i]} times in a row)" if delay else "")
+                restart_at[i] = time.monotonic() + delay
+                write_port_file()
+        for i in [i for i, at in enumerate(restart_at) if at is not None and time.monotonic() >= at]:
+            restart_at[i] = None
+            if not stopping:
                 procs[i] = spawn(ids[i])
                 wait_ready(ids[i], procs[i])
                 started[i] = time.monotonic()
@@ -183,6 +194,7 @@ def supervise(args, argv: list[str]) -> int:
                     recycling = Recycling(i, p, next_id, spawn(next_id), time.monotonic())
                     next_id += 1
         if stopping and all(p is None for p in procs) and not retiring and recycling is None:
+            # a slot waiting out its back-off is not restarted once stopping
             break
     if http is not None:
         http.shutdown()
@@ -193,6 +205,26 @@ def supervise(args, argv: list[str]) -> int:
 
 
 RSS_CHECK_S = 1.0
+
+
+class CrashBackoff:
+    """How long a dead worker's slot stays empty before it is started again. The first death is restarted at
+    once (a crash that happens once is best answered by a fresh worker now); each further death of a worker
+    that ran less than STABLE_S doubles the wait, from FIRST_S up to MAX_S, as Kubernetes' CrashLoopBackOff
+    does: a repository broken under a running server, or a crash at start-up, then costs a start every 30 s
+    instead of a hot loop of starts that takes the host's cores and floods the log. A worker that ran
+    STABLE_S or longer starts the count again."""
+
+    FIRST_S, MAX_S, STABLE_S = 1.0, 30.0, 60.0
+
+    def __init__(self, slots: int):
+        self.young = [0] * slots  # deaths in a row of workers younger than STABLE_S, per slot
+
+    def delay(self, slot: int, ran_s: float) -> float:
+        self.young[slot] = self.young[slot] + 1 if ran_s < self.STABLE_S else 1
+        if self.young[slot] == 1:
+            return 0.0
+        return min(self.MAX_S, self.FIRST_S * 2 ** (self.young[slot] - 2))
 HANDOFF_SIGNAL = signal.SIGUSR1  # a worker told so closes its ports first and then drains (ServerApp.shutdown)
 
 

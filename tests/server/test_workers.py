@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.client import Client
 from server.repository import load_manifest
-from server.workers import stop_exit_code
+from server.workers import CrashBackoff, stop_exit_code
 from tests.server.helpers import images, png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +236,53 @@ def test_a_replacement_that_cannot_start_leaves_the_old_worker_serving_and_is_tr
     assert code == 0, "".join(stderr_lines[-20:])
     reaped = [line for line in stderr_lines if re.search(r"retired worker \(pid \d+\) exited with code 2", line)]
     assert len(reaped) >= len(failures), "".join(stderr_lines[-20:])  # each failed replacement was waited for
+
+
+def test_a_worker_that_keeps_dying_young_is_restarted_after_a_doubling_delay():
+    backoff = CrashBackoff(2)
+    assert [backoff.delay(0, ran_s=3.0) for _ in range(8)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert backoff.delay(1, ran_s=3.0) == 0.0  # slots count apart
+    assert backoff.delay(0, ran_s=CrashBackoff.STABLE_S) == 0.0  # a worker that ran long enough starts the count again
+    assert backoff.delay(0, ran_s=1.0) == 1.0
+
+
+@pytest.mark.slow
+def test_a_worker_restarted_onto_a_broken_repository_backs_off_and_serves_once_it_is_good(tiny_repo, tmp_path):
+    """The repository breaks under a running server (a bad version published; the worker itself refuses it and
+    serves on), then the worker dies: each restart refuses the repository (exit 2), and the supervisor waits
+    0, 1, 2, 4 ... s between them instead of starting workers in a hot loop. Once the repository is good, the
+    next restart serves."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    good = os.readlink(repo / "tiny")
+    broken = repo / ".versions" / "tiny-broken"
+    shutil.copytree(repo / good, broken)
+    (broken / "exit_0.onnx").write_bytes(b"not onnx")
+    proc, port, _, _, _, pids, port_file = start_workers(repo, workers=2)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        (repo / "tiny.tmp").symlink_to(str(broken.relative_to(repo)))
+        (repo / "tiny.tmp").replace(repo / "tiny")
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.time() + 60
+        while not any("starting it again in 4 s" in line for line in stderr_lines) and time.time() < deadline:
+            time.sleep(0.1)
+        restarts = [re.search(r"starting it again( in \S+ s)?", line).group(0) for line in stderr_lines if "starting it again" in line]
+        assert restarts == ["starting it again", "starting it again in 1 s", "starting it again in 2 s",
+                            "starting it again in 4 s"], "".join(stderr_lines[-20:])
+        (repo / "tiny.tmp").symlink_to(good)
+        (repo / "tiny.tmp").replace(repo / "tiny")
+        while len(port_file.read_text().split()) < 6 and time.time() < deadline + 30:
+            time.sleep(0.1)
+        now = [int(v) for v in port_file.read_text().split()[4:]]
+        assert len(now) == 2 and pids[0] not in now and pids[1] in now, (pids, now)
+        assert sum("starting it again" in line for line in stderr_lines) == 4  # the start on the good repository held
+        with Client(f"127.0.0.1:{port}") as c:  # connections spread over both workers
+            assert all(c.classify(png(image)).class_name for image in images(8))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        reader.join(5)
+    assert code == 0, "".join(stderr_lines[-20:])
