@@ -54,6 +54,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a batch in which some requests stop goes on in place, their rows as padding (auto: where "
                         "features live on a device, e.g. --device cuda)")
     p.add_argument("--max-inflight", type=int, default=256, help="admitted requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--priority-levels", type=int, default=1,
+                   help="priority levels of requests (their `priority`: 1 highest); each exit serves higher levels first "
+                        "and at --max-inflight a request evicts a queued lower one (default 1: no priorities)")
+    p.add_argument("--default-priority-level", type=int, default=0,
+                   help="the level of a request that sends no priority (default 0: the lowest, --priority-levels)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--image-formats", type=image_formats, default=FORMATS, metavar="F1,F2,...",
                    help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
@@ -108,7 +113,8 @@ async def serve(args) -> int:
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
                             monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
                             finish_margin_quantile=args.finish_margin_quantile,
-                            default_budget_ms=args.default_budget_ms,
+                            default_budget_ms=args.default_budget_ms, priority_levels=args.priority_levels,
+                            default_priority_level=args.default_priority_level,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -146,7 +152,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
-          ("recycle_min_age_s", 0, None)]
+          ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000)]
 
 
 def image_formats(text: str) -> tuple[str, ...]:
@@ -180,6 +186,9 @@ def main() -> int:
         parser.error(f"--finish-margin-quantile {args.finish_margin_quantile} must be in [0, 1)")
     if args.inline_compute_ms < 0:
         parser.error(f"--inline-compute-ms {args.inline_compute_ms} must be 0 (off) or more")
+    if args.default_priority_level > args.priority_levels:
+        parser.error(f"--default-priority-level {args.default_priority_level} must be at most --priority-levels "
+                     f"{args.priority_levels}")
     if args.workers < 1:
         parser.error(f"--workers {args.workers} must be at least 1")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():

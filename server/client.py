@@ -18,9 +18,10 @@ STOP_NAMES = {v: k for k, v in pb.StopReason.items()}
 
 def classify_request(image: bytes | np.ndarray, model: str = "", budget_ms: float | None = None,
                      min_confidence: float | None = None, top_k: int = 0, max_exit: int | None = None,
-                     request_id: str = "", calibrated_policy: bool = False) -> pb.ClassifyRequest:
+                     request_id: str = "", calibrated_policy: bool = False, priority: int = 0) -> pb.ClassifyRequest:
     """Encoded PNG/JPEG bytes, or a uint8 (H, W, C) array sent raw."""
-    req = pb.ClassifyRequest(model=model, top_k=top_k, request_id=request_id, calibrated_policy=calibrated_policy)
+    req = pb.ClassifyRequest(model=model, top_k=top_k, request_id=request_id, calibrated_policy=calibrated_policy,
+                             priority=priority)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"raw images must be uint8 (H, W, C); got {image.dtype} {image.shape}")
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-confidence", type=float)
     p.add_argument("--policy", action="store_true", help="stop by the model's calibrated per-exit thresholds")
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--priority", type=int, default=0, help="1 = highest (servers run with --priority-levels); 0 = default")
     p.add_argument("--progressive", action="store_true", help="print the answer of every exit passed, as it comes")
     p.add_argument("--info", action="store_true", help="print the model's GetModelInfo (exits, policy, latencies)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="gRPC deadline of each call")
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
         for path in args.images:
             try:
                 kw = dict(model=args.model, budget_ms=args.budget_ms, min_confidence=args.min_confidence,
-                          top_k=args.top_k, calibrated_policy=args.policy)
+                          top_k=args.top_k, calibrated_policy=args.policy, priority=args.priority)
                 image = Path(path).read_bytes()
                 answers = client.classify_progressive(image, **kw) if args.progressive else [client.classify(image, **kw)]
                 for r in answers:

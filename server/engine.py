@@ -12,7 +12,6 @@ optional max_queue_delay waits a little longer for company.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import os
@@ -25,7 +24,7 @@ import numpy as np
 
 from server.backends import Backend, to_host
 from server.engine_config import EngineConfig
-from server.errors import DeadlineExceeded, InvalidInput, NotServing, QueueFull
+from server.errors import DeadlineExceeded, InvalidInput, NotServing, Preempted, QueueFull
 from server.jobs import Answer, ExitQueue, Job, Step
 from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
@@ -35,6 +34,7 @@ from server.repository import ModelInfo
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
 from server.statistics import ModelStatistics
+from server.thread_gate import ThreadGate
 
 log = logging.getLogger("auxnet.server")
 
@@ -95,6 +95,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.queues = [ExitQueue() for _ in self.backends]
+        # Priorities: the threads go to the exit with the best request (server/thread_gate.py), not first come.
+        self.gate = ThreadGate(self.threads) if self.cfg.priority_levels > 1 else None
         self.workers = [asyncio.create_task(self._worker(k), name=f"{self.info.name}-exit{k}")
                         for k in range(len(self.backends))]
         if self.monitors is not None:
@@ -135,12 +137,12 @@ class ModelEngine(SegmentChain, AgreementSampling):
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
         for k, q in enumerate(self.queues):
-            for job in [j for _, _, j in q.heap] + q.running:
+            for job in q.jobs() + q.running:
                 if not job.future.done():
                     self.metrics.dropped.labels(self.info.name, str(k), "stopped").inc()
                     job.future.set_exception(NotServing(f"model version {self.info.version} stopped before answering "
                                                         "(shutdown or reload grace ran out); retry"))
-            q.heap.clear()
+            q.clear()
             q.running = []
 
     async def retire(self, successor: ModelEngine, settle_s: float, timeout_s: float) -> bool:
@@ -159,21 +161,23 @@ class ModelEngine(SegmentChain, AgreementSampling):
     # --- requests -------------------------------------------------------------------------------------
 
     async def classify(self, x: np.ndarray, arrival: float, budget_ms: float | None, min_confidence: float | None,
-                       max_exit: int | None, deadline: float | None, use_policy: bool = False,
+                       max_exit: int | None, deadline: float | None, use_policy: bool = False, priority: int = 0, *,
                        progress: Callable[[Answer], None] | None = None) -> Answer:
-        """The answer of the exit where the request stops. `progress`, if given, also gets (on the event loop)
-        the answer of every exit passed before it, as soon as that exit is computed (Job.progress)."""
+        """The answer of the exit where the request stops. `priority`: the request's (0: the default level; see
+        priority_level). `progress`, if given, also gets (on the event loop) the answer of every exit passed
+        before it, as soon as that exit is computed (Job.progress)."""
         if self.stopped and self.successor is not None and self.successor.info.input_shape == self.info.input_shape:
             return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy,
-                                                 progress)
-        self.check_admission()
+                                                 priority, progress=progress)
+        level = self.priority_level(priority)
+        self.check_admission(1, level, evict=True)
         if budget_ms is None and self.cfg.default_budget_ms > 0:
             budget_ms = self.cfg.default_budget_ms
         budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
-        self._shed_if_hopeless(arrival, budget_end, deadline)
+        self._shed_if_hopeless(arrival, budget_end, deadline, level)
         job = Job(x, arrival, budget_end, deadline, min_confidence,
                   self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future(),
-                  use_policy, progress=progress)
+                  use_policy, progress=progress, priority=level)
         self._admit()
         try:
             job.enqueued = time.monotonic()
@@ -188,7 +192,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
             self.stats.answered(answer.latency_s, job.enqueued - arrival, job.compute_s)
             return answer
         finally:
-            self._release()
+            if not job.released:
+                self._release()
             # The caller went away (asyncio cancels the awaited future with the task): the worker drops
             # the job before compute, counting why.
             if not job.future.done() or job.future.cancelled():
@@ -196,41 +201,86 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 job.drop_reason = "deadline" if expired else "cancelled"
                 job.future.cancel()
 
-    def check_admission(self, n: int = 1) -> None:
+    def priority_level(self, priority: int) -> int:
+        """A request's priority (Triton's schedule-policy `priority`: 0 = the default level, 1 the highest, then
+        2, ...) -> its level. With --priority-levels 1 (the default) every request is at level 1, whatever it
+        sends, as Triton's clients may send one to any server."""
+        levels = self.cfg.priority_levels
+        if levels == 1:
+            return 1
+        if priority == 0:
+            return self.cfg.default_priority_level or levels
+        if not 1 <= priority <= levels:
+            raise InvalidInput(f"priority {priority} does not exist; valid: 1 (highest) .. {levels}, or 0 for the default "
+                               f"level ({self.cfg.default_priority_level or levels})")
+        return priority
+
+    def check_admission(self, n: int = 1, level: int = 1, evict: bool = False) -> None:
         """Refuse before any work: not serving, or no room for `n` more requests (a request of N images
-        asks for N at once, before any of them is decoded)."""
+        asks for N at once, before any of them is decoded). With priority levels, a full server makes room
+        for a request by evicting as many queued requests of a lower priority (answered RESOURCE_EXHAUSTED;
+        _evict says which); `evict=False` only checks that it could."""
         if not self.accepting or self.stopped:
             self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
             raise NotServing("server is shutting down or not ready; retry on another replica")
         if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
             raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
                                "limit): split the request")
-        if self.inflight + n > self.cfg.max_inflight:
+        short = self.inflight + n - self.cfg.max_inflight
+        if short > 0 and self.cfg.priority_levels > 1 and self._evict(short, level, evict):
+            return
+        if short > 0:
             self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
             raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
 
-    def predict_finish(self, k: int) -> float:
+    def _evict(self, count: int, level: int, evict: bool) -> bool:
+        """Whether `count` queued requests below `level` make room and, with `evict`, evict them: the lowest
+        level first, then the shallowest exit (the least work lost: at exit 0 none has been computed), then the
+        latest deadline. Running batches are never touched."""
+        found = [(e, k) for k, q in enumerate(self.queues) for e in q.below(level)]
+        if len(found) < count:
+            return False
+        if not evict:
+            return True
+        victims = sorted(found, key=lambda ek: (-ek[0][0], ek[1], -ek[0][1], -ek[0][2]))[:count]
+        for k, q in enumerate(self.queues):
+            mine = [e for e, at in victims if at == k]
+            if mine:
+                q.remove(mine)
+                self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
+        for (_, _, _, job), k in victims:
+            job.released = True
+            self._release()
+            self.metrics.dropped.labels(self.info.name, str(k), Preempted.reason).inc()
+            job.future.set_exception(Preempted(
+                f"server is at capacity ({self.cfg.max_inflight} requests in flight) and this priority {job.priority} "
+                f"request was queued{f' at exit {k}' if k else ''}: its place went to a priority {level} request; "
+                "retry with backoff"))
+        return True
+
+    def predict_finish(self, k: int, priority: int | None = None) -> float:
         """Seconds until a request joining exit k's queue now has its segment computed. Its own queue is one
         bound; the other is contention: all exits share the segment threads, so the work queued or running
-        at every exit (at batched cost per request), spread over the threads, comes first too."""
+        at every exit (at batched cost per request), spread over the threads, comes first too. `priority`:
+        count only the queued requests served before one of that level (all of them when None)."""
         q = self.queues[k]
-        own_queue = self.latency.predict_wait_and_run(k, len(q.heap), q.busy_batch if q.busy else 0)
+        own_queue = self.latency.predict_wait_and_run(k, q.ahead_of(priority), q.busy_batch if q.busy else 0)
         mb = self.cfg.max_batch
         # A busy exit's batch in flight counts whole (it may have just started), at the size it really runs:
         # not max_batch, which made budgets stop early under light load (bench/budget_at_load.py, RESULTS §13).
-        backlog = sum(len(qi.heap) * self.latency.predict(i, mb) / mb
+        backlog = sum(qi.ahead_of(priority) * self.latency.predict(i, mb) / mb
                       + (self.latency.predict(i, max(1, qi.busy_batch)) if qi.busy else 0)
                       for i, qi in enumerate(self.queues))
         return max(own_queue, backlog / self.threads + self.latency.predict(k, 1))
 
-    def _shed_if_hopeless(self, arrival: float, budget_end: float | None, deadline: float | None) -> None:
+    def _shed_if_hopeless(self, arrival: float, budget_end: float | None, deadline: float | None, level: int) -> None:
         """Refuse now, rather than queue until it times out, a request whose exit 0 is predicted to finish
         (behind the requests already queued there) after its deadline (or budget, with shed_late_budgets).
         A request that finds exit 0 idle is always admitted: it is answered, late if need be (DESIGN.md)."""
         q = self.queues[0]
         if not q.heap and not q.busy:
             return
-        wait, now = self.predict_finish(0), time.monotonic()
+        wait, now = self.predict_finish(0, level), time.monotonic()
         for end, what in ((deadline, "gRPC deadline"), (budget_end if self.cfg.shed_late_budgets else None, "budget")):
             if end is not None and now + wait > end:
                 self.metrics.rejections.labels(self.info.name, "predicted_" + what.split()[-1]).inc()
@@ -251,7 +301,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
     def _push(self, k: int, job: Job) -> None:
         job.seq = next(self._seq)
         q = self.queues[k]
-        heapq.heappush(q.heap, (job.sort_key(self.cfg.undeadlined_due_ms / 1000), job.seq, job))
+        q.push(job, job.sort_key(self.cfg.undeadlined_due_ms / 1000))
         self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
         self._quiet.clear()
         q.wakeup.set()
@@ -260,6 +310,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
 
     async def _worker(self, k: int) -> None:
         q = self.queues[k]
+        gate = self.gate
         loop = asyncio.get_running_loop()
         depth = self.metrics.queue_depth.labels(self.info.name, str(k))
         while True:
@@ -268,12 +319,18 @@ class ModelEngine(SegmentChain, AgreementSampling):
             if self.cfg.max_queue_delay_ms > 0 and len(q.heap) < self.cfg.max_batch:
                 await asyncio.sleep(self.cfg.max_queue_delay_ms / 1000)
             while q.heap:
+                if gate is not None:  # a thread first, then the batch: it takes whoever came meanwhile
+                    await gate.acquire(q)
                 jobs = self._take_batch(k, q)
                 depth.set(len(q.heap))
+                inline = bool(jobs) and self._runs_inline(k, len(jobs))
+                held = gate is not None
+                if held and (inline or not jobs):
+                    gate.release()
+                    held = False
                 if not jobs:
                     continue
                 q.busy, q.busy_batch, q.running = True, len(jobs), jobs
-                inline = self._runs_inline(k, len(jobs))
                 try:
                     x = np.stack([j.x for j in jobs])
                     if inline:
@@ -281,7 +338,11 @@ class ModelEngine(SegmentChain, AgreementSampling):
                         for step in steps:
                             self._metric(self.metrics.inline_runs, self.info.name, str(step.k)).inc()
                     else:
-                        steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, x)
+                        try:
+                            steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, x)
+                        finally:
+                            if held:
+                                gate.release()
                     q.busy = False
                     self._apply_all(steps)
                     q.running = []
@@ -315,10 +376,14 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 j.future.set_exception(RuntimeError(f"exit {failed} failed: {type(e).__name__}: {e}"))
 
     def _take_batch(self, k: int, q: ExitQueue) -> list[Job]:
-        """Pop up to max_batch jobs in deadline order, dropping cancelled and expired ones before compute."""
+        """Pop up to max_batch jobs in deadline order, dropping cancelled and expired ones before compute. A
+        batch holds one priority level: on a CPU each row costs its full compute, so lower levels' requests
+        riding along would make a higher level's batch as slow as a full one (bench/priority.py)."""
         jobs, now = [], time.monotonic()
         while q.heap and len(jobs) < self.cfg.max_batch:
-            _, _, job = heapq.heappop(q.heap)
+            if jobs and q.heap[0][0] != jobs[0].priority:
+                break
+            job = q.pop()
             if job.future.done():  # cancelled by the client, or its deadline passed and gRPC gave up on it
                 self.metrics.dropped.labels(self.info.name, str(k), job.drop_reason).inc()
                 continue
@@ -373,6 +438,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
             met = job.budget_end is None or step.now <= job.budget_end
             answered[reason] = answered.get(reason, 0) + 1
             self._metric(self.metrics.request_latency, name).observe(latency)
+            if self.cfg.priority_levels > 1:
+                self._metric(self.metrics.priority_latency, name, str(job.priority)).observe(latency)
             if not met:
                 self._metric(self.metrics.budget_misses, name).inc()
             job.future.set_result(Answer(k, step.probs[i], reason, latency, met))

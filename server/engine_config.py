@@ -47,3 +47,9 @@ class EngineConfig:
     # where features live in a device's memory, where a few more rows cost little and a copy costs much; on
     # a CPU a row costs its full compute.
     carry_stopped_rows: bool | str = "auto"
+    # Priority levels (Triton's dynamic batcher `priority_levels` and the request parameter `priority`: 1 is the
+    # highest). Each exit's queue serves a higher level first (then earliest deadline first), strictly, as
+    # Triton does: a lower level waits while higher ones keep it busy. At max_inflight a request evicts a
+    # queued lower-level one from exit 0 instead of being refused. 1 (the default): no priorities.
+    priority_levels: int = 1
+    default_priority_level: int = 0  # the level of a request that sends none (or 0); 0 here means the lowest

@@ -25,6 +25,12 @@ class QueueFull(ServingError):
     reason = "queue_full"
 
 
+class Preempted(QueueFull):
+    """Admitted and queued, then evicted before any compute to make room for a higher-priority request."""
+
+    reason = "preempted"
+
+
 class NotServing(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "draining"

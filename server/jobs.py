@@ -4,6 +4,8 @@ run of a batch as a pool thread decided it (Step), an exit's queue, and the answ
 from __future__ import annotations
 
 import asyncio
+import heapq
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +37,9 @@ class Job:
     # Progressive answers (ModelStreamInfer's `progressive`): called on the event loop with the answer of every
     # exit this request passes without stopping, as soon as that exit is computed; its last answer is the future's.
     progress: Callable[[Answer], None] | None = None
+    # Its priority level: 1 is the highest; with --priority-levels 1 (the default) every request is at 1.
+    priority: int = 1
+    released: bool = False  # its in-flight slot given up already (evicted for a higher-priority request)
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
@@ -70,8 +75,44 @@ class Step:
 
 @dataclass
 class ExitQueue:
-    heap: list = field(default_factory=list)
+    """Requests waiting at one exit: highest priority level first, then earliest deadline first, then arrival."""
+
+    heap: list = field(default_factory=list)  # (priority, sort key, seq, job)
+    per_level: Counter = field(default_factory=Counter)  # queued jobs per priority level
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     busy: bool = False
     busy_batch: int = 0  # requests in the batch computing here while busy (a chain passing through, too)
     running: list = field(default_factory=list)  # the jobs of the batch being computed
+
+    def push(self, job: Job, key: float) -> None:
+        heapq.heappush(self.heap, (job.priority, key, job.seq, job))
+        self.per_level[job.priority] += 1
+
+    def pop(self) -> Job:
+        job = heapq.heappop(self.heap)[-1]
+        self.per_level[job.priority] -= 1
+        return job
+
+    def jobs(self) -> list[Job]:
+        return [entry[-1] for entry in self.heap]
+
+    def clear(self) -> None:
+        self.heap.clear()
+        self.per_level.clear()
+
+    def ahead_of(self, priority: int | None) -> int:
+        """Queued jobs served before a new one at this priority level would be (all of them when None)."""
+        if priority is None:
+            return len(self.heap)
+        return sum(n for level, n in self.per_level.items() if level <= priority)
+
+    def below(self, priority: int) -> list[tuple]:
+        """The queued entries of a lower priority than `priority` (a greater level) whose caller still waits."""
+        return [e for e in self.heap if e[0] > priority and not e[-1].future.done()]
+
+    def remove(self, entries: list[tuple]) -> None:
+        taken = {id(e[-1]) for e in entries}
+        self.heap[:] = [e for e in self.heap if id(e[-1]) not in taken]
+        heapq.heapify(self.heap)
+        for e in entries:
+            self.per_level[e[0]] -= 1

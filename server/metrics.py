@@ -28,6 +28,9 @@ class Metrics:
                              ["model", "exit", "reason"], registry=r)
         self.request_latency = Histogram(f"{PREFIX}_request_latency_seconds", "Arrival to answer, in the server",
                                          ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.priority_latency = Histogram(f"{PREFIX}_priority_request_latency_seconds", "Arrival to answer, in the "
+                                          "server, by the request's priority level (only with --priority-levels > 1)",
+                                          ["model", "priority"], buckets=LATENCY_BUCKETS, registry=r)
         self.compute_latency = Histogram(f"{PREFIX}_exit_compute_seconds", "Time to run one batch of a segment",
                                          ["model", "exit"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per segment run", ["model", "exit"],

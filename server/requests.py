@@ -30,6 +30,7 @@ class ExitControls:
     min_confidence: float | None = None
     max_exit: int | None = None
     calibrated_policy: bool = False
+    priority: int = 0  # 0: the server's default level (ModelEngine.priority_level)
 
     def check(self, n_exits: int) -> None:
         """Raise InvalidInput naming the first control that is out of range."""
@@ -45,7 +46,7 @@ class ExitControls:
 
     def classify_args(self, x: np.ndarray, arrival: float, deadline: float | None) -> tuple:
         """The positional arguments of ModelEngine.classify."""
-        return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy
+        return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy, self.priority
 
 
 def encoded_pixels(data: bytes, formats: tuple[str, ...]) -> tuple[object | None, int]:

@@ -45,8 +45,9 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             if not request.requests:
                 raise InvalidInput("ClassifyBatch needs at least one request")
             wanted = Counter(r.model for r in request.requests)
-            for name, n in wanted.items():  # room for every item, before decoding any
-                self.app.engine_for(name).check_admission(n)
+            for name, n in wanted.items():  # room for every item, before decoding any (at the lowest level asked)
+                engine = self.app.engine_for(name)
+                engine.check_admission(n, max(engine.priority_level(r.priority) for r in request.requests if r.model == name))
             prepared = await prepare_all((self._prepare(r, arrival, deadline) for r in request.requests),
                                          lambda i: f"requests[{i}]")
             answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))
@@ -117,11 +118,12 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
         info = engine.info
         controls = ExitControls(r.budget_ms if r.HasField("budget_ms") else None,
                                 r.min_confidence if r.HasField("min_confidence") else None,
-                                r.max_exit if r.HasField("max_exit") else None, r.calibrated_policy)
+                                r.max_exit if r.HasField("max_exit") else None, r.calibrated_policy, r.priority)
         controls.check(len(info.exits))
+        level = engine.priority_level(r.priority)
         if r.top_k > len(info.classes):
             raise InvalidInput(f"top_k {r.top_k} exceeds the model's {len(info.classes)} classes")
-        engine.check_admission()  # refuse before paying for the decode
+        engine.check_admission(1, level)  # refuse before paying for the decode
         x = await self._decode(r, engine)
         return engine, controls.classify_args(x, arrival, deadline), r
 

@@ -26,7 +26,8 @@ from server.v2.tensors import BYTES, Tensor
 
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
-EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification")
+# schedule_policy: the request parameters `priority` (--priority-levels) and `timeout` (a deadline), as Triton's.
+EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification", "schedule_policy")
 # Triton's classification extension: an output requested with the parameter "classification": k comes back as
 # BYTES [N, min(k, classes)], the k highest values of each row as "<value>:<index>:<label>", the value written as
 # C's %f (what Triton's std::to_string gives). Only 'probabilities' holds a value per class.
@@ -48,7 +49,7 @@ DEFAULT_OUTPUTS = tuple(n for n in OUTPUT_DOCS if n != "probabilities")
 # Request parameters: the early-exit controls, plus what Triton's clients send on their own.
 CONTROL_TYPES = {"budget_ms": "number", "min_confidence": "number", "max_exit": "integer", "calibrated_policy": "bool"}
 CLIENT_PARAMETERS = {"timeout": "integer",  # Triton: the request's timeout in microseconds; a deadline here
-                     "priority": "integer",  # accepted and ignored: scheduling is earliest-deadline-first
+                     "priority": "integer",  # Triton's schedule policy: 1 highest, 0 default (--priority-levels)
                      "binary_data_output": "bool"}  # HTTP: every output in binary form
 # Parameters of the streaming RPC only (Triton's ModelStreamInfer, server/v2/stream.py).
 STREAM_PARAMETERS = {"progressive": "bool",  # also answer from every exit passed on the way to the one that stops
@@ -132,7 +133,9 @@ def triton_config(engine: ModelEngine) -> dict:
         "name": info.name, "platform": PLATFORM, "backend": "auxnet", "max_batch_size": cfg.max_batch,
         "input": [{"name": n, "data_type": TRITON_TYPES[t], "format": f, "dims": d, "optional": True} for n, t, f, d in inputs],
         "output": outputs,
-        "dynamic_batching": {"max_queue_delay_microseconds": str(int(cfg.max_queue_delay_ms * 1000))},
+        "dynamic_batching": {"max_queue_delay_microseconds": str(int(cfg.max_queue_delay_ms * 1000)),
+                             **({"priority_levels": str(cfg.priority_levels),
+                                 "default_priority_level": str(engine.priority_level(0))} if cfg.priority_levels > 1 else {})},
         "parameters": {"exit_layers": {"string_value": ",".join(str(e.layer) for e in info.exits)},
                        "policy_thresholds": {"string_value": ",".join(f"{engine.policy_threshold(e.index):.4g}"
                                                                       for e in info.exits[:-1])},
@@ -160,9 +163,11 @@ def parse_parameters(params: dict, stream: bool = False) -> tuple[ExitControls, 
         if not ok:
             raise InvalidInput(f"parameter {key!r} must be a {'boolean' if kind == 'bool' else kind}; got {value!r}"[:200])
     get = params.get
+    if get("priority", 0) < 0:
+        raise InvalidInput(f"parameter 'priority' must be 0 (the default level) or a level from 1 (highest); got {get('priority')}")
     controls = ExitControls(None if get("budget_ms") is None else float(get("budget_ms")),
                             None if get("min_confidence") is None else float(get("min_confidence")),
-                            get("max_exit"), bool(get("calibrated_policy", False)))
+                            get("max_exit"), bool(get("calibrated_policy", False)), get("priority", 0))
     timeout = get("timeout")
     if timeout is not None and timeout <= 0:
         raise InvalidInput(f"parameter 'timeout' must be a positive number of microseconds; got {timeout}")
@@ -210,17 +215,18 @@ async def infer(app, engine: ModelEngine, inputs: list[Tensor], controls: ExitCo
     """Validate, decode every image (big ones on the decode threads), then schedule each image like a Classify.
     `progress` (progressive answers, one image only): gets the answer of every exit passed before the last."""
     controls.check(len(engine.info.exits))
+    level = engine.priority_level(controls.priority)
     if progress is not None and len(inputs) == 1 and inputs[0].shape and inputs[0].shape[0] != 1:
         raise InvalidInput(f"a progressive request holds one image (its responses are that image's answers, exit by "
                            f"exit); got {inputs[0].shape[0]}: send one request per image on the stream")
-    works = _image_works(app, engine, inputs)  # refuses, before any decode, more images than there is room for
+    works = _image_works(app, engine, inputs, level)  # refuses, before any decode, more images than there is room for
     xs = await prepare_all((decode_where_cheap(app, w, px) for w, px in works), lambda i: f"input '{inputs[0].name}' image {i}")
     if len(xs) == 1:  # without gather's task (11 us in an idle loop): one image is the common request
         return [await engine.classify(*controls.classify_args(xs[0], arrival, deadline), progress=progress)]
     return list(await asyncio.gather(*(engine.classify(*controls.classify_args(x, arrival, deadline)) for x in xs)))
 
 
-def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
+def _image_works(app, engine: ModelEngine, inputs: list[Tensor], level: int) -> list[tuple]:
     """One (work, pixels) per image: `work()` returns the normalised (C, H, W) array."""
     if len(inputs) != 1:
         raise InvalidInput(f"send exactly one input tensor (one of {VALID_INPUTS}); got {len(inputs)}")
@@ -234,7 +240,7 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor]) -> list[tuple]:
     if not t.shape or t.shape[0] == 0 or t.count == 0:
         raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images and none "
                            f"may be 0 (shape {list(t.shape)})")
-    engine.check_admission(t.shape[0])
+    engine.check_admission(t.shape[0], level)
     size = info.input_shape[1:]
     if t.name == "image":
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):

@@ -25,6 +25,7 @@ from server.__main__ import RANGES, check_ranges, get_args_parser
     (["--default-budget-ms", "-5"], "--default-budget-ms -5 must be in [0, 3.6e+06]"),
     (["--access-log-sample", "2"], "--access-log-sample 2 must be in [0, 1]"),
     (["--max-connection-age-s", "-1"], "--max-connection-age-s -1 must be at least 0"),
+    (["--priority-levels", "0"], "--priority-levels 0 must be in [1, 1000]"),
 ])
 def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
     parser = get_args_parser()
@@ -55,3 +56,9 @@ def test_image_formats_are_names_of_the_supported_ones(text, says, capsys):
         get_args_parser().parse_args(["--repo", "r", "--image-formats", text])
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert get_args_parser().parse_args(["--repo", "r", "--image-formats", "jpeg, PNG,jpeg"]).image_formats == ("JPEG", "PNG")
+
+
+def test_a_default_priority_level_beyond_the_levels_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--priority-levels", "2",
+                        "--default-priority-level", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--default-priority-level 3 must be at most --priority-levels 2" in r.stderr

@@ -13,7 +13,7 @@ import pytest
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import NotServing, QueueFull
-from server.jobs import Job
+from server.jobs import ExitQueue, Job
 from server.latency import LatencyModel
 from server.metrics import Metrics
 from server.policy import BUDGET, CONFIDENCE, FINAL, MAX_EXIT, stop_reason
@@ -128,8 +128,7 @@ async def test_predict_finish_counts_own_queue_and_shared_threads():
 @in_loop
 async def test_earliest_deadline_first_and_no_starvation():
     engine = make_engine(cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, undeadlined_due_ms=1000))
-    engine.queues = [type("Q", (), {"heap": [], "wakeup": asyncio.Event(), "busy": False, "running": []})()
-                     for _ in range(3)]
+    engine.queues = [ExitQueue() for _ in range(3)]
     loop = asyncio.get_running_loop()
     now = time.monotonic()
 
@@ -327,7 +326,6 @@ def test_cuda_requested_but_cpu_running_is_refused(tiny_repo, monkeypatch):
 def test_probabilities_only_where_a_request_may_or_does_stop():
     """A request passing through an exit with no threshold there needs no softmax (issue 12); where it stops
     (final, max_exit, budget) or may stop (a threshold), the calibrated probabilities are computed."""
-    from server.jobs import ExitQueue
 
     engine = make_engine(n=3)
     engine.queues = [ExitQueue() for _ in engine.backends]  # as start() makes them, without workers

@@ -91,9 +91,9 @@ def test_the_deadline_counts_from_arrival_not_from_after_the_decode(tiny_repo, m
         seen = []
         classify = engine.classify
 
-        async def spy(x, arrival, budget, conf, max_exit, deadline, use_policy=False):
+        async def spy(x, arrival, budget, conf, max_exit, deadline, use_policy=False, priority=0):
             seen.append((arrival, deadline, time.monotonic()))
-            return await classify(x, arrival, budget, conf, max_exit, deadline, use_policy)
+            return await classify(x, arrival, budget, conf, max_exit, deadline, use_policy, priority)
 
         engine.classify = spy
         with Client(target) as c:

@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/auxnet/v1/inference.proto\x12\tauxnet.v1\"s\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12(\n\npixel_type\x18\x05 \x01(\x0e\x32\x14.auxnet.v1.PixelType\"\x98\x02\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x03 \x01(\x0b\x32\x13.auxnet.v1.RawImageH\x00\x12\x16\n\tbudget_ms\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x15\n\x08max_exit\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x19\n\x11\x63\x61librated_policy\x18\t \x01(\x08\x42\x07\n\x05imageB\x0c\n\n_budget_msB\x11\n\x0f_min_confidenceB\x0b\n\t_max_exit\"C\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"\xac\x02\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12$\n\x05top_k\x18\x04 \x03(\x0b\x32\x15.auxnet.v1.ClassScore\x12\x12\n\nexit_index\x18\x05 \x01(\r\x12\x12\n\nexit_layer\x18\x06 \x01(\r\x12*\n\x0bstop_reason\x18\x07 \x01(\x0e\x32\x15.auxnet.v1.StopReason\x12\x19\n\x11server_latency_ms\x18\x08 \x01(\x01\x12\x12\n\nbudget_met\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"D\n\x14\x43lassifyBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.auxnet.v1.ClassifyRequest\"G\n\x15\x43lassifyBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.auxnet.v1.ClassifyResponse\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xcb\x01\n\x08\x45xitInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x0e\n\x06params\x18\x03 \x01(\x04\x12\x0e\n\x06mflops\x18\x04 \x01(\x01\x12\x10\n\x08val_top1\x18\x05 \x01(\x01\x12\x13\n\x0btemperature\x18\x06 \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x07 \x01(\x01\x12\x19\n\x11latency_ms_batch1\x18\x08 \x01(\x01\x12$\n\x1clatency_ms_per_image_batched\x18\t \x01(\x01\"\xbf\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\"\n\x05\x65xits\x18\x06 \x03(\x0b\x32\x13.auxnet.v1.ExitInfo\x12\x17\n\x0ftraining_method\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\x12\x1b\n\x13policy_val_accuracy\x18\t \x01(\x01\x12\x1a\n\x12policy_mean_mflops\x18\n \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\r\x12\x11\n\tprecision\x18\r \x01(\t\x12\x14\n\x0cpolicy_score\x18\x0e \x01(\t*U\n\tPixelType\x12\x1a\n\x16PIXEL_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_TYPE_UINT8\x10\x01\x12\x16\n\x12PIXEL_TYPE_FLOAT32\x10\x02*\xa9\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16STOP_REASON_CONFIDENCE\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x15\n\x11STOP_REASON_FINAL\x10\x03\x12\x18\n\x14STOP_REASON_MAX_EXIT\x10\x04\x12\x19\n\x15STOP_REASON_CONTINUED\x10\x05\x32\xc3\x02\n\x10\x45\x61rlyExitService\x12\x43\n\x08\x43lassify\x12\x1a.auxnet.v1.ClassifyRequest\x1a\x1b.auxnet.v1.ClassifyResponse\x12R\n\rClassifyBatch\x12\x1f.auxnet.v1.ClassifyBatchRequest\x1a .auxnet.v1.ClassifyBatchResponse\x12P\n\x13\x43lassifyProgressive\x12\x1a.auxnet.v1.ClassifyRequest\x1a\x1b.auxnet.v1.ClassifyResponse0\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.auxnet.v1.GetModelInfoRequest\x1a\x14.auxnet.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/auxnet/v1/inference.proto\x12\tauxnet.v1\"s\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12(\n\npixel_type\x18\x05 \x01(\x0e\x32\x14.auxnet.v1.PixelType\"\xaa\x02\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x03 \x01(\x0b\x32\x13.auxnet.v1.RawImageH\x00\x12\x16\n\tbudget_ms\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x15\n\x08max_exit\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x19\n\x11\x63\x61librated_policy\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\rB\x07\n\x05imageB\x0c\n\n_budget_msB\x11\n\x0f_min_confidenceB\x0b\n\t_max_exit\"C\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"\xac\x02\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12$\n\x05top_k\x18\x04 \x03(\x0b\x32\x15.auxnet.v1.ClassScore\x12\x12\n\nexit_index\x18\x05 \x01(\r\x12\x12\n\nexit_layer\x18\x06 \x01(\r\x12*\n\x0bstop_reason\x18\x07 \x01(\x0e\x32\x15.auxnet.v1.StopReason\x12\x19\n\x11server_latency_ms\x18\x08 \x01(\x01\x12\x12\n\nbudget_met\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"D\n\x14\x43lassifyBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.auxnet.v1.ClassifyRequest\"G\n\x15\x43lassifyBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.auxnet.v1.ClassifyResponse\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xcb\x01\n\x08\x45xitInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x0e\n\x06params\x18\x03 \x01(\x04\x12\x0e\n\x06mflops\x18\x04 \x01(\x01\x12\x10\n\x08val_top1\x18\x05 \x01(\x01\x12\x13\n\x0btemperature\x18\x06 \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x07 \x01(\x01\x12\x19\n\x11latency_ms_batch1\x18\x08 \x01(\x01\x12$\n\x1clatency_ms_per_image_batched\x18\t \x01(\x01\"\xbf\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\"\n\x05\x65xits\x18\x06 \x03(\x0b\x32\x13.auxnet.v1.ExitInfo\x12\x17\n\x0ftraining_method\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\x12\x1b\n\x13policy_val_accuracy\x18\t \x01(\x01\x12\x1a\n\x12policy_mean_mflops\x18\n \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\r\x12\x11\n\tprecision\x18\r \x01(\t\x12\x14\n\x0cpolicy_score\x18\x0e \x01(\t*U\n\tPixelType\x12\x1a\n\x16PIXEL_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_TYPE_UINT8\x10\x01\x12\x16\n\x12PIXEL_TYPE_FLOAT32\x10\x02*\xa9\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16STOP_REASON_CONFIDENCE\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x15\n\x11STOP_REASON_FINAL\x10\x03\x12\x18\n\x14STOP_REASON_MAX_EXIT\x10\x04\x12\x19\n\x15STOP_REASON_CONTINUED\x10\x05\x32\xc3\x02\n\x10\x45\x61rlyExitService\x12\x43\n\x08\x43lassify\x12\x1a.auxnet.v1.ClassifyRequest\x1a\x1b.auxnet.v1.ClassifyResponse\x12R\n\rClassifyBatch\x12\x1f.auxnet.v1.ClassifyBatchRequest\x1a .auxnet.v1.ClassifyBatchResponse\x12P\n\x13\x43lassifyProgressive\x12\x1a.auxnet.v1.ClassifyRequest\x1a\x1b.auxnet.v1.ClassifyResponse0\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.auxnet.v1.GetModelInfoRequest\x1a\x14.auxnet.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.auxnet.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIXELTYPE']._serialized_start=1528
-  _globals['_PIXELTYPE']._serialized_end=1613
-  _globals['_STOPREASON']._serialized_start=1616
-  _globals['_STOPREASON']._serialized_end=1785
+  _globals['_PIXELTYPE']._serialized_start=1546
+  _globals['_PIXELTYPE']._serialized_end=1631
+  _globals['_STOPREASON']._serialized_start=1634
+  _globals['_STOPREASON']._serialized_end=1803
   _globals['_RAWIMAGE']._serialized_start=47
   _globals['_RAWIMAGE']._serialized_end=162
   _globals['_CLASSIFYREQUEST']._serialized_start=165
-  _globals['_CLASSIFYREQUEST']._serialized_end=445
-  _globals['_CLASSSCORE']._serialized_start=447
-  _globals['_CLASSSCORE']._serialized_end=514
-  _globals['_CLASSIFYRESPONSE']._serialized_start=517
-  _globals['_CLASSIFYRESPONSE']._serialized_end=817
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=819
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=887
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=889
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=960
-  _globals['_GETMODELINFOREQUEST']._serialized_start=962
-  _globals['_GETMODELINFOREQUEST']._serialized_end=998
-  _globals['_EXITINFO']._serialized_start=1001
-  _globals['_EXITINFO']._serialized_end=1204
-  _globals['_MODELINFO']._serialized_start=1207
-  _globals['_MODELINFO']._serialized_end=1526
-  _globals['_EARLYEXITSERVICE']._serialized_start=1788
-  _globals['_EARLYEXITSERVICE']._serialized_end=2111
+  _globals['_CLASSIFYREQUEST']._serialized_end=463
+  _globals['_CLASSSCORE']._serialized_start=465
+  _globals['_CLASSSCORE']._serialized_end=532
+  _globals['_CLASSIFYRESPONSE']._serialized_start=535
+  _globals['_CLASSIFYRESPONSE']._serialized_end=835
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=837
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=905
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=907
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=978
+  _globals['_GETMODELINFOREQUEST']._serialized_start=980
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1016
+  _globals['_EXITINFO']._serialized_start=1019
+  _globals['_EXITINFO']._serialized_end=1222
+  _globals['_MODELINFO']._serialized_start=1225
+  _globals['_MODELINFO']._serialized_end=1544
+  _globals['_EARLYEXITSERVICE']._serialized_start=1806
+  _globals['_EARLYEXITSERVICE']._serialized_end=2129
 # @@protoc_insertion_point(module_scope)

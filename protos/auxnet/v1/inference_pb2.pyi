@@ -46,7 +46,7 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., pixel_type: _Optional[_Union[PixelType, str]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "encoded", "raw", "budget_ms", "min_confidence", "top_k", "max_exit", "request_id", "calibrated_policy")
+    __slots__ = ("model", "encoded", "raw", "budget_ms", "min_confidence", "top_k", "max_exit", "request_id", "calibrated_policy", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ClassifyRequest(_message.Message):
     MAX_EXIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoded: bytes
     raw: RawImage
@@ -65,7 +66,8 @@ class ClassifyRequest(_message.Message):
     max_exit: int
     request_id: str
     calibrated_policy: bool
-    def __init__(self, model: _Optional[str] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., budget_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., top_k: _Optional[int] = ..., max_exit: _Optional[int] = ..., request_id: _Optional[str] = ..., calibrated_policy: _Optional[bool] = ...) -> None: ...
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., budget_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., top_k: _Optional[int] = ..., max_exit: _Optional[int] = ..., request_id: _Optional[str] = ..., calibrated_policy: _Optional[bool] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "class_name", "confidence")
