@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import time
 import urllib.request
 from collections import Counter
 
@@ -26,10 +27,14 @@ from server.demo import ROOT, start_server
 from server.loadgen import closed_loop, load_labelled_folder, summarise
 
 
-def preempted(metrics_port: int) -> list[tuple[str, float]]:
+def samples(metrics_port: int, name: str) -> list:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sorted((s.labels["exit"], s.value) for f in text_string_to_metric_families(text) for s in f.samples
-                  if s.name == "auxnet_dropped_total" and s.labels.get("reason") == "preempted")
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def preempted(metrics_port: int) -> list[tuple[str, float]]:
+    return sorted((s.labels["exit"], s.value) for s in samples(metrics_port, "auxnet_dropped_total")
+                  if s.labels.get("reason") == "preempted")
 
 
 def row(config: str, name: str, results: list, seconds: float, sent_s: float, labels: list[int]) -> str:
@@ -86,7 +91,10 @@ def main() -> None:
                                                                 args.flood * final_capacity, args.seconds))
             print(row(config, f"interactive, priority 1 ({args.interactive:g}x)", inter, args.seconds, sent_i, labels))
             print(row(config, f"flood, priority 2 ({args.flood:g}x)", flood, args.seconds, sent_f, labels))
-            evicted.append(f"{config}: " + (", ".join(f"exit {k} {n:.0f}" for k, n in preempted(metrics_port)) or "none"))
+            time.sleep(1.5)  # every call has ended (1 s deadlines): nothing may stay counted in flight
+            left = sum(s.value for s in samples(metrics_port, "auxnet_inflight_requests"))
+            evicted.append(f"{config}: " + (", ".join(f"exit {k} {n:.0f}" for k, n in preempted(metrics_port)) or "none")
+                           + f"; in flight once the load ended: {left:.0f}")
         finally:
             proc.terminate()
             proc.wait(30)
