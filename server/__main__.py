@@ -83,6 +83,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connection-age-s", type=float, default=0.0,
                    help="close each gRPC connection after about this long (in-flight calls get --grace-s), so clients "
                         "re-resolve and reach replicas added since they connected (0 = never; Kubernetes: e.g. 60)")
+    p.add_argument("--max-connections", type=int, default=0,
+                   help="connections each of the gRPC and HTTP ports holds at most; more are refused at once (default "
+                        "0: 4096, less if the open-file limit needs it)")
+    p.add_argument("--idle-timeout-s", type=float, default=60.0,
+                   help="close a connection that has carried no request (RPC) for this long: idle keep-alive ones and "
+                        "ones sending a header too slowly to finish it (0 = never)")
     p.add_argument("--access-log", help="write one JSON line per request here ('-': stderr); errors always, successes "
                                         "at --access-log-sample; the file rotates at 64 MiB, 2 kept")
     p.add_argument("--access-log-sample", type=float, default=1.0,
@@ -119,7 +125,8 @@ async def serve(args) -> int:
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
-        max_connection_age_s=args.max_connection_age_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
+        max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
         reuse_port=args.reuse_port)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
@@ -151,7 +158,8 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
           ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
-          ("max_connection_age_s", 0, None), ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
+          ("max_connection_age_s", 0, None), ("max_connections", 0, None), ("idle_timeout_s", 0, None),
+          ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
           ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000)]
 
 

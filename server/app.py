@@ -18,6 +18,7 @@ from protos.auxnet.v1 import inference_pb2 as pb
 from server import grpc_log
 from server.access_log import AccessLog
 from server.backends import default_threads, make_backend
+from server.connection_limits import grpc_options, per_port_cap, raise_open_file_limit
 from server.credentials import BearerToken, TlsFiles
 from server.decode import ImageLimits
 from server.engine import ModelEngine
@@ -35,6 +36,7 @@ from server.v2 import grpc_service as v2_grpc
 log = logging.getLogger("auxnet.server")
 REFUSAL_WINDOW_S = 0.5
 CORE_HEADROOM_RPCS = 16
+HEALTH_PORT_CONNECTIONS = 256  # probes: kubelet opens one connection per probe
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EarlyExitService"].full_name
 
 
@@ -70,6 +72,10 @@ class ServerConfig:
     # Close each client connection after this long (gRPC GOAWAY; in-flight calls get grace_s): clients then
     # reconnect and re-resolve, so replicas an autoscaler adds get traffic from clients already connected.
     max_connection_age_s: float = 0.0  # 0 = connections live as long as the client keeps them
+    # Per port (gRPC, HTTP): at most this many connections (0: connection_limits' default, within the open-file
+    # limit), and one without a request or RPC for idle_timeout_s is closed (0: never). server/connection_limits.py
+    max_connections: int = 0
+    idle_timeout_s: float = 60.0
     access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
@@ -200,9 +206,15 @@ class ServerApp:
         if cfg.access_log is not None:
             self.access_log = AccessLog(cfg.access_log, cfg.access_log_sample)
         self._grpc_log = grpc_log.install(lambda method: self.metrics.grpc_failed_batches.labels(method[:128]).inc())
+        open_files = raise_open_file_limit()
+        ports = 1 + (http_surface is not None)
+        self.connection_cap = per_port_cap(cfg.max_connections, open_files, ports)
+        log.info("at most %d connections per port (open-file limit %d); %s", self.connection_cap, open_files,
+                 f"idle ones closed after {cfg.idle_timeout_s:g} s" if cfg.idle_timeout_s > 0 else "idle ones kept")
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
-                ("grpc.so_reuseport", int(self.cfg.reuse_port))]
+                ("grpc.so_reuseport", int(self.cfg.reuse_port)),
+                *grpc_options(self.connection_cap, cfg.idle_timeout_s)]
         if self.cfg.max_connection_age_s > 0:  # gRPC core adds +-10% jitter, so clients do not reconnect at once
             opts += [("grpc.max_connection_age_ms", int(1000 * self.cfg.max_connection_age_s)),
                      ("grpc.max_connection_age_grace_ms", int(1000 * self.cfg.grace_s))]
@@ -231,7 +243,8 @@ class ServerApp:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port} (in use?)")
         if self.cfg.health_port is not None:
             # No concurrency limit here: that is the point of this port.
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.cfg.reuse_port))])
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.cfg.reuse_port)),
+                                                          *grpc_options(HEALTH_PORT_CONNECTIONS, cfg.idle_timeout_s)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             address = f"{self.cfg.host}:{self.cfg.health_port}"
             self.health_port = (self.health_server.add_secure_port(address, self.tls.grpc_credentials()) if self.tls

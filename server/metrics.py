@@ -52,6 +52,12 @@ class Metrics:
                                      ["model"], registry=r)
         self.rejections = Counter(f"{PREFIX}_rejections", "Requests refused before compute",
                                   ["model", "reason"], registry=r)
+        self.http_connections = Gauge(f"{PREFIX}_http_connections", "Open connections on the HTTP port", registry=r,
+                                      multiprocess_mode="livesum")
+        self.http_connections_refused = Counter(f"{PREFIX}_http_connections_refused", "HTTP connections closed on "
+                                                "arrival: the port held --max-connections", registry=r)
+        self.http_connections_idle_closed = Counter(f"{PREFIX}_http_connections_idle_closed", "HTTP connections "
+                                                    "closed after --idle-timeout-s without a request", registry=r)
         self.dropped = Counter(f"{PREFIX}_dropped", "Admitted requests dropped from a queue before compute",
                                ["model", "exit", "reason"], registry=r)
         # A gauge at 1 rather than an Info: Info does not work across processes. Same series name and labels.

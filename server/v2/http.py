@@ -29,6 +29,7 @@ import weakref
 from aiohttp import web
 
 from server import __version__
+from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, LimitedSite
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.requests import count, parse_where_cheap
 from server.service import answer_exits
@@ -55,6 +56,10 @@ class OpenInferenceHTTP:
         self.port: int | None = None
         self.body_timeout_s = BODY_TIMEOUT_S
         self._born: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transport -> its first request
+        m = app.metrics
+        self.guard = ConnectionGuard(getattr(app, "connection_cap", DEFAULT_MAX_CONNECTIONS), app.cfg.idle_timeout_s,
+                                     on_refused=m.http_connections_refused.inc, on_count=m.http_connections.set,
+                                     on_idle_closed=m.http_connections_idle_closed.inc)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -76,12 +81,14 @@ class OpenInferenceHTTP:
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
         self.runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=self.app.cfg.grace_s)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
+        site = LimitedSite(self.runner, self.guard, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
         await site.start()
+        self.guard.start()
         self.port = self.runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
+        await self.guard.stop()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -91,7 +98,7 @@ class OpenInferenceHTTP:
 
     def _middlewares(self) -> list:
         """The connection-age check only where it is on: a middleware is one more call on every request."""
-        return ([self._connection_age] if self.app.cfg.max_connection_age_s > 0 else []) + [self._guard]
+        return [self.guard.middleware] + ([self._connection_age] if self.app.cfg.max_connection_age_s > 0 else []) + [self._guard]
 
     # --- every request: connection age, token, JSON errors ----------------------------------------------
 
