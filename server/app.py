@@ -26,6 +26,7 @@ from server.engine_config import EngineConfig
 from server.errors import UnknownModel
 from server.handlers import CorruptMessages, method_handlers
 from server.metrics import Metrics
+from server.metrics_http import start_metrics_server
 from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images
@@ -255,9 +256,7 @@ class ServerApp:
         for engine in self.engines.values():
             engine.start()
         if self.cfg.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            self._http, _ = start_http_server(self.cfg.metrics_port, self.cfg.host, registry=self.metrics.registry)
+            self._http = start_metrics_server(self.cfg.metrics_port, self.cfg.host, self.metrics.registry)
             self.metrics_port = self._http.server_port
         if http_surface is not None:
             self.v2_http = http_surface(self, max_concurrent=core_limit)

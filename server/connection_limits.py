@@ -45,7 +45,7 @@ def per_port_cap(requested: int, open_files: int, ports: int) -> int:
     the ports together could use up the open files the process needs for everything else."""
     room = max(1, (open_files - RESERVED_FILES) // max(1, ports))
     want = requested or DEFAULT_MAX_CONNECTIONS
-    if want > room:
+    if requested and want > room:
         log.warning("--max-connections %d per port does not fit the open-file limit %d (%d ports): %d each", want,
                     open_files, ports, room)
     return min(want, room)

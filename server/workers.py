@@ -67,7 +67,9 @@ def resident_mb(pid: int) -> float | None:
 
 
 def supervise(args, argv: list[str]) -> int:
-    from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
+
+    from server.metrics_http import start_metrics_server
 
     host = args.host
     port = args.port or free_port(host)
@@ -139,7 +141,7 @@ def supervise(args, argv: list[str]) -> int:
                      ["slot"], registry=registry)
     http = None
     if args.metrics_port >= 0:
-        http, _ = start_http_server(args.metrics_port, host, registry=registry)
+        http = start_metrics_server(args.metrics_port, host, registry)
     metrics_port = http.server_port if http else 0
     write_port_file()
     log.info("%d workers serving on %s:%d (metrics on %s)", len(procs), host, port,

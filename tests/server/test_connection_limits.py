@@ -133,3 +133,28 @@ def test_a_flood_of_half_open_grpc_connections_is_capped_and_leaves_http_and_hea
         finally:
             for s in socks:
                 s.close()
+
+
+@pytest.mark.slow
+def test_a_flood_of_the_metrics_port_holds_a_few_threads_and_is_timed_out(tiny_repo, monkeypatch):
+    import threading
+    import urllib.request
+
+    from server import metrics_http
+
+    monkeypatch.setattr(metrics_http._QuietHandler, "timeout", 1.0)
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16)) as (app, target, url):
+        before = threading.active_count()
+        socks = half_open(app.metrics_port, 200, b"GET /metrics HTTP/1.1\r\n")
+        try:
+            time.sleep(0.5)
+            # prometheus_client's own server started a thread for each of them (200) and never timed one out
+            assert threading.active_count() - before <= metrics_http.METRICS_CONNECTIONS
+            with Client(target, retries=0) as c:
+                assert c.classify(png(images(1)[0])).class_name
+            assert all(closed_by_server(s, 5.0) for s in socks)  # refused at once, or dropped after the timeout
+            text = urllib.request.urlopen(f"http://127.0.0.1:{app.metrics_port}/metrics", timeout=5).read().decode()
+            assert "auxnet_requests_total" in text
+        finally:
+            for s in socks:
+                s.close()
