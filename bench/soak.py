@@ -17,6 +17,9 @@ unexpected and its first messages kept. Every --sample-s the server's resident m
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
 first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute. A supervised
 server (--workers, --recycle-rss-mb in --server-args) is measured with its workers, and its largest worker apart.
+With --priorities N the server runs --priority-levels N and every request carries a random priority 0..N; with a
+small --max-inflight in --server-args, queued requests are then evicted for higher ones (RESOURCE_EXHAUSTED,
+expected): the end reports how many, and that nothing stays counted in flight once the load has ended.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.image_fuzz import mutate
 from protos.auxnet.v1 import inference_pb2 as pb
@@ -101,9 +105,10 @@ def slope_per_minute(times: list[float], values: list[float]) -> float:
 
 
 class Traffic:
-    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int, mix=MIX, retries=0):
+    def __init__(self, target: str, http_base: str, model: str, images: list[bytes], seed: int, mix=MIX, retries=0,
+                 priorities=0):
         self.target, self.http_base, self.model, self.images, self.mix = target, http_base, model, images, mix
-        self.retries = retries
+        self.retries, self.priorities = retries, priorities
         self.rng = random.Random(seed)
         self.outcomes: collections.Counter = collections.Counter()
         self.unexpected: list[str] = []
@@ -131,12 +136,14 @@ class Traffic:
             channel.close()
 
     def _controls(self) -> dict:
+        # With --priorities N, each request also has a priority from 0 (the server's default) to N (the lowest).
+        level = {"priority": self.rng.randint(0, self.priorities)} if self.priorities else {}
         rule = self.rng.randrange(4)
         if rule == 0:
-            return {"calibrated_policy": True}
+            return {"calibrated_policy": True, **level}
         if rule == 1:
-            return {"budget_ms": self.rng.choice([3.0, 10.0, 50.0])}
-        return {"min_confidence": self.rng.choice([0.5, 0.9])} if rule == 2 else {}
+            return {"budget_ms": self.rng.choice([3.0, 10.0, 50.0]), **level}
+        return {"min_confidence": self.rng.choice([0.5, 0.9]), **level} if rule == 2 else level
 
     def classify(self, client: Client, v2) -> str:
         client.classify(self.rng.choice(self.images), **self._controls())
@@ -159,7 +166,7 @@ class Traffic:
         request = oip.ModelInferRequest(model_name=self.model, inputs=[oip.ModelInferRequest.InferInputTensor(
             name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(image).to_bytes(4, "little") + image])
         for key, value in parameters.items():
-            which = "bool_param" if isinstance(value, bool) else "double_param"
+            which = "bool_param" if isinstance(value, bool) else "int64_param" if isinstance(value, int) else "double_param"
             request.parameters[key].CopyFrom(oip.InferParameter(**{which: value}))
         return request
 
@@ -257,12 +264,15 @@ def main() -> None:
     p.add_argument("--server-args", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", type=parse_mix, default=MIX, help="KIND=SHARE,... instead of the default mix")
+    p.add_argument("--priorities", type=int, default=0,
+                   help="serve with --priority-levels N and give every request a random priority 0..N (default: none)")
     p.add_argument("--client-retries", type=int, default=0,
                    help="server.client.Client's retries of UNAVAILABLE and CANCELLED on auxnet.v1 calls (default none)")
     args = p.parse_args()
     images = load_labelled_folder(args.data)[0][:args.images]
     http_port = free_port("127.0.0.1")
-    proc, target, _ = start_server(args.repo, ["--http-port", str(http_port), *args.server_args.split()])
+    levels = ["--priority-levels", str(args.priorities)] if args.priorities else []
+    proc, target, metrics_port = start_server(args.repo, ["--http-port", str(http_port), *levels, *args.server_args.split()])
     try:
         with Client(target) as c:
             model = c.model_info().name
@@ -270,7 +280,7 @@ def main() -> None:
               f"server args '{args.server_args}', {os.cpu_count()} cores shared by server and clients")
         stop = threading.Event()
         clients = [Traffic(target, f"http://127.0.0.1:{http_port}", model, images, args.seed * 1000 + i, args.mix,
-                           args.client_retries)
+                           args.client_retries, args.priorities)
                    for i in range(args.clients)]
         threads = [threading.Thread(target=t.run, args=(stop,), daemon=True) for t in clients]
         start = time.monotonic()
@@ -307,6 +317,13 @@ def main() -> None:
                   f" requests): RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f}), "
                   f"slope {slope_per_minute([s['t'] for s in settled], [s['rss_mb'] for s in settled]):+.2f} MB/min; "
                   f"threads {first['threads']} -> {last['threads']}; open fds {first['fds']} -> {last['fds']}")
+        time.sleep(2)  # every call has ended: nothing may stay counted in flight
+        families = text_string_to_metric_families(
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode())
+        found = [(s.name, s.labels, s.value) for f in families for s in f.samples]
+        evicted = sum(v for n, labels, v in found if n == "auxnet_dropped_total" and labels.get("reason") == "preempted")
+        inflight = sum(v for n, _, v in found if n == "auxnet_inflight_requests")
+        print(f"queued requests evicted for a higher priority: {evicted:.0f}; in flight once the load ended: {inflight:.0f}")
         print(f"unexpected answers: {len(unexpected)}")
         for u in unexpected[:10]:
             print(f"  {u}")

@@ -341,8 +341,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
                         try:
                             steps = await loop.run_in_executor(self.executor, self._compute, k, jobs, x)
                         finally:
-                            if held:
+                            if held:  # the thread is free once the run is: the answers are the loop's work
                                 gate.release()
+                                held = False
                     q.busy = False
                     self._apply_all(steps)
                     q.running = []
@@ -353,6 +354,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
                     self._fail(k, jobs, e)
                 finally:
                     q.busy = False
+                    if held:  # failed before its run (np.stack): the thread was never used
+                        gate.release()
                 if inline:
                     await asyncio.sleep(0)  # let the loop serve I/O between batches run on its thread
             if all(not qi.heap and not qi.busy for qi in self.queues):

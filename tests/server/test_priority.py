@@ -175,3 +175,50 @@ def test_a_negative_priority_parameter_is_refused_by_name():
     with pytest.raises(InvalidInput, match="parameter 'priority' must be 0 .* got -1"):
         parse_parameters({"priority": -1})
     assert parse_parameters({"priority": 2})[0].priority == 2
+
+
+@in_loop
+async def test_a_freed_thread_goes_to_the_exit_whose_queue_holds_the_best_request_not_the_first_to_ask():
+    from server.thread_gate import ThreadGate
+
+    loop = asyncio.get_running_loop()
+    gate = ThreadGate(1)
+    await gate.acquire(ExitQueue())  # the only thread is busy
+    bulk, urgent, gone = ExitQueue(), ExitQueue(), ExitQueue()
+    bulk.push(Job(x(0), 0.0, None, None, None, 2, loop.create_future(), priority=2), key=0.0)
+    urgent.push(Job(x(0), 0.0, None, None, None, 2, loop.create_future(), priority=1), key=9.0)
+    gone.push(Job(x(0), 0.0, None, None, None, 2, loop.create_future(), priority=1), key=0.0)
+    order = []
+
+    async def wants(name, q):
+        await gate.acquire(q)
+        order.append(name)
+
+    waiting = [asyncio.ensure_future(wants("bulk, asked first", bulk)), asyncio.ensure_future(wants("urgent", urgent)),
+               asyncio.ensure_future(wants("cancelled", gone))]
+    await asyncio.sleep(0)
+    waiting[2].cancel()  # a worker stopped while it waited: it leaves the line
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.sleep(0)
+    assert order == ["urgent"]
+    gate.release()
+    await asyncio.sleep(0)
+    assert order == ["urgent", "bulk, asked first"] and gate.free == 0 and not gate.waiting
+    gate.release()
+    assert gate.free == 1
+
+
+@in_loop
+async def test_a_failed_batch_gives_its_thread_back():
+    engine = make_engine(n=2, threads=1, cfg=levels(2))
+    engine.start()
+    try:
+        engine.backends[0].fail = RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="exit 0 failed"):
+            await engine.classify(x(1), time.monotonic(), None, None, None, None, priority=1)
+        engine.backends[0].fail = None
+        answer = await asyncio.wait_for(engine.classify(x(1), time.monotonic(), None, None, None, None, priority=2), 5)
+        assert answer.exit_index == 1 and engine.gate.free == 1
+    finally:
+        await engine.stop()
