@@ -237,6 +237,10 @@ class ModelEngine(SegmentChain, AgreementSampling):
         """Whether `count` queued requests below `level` make room and, with `evict`, evict them: the lowest
         level first, then the shallowest exit (the least work lost: at exit 0 none has been computed), then the
         latest deadline. Running batches are never touched."""
+        # The queues' per-level counts first (an upper bound: they include requests whose caller has left): the
+        # common case at capacity, a request of the lowest level, is then refused without a scan of the queues.
+        if sum(n for q in self.queues for lv, n in q.per_level.items() if lv > level) < count:
+            return False
         found = [(e, k) for k, q in enumerate(self.queues) for e in q.below(level)]
         if len(found) < count:
             return False
