@@ -150,12 +150,13 @@ class SegmentChain:
         # Only a request with a budget or deadline needs the prediction (its cost is ~20 us a segment: issue 12).
         timed = any(job.budget_end is not None or job.deadline is not None for job in jobs)
         # With priority levels, each level waits behind the queued requests of its own and higher levels only.
-        levels = {job.priority for job in jobs} if timed and self.cfg.priority_levels > 1 else {None}
+        per_level = timed and self.cfg.priority_levels > 1
+        levels = {job.priority for job in jobs} if per_level else {None}
         predicted_at = {level: self.predict_finish(k + 1, level) if timed else 0.0 for level in levels}
         margin = self.finish_error.margin(now) if timed and self.finish_error is not None else 0.0
         reasons = []
         for i, job in enumerate(jobs):
-            predicted = predicted_at[job.priority if None not in predicted_at else None]
+            predicted = predicted_at[job.priority if per_level else None]
             end = min((t for t in (job.budget_end, job.deadline) if t is not None), default=None)
             c = scored[i] if job.use_policy else confidence[i]
             reasons.append(stop_reason(k, self.last, job.max_exit, float(c), thresholds[i], now,
