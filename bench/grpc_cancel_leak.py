@@ -6,6 +6,8 @@ unary method is the control. Each mode runs against a fresh server process; the 
 from /proc every --sample-calls calls after a warm-up, and its least-squares slope is reported in bytes per call.
 
     python -m bench.grpc_cancel_leak [--modes unary,full,cancel] [--calls 200000] [--clients 4]
+    python -m bench.grpc_cancel_leak --modes bidi_echo,bidi_late   (bidirectional streams of 1-8 messages: each
+        answered as it is read, as ModelStreamInfer answers a refused request, or all after the client half-closes)
 
 RESULTS §31. The suspect: grpc/grpc#43360 (a batch's grpc_op array is not freed when the batch fails on a call
 the client cancelled, or when the task awaiting it is cancelled).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -28,6 +31,7 @@ from server.workers import free_port
 
 SERVICE = "leakprobe.Probe"
 PAYLOAD = b"x" * 64
+BIDI = {"bidi_echo": "BidiEcho", "bidi_late": "BidiLate"}  # mode -> bidirectional method
 
 
 def serve(port: int, messages: int, gap_s: float) -> None:
@@ -40,11 +44,24 @@ def serve(port: int, messages: int, gap_s: float) -> None:
                 await asyncio.sleep(gap_s)
             yield PAYLOAD
 
+    async def bidi_echo(request_iterator, context):  # each message answered as it is read
+        async for _ in request_iterator:
+            yield PAYLOAD
+
+    async def bidi_late(request_iterator, context):  # every message read before the first answer
+        n = 0
+        async for _ in request_iterator:
+            n += 1
+        for _ in range(n):
+            yield PAYLOAD
+
     async def main():
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
-            "Stream": grpc.unary_stream_rpc_method_handler(stream)}),))
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "BidiEcho": grpc.stream_stream_rpc_method_handler(bidi_echo),
+            "BidiLate": grpc.stream_stream_rpc_method_handler(bidi_late)}),))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         print("ready", flush=True)
@@ -53,9 +70,14 @@ def serve(port: int, messages: int, gap_s: float) -> None:
     asyncio.run(main())
 
 
-def one_call(channel: grpc.Channel, mode: str) -> None:
+def one_call(channel: grpc.Channel, mode: str, rng) -> None:
     if mode == "unary":
         channel.unary_unary(f"/{SERVICE}/Unary")(b"", timeout=10)
+        return
+    if mode in BIDI:
+        n = rng.randint(1, 8)  # as the soak's ModelStreamInfer calls: 1-8 requests a stream
+        got = sum(1 for _ in channel.stream_stream(f"/{SERVICE}/{BIDI[mode]}")(iter([PAYLOAD] * n), timeout=10))
+        assert got == n, (mode, n, got)
         return
     call = channel.unary_stream(f"/{SERVICE}/Stream")(b"", timeout=10)
     if mode == "full":
@@ -76,14 +98,15 @@ def run_mode(mode: str, args) -> dict:
         lock = threading.Lock()
         stop = threading.Event()
 
-        def client():
+        def client(seed):
+            rng = random.Random(seed)
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 while not stop.is_set():
-                    one_call(channel, mode)
+                    one_call(channel, mode, rng)
                     with lock:
                         done[0] += 1
 
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
         start = time.monotonic()
         for t in threads:
             t.start()

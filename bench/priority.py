@@ -1,20 +1,23 @@
 """Priority levels under overload: does interactive traffic keep its latency while a bulk flood saturates?
 
-    python -m bench.priority [--interactive 0.2] [--flood 3] [--seconds 10]
+    python -m bench.priority [--interactive 0.2] [--flood 3] [--seconds 10] [--server "ARGS" ...]
 
 One server process at a time (`--threads 1 --max-inflight 64`, as bench.overload: the other core runs the load
-generator), the same traffic against two configurations: `--priority-levels 1` (priorities ignored, the
-default) and `--priority-levels 2`. Capacity is first measured with a closed loop. Then two open loops run at
+generator), the same traffic against each configuration: by default `--priority-levels 1` (priorities ignored,
+the server's default) and `--priority-levels 2`; or the server arguments of each --server (e.g. with a
+--queue-policy). Capacity is first measured with a closed loop, on the first. Then two open loops run at
 once for --seconds, each on its own channel at Poisson arrival times: interactive requests (priority 1, the
 model's calibrated policy) at --interactive x that capacity and a bulk flood (priority 2, the final exit: full
 accuracy) at --flood x the final exit's capacity. No budgets; a 1 s gRPC deadline each. Reported per class: offered and answered rates,
-refusals, client-side p50/p99 of answered requests, accuracy and mean exit.
+refusals, client-side p50/p99 of answered requests, accuracy and mean exit; then per server the requests dropped
+from a queue (evicted, queue timeout) by exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import statistics
 import time
 import urllib.request
@@ -32,9 +35,10 @@ def samples(metrics_port: int, name: str) -> list:
     return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
 
-def preempted(metrics_port: int) -> list[tuple[str, float]]:
-    return sorted((s.labels["exit"], s.value) for s in samples(metrics_port, "auxnet_dropped_total")
-                  if s.labels.get("reason") == "preempted")
+def dropped(metrics_port: int) -> list[tuple[str, str, float]]:
+    """(reason, exit, count) of the queued requests dropped for a higher priority or by a queue policy."""
+    return sorted((s.labels["reason"], s.labels["exit"], s.value) for s in samples(metrics_port, "auxnet_dropped_total")
+                  if s.labels.get("reason") in ("preempted", "queue_timeout"))
 
 
 def row(config: str, name: str, results: list, seconds: float, sent_s: float, labels: list[int]) -> str:
@@ -62,7 +66,11 @@ def main() -> None:
     ap.add_argument("--flood", type=float, default=2.0, help="bulk rate, times the measured final-exit capacity")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-inflight", type=int, default=64)
+    ap.add_argument("--server", action="append", metavar="ARGS",
+                    help="the server arguments of one configuration, repeatable (default: '--priority-levels 1' and "
+                         "'--priority-levels 2')")
     args = ap.parse_args()
+    configs = args.server or ["--priority-levels 1", "--priority-levels 2"]
     images, names, classes = load_labelled_folder(ROOT / "samples" / "cifar10-test")
     labels = [classes.index(n) for n in names]
     capacity = final_capacity = None
@@ -70,10 +78,9 @@ def main() -> None:
     print("| server | class | offered (req/s) | answered (req/s) | answered | p50 ms (client) | p99 ms (client) | "
           "p50 ms (server) | p99 ms (server) | accuracy | mean exit | codes |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for levels in (1, 2):
+    for config in configs:
         proc, target, metrics_port = start_server(str(ROOT / "models" / "repository"),
-                                       ["--threads", "1", "--max-inflight", str(args.max_inflight),
-                                        "--priority-levels", str(levels)])
+                                       ["--threads", "1", "--max-inflight", str(args.max_inflight), *shlex.split(config)])
         try:
             closed_loop(target, images, 16, 300, calibrated_policy=True)  # warm-up
             if capacity is None:  # measured once, on the first server: both get the same offered load
@@ -85,7 +92,6 @@ def main() -> None:
                       f"{final_capacity:.0f} img/s\n")
             quiet, sent = asyncio.run(open_loop(target, images, args.interactive * capacity, 5.0, poisson_seed=1,
                                                 calibrated_policy=True, priority=1))
-            config = f"--priority-levels {levels}"
             print(row(config, f"interactive alone ({args.interactive:g}x)", quiet, 5.0, sent, labels))
             (inter, sent_i), (flood, sent_f) = asyncio.run(both(target, images, args.interactive * capacity,
                                                                 args.flood * final_capacity, args.seconds))
@@ -93,13 +99,13 @@ def main() -> None:
             print(row(config, f"flood, priority 2 ({args.flood:g}x)", flood, args.seconds, sent_f, labels))
             time.sleep(1.5)  # every call has ended (1 s deadlines): nothing may stay counted in flight
             left = sum(s.value for s in samples(metrics_port, "auxnet_inflight_requests"))
-            evicted.append(f"{config}: " + (", ".join(f"exit {k} {n:.0f}" for k, n in preempted(metrics_port)) or "none")
-                           + f"; in flight once the load ended: {left:.0f}")
+            evicted.append(f"{config}: " + (", ".join(f"{why} at exit {k} {n:.0f}" for why, k, n in dropped(metrics_port))
+                                            or "none") + f"; in flight once the load ended: {left:.0f}")
         finally:
             proc.terminate()
             proc.wait(30)
-    print("\nflood requests evicted from a queue for an interactive one (auxnet_dropped_total{reason=\"preempted\"}), "
-          "by the exit they waited at:\n" + "\n".join(evicted))
+    print("\nqueued requests evicted for a higher priority (auxnet_dropped_total{reason=\"preempted\"}) or refused by a "
+          "queue policy's timeout (reason=\"queue_timeout\"), by the exit they waited at:\n" + "\n".join(evicted))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from server.app import ServerApp, ServerConfig
 from server.backends import default_threads
 from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
+from server.queue_policy import level_policies
 from server.repository import RepositoryError
 
 
@@ -59,6 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "and at --max-inflight a request evicts a queued lower one (default 1: no priorities)")
     p.add_argument("--default-priority-level", type=int, default=0,
                    help="the level of a request that sends no priority (default 0: the lowest, --priority-levels)")
+    p.add_argument("--queue-policy", action="append", default=[], metavar="[LEVEL:]KEY=VALUE,...",
+                   help="a priority level's queue policy (Triton's default_queue_policy / priority_queue_policy), "
+                        "repeatable; without LEVEL every level's default. Keys: max_queue_size (requests waiting for "
+                        "the first exit; more are refused), timeout_ms (the longest such wait), timeout_action (reject: "
+                        "refuse it; delay: serve it after its level's others), e.g. --queue-policy "
+                        "2:max_queue_size=64,timeout_ms=200,timeout_action=delay")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--image-formats", type=image_formats, default=FORMATS, metavar="F1,F2,...",
                    help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
@@ -120,7 +127,7 @@ async def serve(args) -> int:
                             monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
                             finish_margin_quantile=args.finish_margin_quantile,
                             default_budget_ms=args.default_budget_ms, priority_levels=args.priority_levels,
-                            default_priority_level=args.default_priority_level,
+                            default_priority_level=args.default_priority_level, queue_policies=args.queue_policies,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -197,6 +204,10 @@ def main() -> int:
     if args.default_priority_level > args.priority_levels:
         parser.error(f"--default-priority-level {args.default_priority_level} must be at most --priority-levels "
                      f"{args.priority_levels}")
+    try:
+        args.queue_policies = level_policies(args.queue_policy, args.priority_levels)
+    except ValueError as e:
+        parser.error(f"--queue-policy {e}")
     if args.workers < 1:
         parser.error(f"--workers {args.workers} must be at least 1")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():

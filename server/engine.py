@@ -24,12 +24,13 @@ import numpy as np
 
 from server.backends import Backend, to_host
 from server.engine_config import EngineConfig
-from server.errors import DeadlineExceeded, InvalidInput, NotServing, Preempted, QueueFull
+from server.errors import DeadlineExceeded, InvalidInput, NotServing, Preempted, QueueFull, QueueTimeout
 from server.jobs import Answer, ExitQueue, Job, Step
 from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
 from server.monitor import ExitMonitor, monitors_from_manifest
 from server.policy import CONTINUED, policy_confidence
+from server.queue_policy import NO_POLICY, QueuePolicy
 from server.repository import ModelInfo
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
@@ -182,6 +183,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
         try:
             job.enqueued = time.monotonic()
             self._push(0, job)
+            timeout_ms = self.queue_policy(level).timeout_ms
+            if timeout_ms > 0:
+                job.queue_timer = self._loop.call_later(timeout_ms / 1000, self._queue_timeout, job)
             try:
                 answer = await job.future
             except asyncio.CancelledError:
@@ -215,9 +219,15 @@ class ModelEngine(SegmentChain, AgreementSampling):
                                f"level ({self.cfg.default_priority_level or levels})")
         return priority
 
+    def queue_policy(self, level: int) -> QueuePolicy:
+        """The queue policy of a priority level (server/queue_policy.py)."""
+        policies = self.cfg.queue_policies
+        return NO_POLICY if policies is None else policies.of(level)
+
     def check_admission(self, n: int = 1, level: int = 1, evict: bool = False) -> None:
-        """Refuse before any work: not serving, or no room for `n` more requests (a request of N images
-        asks for N at once, before any of them is decoded). With priority levels, a full server makes room
+        """Refuse before any work: not serving, no room in the level's queue (its queue policy's max_queue_size),
+        or no room for `n` more requests (a request of N images asks for N at once, before any of them is
+        decoded). With priority levels, a full server makes room
         for a request by evicting as many queued requests of a lower priority (answered RESOURCE_EXHAUSTED;
         _evict says which); `evict=False` only checks that it could."""
         if not self.accepting or self.stopped:
@@ -226,6 +236,16 @@ class ModelEngine(SegmentChain, AgreementSampling):
         if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
             raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
                                "limit): split the request")
+        cap = self.queue_policy(level).max_queue_size
+        if cap:
+            if n > cap:
+                raise InvalidInput(f"{n} images in one request; priority level {level}'s queue holds at most {cap} "
+                                   "(its queue policy's max_queue_size): split the request")
+            # An upper bound: the count includes queued requests whose caller has left (dropped when reached).
+            if self.queues[0].per_level[level] + n > cap:
+                self.metrics.rejections.labels(self.info.name, "level_" + QueueFull.reason).inc()
+                raise QueueFull(f"priority level {level}'s queue is full ({cap} requests waiting for the first exit, "
+                                "its queue policy's max_queue_size); retry with backoff")
         short = self.inflight + n - self.cfg.max_inflight
         if short > 0 and self.cfg.priority_levels > 1 and self._evict(short, level, evict):
             return
@@ -253,6 +273,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 q.remove(mine)
                 self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
         for (_, _, _, job), k in victims:
+            self._stop_queue_timer(job)
             job.released = True
             self._release()
             self.metrics.dropped.labels(self.info.name, str(k), Preempted.reason).inc()
@@ -261,6 +282,33 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 f"request was queued{f' at exit {k}' if k else ''}: its place went to a priority {level} request; "
                 "retry with backoff"))
         return True
+
+    def _queue_timeout(self, job: Job) -> None:
+        """On the loop: `job`'s queue policy timeout passed while it still waited for exit 0 (the timer is stopped
+        when it leaves that queue). `reject`: answered RESOURCE_EXHAUSTED now; `delay`: queued again behind its
+        level's requests that have not timed out, before the next level's."""
+        job.queue_timer = None
+        q = self.queues[0]
+        entry = None if self.stopped or job.future.done() else q.entry_of(job)
+        if entry is None:  # its caller left (dropped when reached) or the engine stopped
+            return
+        q.remove([entry])
+        policy = self.queue_policy(job.priority)
+        if policy.timeout_action == "delay":
+            q.push(job, entry[1], delayed=True)
+            self.metrics.queue_delayed.labels(self.info.name).inc()
+            return
+        self.metrics.queue_depth.labels(self.info.name, "0").set(len(q.heap))
+        self.metrics.dropped.labels(self.info.name, "0", QueueTimeout.reason).inc()
+        job.future.set_exception(QueueTimeout(
+            f"waited {policy.timeout_ms:g} ms for the first exit, priority level {job.priority}'s queue policy "
+            "timeout; retry with backoff or on another replica"))
+
+    @staticmethod
+    def _stop_queue_timer(job: Job) -> None:
+        if job.queue_timer is not None:
+            job.queue_timer.cancel()
+            job.queue_timer = None
 
     def predict_finish(self, k: int, priority: int | None = None) -> float:
         """Seconds until a request joining exit k's queue now has its segment computed. Its own queue is one
@@ -388,9 +436,11 @@ class ModelEngine(SegmentChain, AgreementSampling):
         riding along would make a higher level's batch as slow as a full one (bench/priority.py)."""
         jobs, now = [], time.monotonic()
         while q.heap and len(jobs) < self.cfg.max_batch:
-            if jobs and q.heap[0][0] != jobs[0].priority:
+            if jobs and q.heap[0][-1].priority != jobs[0].priority:
                 break
             job = q.pop()
+            if k == 0:
+                self._stop_queue_timer(job)
             if job.future.done():  # cancelled by the client, or its deadline passed and gRPC gave up on it
                 self.metrics.dropped.labels(self.info.name, str(k), job.drop_reason).inc()
                 continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.queue_policy import QueuePolicies
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -53,3 +55,6 @@ class EngineConfig:
     # queued lower-level one from exit 0 instead of being refused. 1 (the default): no priorities.
     priority_levels: int = 1
     default_priority_level: int = 0  # the level of a request that sends none (or 0); 0 here means the lowest
+    # Each level's queue policy (server/queue_policy.py, Triton's default/priority_queue_policy): a bound on its
+    # requests waiting for exit 0 and a timeout on that wait. None (the default): no bound, no timeout.
+    queue_policies: QueuePolicies | None = None

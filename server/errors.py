@@ -31,6 +31,12 @@ class Preempted(QueueFull):
     reason = "preempted"
 
 
+class QueueTimeout(QueueFull):
+    """Admitted and queued, then refused: its level's queue policy timeout passed before its first segment ran."""
+
+    reason = "queue_timeout"
+
+
 class NotServing(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "draining"

@@ -40,6 +40,7 @@ class Job:
     # Its priority level: 1 is the highest; with --priority-levels 1 (the default) every request is at 1.
     priority: int = 1
     released: bool = False  # its in-flight slot given up already (evicted for a higher-priority request)
+    queue_timer: asyncio.TimerHandle | None = None  # its queue policy's timeout while it waits for exit 0
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
@@ -77,15 +78,17 @@ class Step:
 class ExitQueue:
     """Requests waiting at one exit: highest priority level first, then earliest deadline first, then arrival."""
 
-    heap: list = field(default_factory=list)  # (priority, sort key, seq, job)
+    # (rank, sort key, seq, job); rank: the job's priority level, + 0.5 once its queue policy delayed it (behind
+    # its level's others, before the next level: Triton's DELAY)
+    heap: list = field(default_factory=list)
     per_level: Counter = field(default_factory=Counter)  # queued jobs per priority level
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     busy: bool = False
     busy_batch: int = 0  # requests in the batch computing here while busy (a chain passing through, too)
     running: list = field(default_factory=list)  # the jobs of the batch being computed
 
-    def push(self, job: Job, key: float) -> None:
-        heapq.heappush(self.heap, (job.priority, key, job.seq, job))
+    def push(self, job: Job, key: float, delayed: bool = False) -> None:
+        heapq.heappush(self.heap, (job.priority + 0.5 if delayed else job.priority, key, job.seq, job))
         self.per_level[job.priority] += 1
 
     def pop(self) -> Job:
@@ -108,11 +111,15 @@ class ExitQueue:
 
     def below(self, priority: int) -> list[tuple]:
         """The queued entries of a lower priority than `priority` (a greater level) whose caller still waits."""
-        return [e for e in self.heap if e[0] > priority and not e[-1].future.done()]
+        return [e for e in self.heap if e[-1].priority > priority and not e[-1].future.done()]
+
+    def entry_of(self, job: Job) -> tuple | None:
+        """The queued entry of `job`, or None if it is not queued here."""
+        return next((e for e in self.heap if e[-1] is job), None)
 
     def remove(self, entries: list[tuple]) -> None:
         taken = {id(e[-1]) for e in entries}
         self.heap[:] = [e for e in self.heap if id(e[-1]) not in taken]
         heapq.heapify(self.heap)
         for e in entries:
-            self.per_level[e[0]] -= 1
+            self.per_level[e[-1].priority] -= 1

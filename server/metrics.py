@@ -60,6 +60,8 @@ class Metrics:
                                                     "closed after --idle-timeout-s without a request", registry=r)
         self.dropped = Counter(f"{PREFIX}_dropped", "Admitted requests dropped from a queue before compute",
                                ["model", "exit", "reason"], registry=r)
+        self.queue_delayed = Counter(f"{PREFIX}_queue_delayed", "Requests put behind their level's others when their "
+                                     "queue policy's timeout passed (timeout_action delay)", ["model"], registry=r)
         # A gauge at 1 rather than an Info: Info does not work across processes. Same series name and labels.
         self.model_info = Gauge(f"{PREFIX}_model_info", "Loaded model", ["model", "version", "architecture", "exits",
                                                                          "backend", "precision", "policy_score"],

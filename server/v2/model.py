@@ -135,7 +135,8 @@ def triton_config(engine: ModelEngine) -> dict:
         "output": outputs,
         "dynamic_batching": {"max_queue_delay_microseconds": str(int(cfg.max_queue_delay_ms * 1000)),
                              **({"priority_levels": str(cfg.priority_levels),
-                                 "default_priority_level": str(engine.priority_level(0))} if cfg.priority_levels > 1 else {})},
+                                 "default_priority_level": str(engine.priority_level(0))} if cfg.priority_levels > 1 else {}),
+                             **queue_policy_config(cfg)},
         "parameters": {"exit_layers": {"string_value": ",".join(str(e.layer) for e in info.exits)},
                        "policy_thresholds": {"string_value": ",".join(f"{engine.policy_threshold(e.index):.4g}"
                                                                       for e in info.exits[:-1])},
@@ -143,6 +144,16 @@ def triton_config(engine: ModelEngine) -> dict:
                        "max_images_per_request": {"string_value": str(cfg.max_inflight)},
                        "precision": {"string_value": info.precision}},
     }
+
+
+def queue_policy_config(cfg) -> dict:
+    """The queue policies as Triton's model configuration states them: the default, and each level whose own differs
+    in priority_queue_policy (keys are 64-bit numbers: strings in protobuf JSON)."""
+    policies = cfg.queue_policies
+    if policies is None:
+        return {}
+    own = {str(level): p.triton() for level, p in enumerate(policies.levels, 1) if p != policies.default}
+    return {"default_queue_policy": policies.default.triton(), **({"priority_queue_policy": own} if own else {})}
 
 
 def parse_parameters(params: dict, stream: bool = False) -> tuple[ExitControls, float | None, bool]:

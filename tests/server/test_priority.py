@@ -160,13 +160,17 @@ def test_tritonclient_s_priority_argument_is_honoured_and_checked(two_levels, su
 
 
 def test_triton_s_model_config_and_server_metadata_say_so(two_levels):
+    import tritonclient.grpc as tgrpc
     import tritonclient.http as thttp
 
-    _, _, url = two_levels
+    _, target, url = two_levels
     c = thttp.InferenceServerClient(url)
     batching = c.get_model_config("tiny")["dynamic_batching"]
     assert batching["priority_levels"] == "2" and batching["default_priority_level"] == "2"
     assert "schedule_policy" in c.get_server_metadata()["extensions"]
+    # over gRPC too, parsed by tritonclient's own ModelConfig (it failed INTERNAL: the fields were not in our proto)
+    config = tgrpc.InferenceServerClient(target).get_model_config("tiny").config
+    assert (config.dynamic_batching.priority_levels, config.dynamic_batching.default_priority_level) == (2, 2)
 
 
 def test_a_negative_priority_parameter_is_refused_by_name():
