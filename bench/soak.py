@@ -19,7 +19,8 @@ first 20% of the run) to the end, and its least-squares slope over that part, in
 server (--workers, --recycle-rss-mb in --server-args) is measured with its workers, and its largest worker apart.
 With --priorities N the server runs --priority-levels N and every request carries a random priority 0..N; with a
 small --max-inflight in --server-args, queued requests are then evicted for higher ones (RESOURCE_EXHAUSTED,
-expected): the end reports how many, and that nothing stays counted in flight once the load has ended.
+expected): the end reports how many (and what a --queue-policy in --server-args refused or delayed), and that
+nothing stays counted in flight once the load has ended.
 """
 
 from __future__ import annotations
@@ -321,9 +322,14 @@ def main() -> None:
         families = text_string_to_metric_families(
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode())
         found = [(s.name, s.labels, s.value) for f in families for s in f.samples]
-        evicted = sum(v for n, labels, v in found if n == "auxnet_dropped_total" and labels.get("reason") == "preempted")
+        dropped = lambda reason: sum(v for n, labels, v in found  # noqa: E731
+                                     if n == "auxnet_dropped_total" and labels.get("reason") == reason)
         inflight = sum(v for n, _, v in found if n == "auxnet_inflight_requests")
-        print(f"queued requests evicted for a higher priority: {evicted:.0f}; in flight once the load ended: {inflight:.0f}")
+        delayed = sum(v for n, _, v in found if n == "auxnet_queue_delayed_total")
+        level_full = sum(v for n, labels, v in found if n == "auxnet_rejections_total" and labels.get("reason") == "level_queue_full")
+        print(f"queued requests evicted for a higher priority: {dropped('preempted'):.0f}; queue policies (--queue-policy): "
+              f"{level_full:.0f} refused at a full level, {dropped('queue_timeout'):.0f} refused and {delayed:.0f} delayed "
+              f"at their timeout; in flight once the load ended: {inflight:.0f}")
         print(f"unexpected answers: {len(unexpected)}")
         for u in unexpected[:10]:
             print(f"  {u}")

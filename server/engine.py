@@ -224,34 +224,41 @@ class ModelEngine(SegmentChain, AgreementSampling):
         policies = self.cfg.queue_policies
         return NO_POLICY if policies is None else policies.of(level)
 
-    def check_admission(self, n: int = 1, level: int = 1, evict: bool = False) -> None:
+    def check_admission(self, n: int = 1, level: int = 1, evict: bool = False, per_level: dict[int, int] | None = None) -> None:
         """Refuse before any work: not serving, no room in the level's queue (its queue policy's max_queue_size),
         or no room for `n` more requests (a request of N images asks for N at once, before any of them is
         decoded). With priority levels, a full server makes room
         for a request by evicting as many queued requests of a lower priority (answered RESOURCE_EXHAUSTED;
-        _evict says which); `evict=False` only checks that it could."""
+        _evict says which); `evict=False` only checks that it could. `per_level`: the images of each level when a
+        request's images differ in level (ClassifyBatch); `level` is then their lowest level (its largest number)."""
         if not self.accepting or self.stopped:
             self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
             raise NotServing("server is shutting down or not ready; retry on another replica")
         if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
             raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
                                "limit): split the request")
-        cap = self.queue_policy(level).max_queue_size
-        if cap:
-            if n > cap:
-                raise InvalidInput(f"{n} images in one request; priority level {level}'s queue holds at most {cap} "
-                                   "(its queue policy's max_queue_size): split the request")
-            # An upper bound: the count includes queued requests whose caller has left (dropped when reached).
-            if self.queues[0].per_level[level] + n > cap:
-                self.metrics.rejections.labels(self.info.name, "level_" + QueueFull.reason).inc()
-                raise QueueFull(f"priority level {level}'s queue is full ({cap} requests waiting for the first exit, "
-                                "its queue policy's max_queue_size); retry with backoff")
+        for lv, count in (per_level or {level: n}).items():
+            self._check_level_queue(lv, count)
         short = self.inflight + n - self.cfg.max_inflight
         if short > 0 and self.cfg.priority_levels > 1 and self._evict(short, level, evict):
             return
         if short > 0:
             self.metrics.rejections.labels(self.info.name, QueueFull.reason).inc()
             raise QueueFull(f"server is at capacity ({self.cfg.max_inflight} requests in flight); retry with backoff")
+
+    def _check_level_queue(self, level: int, n: int) -> None:
+        """Refuse `n` more images of `level` beyond its queue policy's max_queue_size (none: no bound)."""
+        cap = self.queue_policy(level).max_queue_size
+        if not cap:
+            return
+        if n > cap:
+            raise InvalidInput(f"{n} images of priority level {level} in one request; its queue holds at most {cap} "
+                               "(its queue policy's max_queue_size): split the request")
+        # An upper bound: the count includes queued requests whose caller has left (dropped when reached).
+        if self.queues[0].per_level[level] + n > cap:
+            self.metrics.rejections.labels(self.info.name, "level_" + QueueFull.reason).inc()
+            raise QueueFull(f"priority level {level}'s queue is full ({cap} requests waiting for the first exit, its "
+                            "queue policy's max_queue_size); retry with backoff")
 
     def _evict(self, count: int, level: int, evict: bool) -> bool:
         """Whether `count` queued requests below `level` make room and, with `evict`, evict them: the lowest

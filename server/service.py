@@ -45,9 +45,10 @@ class EarlyExitServicer(pb_grpc.EarlyExitServiceServicer):
             if not request.requests:
                 raise InvalidInput("ClassifyBatch needs at least one request")
             wanted = Counter(r.model for r in request.requests)
-            for name, n in wanted.items():  # room for every item, before decoding any (at the lowest level asked)
+            for name, n in wanted.items():  # room for every item, before decoding any (evicting for the lowest level asked)
                 engine = self.app.engine_for(name)
-                engine.check_admission(n, max(engine.priority_level(r.priority) for r in request.requests if r.model == name))
+                levels = Counter(engine.priority_level(r.priority) for r in request.requests if r.model == name)
+                engine.check_admission(n, max(levels), per_level=levels)
             prepared = await prepare_all((self._prepare(r, arrival, deadline) for r in request.requests),
                                          lambda i: f"requests[{i}]")
             answers = await asyncio.gather(*(engine.classify(*args) for engine, args, _ in prepared))

@@ -81,7 +81,7 @@ async def test_a_level_s_queue_holds_at_most_max_queue_size_and_the_other_levels
         await asyncio.sleep(0)
         with pytest.raises(QueueFull, match=r"priority level 2's queue is full \(2 requests waiting for the first exit"):
             await engine.classify(x(1), time.monotonic(), None, None, None, None, priority=2)
-        with pytest.raises(InvalidInput, match="3 images in one request; priority level 2's queue holds at most 2"):
+        with pytest.raises(InvalidInput, match="3 images of priority level 2 in one request; its queue holds at most 2"):
             engine.check_admission(3, 2)
         urgent = [ask(1) for _ in range(3)]  # level 1 has no bound of its own
         answers = await asyncio.gather(running, *waiting, *urgent)
@@ -203,5 +203,27 @@ def test_tritonclient_reads_the_policies_over_both_surfaces_and_gets_the_refusal
         assert c.infer("tiny", [inp]).as_numpy("exit_index") is not None
         five = thttp.InferInput("image", [5], "BYTES")
         five.set_data_from_numpy(np.array([png(im) for im in images(5)], dtype=object))
-        with pytest.raises(Exception, match="5 images in one request; priority level 2's queue holds at most 4"):
+        with pytest.raises(Exception, match="5 images of priority level 2 in one request; its queue holds at most 4"):
             c.infer("tiny", [five])
+
+
+def test_a_classify_batch_is_bounded_per_level_by_its_own_items_not_all_of_them_at_its_lowest_level(tiny_repo):
+    import grpc
+
+    from protos.auxnet.v1 import inference_pb2 as pb
+    from server.client import Client
+    from tests.server.conftest import running_server
+    from tests.server.helpers import images, png
+
+    data = [png(im) for im in images(4)]
+    with running_server(tiny_repo, engine=with_policies(2, "2:max_queue_size=2")) as (_, target):
+        with Client(target, retries=0) as c:
+            # three at level 1 (no bound) and one at level 2: was refused as four images against level 2's bound
+            mixed = pb.ClassifyBatchRequest(requests=[pb.ClassifyRequest(encoded=d, priority=p) for d, p in zip(data, (1, 1, 1, 2))])
+            assert len(c.stub.ClassifyBatch(mixed, timeout=30).responses) == 4
+            bulk = pb.ClassifyBatchRequest(requests=[pb.ClassifyRequest(encoded=d, priority=2) for d in data[:3]])
+            with pytest.raises(grpc.RpcError) as e:
+                c.stub.ClassifyBatch(bulk, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == ("3 images of priority level 2 in one request; its queue holds at most 2 (its queue "
+                                 "policy's max_queue_size): split the request")
