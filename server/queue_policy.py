@@ -3,9 +3,9 @@
 A level's policy bounds how its requests wait for their first segment (exit 0's queue: a request that has run a
 segment is executing, as one in a Triton batch is):
 - `max_queue_size`: at most this many of the level's requests wait there; one more is refused on arrival
-  (RESOURCE_EXHAUSTED, reason `queue_full`), so a flood at one level cannot take every in-flight slot;
+  (RESOURCE_EXHAUSTED, `auxnet_rejections_total{reason="level_queue_full"}`), so a flood at one level cannot take every in-flight slot;
 - `timeout_ms`: a request still waiting this long after it was queued is either refused (`reject`, Triton's
-  REJECT: RESOURCE_EXHAUSTED, reason `queue_timeout`), or put behind every request of its level that has not
+  REJECT: RESOURCE_EXHAUSTED, `auxnet_dropped_total{reason="queue_timeout"}`), or put behind every request of its level that has not
   timed out (`delay`, Triton's DELAY: still before the lower levels; served late, maybe never under a flood,
   unless its own deadline ends it first).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACTIONS = ("reject", "delay")
+MAX_QUEUE_SIZE = 2**32 - 1  # Triton's field is a uint32: a larger one could not be stated in its model configuration
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def parse_queue_policy(spec: str) -> tuple[int | None, QueuePolicy]:
 
 def _field(spec: str, key: str, value: str):
     if key == "max_queue_size":
-        if not value.isdigit():
-            raise ValueError(f"{spec!r}: max_queue_size must be a whole number >= 0 (0: no bound); got {value!r}")
+        if not value.isdigit() or int(value) > MAX_QUEUE_SIZE:
+            raise ValueError(f"{spec!r}: max_queue_size must be a whole number in [0, {MAX_QUEUE_SIZE}] (0: no bound); "
+                             f"got {value!r}")
         return int(value)
     if key == "timeout_ms":
         try:
