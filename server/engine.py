@@ -237,8 +237,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
         if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
             raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
                                "limit): split the request")
-        for lv, count in (per_level or {level: n}).items():
-            self._check_level_queue(lv, count)
+        if self.cfg.queue_policies is not None:  # (no per-request work without them)
+            for lv, count in (per_level or {level: n}).items():
+                self._check_level_queue(lv, count)
         short = self.inflight + n - self.cfg.max_inflight
         if short > 0 and self.cfg.priority_levels > 1 and self._evict(short, level, evict):
             return
