@@ -19,6 +19,7 @@ from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
 from server.queue_policy import level_policies
 from server.repository import RepositoryError
+from server.tracing import TraceSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -100,6 +101,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                                         "at --access-log-sample; the file rotates at 64 MiB, 2 kept")
     p.add_argument("--access-log-sample", type=float, default=1.0,
                    help="fraction of successful requests written to the access log (default 1 = all)")
+    p.add_argument("--trace-file", help="write request traces here, Triton's JSON format: per request its queue and "
+                                        "compute times at every exit it passed (server/tracing.py); settings also change "
+                                        "at run time through Triton's trace API (a new file goes beside this one)")
+    p.add_argument("--trace-level", choices=("OFF", "TIMESTAMPS"),
+                   help="OFF, or TIMESTAMPS (the default with --trace-file): turn tracing on later through the API")
+    p.add_argument("--trace-rate", type=int, default=1000, help="trace one request in this many (default 1000)")
+    p.add_argument("--trace-count", type=int, default=-1, help="stop after this many traces (default -1: no limit)")
+    p.add_argument("--trace-log-frequency", type=int, default=0,
+                   help="write every N traces to TRACE_FILE.0, .1, ... (default 0: all to TRACE_FILE at shutdown, at "
+                        "most 10,000 requests' traces held)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the ports (SO_REUSEPORT); metrics summed over them")
     p.add_argument("--recycle-rss-mb", type=float, default=0.0,
@@ -134,7 +145,7 @@ async def serve(args) -> int:
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
-        reuse_port=args.reuse_port)
+        reuse_port=args.reuse_port, trace=args.trace)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
@@ -208,6 +219,11 @@ def main() -> int:
         args.queue_policies = level_policies(args.queue_policy, args.priority_levels)
     except ValueError as e:
         parser.error(f"--queue-policy {e}")
+    try:
+        args.trace = TraceSettings(args.trace_file, args.trace_level or ("TIMESTAMPS" if args.trace_file else "OFF"),
+                                   args.trace_rate, args.trace_count, args.trace_log_frequency)
+    except ValueError as e:
+        parser.error(str(e))
     if args.workers < 1:
         parser.error(f"--workers {args.workers} must be at least 1")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():

@@ -32,6 +32,7 @@ from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images
 from server.service import EarlyExitServicer
 from server.static_batches import static_chain
+from server.tracing import Tracer, TraceSettings
 from server.v2 import grpc_service as v2_grpc
 
 log = logging.getLogger("auxnet.server")
@@ -80,6 +81,7 @@ class ServerConfig:
     access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
+    trace: TraceSettings = TraceSettings()  # request traces (server/tracing.py, Triton's trace extension)
 
 
 class ServerApp:
@@ -108,6 +110,8 @@ class ServerApp:
         self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
         self.token: BearerToken | None = None
         self.access_log: AccessLog | None = None
+        # Trace settings change at run time only where one process serves (a worker's change would be its own).
+        self.tracer = Tracer(cfg.trace, runtime_updates=not cfg.reuse_port)
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
 
@@ -142,6 +146,7 @@ class ServerApp:
         for warning in precision_warnings(info, getattr(backends[0], "device_type", "cpu")):
             log.warning(warning)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
+        engine.tracer = self.tracer if self.cfg.trace.file else None  # without a file tracing can never be on
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
                  len(info.exits), backends[0].name, info.precision,
@@ -315,6 +320,7 @@ class ServerApp:
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
         if self.access_log is not None:
             self.access_log.close()
+        self.tracer.close()
         if self._grpc_log is not None:
             grpc_log.uninstall(self._grpc_log)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")

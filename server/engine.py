@@ -36,6 +36,7 @@ from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
 from server.statistics import ModelStatistics
 from server.thread_gate import ThreadGate
+from server.tracing import Tracer
 
 log = logging.getLogger("auxnet.server")
 
@@ -75,6 +76,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
         self._shadow_wakeup = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no exit has work queued or running
         self._quiet.set()
+        self.tracer: Tracer | None = None  # request traces (server/tracing.py), set by the app when configured
+        self._layers = tuple(e.layer for e in info.exits)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -179,6 +182,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
         job = Job(x, arrival, budget_end, deadline, min_confidence,
                   self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future(),
                   use_policy, progress=progress, priority=level)
+        if self.tracer is not None:
+            job.trace = self.tracer.sample(self.info.name, self.info.version, arrival, budget_ms, level)
         self._admit()
         try:
             job.enqueued = time.monotonic()
@@ -204,6 +209,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
                 job.drop_reason = "deadline" if expired else "cancelled"
                 job.future.cancel()
+            if job.trace is not None:
+                self.tracer.finish(job.trace, job.future, job.drop_reason, self._layers)
 
     def priority_level(self, priority: int) -> int:
         """A request's priority (Triton's schedule-policy `priority`: 0 = the default level, 1 the highest, then
@@ -360,6 +367,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
 
     def _push(self, k: int, job: Job) -> None:
         job.seq = next(self._seq)
+        if job.trace is not None:
+            job.trace.queue(k, time.monotonic())
         q = self.queues[k]
         q.push(job, job.sort_key(self.cfg.undeadlined_due_ms / 1000))
         self.metrics.queue_depth.labels(self.info.name, str(k)).set(len(q.heap))
@@ -482,6 +491,8 @@ class ModelEngine(SegmentChain, AgreementSampling):
         answered = {}
         for i, job in enumerate(step.jobs):
             job.compute_s += step.dt
+            if job.trace is not None:
+                job.trace.segment(k, step.began, step.began + step.dt, step.size, len(step.jobs))
             if job.future.done():
                 continue
             reason = step.reasons[i]

@@ -42,6 +42,13 @@ class NotServing(ServingError):
     reason = "draining"
 
 
+class FailedPrecondition(ServingError):
+    """A request the server's configuration does not allow (e.g. trace settings changed under --workers)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "failed_precondition"
+
+
 class Unauthenticated(ServingError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "unauthenticated"
@@ -53,6 +60,7 @@ class DeadlineExceeded(ServingError):
 
 
 # The same outcomes on the HTTP surface (Open Inference Protocol REST: a JSON body {"error": message}).
-HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.NOT_FOUND: 404,
+HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+               grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.NOT_FOUND: 404,
                grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
                grpc.StatusCode.DEADLINE_EXCEEDED: 504}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.tracing import Trace
+
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
     """(B, classes) logits -> temperature-scaled class probabilities."""
@@ -41,6 +43,7 @@ class Job:
     priority: int = 1
     released: bool = False  # its in-flight slot given up already (evicted for a higher-priority request)
     queue_timer: asyncio.TimerHandle | None = None  # its queue policy's timeout while it waits for exit 0
+    trace: Trace | None = None  # sampled for a request trace (server/tracing.py)
 
     def sort_key(self, undeadlined_due_s: float) -> float:
         """Earliest deadline first; a job with none is due `undeadlined_due_s` after arrival (no starvation)."""
@@ -72,6 +75,7 @@ class Step:
     rows: np.ndarray | None = None  # each job's row of `outputs`; None: job i is row i (see carry_stopped_rows)
     applied: bool = False  # its answers already sent while the chain went on
     progressed: bool = False  # its progressive answers already sent while the chain went on
+    began: float = 0.0  # time.monotonic() when its run started (request traces)
 
 
 @dataclass

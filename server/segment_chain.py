@@ -61,7 +61,7 @@ class SegmentChain:
         try:
             while True:
                 backend = self.backends[k]
-                t0 = time.perf_counter()
+                began, t0 = time.monotonic(), time.perf_counter()
                 try:
                     # IOBinding where the backend has it: chained features stay in the backend's memory.
                     outputs = backend.run_bound(x) if self._binds(backend) else backend.run(x)
@@ -87,7 +87,7 @@ class SegmentChain:
                 if probs is None and stopping:  # budget or max_exit: the answer's
                     probs = calibrated(logits, self.info.exits[k].temperature)
                 size = len(outputs[-1])
-                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, size, rows))
+                steps.append(Step(k, jobs, outputs, probs, reasons, dt, now, size, rows, began=began))
                 nxt = k + 1
                 carry = stopping and not all(r is not None for r in reasons) and self._carries(backend)
                 if (k == self.last or (stopping and not carry) or any(j.future.done() for j in jobs)

@@ -45,11 +45,12 @@ def stop_exit_code(returncode: int) -> int:
 
 
 def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path,
-                access_log: str | None = None) -> list[str]:
+                access_log: str | None = None, trace_file: str | None = None) -> list[str]:
     """The supervisor's own arguments with what each worker must do differently appended (argparse keeps the
-    last value of a repeated option). `access_log`: this worker's own file (rotation by several processes
-    of one file would lose lines)."""
+    last value of a repeated option). `access_log`, `trace_file`: this worker's own files (rotation by several
+    processes of one file would lose lines; trace files are rewritten whole)."""
     own_log = ["--access-log", access_log] if access_log else []
+    own_log += ["--trace-file", trace_file] if trace_file else []
     return [sys.executable, "-m", "server", *argv, "--workers", "1", "--recycle-rss-mb", "0", "--reuse-port", "--port", str(port),
             "--metrics-port", "-1", "--health-port", str(-1 if health_port is None else health_port),
             "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file), *own_log]
@@ -89,7 +90,8 @@ def supervise(args, argv: list[str]) -> int:
         port_file = state / f"worker-{wid}.ports"
         port_file.unlink(missing_ok=True)
         log_file = f"{args.access_log}.{wid}" if args.access_log and args.access_log != "-" else None  # PATH.0, PATH.1, ...
-        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file), env=env)
+        trace_file = f"{args.trace_file}.worker{wid}" if args.trace_file else None  # its FILE.<i> then FILE.worker<id>.<i>
+        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file, trace_file), env=env)
 
     def is_ready(wid: int) -> bool:
         port_file = state / f"worker-{wid}.ports"

@@ -50,6 +50,11 @@ class TritonModelConfigStub:
                 request_serializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.TraceSetting = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/TraceSetting',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.FromString,
+                _registered_method=True)
 
 
 class TritonModelConfigServicer:
@@ -73,6 +78,12 @@ class TritonModelConfigServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceSetting(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TritonModelConfigServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +101,11 @@ def add_TritonModelConfigServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.FromString,
                     response_serializer=protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'TraceSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceSetting,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +189,33 @@ class TritonModelConfig:
             '/auxnet.oip.TritonModelConfig/ModelStreamInfer',
             protos_dot_oip_dot_open__inference__pb2.ModelInferRequest.SerializeToString,
             protos_dot_oip_dot_triton__compat__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/TraceSetting',
+            protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.FromString,
             options,
             channel_credentials,
             insecure,

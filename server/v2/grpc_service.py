@@ -34,7 +34,7 @@ PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive",
 
 def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
-    RPCs and Triton's ModelConfig, ModelStatistics and ModelStreamInfer under the specification's service, and
+    RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer and TraceSetting under the specification's service, and
     each under the name reflection describes. Requests are parsed by server/handlers.py."""
     def protocol(name):
         return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name)
@@ -97,6 +97,22 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             return json_format.ParseDict(stats, triton.ModelStatisticsResponse())
 
         return await guard(self.app, context, request.name, run(), counted=False)
+
+    async def TraceSetting(self, request, context):
+        """Triton's trace extension, not the protocol's: server/tracing.py. No settings: read them."""
+        async def run():
+            name = request.model_name
+            if name:
+                v2.resolve(self.app, name, "")
+            tracer = self.app.tracer
+            if request.settings:
+                now = tracer.update(name, {k: list(v.value) or None for k, v in request.settings.items()})
+            else:
+                now = tracer.settings(name)
+            value = triton.TraceSettingResponse.SettingValue
+            return triton.TraceSettingResponse(settings={k: value(value=v if isinstance(v, list) else [v]) for k, v in now.items()})
+
+        return await guard(self.app, context, request.model_name, run(), counted=False)
 
     async def ModelInfer(self, request, context):
         arrival = time.monotonic()

@@ -6,6 +6,7 @@
     GET  /v2/models/{model}[/versions/{version}]/ready  model readiness (no token)
     GET  /v2/models/{model}[/versions/{version}]/config Triton's model configuration (Triton's clients ask)
     GET  /v2/models[/{model}[/versions/{version}]]/stats Triton's statistics extension (server/statistics.py)
+    GET|POST /v2[/models/{model}]/trace/setting         Triton's trace extension (server/tracing.py)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
@@ -21,6 +22,7 @@ their dependencies) and it parses HTTP, compression and TLS itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -33,6 +35,7 @@ from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, L
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.requests import count, parse_where_cheap
 from server.service import answer_exits
+from server.tracing import setting_values
 from server.v2 import model as v2
 from server.v2.http_codec import encode_response, parse_outputs, parse_request
 
@@ -70,6 +73,9 @@ class OpenInferenceHTTP:
         a.router.add_get("/v2/health/ready", self.ready)
         a.router.add_get("/v2", self.server_metadata)
         a.router.add_get("/v2/models/stats", self.model_stats)  # before /v2/models/{model}, which would take it
+        for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):  # Triton's trace extension
+            a.router.add_get(path, self.trace_setting)
+            a.router.add_post(path, self.trace_setting)
         for base in versioned:
             a.router.add_get(base + "/stats", self.model_stats)
             a.router.add_get(base, self.model_metadata)
@@ -168,6 +174,19 @@ class OpenInferenceHTTP:
         """Triton's statistics extension (server/statistics.py): every model, or the one the path names."""
         return web.json_response(v2.statistics(self.app, request.match_info.get("model", ""),
                                                request.match_info.get("version", "")))
+
+    async def trace_setting(self, request):
+        """Triton's trace extension (server/tracing.py): GET reads, POST {setting: value, ...} changes them."""
+        name = request.match_info.get("model", "")
+        if name:
+            v2.resolve(self.app, name, "")
+        if request.method == "GET":
+            return web.json_response(self.app.tracer.settings(name))
+        try:
+            doc = json.loads(await request.read() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"trace settings: the body is not JSON: {e}") from None
+        return web.json_response(self.app.tracer.update(name, setting_values(doc)))
 
     async def model_ready(self, request):
         engine = self._engine(request)

@@ -1,0 +1,301 @@
+"""Request traces (Triton's trace extension): where each sampled request's time went, exit by exit.
+
+Why: metrics give distributions and the access log gives outcomes, but neither says why one request took 40 ms
+at exit 1. A trace does: when it arrived, when it joined each exit's queue, when each segment run it rode in
+started and ended and how many rows that run computed, where it stopped and why, and its budget. Sampled (one
+request in `trace_rate`), so a busy server can keep tracing at a cost it chooses (bench/RESULTS.md §37).
+
+The format is Triton's (docs/user_guide/trace.md): a JSON array of traces, each with an `id`, `model_name`,
+`model_version` and `timestamps` [{name, ns}] (CLOCK_MONOTONIC nanoseconds, as Triton's steady clock). The
+request's own trace carries Triton's REQUEST_START, QUEUE_START (its first exit's queue), COMPUTE_START (its
+first segment run), COMPUTE_END (its last) and REQUEST_END; every exit it passed is a child trace (`parent_id`,
+as Triton writes an ensemble's composing models) named MODEL.exitK, with that exit's QUEUE_START (absent where
+the request went on within one thread call, never queued there), COMPUTE_START and COMPUTE_END. Early exit's
+own facts are fields beside them: `exit`, `layer`, `stop_reason`, `status`, `budget_ms`, `budget_met`,
+`priority`, and per child `batch_size` (rows computed) and `requests` (requests in that run).
+
+The settings are Triton's too (trace_file, trace_level, trace_rate, trace_count, log_frequency), global or per
+model, from the command line (--trace-*) and at run time through Triton's TraceSetting RPC and
+/v2[/models/NAME]/trace/setting. One difference, for safety: at run time `trace_file` may only name a file in the
+directory of the start-up --trace-file (a bare name), since anyone holding the token could otherwise make the
+server overwrite any file it may write. Tested in tests/server/test_tracing.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from server.errors import FailedPrecondition, InvalidInput, ServingError
+from server.trace_file import TraceFile
+
+log = logging.getLogger("auxnet.server")
+
+LEVELS = ("OFF", "TIMESTAMPS")  # Triton's TENSORS (inputs and outputs in the trace) is not offered here
+DEFAULT_RATE = 1000  # Triton's default: one request in 1000
+SETTINGS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
+BARE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # no separator, no leading dot: stays in its directory
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    file: str | None = None  # where traces go (with log_frequency N: FILE.0, FILE.1, ...)
+    level: str = "OFF"  # OFF or TIMESTAMPS
+    rate: int = DEFAULT_RATE  # trace one request in `rate`
+    count: int = -1  # traces still to collect; -1: no limit (Triton's trace_count)
+    log_frequency: int = 0  # write every N traces to FILE.<i>; 0: hold them and write FILE at shutdown
+
+    def __post_init__(self):
+        check_settings(self)
+
+    def response(self) -> dict:
+        """Triton's trace setting response: every value a string, trace_level a list of them."""
+        return {"trace_file": self.file or "", "trace_level": [self.level], "trace_rate": str(self.rate),
+                "trace_count": str(self.count), "log_frequency": str(self.log_frequency), "trace_mode": "triton"}
+
+
+def check_settings(s: TraceSettings) -> None:
+    if s.level not in LEVELS:
+        extra = " (TENSORS, inputs and outputs in the trace, is not offered here)" if s.level == "TENSORS" else ""
+        raise ValueError(f"trace level {s.level!r} unknown; valid: {', '.join(LEVELS)}{extra}")
+    if s.rate < 1:
+        raise ValueError(f"trace rate {s.rate} must be at least 1 (one request in that many is traced)")
+    if s.count < -1:
+        raise ValueError(f"trace count {s.count} must be -1 (no limit) or the number of traces still to collect")
+    if s.log_frequency < 0:
+        raise ValueError(f"log frequency {s.log_frequency} must be 0 (write at shutdown) or the traces per file")
+    if s.level != "OFF" and not s.file:
+        raise ValueError("tracing needs a trace file: start the server with --trace-file PATH")
+
+
+def _one(name: str, values: list[str]) -> str:
+    if len(values) != 1:
+        raise InvalidInput(f"trace setting {name!r} takes one value, got {len(values)}: {values}")
+    return values[0]
+
+
+def _integer(name: str, text: str, rule: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"trace setting {name!r} must be {rule}; got {text!r}") from None
+
+
+def setting_values(doc) -> dict[str, list[str] | None]:
+    """An HTTP trace setting request's JSON ({name: value | [values] | null}) as the gRPC request's map holds it."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"trace settings must be a JSON object of setting: value, got {type(doc).__name__}")
+    out = {}
+    for name, v in doc.items():
+        if v is None:
+            out[name] = None
+        elif isinstance(v, (str, int)) and not isinstance(v, bool):
+            out[name] = [str(v)]
+        elif isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            out[name] = [str(x) for x in v]
+        else:
+            raise InvalidInput(f"trace setting {name!r}: a string, a list of strings or null; got {json.dumps(v)[:80]}")
+    return out
+
+
+class TraceScope:
+    """The settings that govern one model (or the global ones), with their sampling counter and remaining count."""
+
+    def __init__(self, settings: TraceSettings):
+        self.settings = settings
+        self.seen = 0  # requests that met these settings while tracing was on
+
+
+class Tracer:
+    """Sampling, settings (global and per model) and the files traces are written to. On the event loop only."""
+
+    def __init__(self, startup: TraceSettings, runtime_updates: bool = True):
+        self.startup = startup
+        self.runtime_updates = runtime_updates  # False under --workers: a change would reach one process only
+        self.directory = Path(startup.file).resolve().parent if startup.file else None
+        self.scope = TraceScope(startup)
+        self.models: dict[str, TraceScope] = {}  # models with settings of their own
+        self.files: dict[str, TraceFile] = {}
+        self.ids = itertools.count(1)
+        self.collected = 0
+        self._file_of(startup)
+
+    # --- requests ---------------------------------------------------------------------------------------
+
+    def sample(self, model: str, version: str, arrival: float, budget_ms: float | None, priority: int) -> Trace | None:
+        """A trace for this request, or None (not sampled, tracing off, or its count used up)."""
+        scope = self.models.get(model, self.scope)
+        s = scope.settings
+        if s.level == "OFF" or s.count == 0:
+            return None
+        scope.seen += 1
+        if (scope.seen - 1) % s.rate:
+            return None
+        if s.count > 0:
+            scope.settings = replace(s, count=s.count - 1)
+        return Trace(next(self.ids), model, version, s.file, arrival, budget_ms, priority)
+
+    def finish(self, trace: Trace, future, drop_reason: str, layers: tuple[int, ...]) -> None:
+        """The request is over (answered, failed, or its caller left): write its trace out."""
+        trace.end = time.monotonic()
+        if future.cancelled():
+            trace.status = "DEADLINE_EXCEEDED" if drop_reason == "deadline" else "CANCELLED"
+        elif future.exception() is not None:
+            e = future.exception()
+            trace.status = e.code.name if isinstance(e, ServingError) else "INTERNAL"
+        else:
+            answer = future.result()
+            trace.status, trace.exit, trace.reason, trace.budget_met = "OK", answer.exit_index, answer.reason, answer.budget_met
+            trace.layer = layers[answer.exit_index]
+        file = self.files.get(trace.file)
+        if file is not None:  # None: its file was replaced by a settings change while it ran (written there anyway)
+            file.add(trace.records([next(self.ids) for _ in trace.exits]))
+            self.collected += 1
+
+    # --- settings ---------------------------------------------------------------------------------------
+
+    def settings(self, model: str = "") -> dict:
+        return (self.models.get(model, self.scope) if model else self.scope).settings.response()
+
+    def update(self, model: str, raw: dict[str, list[str] | None]) -> dict:
+        """Apply Triton's trace setting request (`model` "" = global). A setting given None is cleared: a model's
+        then follows the global one again, a global one returns to its start-up value. Returns the settings now."""
+        if not self.runtime_updates:
+            raise FailedPrecondition("trace settings cannot change at run time under --workers or --recycle-rss-mb: "
+                                     "each worker process would take the change alone; restart with --trace-* options")
+        scope = self.models.get(model) if model else self.scope
+        base = scope.settings if scope is not None else self.scope.settings  # a model's first settings copy the global
+        cleared_to = self.scope.settings if model else self.startup
+        new = base
+        try:  # each step's settings are checked (TraceSettings.__post_init__): the first bad value is named
+            for name, values in raw.items():
+                if name not in SETTINGS:
+                    raise InvalidInput(f"unknown trace setting {name!r}; valid: {', '.join(SETTINGS)}")
+                if name == "trace_mode" and values is None:
+                    continue  # one mode: nothing to clear
+                if values is None:
+                    new = replace(new, **{_FIELD[name]: getattr(cleared_to, _FIELD[name])})
+                else:
+                    new = self._set(new, name, values)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        if model and all(v is None for v in raw.values()):
+            self.models.pop(model, None)  # every setting cleared: the model follows the global settings again
+        elif model:
+            self.models[model] = scope if scope is not None else TraceScope(new)
+            self.models[model].settings = new
+        else:
+            self.scope.settings = new
+        self._file_of(new, replaced=base)
+        log.info("trace settings%s: %s", f" of model {model}" if model else "", new.response())
+        return new.response()
+
+    def _set(self, s: TraceSettings, name: str, values: list[str]) -> TraceSettings:
+        if name == "trace_level":
+            levels = [v.upper() for v in values]
+            if len(levels) != 1:
+                raise InvalidInput(f"trace_level takes one of {', '.join(LEVELS)}, got {values}")
+            return replace(s, level=levels[0])
+        value = _one(name, values)
+        if name == "trace_mode":
+            if value != "triton":
+                raise InvalidInput(f"trace_mode {value!r} unknown; valid: triton (OpenTelemetry is not offered here)")
+            return s
+        if name == "trace_file":
+            return replace(s, file=self._runtime_file(value))
+        rules = {"trace_rate": "a whole number, at least 1", "trace_count": "a whole number, -1 or more",
+                 "log_frequency": "a whole number, 0 or more"}
+        return replace(s, **{_FIELD[name]: _integer(name, value, rules[name])})
+
+    def _runtime_file(self, name: str) -> str:
+        if self.directory is None:
+            raise FailedPrecondition("no trace directory: start the server with --trace-file PATH; a trace file set at "
+                                     "run time goes beside it")
+        if not BARE_NAME.fullmatch(name):
+            raise InvalidInput(f"trace_file {name!r} must be a bare file name (letters, digits, '_', '.', '-'; no path, "
+                               f"no leading dot): it is written in {self.directory}, the start-up trace file's directory")
+        return str(self.directory / name)
+
+    def _file_of(self, s: TraceSettings, replaced: TraceSettings | None = None) -> None:
+        """Keep a writer for every file a scope names; a changed file or frequency writes what the old one held
+        (Triton: the file index starts at 0 again when trace_file changes)."""
+        if replaced is not None and replaced.file and (replaced.file, replaced.log_frequency) != (s.file, s.log_frequency):
+            if replaced.file not in self._named_files():
+                old = self.files.pop(replaced.file, None)
+                if old is not None:
+                    old.close(wait=False)
+        if s.file and (s.file not in self.files or self.files[s.file].log_frequency != s.log_frequency):
+            old = self.files.pop(s.file, None)
+            if old is not None:
+                old.close(wait=False)
+            self.files[s.file] = TraceFile(s.file, s.log_frequency)
+
+    def _named_files(self) -> set[str]:
+        return {sc.settings.file for sc in (self.scope, *self.models.values()) if sc.settings.file}
+
+    def close(self) -> None:
+        """At shutdown: write every trace held, and wait for the writes."""
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+_FIELD = {"trace_file": "file", "trace_level": "level", "trace_rate": "rate", "trace_count": "count",
+          "log_frequency": "log_frequency"}
+
+
+@dataclass(eq=False)
+class Trace:
+    """One sampled request, filled in by the engine on the event loop as it moves (server/engine.py)."""
+
+    id: int
+    model: str
+    version: str
+    file: str | None
+    start: float  # time.monotonic() when its handler began
+    budget_ms: float | None
+    priority: int
+    queued: float | None = None  # joined exit 0's queue
+    end: float | None = None
+    status: str = ""
+    exit: int | None = None
+    layer: int | None = None
+    reason: str | None = None
+    budget_met: bool | None = None
+
+    def __post_init__(self):
+        self.exits: dict[int, list] = {}  # exit -> [queue start, compute start, compute end, rows, requests]
+
+    def queue(self, k: int, now: float) -> None:
+        if k == 0:
+            self.queued = now
+        self.exits.setdefault(k, [None, None, None, 0, 0])[0] = now
+
+    def segment(self, k: int, began: float, ended: float, rows: int, requests: int) -> None:
+        e = self.exits.setdefault(k, [None, None, None, 0, 0])
+        e[1:] = [began, ended, rows, requests]
+
+    def records(self, child_ids: list[int]) -> list[dict]:
+        """Triton's trace objects: the request's, then one per exit it reached, with these ids (one per exit)."""
+        runs = [e for _, e in sorted(self.exits.items()) if e[1] is not None]
+        marks = [("REQUEST_START", self.start), ("QUEUE_START", self.queued),
+                 ("COMPUTE_START", runs[0][1] if runs else None), ("COMPUTE_END", runs[-1][2] if runs else None),
+                 ("REQUEST_END", self.end)]
+        own = {"id": self.id, "model_name": self.model, "model_version": self.version, "timestamps": _stamps(marks),
+               "status": self.status, "exit": self.exit, "layer": self.layer, "stop_reason": self.reason,
+               "budget_ms": self.budget_ms, "budget_met": self.budget_met, "priority": self.priority}
+        children = []
+        for child, (k, (queued, began, ended, rows, requests)) in zip(child_ids, sorted(self.exits.items())):
+            children.append({"id": child, "parent_id": self.id, "model_name": f"{self.model}.exit{k}",
+                             "model_version": self.version, "exit": k, "batch_size": rows, "requests": requests,
+                             "timestamps": _stamps([("QUEUE_START", queued), ("COMPUTE_START", began), ("COMPUTE_END", ended)])})
+        return [own, *children]
+
+
+def _stamps(marks: list[tuple[str, float | None]]) -> list[dict]:
+    return [{"name": name, "ns": int(t * 1e9)} for name, t in marks if t is not None]
