@@ -3,10 +3,12 @@
     python -m server.trace_summary TRACE_FILE [TRACE_FILE ...] [--json]
 
 Per model: requests, how they ended (status, stop reason, budgets met), and the phases of a request in
-milliseconds (p50 / p90 / p99 / max): before its first queue (decoding the image), waiting for exit 0, computing,
-and the whole request. Per exit: requests that reached it, how long they waited in its queue (counted only where
-they were queued: a request that ran on within one thread call waited nothing there), its segment run's compute
-time, and the rows those runs computed. Triton's own trace files (no exit children) summarise too, as one exit.
+milliseconds (p50 / p90 / p99 / max): before its first queue (decoding the image), waiting for exit 0,
+computing (first segment run's start to last one's end, waits at deeper exits included), from there to its
+end (the answer applied and the handler resumed on the event loop), and the whole request. Per exit: requests
+that reached it, how long they waited in its queue (counted only where they were queued: a request that ran on
+within one thread call waited nothing there), its segment run's compute time, and the rows those runs
+computed. Triton's own trace files (no exit children) summarise too, as one exit.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+# "answer after compute": from the last segment run's end to the request's end (its answer applied and its handler
+# resumed on the event loop): a busy loop shows here.
 PHASES = (("before queue", "REQUEST_START", "QUEUE_START"), ("wait at exit 0", "QUEUE_START", "COMPUTE_START"),
-          ("compute, all exits", "COMPUTE_START", "COMPUTE_END"), ("request", "REQUEST_START", "REQUEST_END"))
+          ("compute, all exits", "COMPUTE_START", "COMPUTE_END"), ("answer after compute", "COMPUTE_END", "REQUEST_END"),
+          ("request", "REQUEST_START", "REQUEST_END"))
 
 
 def load(paths: list[str]) -> list[dict]:

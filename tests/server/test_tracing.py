@@ -228,7 +228,8 @@ def test_the_summary_adds_up_by_hand():
     m = s["m"]
     assert (m["requests"], m["status"], m["stop_reason"], m["budget"]) == (1, {"OK": 1}, {"confidence": 1}, {"met": 1})
     assert {k: v["p50"] for k, v in m["phases_ms"].items()} == {"before queue": 1.0, "wait at exit 0": 2.0,
-                                                               "compute, all exits": 4.0, "request": 8.0}
+                                                               "compute, all exits": 4.0, "answer after compute": 1.0,
+                                                               "request": 8.0}
     e0, e1 = m["exits"][0], m["exits"][1]
     assert (e0["reached"], e0["queued"], e0["wait_ms"]["p50"], e0["compute_ms"]["p50"], e0["mean_rows"]) == (1, 1, 2.0, 1.0, 4.0)
     assert (e1["reached"], e1["queued"], e1["wait_ms"], e1["compute_ms"]["max"], e1["mean_rows"]) == (1, 0, {"n": 0}, 3.0, 2.0)
