@@ -39,7 +39,8 @@ class Metrics:
                                    "within --inline-compute-ms), not handed to a segment thread", ["model", "exit"],
                                    registry=r)
         self.finish_margin = Gauge(f"{PREFIX}_finish_margin_seconds", "Added to each budget's prediction of the next "
-                                   "segment's finish: a recent high quantile of how late segments finished against it",
+                                   "segment's finish: recent high quantiles of how late segments finished against it and "
+                                   "of how long answers then took to reach their handlers",
                                    ["model"], registry=r, multiprocess_mode="livemax")
         self.tls_expiry = Gauge(f"{PREFIX}_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate in use "
                                 "expires (Unix time; it is reloaded when its files change): alert well before it",

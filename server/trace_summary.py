@@ -24,6 +24,7 @@ import numpy as np
 # resumed on the event loop): a busy loop shows here.
 PHASES = (("before queue", "REQUEST_START", "QUEUE_START"), ("wait at exit 0", "QUEUE_START", "COMPUTE_START"),
           ("compute, all exits", "COMPUTE_START", "COMPUTE_END"), ("answer after compute", "COMPUTE_END", "REQUEST_END"),
+          ("  to the answer set", "COMPUTE_END", "ANSWER_SET"), ("  to the handler", "ANSWER_SET", "REQUEST_END"),
           ("request", "REQUEST_START", "REQUEST_END"))
 
 

@@ -8,7 +8,8 @@ request in `trace_rate`), so a busy server can keep tracing at a cost it chooses
 The format is Triton's (docs/user_guide/trace.md): a JSON array of traces, each with an `id`, `model_name`,
 `model_version` and `timestamps` [{name, ns}] (CLOCK_MONOTONIC nanoseconds, as Triton's steady clock). The
 request's own trace carries Triton's REQUEST_START, QUEUE_START (its first exit's queue), COMPUTE_START (its
-first segment run), COMPUTE_END (its last) and REQUEST_END; every exit it passed is a child trace (`parent_id`,
+first segment run), COMPUTE_END (its last) and REQUEST_END, and ANSWER_SET (its answer set on the event loop;
+from there to REQUEST_END it waits for its handler to resume); every exit it passed is a child trace (`parent_id`,
 as Triton writes an ensemble's composing models) named MODEL.exitK, with that exit's QUEUE_START (absent where
 the request went on within one thread call, never queued there), COMPUTE_START and COMPUTE_END. Early exit's
 own facts are fields beside them: `exit`, `layer`, `stop_reason`, `status`, `budget_ms`, `budget_met`,
@@ -153,7 +154,7 @@ class Tracer:
             trace.status, trace.exit, trace.reason, trace.budget_met = "OK", answer.exit_index, answer.reason, answer.budget_met
             trace.layer = layers[answer.exit_index]
         file = self.files.get(trace.file)
-        if file is not None:  # None: its file was replaced by a settings change while it ran (written there anyway)
+        if file is not None:  # None: a settings change left its file while it ran; that trace is not written
             file.add(trace.text([next(self.ids) for _ in trace.exits]))
             self.collected += 1
 
@@ -233,7 +234,8 @@ class Tracer:
             old = self.files.pop(s.file, None)
             if old is not None:
                 old.close(wait=False)
-            self.files[s.file] = TraceFile(s.file, s.log_frequency)
+            # Only a new file starts at FILE.0 again: a new frequency for the same file must not overwrite its files.
+            self.files[s.file] = TraceFile(s.file, s.log_frequency, index=old.index if old is not None else 0)
 
     def _named_files(self) -> set[str]:
         return {sc.settings.file for sc in (self.scope, *self.models.values()) if sc.settings.file}
@@ -267,6 +269,7 @@ class Trace:
     layer: int | None = None
     reason: str | None = None
     budget_met: bool | None = None
+    answered: float | None = None  # its answer set on the event loop (ANSWER_SET: before its handler resumes)
 
     def __post_init__(self):
         self.exits: dict[int, list] = {}  # exit -> [queue start, compute start, compute end, rows, requests]
@@ -287,7 +290,7 @@ class Trace:
         exits = sorted(self.exits.items())
         runs = [e for _, e in exits if e[1] is not None]
         marks = (("REQUEST_START", self.start), ("QUEUE_START", self.queued), ("COMPUTE_START", runs[0][1] if runs else None),
-                 ("COMPUTE_END", runs[-1][2] if runs else None), ("REQUEST_END", self.end))
+                 ("COMPUTE_END", runs[-1][2] if runs else None), ("ANSWER_SET", self.answered), ("REQUEST_END", self.end))
         model, version = json.dumps(self.model), json.dumps(self.version)
         parts = [f'{{"id":{self.id},"model_name":{model},"model_version":{version},"timestamps":{_stamps(marks)},'
                  f'"status":"{self.status}","exit":{_js(self.exit)},"layer":{_js(self.layer)},'

@@ -11,7 +11,7 @@ from server.engine_config import EngineConfig
 from server.jobs import ExitQueue, Job
 from server.latency import FinishError
 from server.policy import BUDGET
-from tests.server.test_engine import make_engine, x
+from tests.server.test_engine import in_loop, make_engine, x
 
 
 def test_margin_is_the_quantile_of_recent_errors_by_hand():
@@ -66,6 +66,40 @@ def test_the_margin_turns_a_go_on_into_a_budget_stop_and_the_prediction_is_judge
     engine._observe_finish([going_on], now + 0.0035)
     assert engine.finish_error.errors[engine.finish_error.count - 1] == pytest.approx(0.0015)
     assert going_on.predicted_finish is None  # observed once
+
+
+def test_the_answer_lag_margin_adds_to_the_finish_error_margin():
+    engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, finish_margin_quantile=0.9))
+    engine.queues = [ExitQueue() for _ in engine.backends]
+    engine.latency.table[:] = 0.002
+    now = time.monotonic()
+    engine.finish_error.margin_s, engine.finish_error.last_s = 0.0006, now
+    engine.answer_lag.margin_s, engine.answer_lag.last_s = 0.0006, now
+    # 3 ms left: 2 ms + 0.6 ms fits, 2 ms + 0.6 + 0.6 ms does not
+    assert engine._decide(0, [Job(x(1), now, now + 0.003, None, None, 2, Future())], None, [None], now) == [BUDGET]
+    engine.answer_lag.margin_s = 0.0
+    assert engine._decide(0, [Job(x(1), now, now + 0.003, None, None, 2, Future())], None, [None], now) == [None]
+
+
+@in_loop
+async def test_a_budget_is_judged_when_the_answer_reaches_its_handler_and_that_lag_is_observed():
+    engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, finish_margin_quantile=0.9))
+    apply = engine._apply
+
+    def apply_then_block_the_loop(step, last):  # the answer is set, then the loop is busy for 60 ms before the
+        apply(step, last)                       # handler resumes: as a loop full of other requests' work is
+        time.sleep(0.06)
+
+    engine._apply = apply_then_block_the_loop
+    engine.start()
+    arrival = time.monotonic()
+    answer = await engine.classify(x(1), arrival, budget_ms=40, min_confidence=None, max_exit=0, deadline=None)
+    resumed = time.monotonic() - arrival
+    assert answer.exit_index == 0 and answer.budget_met is False  # decided at ~0 ms: it would have said met
+    assert 0.06 <= answer.latency_s <= resumed
+    assert engine.answer_lag.count == 1 and engine.answer_lag.errors[0] >= 0.06
+    misses = engine.metrics.budget_misses.labels("fake")._value.get()
+    assert misses == 1
 
 
 def test_requests_with_only_a_grpc_deadline_are_not_observed():

@@ -53,6 +53,12 @@ def test_bearer_token_on_v2_grpc_and_http_with_probes_open(tiny_repo):
                 with pytest.raises(InferenceServerException) as e:
                     c.get_inference_statistics(MODEL, headers=headers)
                 assert "bearer token" in e.value.message()
+                with pytest.raises(InferenceServerException) as e:  # Triton's trace API writes files: protected
+                    c.get_trace_settings(headers=headers)
+                assert "bearer token" in e.value.message()
+                with pytest.raises(InferenceServerException) as e:
+                    c.update_trace_settings(settings={"trace_rate": "1"}, headers=headers)
+                assert "bearer token" in e.value.message()
             r = c.infer(MODEL, [image_input(module)], headers={"authorization": "Bearer s3cret"})
             assert r.as_numpy("label").shape == (1,)
         status, headers, _ = http(f"http://{url}/v2", "GET")

@@ -46,7 +46,7 @@ async def test_a_trace_follows_a_request_exit_by_exit(tmp_path):
     engine.tracer.close()
     own, *children = read(tmp_path / "t.json")
     assert (own["id"], own["model_name"], own["model_version"]) == (1, "fake", engine.info.version)
-    assert names(own) == ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+    assert names(own) == ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "ANSWER_SET", "REQUEST_END"]
     ns = [t["ns"] for t in own["timestamps"]]
     assert ns == sorted(ns) and ns[-1] - ns[0] < 5e9
     assert (own["status"], own["exit"], own["layer"], own["stop_reason"]) == ("OK", 1, 5, answer.reason) == ("OK", 1, 5, "max_exit")
@@ -85,6 +85,25 @@ async def test_log_frequency_writes_every_n_requests_traces_to_numbered_files(tm
     assert [len(ids) for ids in per_file] == [2, 2, 1]
     assert sorted(sum(per_file, [])) == sum(per_file, [])  # in order of their requests
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "t.json.3").exists()
+
+
+@in_loop
+async def test_a_new_log_frequency_goes_on_numbering_the_files_and_a_new_file_starts_again(tmp_path):
+    engine = traced_engine(tmp_path / "t.json", log_frequency=1)
+    engine.start()
+
+    async def requests(n):
+        for i in range(n):
+            await engine.classify(x(i % 4), time.monotonic(), None, None, 0, None)
+
+    await requests(2)  # t.json.0, t.json.1
+    engine.tracer.update("", {"log_frequency": ["2"]})
+    await requests(2)  # t.json.2: not t.json.0 again
+    engine.tracer.update("", {"trace_file": ["u.json"]})
+    await requests(2)  # u.json.0
+    engine.tracer.close()
+    requests_in = {f.name: len([t for t in read(f) if "parent_id" not in t]) for f in sorted(tmp_path.iterdir())}
+    assert requests_in == {"t.json.0": 1, "t.json.1": 1, "t.json.2": 2, "u.json.0": 2}
 
 
 @in_loop
