@@ -116,14 +116,16 @@ class Tracer:
     """Sampling, settings (global and per model) and the files traces are written to. On the event loop only."""
 
     def __init__(self, startup: TraceSettings, runtime_updates: bool = True):
+        if startup.file:  # one spelling per file: a name set at run time resolves to the same key
+            startup = replace(startup, file=str(Path(startup.file).resolve()))
         self.startup = startup
         self.runtime_updates = runtime_updates  # False under --workers: a change would reach one process only
         self.directory = Path(startup.file).resolve().parent if startup.file else None
         self.scope = TraceScope(startup)
         self.models: dict[str, TraceScope] = {}  # models with settings of their own
         self.files: dict[str, TraceFile] = {}
+        self.next_index: dict[str, int] = {}  # a retired file's next part number
         self.ids = itertools.count(1)
-        self.collected = 0
         self._file_of(startup)
 
     # --- requests ---------------------------------------------------------------------------------------
@@ -156,7 +158,6 @@ class Tracer:
         file = self.files.get(trace.file)
         if file is not None:  # None: a settings change left its file while it ran; that trace is not written
             file.add(trace.text([next(self.ids) for _ in trace.exits]))
-            self.collected += 1
 
     # --- settings ---------------------------------------------------------------------------------------
 
@@ -223,19 +224,21 @@ class Tracer:
         return str(self.directory / name)
 
     def _file_of(self, s: TraceSettings, replaced: TraceSettings | None = None) -> None:
-        """Keep a writer for every file a scope names; a changed file or frequency writes what the old one held
-        (Triton: the file index starts at 0 again when trace_file changes)."""
+        """Keep a writer for every file a scope names; a changed file or frequency writes what the old one held.
+        Triton numbers a file's parts from 0 again when trace_file changes; here a file named again goes on from
+        its last number, so that no trace file of this process is overwritten."""
         if replaced is not None and replaced.file and (replaced.file, replaced.log_frequency) != (s.file, s.log_frequency):
             if replaced.file not in self._named_files():
-                old = self.files.pop(replaced.file, None)
-                if old is not None:
-                    old.close(wait=False)
+                self._retire(replaced.file)
         if s.file and (s.file not in self.files or self.files[s.file].log_frequency != s.log_frequency):
-            old = self.files.pop(s.file, None)
-            if old is not None:
-                old.close(wait=False)
-            # Only a new file starts at FILE.0 again: a new frequency for the same file must not overwrite its files.
-            self.files[s.file] = TraceFile(s.file, s.log_frequency, index=old.index if old is not None else 0)
+            self._retire(s.file)
+            self.files[s.file] = TraceFile(s.file, s.log_frequency, index=self.next_index.get(s.file, 0))
+
+    def _retire(self, path: str) -> None:
+        old = self.files.pop(path, None)
+        if old is not None:
+            old.close(wait=False)
+            self.next_index[path] = old.index
 
     def _named_files(self) -> set[str]:
         return {sc.settings.file for sc in (self.scope, *self.models.values()) if sc.settings.file}

@@ -92,6 +92,12 @@ budget() {  # budget EXTRA-SERVER-FLAGS: appends to $OUT/cost_and_budget.md
   tail -n 4 "$OUT/cost_and_budget.md"
 }
 budget ""
+#    Where that budget's time goes, phase by phase and exit by exit, from the server's own request traces
+#    (bench/trace_budget.py, RESULTS §37: on a CPU the event loop's lag and exit 0's queue; on a GPU unknown).
+timeout --kill-after=10 120 python3 -m bench.trace_budget --budget-ms 5 --concurrency 16 --requests "$REQUESTS" \
+  --server-args "--device $DEVICE --threads $(( cores / 4 > 0 ? cores / 4 : 1 )) --max-batch 64" \
+  --data "${DATA:-samples/cifar10-test}" --per-class "${PER_CLASS:-20}" >> "$OUT/cost_and_budget.md" 2>&1
+tail -n 6 "$OUT/cost_and_budget.md"
 # 4. Calls of 16 images each (ClassifyBatch): the per-call gRPC and scheduling cost shared by 16 (RESULTS §12).
 #    64 clients x 16 images in flight: the server's admission limit raised to match.
 serve "w${BATCH_WORKERS}_16_per_call" "$BATCH_WORKERS" "--max-inflight 1024" "--images-per-request 16"

@@ -101,9 +101,11 @@ async def test_a_new_log_frequency_goes_on_numbering_the_files_and_a_new_file_st
     await requests(2)  # t.json.2: not t.json.0 again
     engine.tracer.update("", {"trace_file": ["u.json"]})
     await requests(2)  # u.json.0
+    engine.tracer.update("", {"trace_file": ["t.json"]})
+    await requests(2)  # t.json.3: a file named again goes on from its last number
     engine.tracer.close()
     requests_in = {f.name: len([t for t in read(f) if "parent_id" not in t]) for f in sorted(tmp_path.iterdir())}
-    assert requests_in == {"t.json.0": 1, "t.json.1": 1, "t.json.2": 2, "u.json.0": 2}
+    assert requests_in == {"t.json.0": 1, "t.json.1": 1, "t.json.2": 2, "t.json.3": 2, "u.json.0": 2}
 
 
 @in_loop
