@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -224,6 +225,10 @@ def main() -> int:
                                    args.trace_rate, args.trace_count, args.trace_log_frequency)
     except ValueError as e:
         parser.error(str(e))
+    if args.trace_file:  # fail now, not at the first write, minutes into serving
+        folder = Path(args.trace_file).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            parser.error(f"--trace-file {args.trace_file}: its folder {folder} does not exist or is not writable")
     if args.workers < 1:
         parser.error(f"--workers {args.workers} must be at least 1")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():

@@ -179,10 +179,15 @@ def test_under_workers_settings_are_fixed_at_start_and_each_worker_has_its_own_f
     assert argv[-2:] == ["--trace-file", "t.json.worker3"]  # argparse keeps the last: the worker's own
 
 
-def test_the_command_refuses_tracing_without_a_file():
-    out = subprocess.run([sys.executable, "-m", "server", "--repo", "nowhere", "--trace-level", "TIMESTAMPS"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "tracing needs a trace file: start the server with --trace-file PATH" in out.stderr
+@pytest.mark.parametrize("flags, says", [
+    (["--trace-level", "TIMESTAMPS"], "tracing needs a trace file: start the server with --trace-file PATH"),
+    (["--trace-file", "/nonexistent-dir/t.json"], "its folder /nonexistent-dir does not exist or is not writable"),
+    (["--trace-file", "t.json", "--trace-rate", "0"], "trace rate 0 must be at least 1"),
+])
+def test_the_command_refuses_bad_trace_options_before_loading_a_model(flags, says):
+    out = subprocess.run([sys.executable, "-m", "server", "--repo", "nowhere", *flags], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and says in out.stderr
 
 
 def wait_for(path, timeout_s=10.0):
