@@ -102,6 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                         "at --access-log-sample; the file rotates at 64 MiB, 2 kept")
     p.add_argument("--access-log-sample", type=float, default=1.0,
                    help="fraction of successful requests written to the access log (default 1 = all)")
+    p.add_argument("--response-cache-mb", type=float, default=0.0,
+                   help="answer an image seen again with the same exit rule from memory, at most this many MB per model "
+                        "(Triton's response cache; answers stopped by a budget are never cached; 0 = off)")
     p.add_argument("--trace-file", help="write request traces here, Triton's JSON format: per request its queue and "
                                         "compute times at every exit it passed (server/tracing.py); settings also change "
                                         "at run time through Triton's trace API (a new file goes beside this one)")
@@ -137,7 +140,7 @@ async def serve(args) -> int:
                             monitor_fraction=args.monitor_fraction,
                             monitor_false_alarm_samples=args.monitor_false_alarm_samples,
                             monitor_adapt=args.monitor_adapt, inline_compute_ms=args.inline_compute_ms,
-                            finish_margin_quantile=args.finish_margin_quantile,
+                            finish_margin_quantile=args.finish_margin_quantile, response_cache_mb=args.response_cache_mb,
                             default_budget_ms=args.default_budget_ms, priority_levels=args.priority_levels,
                             default_priority_level=args.default_priority_level, queue_policies=args.queue_policies,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
@@ -179,7 +182,8 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("poll_s", 0, None), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, None), ("max_connections", 0, None), ("idle_timeout_s", 0, None),
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
-          ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000)]
+          ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000),
+          ("response_cache_mb", 0, 1_048_576)]
 
 
 def image_formats(text: str) -> tuple[str, ...]:

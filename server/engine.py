@@ -32,6 +32,7 @@ from server.monitor import ExitMonitor, monitors_from_manifest
 from server.policy import CONTINUED, policy_confidence
 from server.queue_policy import NO_POLICY, QueuePolicy
 from server.repository import ModelInfo
+from server.response_cache import ResponseCache
 from server.segment_chain import SegmentChain
 from server.shadow import AgreementSampling, ShadowJob
 from server.statistics import ModelStatistics
@@ -79,6 +80,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
         self._shadow_wakeup = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no exit has work queued or running
         self._quiet.set()
+        self.cache = ResponseCache(int(cfg.response_cache_mb * 2**20)) if cfg.response_cache_mb > 0 else None
         self.tracer: Tracer | None = None  # request traces (server/tracing.py), set by the app when configured
         self._layers = tuple(e.layer for e in info.exits)
 
@@ -177,6 +179,16 @@ class ModelEngine(SegmentChain, AgreementSampling):
             return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy,
                                                  priority, progress=progress)
         level = self.priority_level(priority)
+        cache_key = None
+        if self.cache is not None and progress is None and self.accepting and not self.stopped:
+            started = time.monotonic()
+            cache_key = self.cache.key(x, use_policy, min_confidence, self.last if max_exit is None else min(max_exit, self.last),
+                                       tuple(m.scale for m in self.monitors) if self.monitors else ())
+            cached = self.cache.get(cache_key)
+            if cached is not None:  # before admission: a hit takes no slot, queue or compute
+                return self._cached_answer(cached, arrival, started, budget_ms)
+            self.stats.cache_miss.add(time.monotonic() - started)
+            self._metric(self.metrics.cache_lookups, self.info.name, "miss").inc()
         self.check_admission(1, level, evict=True)
         if budget_ms is None and self.cfg.default_budget_ms > 0:
             budget_ms = self.cfg.default_budget_ms
@@ -202,6 +214,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 self.stats.failed(time.monotonic() - arrival)
                 raise
             answer = self._delivered(job, answer)
+            if cache_key is not None:
+                self.cache.put(cache_key, answer.exit_index, answer.probs, answer.reason)
+                self._metric(self.metrics.cache_bytes, self.info.name).set(self.cache.bytes)
             self.stats.answered(answer.latency_s, job.enqueued - arrival, job.compute_s)
             return answer
         finally:
@@ -215,6 +230,22 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 job.future.cancel()
             if job.trace is not None:
                 self.tracer.finish(job.trace, job.future, job.drop_reason, self._layers)
+
+    def _cached_answer(self, cached, arrival: float, started: float, budget_ms: float | None) -> Answer:
+        """A request answered from the response cache (server/response_cache.py): counted as answered, at its exit."""
+        now = time.monotonic()
+        if budget_ms is None and self.cfg.default_budget_ms > 0:
+            budget_ms = self.cfg.default_budget_ms
+        met = budget_ms is None or now <= arrival + budget_ms / 1000
+        name = self.info.name
+        self.stats.cache_hit.add(now - started)
+        self.stats.answered(now - arrival, started - arrival, 0.0)
+        self._metric(self.metrics.cache_lookups, name, "hit").inc()
+        self._metric(self.metrics.exits, name, str(cached.exit_index), cached.reason).inc()
+        self._metric(self.metrics.request_latency, name).observe(now - arrival)
+        if not met:
+            self._metric(self.metrics.budget_misses, name).inc()
+        return Answer(cached.exit_index, cached.probs, cached.reason, now - arrival, met)
 
     def _delivered(self, job: Job, answer: Answer) -> Answer:
         """The answer as its handler resumes: its latency and budget judged now, not when its segment run ended,

@@ -43,6 +43,9 @@ class EngineConfig:
     # Add to each "does the next segment fit the budget" prediction this quantile of how late segments have
     # recently finished against their prediction (server/latency.py FinishError); 0 turns the correction off.
     finish_margin_quantile: float = 0.9
+    # Answer an image seen again with the same exit rule from memory (server/response_cache.py, Triton's response
+    # cache); at most this many MB per model version. 0: off.
+    response_cache_mb: float = 0.0
     # A batch in which some requests stop and the rest go on, with the next exit idle and nobody waiting: run
     # the next segment on the whole batch in place (the stopped requests' rows as padding, their answers sent
     # at once) instead of copying every request's features to the host and queueing the rest. "auto": only

@@ -35,6 +35,10 @@ class Metrics:
                                          ["model", "exit"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per segment run", ["model", "exit"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.cache_lookups = Counter(f"{PREFIX}_response_cache_lookups", "Response cache lookups (--response-cache-mb) "
+                                     "by result: hit (answered from memory) or miss", ["model", "result"], registry=r)
+        self.cache_bytes = Gauge(f"{PREFIX}_response_cache_bytes", "Bytes the response cache holds", ["model"],
+                                 registry=r, multiprocess_mode="livesum")
         self.inline_runs = Counter(f"{PREFIX}_inline_segment_runs", "Segment runs on the event loop's thread (predicted "
                                    "within --inline-compute-ms), not handed to a segment thread", ["model", "exit"],
                                    registry=r)

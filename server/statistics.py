@@ -15,7 +15,9 @@ What each figure counts here (an early-exit server is not Triton, so the units a
 - compute_output: not measured (zeros): responses are built after the engine, per surface.
 - execution_count: segment runs (an image answered at exit k took part in k + 1 of them); batch_stats: those
   runs by batch size, count and compute. So inference_count / execution_count is not a mean batch size here.
-- cache_hit, cache_miss: no response cache (zeros).
+- cache_hit, cache_miss (with --response-cache-mb, server/response_cache.py): lookups that answered from the
+  cache and the time to look up and copy the answer; lookups that missed and their lookup time. A hit also
+  counts in inference_count and success (decode as compute_input, the lookup as queue), never in execution_count.
 Figures are per server process (each of `--workers N` counts its own) and per loaded version: a reload starts
 the new version's from zero, as Triton's are per version.
 """
@@ -50,6 +52,8 @@ class ModelStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=dict)  # segment runs by batch size: their compute
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
 
     def segment_run(self, batch_size: int, seconds: float) -> None:
         self.execution_count += 1
@@ -76,6 +80,6 @@ class ModelStatistics:
                 "inference_stats": {"success": self.success.to_dict(), "fail": self.fail.to_dict(),
                                     "queue": self.queue.to_dict(), "compute_input": self.compute_input.to_dict(),
                                     "compute_infer": self.compute_infer.to_dict(), "compute_output": zero,
-                                    "cache_hit": zero, "cache_miss": zero},
+                                    "cache_hit": self.cache_hit.to_dict(), "cache_miss": self.cache_miss.to_dict()},
                 "batch_stats": [{"batch_size": size, "compute_input": zero, "compute_infer": d.to_dict(),
                                  "compute_output": zero} for size, d in sorted(self.batches.items())]}
