@@ -111,3 +111,15 @@ def test_a_real_server_answers_a_repeated_image_from_the_cache_and_triton_statis
         s = m["inference_stats"]
         assert (s["cache_hit"]["count"], s["cache_miss"]["count"], m["inference_count"]) == (1, 1, 2)
         assert m["execution_count"] == a.exit_index + 1  # only the first was computed
+        # the Open Inference Protocol's outputs from cached (read-only) probabilities: top classes, labels
+        pixels = np.stack(images(2, seed=5))
+        client = thttp.InferenceServerClient(url)
+        outs = []
+        for _ in range(2):
+            inp = thttp.InferInput("pixels", list(pixels.shape), "UINT8")
+            inp.set_data_from_numpy(pixels)
+            r = client.infer(MODEL, [inp], outputs=[thttp.InferRequestedOutput("probabilities", class_count=2),
+                                                    thttp.InferRequestedOutput("label")])
+            outs.append((r.as_numpy("probabilities"), r.as_numpy("label")))
+        assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+        assert app.engines[MODEL].cache.hits >= 3
