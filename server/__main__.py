@@ -183,7 +183,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("max_connection_age_s", 0, None), ("max_connections", 0, None), ("idle_timeout_s", 0, None),
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
           ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000),
-          ("response_cache_mb", 0, 1_048_576)]
+          ("response_cache_mb", 0, 1_000_000)]
 
 
 def image_formats(text: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from server.__main__ import RANGES, check_ranges, get_args_parser
     (["--access-log-sample", "2"], "--access-log-sample 2 must be in [0, 1]"),
     (["--max-connection-age-s", "-1"], "--max-connection-age-s -1 must be at least 0"),
     (["--priority-levels", "0"], "--priority-levels 0 must be in [1, 1000]"),
+    (["--response-cache-mb", "-1"], "--response-cache-mb -1 must be in [0, 1e+06]"),
 ])
 def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
     parser = get_args_parser()
