@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from server.backends import Backend, to_host
+from server.delivery import Delivery
 from server.engine_config import EngineConfig
 from server.errors import DeadlineExceeded, InvalidInput, NotServing, Preempted, QueueFull, QueueTimeout
 from server.jobs import Answer, ExitQueue, Job, Step
@@ -46,7 +47,7 @@ log = logging.getLogger("auxnet.server")
 DEADLINE_SLACK_S = 0.02
 
 
-class ModelEngine(SegmentChain, AgreementSampling):
+class ModelEngine(SegmentChain, AgreementSampling, Delivery):
     def __init__(self, info: ModelInfo, backends: list[Backend], cfg: EngineConfig, metrics: Metrics,
                  executor: ThreadPoolExecutor, threads: int):
         self.info, self.backends, self.cfg, self.metrics, self.executor = info, backends, cfg, metrics, executor
@@ -181,14 +182,9 @@ class ModelEngine(SegmentChain, AgreementSampling):
         level = self.priority_level(priority)
         cache_key = None
         if self.cache is not None and progress is None and self.accepting and not self.stopped:
-            started = time.monotonic()
-            cache_key = self.cache.key(x, use_policy, min_confidence, self.last if max_exit is None else min(max_exit, self.last),
-                                       tuple(m.scale for m in self.monitors) if self.monitors else ())
-            cached = self.cache.get(cache_key)
-            if cached is not None:  # before admission: a hit takes no slot, queue or compute
-                return self._cached_answer(cached, arrival, started, budget_ms)
-            self.stats.cache_miss.add(time.monotonic() - started)
-            self._metric(self.metrics.cache_lookups, self.info.name, "miss").inc()
+            cache_key, hit = self._look_up(x, arrival, budget_ms, min_confidence, max_exit, use_policy)
+            if hit is not None:  # before admission: a hit takes no slot, queue or compute
+                return hit
         self.check_admission(1, level, evict=True)
         if budget_ms is None and self.cfg.default_budget_ms > 0:
             budget_ms = self.cfg.default_budget_ms
@@ -215,8 +211,7 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 raise
             answer = self._delivered(job, answer)
             if cache_key is not None:
-                self.cache.put(cache_key, answer.exit_index, answer.probs, answer.reason)
-                self._metric(self.metrics.cache_bytes, self.info.name).set(self.cache.bytes)
+                self._remember(cache_key, answer)
             self.stats.answered(answer.latency_s, job.enqueued - arrival, job.compute_s)
             return answer
         finally:
@@ -230,41 +225,6 @@ class ModelEngine(SegmentChain, AgreementSampling):
                 job.future.cancel()
             if job.trace is not None:
                 self.tracer.finish(job.trace, job.future, job.drop_reason, self._layers)
-
-    def _cached_answer(self, cached, arrival: float, started: float, budget_ms: float | None) -> Answer:
-        """A request answered from the response cache (server/response_cache.py): counted as answered, at its exit."""
-        now = time.monotonic()
-        if budget_ms is None and self.cfg.default_budget_ms > 0:
-            budget_ms = self.cfg.default_budget_ms
-        met = budget_ms is None or now <= arrival + budget_ms / 1000
-        name = self.info.name
-        self.stats.cache_hit.add(now - started)
-        self.stats.answered(now - arrival, started - arrival, 0.0)
-        self._metric(self.metrics.cache_lookups, name, "hit").inc()
-        self._metric(self.metrics.exits, name, str(cached.exit_index), cached.reason).inc()
-        self._metric(self.metrics.request_latency, name).observe(now - arrival)
-        if not met:
-            self._metric(self.metrics.budget_misses, name).inc()
-        return Answer(cached.exit_index, cached.probs, cached.reason, now - arrival, met)
-
-    def _delivered(self, job: Job, answer: Answer) -> Answer:
-        """The answer as its handler resumes: its latency and budget judged now, not when its segment run ended,
-        which was 0.7 ms (p50) earlier at light load and 2.4 ms saturated on a 2-core CPU (the event loop's lag,
-        RESULTS §37); that lag is observed for the budget decisions of later requests (SegmentChain._decide)."""
-        now = time.monotonic()
-        decided = job.arrival + answer.latency_s
-        answer.latency_s = now - job.arrival
-        name = self.info.name
-        if job.budget_end is not None:
-            answer.budget_met = now <= job.budget_end
-            if self.answer_lag is not None:
-                self.answer_lag.observe(now - decided, now)
-            if not answer.budget_met:
-                self._metric(self.metrics.budget_misses, name).inc()
-        self._metric(self.metrics.request_latency, name).observe(answer.latency_s)
-        if self.cfg.priority_levels > 1:
-            self._metric(self.metrics.priority_latency, name, str(job.priority)).observe(answer.latency_s)
-        return answer
 
     def priority_level(self, priority: int) -> int:
         """A request's priority (Triton's schedule-policy `priority`: 0 = the default level, 1 the highest, then

@@ -153,7 +153,7 @@ class SegmentChain:
         per_level = timed and self.cfg.priority_levels > 1
         levels = {job.priority for job in jobs} if per_level else {None}
         predicted_at = {level: self.predict_finish(k + 1, level) if timed else 0.0 for level in levels}
-        # The finish error's tail, and the answer's way back through the event loop (ModelEngine._delivered).
+        # The finish error's tail, and the answer's way back through the event loop (server/delivery.py).
         margin = self.finish_error.margin(now) + self.answer_lag.margin(now) if timed and self.finish_error is not None else 0.0
         reasons = []
         for i, job in enumerate(jobs):
