@@ -25,7 +25,9 @@ import numpy as np
 from server.policy import CONFIDENCE, FINAL, MAX_EXIT
 
 CACHEABLE = (CONFIDENCE, FINAL, MAX_EXIT)
-ENTRY_OVERHEAD = 400  # bytes per entry beyond its probabilities: key, tuple, dict slot, the array's header
+# Bytes per entry beyond its probabilities' data: the key (digest, shape, scales, the tuple), the entry, the array's
+# header, the ordered dict's slot; 563 B in all with 10 classes measured by tracemalloc (the test holds it to that).
+ENTRY_OVERHEAD = 560
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,22 @@ def test_least_recently_used_goes_first_within_the_byte_bound():
     assert (cache.hits, cache.misses, cache.evictions) == (2, 1, 1)
 
 
+def test_the_byte_bound_counts_at_least_what_an_entry_really_takes():
+    import tracemalloc
+
+    inputs = [np.random.default_rng(i).random((3, 32, 32), dtype=np.float32) for i in range(1000)]
+    cache = ResponseCache(10**9)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i, a in enumerate(inputs):  # keys as the engine makes them: a float rule, monitor scales
+            cache.put(ResponseCache.key(a, False, 0.5 + i / 1e4, 4, (1.0, 0.5, 1.0, 1.0)), 1, np.ones(10, np.float32), FINAL)
+        taken = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert taken / len(inputs) <= cache.bytes / len(inputs) <= 1.25 * taken / len(inputs)
+
+
 def test_a_budget_stop_is_never_cached_and_a_cached_answer_cannot_be_changed():
     cache = ResponseCache(10_000)
     key = ResponseCache.key(x(1), False, 0.5, 2, ())
