@@ -75,8 +75,10 @@ def _write(path: str, texts: list[str]) -> None:
     """In the writer thread: the whole array to a temporary name, then renamed (atomic on POSIX)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("[" + ",".join(texts) + "]")
+        with open(tmp, "w", encoding="utf-8") as f:  # piece by piece: no second copy of a file's worth of text
+            f.write("[")
+            f.writelines(t if i == 0 else "," + t for i, t in enumerate(texts))
+            f.write("]")
         os.replace(tmp, path)
     except OSError as e:
         log.error("trace file %s not written (%d requests' traces lost): %s", path, len(texts), e)
