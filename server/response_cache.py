@@ -26,7 +26,8 @@ from server.policy import CONFIDENCE, FINAL, MAX_EXIT
 
 CACHEABLE = (CONFIDENCE, FINAL, MAX_EXIT)
 # Bytes per entry beyond its probabilities' data: the key (digest, shape, scales, the tuple), the entry, the array's
-# header, the ordered dict's slot; 563 B in all with 10 classes measured by tracemalloc (the test holds it to that).
+# header, the ordered dict's slot; tracemalloc measured 413-563 B in all with 10 classes (the test holds the
+# estimate at or above what it measures).
 ENTRY_OVERHEAD = 560
 
 
