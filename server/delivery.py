@@ -19,14 +19,14 @@ class Delivery:
     """Needs from its host: info, cfg, metrics, stats, last, monitors, cache, answer_lag, _metric."""
 
     def _look_up(self, x: np.ndarray, arrival: float, budget_ms: float | None, min_confidence: float | None,
-                 max_exit: int | None, use_policy: bool) -> tuple[tuple, Answer | None]:
+                 max_exit: int | None, use_policy: bool, level: int) -> tuple[tuple, Answer | None]:
         """(the request's cache key, its answer from the cache or None on a miss)."""
         started = time.monotonic()
         key = self.cache.key(x, use_policy, min_confidence, self.last if max_exit is None else min(max_exit, self.last),
                              tuple(m.scale for m in self.monitors) if self.monitors else ())
         cached = self.cache.get(key)
         if cached is not None:
-            return key, self._cached_answer(cached, arrival, started, budget_ms)
+            return key, self._cached_answer(cached, arrival, started, budget_ms, level)
         self.stats.cache_miss.add(time.monotonic() - started)
         self._metric(self.metrics.cache_lookups, self.info.name, "miss").inc()
         return key, None
@@ -35,7 +35,7 @@ class Delivery:
         self.cache.put(key, answer.exit_index, answer.probs, answer.reason)
         self._metric(self.metrics.cache_bytes, self.info.name).set(self.cache.bytes)
 
-    def _cached_answer(self, cached: Cached, arrival: float, started: float, budget_ms: float | None) -> Answer:
+    def _cached_answer(self, cached: Cached, arrival: float, started: float, budget_ms: float | None, level: int) -> Answer:
         """A request answered from the response cache (server/response_cache.py): counted as answered, at its exit."""
         now = time.monotonic()
         if budget_ms is None and self.cfg.default_budget_ms > 0:
@@ -47,6 +47,8 @@ class Delivery:
         self._metric(self.metrics.cache_lookups, name, "hit").inc()
         self._metric(self.metrics.exits, name, str(cached.exit_index), cached.reason).inc()
         self._metric(self.metrics.request_latency, name).observe(now - arrival)
+        if self.cfg.priority_levels > 1:
+            self._metric(self.metrics.priority_latency, name, str(level)).observe(now - arrival)
         if not met:
             self._metric(self.metrics.budget_misses, name).inc()
         return Answer(cached.exit_index, cached.probs, cached.reason, now - arrival, met)

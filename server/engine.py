@@ -182,7 +182,7 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery):
         level = self.priority_level(priority)
         cache_key = None
         if self.cache is not None and progress is None and self.accepting and not self.stopped:
-            cache_key, hit = self._look_up(x, arrival, budget_ms, min_confidence, max_exit, use_policy)
+            cache_key, hit = self._look_up(x, arrival, budget_ms, min_confidence, max_exit, use_policy, level)
             if hit is not None:  # before admission: a hit takes no slot, queue or compute
                 return hit
         self.check_admission(1, level, evict=True)

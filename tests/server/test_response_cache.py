@@ -104,6 +104,19 @@ async def test_a_repeated_image_is_answered_without_computing_and_counted_as_a_h
 
 
 @in_loop
+async def test_a_hit_counts_in_its_priority_level_s_latency():
+    engine = make_engine(n=3, cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, response_cache_mb=1, priority_levels=2))
+    engine.start()
+    for _ in range(2):
+        await engine.classify(x(2), time.monotonic(), None, None, None, None, use_policy=True, priority=2)
+    assert engine.cache.hits == 1
+    assert engine.metrics.priority_latency.labels("fake", "2")._sum.get() > 0
+    counts = [s.value for s in engine.metrics.priority_latency.collect()[0].samples
+              if s.name.endswith("_count") and s.labels["priority"] == "2"]
+    assert counts == [2.0]  # the computed answer and the hit
+
+
+@in_loop
 async def test_budget_stops_and_progressive_requests_are_not_served_from_the_cache():
     engine = make_engine(n=3, delays=[0.01, 0.0, 0.0], cfg=EngineConfig(max_batch=8, monitor_fraction=0.0, response_cache_mb=1))
     engine.latency.table[:] = 0.05  # every next segment is predicted to take 50 ms: a 20 ms budget stops at exit 0
