@@ -27,7 +27,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", required=True, help="model repository (written by python -m export)")
-    p.add_argument("--model", action="append", default=[], help="load only this model (repeatable)")
+    p.add_argument("--model", action="append", default=[],
+                   help="load only this model at start (repeatable; '*': every one, the default); with "
+                        "--model-control-mode explicit the only models loaded at start (none without --model)")
+    p.add_argument("--model-control-mode", default="poll", choices=["poll", "none", "explicit"],
+                   help="Triton's: poll (default) loads the models at start and switches to a new version published in "
+                        "a model's place (every --poll-s); none: no polling; explicit: Triton's repository API loads and "
+                        "unloads models while serving (server/model_control.py)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")
@@ -134,7 +140,8 @@ async def serve(args) -> int:
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         health_port=None if args.health_port < 0 else args.health_port,
         http_port=None if args.http_port < 0 else args.http_port,
-        models=tuple(args.model), backend=args.backend, device=args.device, static_batches=args.static_batches, threads=args.threads,
+        models=tuple(args.model), model_control=args.model_control_mode, backend=args.backend, device=args.device,
+        static_batches=args.static_batches, threads=args.threads,
         decode_threads=args.decode_threads,
         engine=EngineConfig(args.max_batch, args.max_queue_delay_ms, args.max_inflight, args.shed_late_budgets,
                             monitor_fraction=args.monitor_fraction,

@@ -25,8 +25,10 @@ from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import UnknownModel
 from server.handlers import CorruptMessages, method_handlers
+from server.memory import release_freed_memory
 from server.metrics import Metrics
 from server.metrics_http import start_metrics_server
+from server.model_control import ModelControl
 from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images
@@ -53,7 +55,8 @@ class ServerConfig:
     health_port: int | None = None
     # The Open Inference Protocol's HTTP/REST side (server/v2/http.py). None = off; 0 = pick a free port.
     http_port: int | None = 8000
-    models: tuple[str, ...] = ()  # names to load; empty = every model in the repository
+    models: tuple[str, ...] = ()  # names to load at start; empty = every model ("*" too); explicit mode: empty = none
+    model_control: str = "poll"  # Triton's --model-control-mode: poll, none or explicit (server/model_control.py)
     backend: str = "onnxruntime"
     device: str = "cpu"
     # Pad batches to power-of-two buckets on buffers bound once; on CUDA each bucket's run is a CUDA graph
@@ -114,19 +117,23 @@ class ServerApp:
         self.tracer = Tracer(cfg.trace, runtime_updates=not cfg.reuse_port)
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
+        self.control = ModelControl(self, cfg.model_control)
 
     # --- models ---------------------------------------------------------------------------------------
 
     def load_models(self) -> None:
         """Validate and load every model (blocking; before serving). Raises RepositoryError."""
         dirs = list_models(self.cfg.repo)
-        if self.cfg.models:
+        explicit = self.cfg.model_control == "explicit"
+        if self.cfg.models and "*" not in self.cfg.models:
             names = {d.name: d for d in dirs}
             missing = [m for m in self.cfg.models if m not in names]
             if missing:
                 raise RepositoryError(f"models {missing} not found in {self.cfg.repo}; it holds {sorted(names)}")
             dirs = [names[m] for m in self.cfg.models]
-        if not dirs:
+        elif explicit and not self.cfg.models:
+            dirs = []  # as Triton's explicit mode: only the models named at start, then what the API loads
+        if not dirs and not explicit:
             raise RepositoryError(f"model repository {self.cfg.repo} holds no model (no */manifest.json)")
         for d in dirs:
             self.engines[d.name] = self._load_engine(d)
@@ -175,20 +182,40 @@ class ServerApp:
                     log.error("refusing new version %s of model %s: %s; still serving %s", current.name, name, e,
                               old.info.version)
                     continue
-                new.start()
-                self.engines[name] = new  # the atomic switch: new lookups get the new version
+                self.switch_to(name, new)
                 self.metrics.reloads.labels(name, "ok").inc()
-                log.info("model %s switched from %s to %s", name, old.info.version, new.info.version)
-                task = asyncio.create_task(old.retire(new, settle_s=1.0, timeout_s=self.cfg.grace_s))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+
+    def switch_to(self, name: str, new: ModelEngine) -> None:
+        """Start `new` and serve `name` from it (the atomic switch: new lookups get it); the version it replaces,
+        if any, retires once its admitted requests are answered (requests that looked it up just before are
+        handed on)."""
+        new.start()
+        old = self.engines.get(name)
+        self.engines[name] = new
+        if old is None:
+            log.info("model %s loaded: %s", name, new.info.version)
+            return
+        log.info("model %s switched from %s to %s", name, old.info.version, new.info.version)
+        task = asyncio.create_task(self._retire(old, new))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: ModelEngine, new: ModelEngine) -> None:
+        """The replaced version answers what it admitted, stops, and its memory goes back to the system
+        (server/memory.py: without it, resident memory climbs with every reload)."""
+        await old.retire(new, settle_s=1.0, timeout_s=self.cfg.grace_s)
+        del old
+        await asyncio.sleep(0)  # the callbacks its stopped workers left on the loop hold it: let them run first
+        await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     def default_model_name(self) -> str:
         return next(iter(self.engines)) if len(self.engines) == 1 else ""
 
     def ready(self) -> bool:
-        """Every loaded model is accepting requests (false before start and while draining)."""
-        return not self.draining and bool(self.engines) and all(e.accepting and not e.stopped for e in self.engines.values())
+        """Every loaded model is accepting requests (false before start and while draining). In explicit model
+        control a server with no model loaded is ready, as Triton's: loading is the API's to ask."""
+        explicit = self.cfg.model_control == "explicit"
+        return not self.draining and (bool(self.engines) or explicit) and all(e.accepting and not e.stopped for e in self.engines.values())
 
     def engine_for(self, name: str) -> ModelEngine:
         if not name:
@@ -227,7 +254,7 @@ class ServerApp:
         interceptors = [BearerTokenInterceptor(self.token, self)] if self.token is not None else []
         # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
         # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
-        core_limit = self.cfg.engine.max_inflight * max(1, len(self.engines)) + CORE_HEADROOM_RPCS
+        core_limit = self.cfg.engine.max_inflight * max(1, self._most_models()) + CORE_HEADROOM_RPCS
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         corrupt = CorruptMessages(lambda method: count_images(
             self, "", "INVALID_ARGUMENT", 1, "auxnet.v1" if method.startswith(f"/{SERVICE_NAME}/") else "v2-grpc"))
@@ -270,7 +297,8 @@ class ServerApp:
         for name in ("", SERVICE_NAME, *v2_grpc.SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.cfg.poll_s > 0:
-            self._watch = asyncio.create_task(self._watch_repository())
+            if self.cfg.model_control == "poll":
+                self._watch = asyncio.create_task(self._watch_repository())
             if self.tls is not None or (self.token is not None and self.token.path):
                 self._watch_creds = asyncio.create_task(self._watch_credentials())
         log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
@@ -278,6 +306,12 @@ class ServerApp:
                  f"http://{self.cfg.host}:{self.http_port}/v2" if self.http_port else "off",
                  f"http://{self.cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         return self.port
+
+    def _most_models(self) -> int:
+        """How many models may serve at once: the loaded ones, or in explicit mode every one the repository holds."""
+        if self.cfg.model_control != "explicit":
+            return len(self.engines)
+        return max(len(self.engines), len(list_models(self.cfg.repo)))
 
     async def shutdown(self, grace_s: float | None = None, handoff: bool = False) -> bool:
         """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop.

@@ -68,6 +68,7 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery):
         self._idle.set()
         self.successor: ModelEngine | None = None  # set when a reload replaces this version
         self.stopped = False
+        self.refusal = "server is shutting down or not ready; retry on another replica"  # once not accepting
         self.monitors: list[ExitMonitor] | None = None
         if cfg.monitor_fraction > 0 and self.last > 0:
             self.monitors = monitors_from_manifest(info.manifest["exits"], cfg.monitor_false_alarm_samples)
@@ -254,7 +255,7 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery):
         request's images differ in level (ClassifyBatch); `level` is then their lowest level (its largest number)."""
         if not self.accepting or self.stopped:
             self.metrics.rejections.labels(self.info.name, NotServing.reason).inc()
-            raise NotServing("server is shutting down or not ready; retry on another replica")
+            raise NotServing(self.refusal)
         if n > 1 and n > self.cfg.max_inflight:  # one image is never too many: that is capacity
             raise InvalidInput(f"{n} images in one request; at most {self.cfg.max_inflight} (the server's in-flight "
                                "limit): split the request")

@@ -77,6 +77,9 @@ class Metrics:
                                            ["method"], registry=r)
         self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
                                ["model", "result"], registry=r)
+        self.model_control = Counter(f"{PREFIX}_model_control", "Loads and unloads asked through Triton's repository "
+                                     "API (server/model_control.py): done, or refused", ["model", "action", "result"],
+                                     registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
                                       "Latency model: one segment run at batch 1", ["model", "exit"], registry=r,
                                       multiprocess_mode="livemax")

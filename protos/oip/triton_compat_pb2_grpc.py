@@ -55,6 +55,21 @@ class TritonModelConfigStub:
                 request_serializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.SerializeToString,
                 response_deserializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/RepositoryIndex',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/RepositoryModelLoad',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/RepositoryModelUnload',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
 
 
 class TritonModelConfigServicer:
@@ -84,6 +99,24 @@ class TritonModelConfigServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TritonModelConfigServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +139,21 @@ def add_TritonModelConfigServicer_to_server(servicer, server):
                     servicer.TraceSetting,
                     request_deserializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.FromString,
                     response_serializer=protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +264,87 @@ class TritonModelConfig:
             '/auxnet.oip.TritonModelConfig/TraceSetting',
             protos_dot_oip_dot_triton__compat__pb2.TraceSettingRequest.SerializeToString,
             protos_dot_oip_dot_triton__compat__pb2.TraceSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/RepositoryIndex',
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/RepositoryModelLoad',
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/RepositoryModelUnload',
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,8 @@ PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive",
 
 def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
-    RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer and TraceSetting under the specification's service, and
+    RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer, TraceSetting and repository RPCs under the
+    specification's service, and
     each under the name reflection describes. Requests are parsed by server/handlers.py."""
     def protocol(name):
         return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name)
@@ -46,6 +47,12 @@ def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessa
                         (OWN_SERVICE_NAME, protocol(OWN_SERVICE_NAME)), (TRITON_CONFIG_SERVICE, config(TRITON_CONFIG_SERVICE))):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
         server.add_registered_method_handlers(name, table)
+
+
+def repository_parameters(request) -> dict:
+    """A load or unload request's parameters as Python values (bytes_param as bytes)."""
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
+            for k, v in request.parameters.items()}
 
 
 def _message(descriptor):
@@ -111,6 +118,28 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 now = tracer.settings(name)
             value = triton.TraceSettingResponse.SettingValue
             return triton.TraceSettingResponse(settings={k: value(value=v if isinstance(v, list) else [v]) for k, v in now.items()})
+
+        return await guard(self.app, context, request.model_name, run(), counted=False)
+
+    async def RepositoryIndex(self, request, context):
+        """Triton's model repository extension, not the protocol's: server/model_control.py."""
+        async def run():
+            index = self.app.control.index(request.repository_name, request.ready)
+            return triton.RepositoryIndexResponse(models=[triton.RepositoryIndexResponse.ModelIndex(**m) for m in index])
+
+        return await guard(self.app, context, "", run(), counted=False)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def run():
+            await self.app.control.load(request.model_name, request.repository_name, repository_parameters(request))
+            return triton.RepositoryModelLoadResponse()
+
+        return await guard(self.app, context, request.model_name, run(), counted=False)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def run():
+            await self.app.control.unload(request.model_name, request.repository_name, repository_parameters(request))
+            return triton.RepositoryModelUnloadResponse()
 
         return await guard(self.app, context, request.model_name, run(), counted=False)
 

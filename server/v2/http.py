@@ -7,6 +7,8 @@
     GET  /v2/models/{model}[/versions/{version}]/config Triton's model configuration (Triton's clients ask)
     GET  /v2/models[/{model}[/versions/{version}]]/stats Triton's statistics extension (server/statistics.py)
     GET|POST /v2[/models/{model}]/trace/setting         Triton's trace extension (server/tracing.py)
+    POST /v2/repository/index                           Triton's model repository extension (server/model_control.py)
+    POST /v2/repository/models/{model}/load|unload      (the same)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
@@ -76,6 +78,9 @@ class OpenInferenceHTTP:
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):  # Triton's trace extension
             a.router.add_get(path, self.trace_setting)
             a.router.add_post(path, self.trace_setting)
+        a.router.add_post("/v2/repository/index", self.repository_index)  # Triton's model repository extension
+        a.router.add_post("/v2/repository/models/{model}/load", self.repository_load)
+        a.router.add_post("/v2/repository/models/{model}/unload", self.repository_unload)
         for base in versioned:
             a.router.add_get(base + "/stats", self.model_stats)
             a.router.add_get(base, self.model_metadata)
@@ -188,6 +193,24 @@ class OpenInferenceHTTP:
             raise InvalidInput(f"trace settings: the body is not JSON: {e}") from None
         return web.json_response(self.app.tracer.update(name, setting_values(doc)))
 
+    async def repository_index(self, request):
+        """Triton's model repository extension (server/model_control.py): a JSON array, one object a model."""
+        doc = await _json_object(request, "repository index")
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"repository index: 'ready' must be true or false; got {json.dumps(ready)[:40]}")
+        if set(doc) - {"ready"}:
+            raise InvalidInput(f"repository index: unknown field(s) {sorted(set(doc) - {'ready'})[:8]}; only 'ready'")
+        return web.json_response(self.app.control.index("", ready))
+
+    async def repository_load(self, request):
+        await self.app.control.load(request.match_info["model"], "", await _repository_parameters(request, "load"))
+        return web.json_response({})
+
+    async def repository_unload(self, request):
+        await self.app.control.unload(request.match_info["model"], "", await _repository_parameters(request, "unload"))
+        return web.json_response({})
+
     async def model_ready(self, request):
         engine = self._engine(request)
         if engine.accepting and not engine.stopped:
@@ -247,6 +270,28 @@ class OpenInferenceHTTP:
             exits = answer_exits(answers) if answers is not None else (None, None)
             self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message,
                                        *exits, request_id=request_id)
+
+async def _json_object(request: web.Request, what: str) -> dict:
+    """A small request body as a JSON object ({} when empty)."""
+    try:
+        doc = json.loads(await _read_body(request, BODY_TIMEOUT_S) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{what}: the body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what}: the body must be a JSON object")
+    return doc
+
+
+async def _repository_parameters(request: web.Request, action: str) -> dict:
+    """A load or unload body's "parameters" (Triton's: the body may be empty)."""
+    doc = await _json_object(request, f"model {action}")
+    if set(doc) - {"parameters"}:
+        raise InvalidInput(f"model {action}: unknown field(s) {sorted(set(doc) - {'parameters'})[:8]}; only 'parameters'")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"model {action}: 'parameters' must be a JSON object")
+    return params
+
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body; aiohttp undoes gzip/deflate (tritonclient's request_compression_algorithm) as it reads and

@@ -27,7 +27,8 @@ from server.v2.tensors import BYTES, Tensor
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
 # schedule_policy: the request parameters `priority` (--priority-levels) and `timeout` (a deadline), as Triton's.
-EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification", "schedule_policy", "trace")
+EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification", "schedule_policy", "trace",
+              "model_repository", "model_repository(unload_dependents)")
 # Triton's classification extension: an output requested with the parameter "classification": k comes back as
 # BYTES [N, min(k, classes)], the k highest values of each row as "<value>:<index>:<label>", the value written as
 # C's %f (what Triton's std::to_string gives). Only 'probabilities' holds a value per class.

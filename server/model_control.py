@@ -1,0 +1,203 @@
+"""Triton's model repository extension: which models the repository holds, and loading or unloading them while
+the server runs (gRPC RepositoryIndex / RepositoryModelLoad / RepositoryModelUnload, HTTP POST
+/v2/repository/index and /v2/repository/models/NAME/load|unload; tritonclient's get_model_repository_index,
+load_model, unload_model).
+
+`--model-control-mode`, Triton's names:
+- poll (the default, this server's behaviour before the extension): the models are loaded at start (every one,
+  or --model's); a new version published in a loaded model's place is loaded beside it and switched to
+  (server/app.py's watch, every --poll-s). Unlike Triton's POLL, a model added to or removed from the repository
+  is not loaded or unloaded: a model folder is a symlink that a publish re-points, and a moment without it must
+  not take a model out of service.
+- none: the same without the watch.
+- explicit: at start only --model's models (none without it, every one with '*'), then the API: a load starts
+  a model, or switches a loaded one to the version its folder now points to (beside the old one, which answers
+  what it admitted, as a polled reload); an unload stops admitting the model's requests, answers the admitted
+  ones (within --grace-s) and returns when it is done. Both are refused in the other modes
+  (FAILED_PRECONDITION), and under --workers or --recycle-rss-mb, where each worker process holds its own models
+  and a request reaches only one of them.
+The index answers in every mode: every model of the repository and every loaded one, its version and state.
+Only names the repository holds can be loaded: a name is a folder name under it, never a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from server.errors import FailedPrecondition, InvalidInput, NotServing, UnknownModel
+from server.memory import release_freed_memory
+from server.repository import RepositoryError, list_models
+
+log = logging.getLogger("auxnet.server")
+MODES = ("poll", "none", "explicit")
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+NOT_LOADED = "not loaded"
+
+
+class ModelControl:
+    def __init__(self, app, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"model control mode {mode!r}: choose among {', '.join(MODES)}")
+        self.app = app
+        self.mode = mode
+        self.reasons: dict[str, str] = {}  # model -> why it is not loaded: a failed load, an unload
+        self.busy: dict[str, str] = {}  # model -> LOADING or UNLOADING while that runs
+        self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
+
+    # --- the index ------------------------------------------------------------------------------------
+
+    def index(self, repository: str = "", ready_only: bool = False) -> list[dict]:
+        """Every model the repository holds and every loaded one, by name: {name, version, state, reason}."""
+        self._check_repository(repository)
+        engines = self.app.engines
+        names = sorted(set(self._folders()) | set(engines))
+        entries = []
+        for name in names:
+            engine = engines.get(name)
+            serving = engine is not None and engine.accepting and not engine.stopped
+            if serving:
+                state, reason = READY, ("loading a new version" if self.busy.get(name) == LOADING else "")
+            else:
+                state = self.busy.get(name, UNAVAILABLE)
+                reason = "" if state != UNAVAILABLE else self.reasons.get(name, NOT_LOADED)
+            if ready_only and state != READY:
+                continue
+            entries.append({"name": name, "version": engine.info.version if engine is not None else "",
+                            "state": state, "reason": reason})
+        return entries
+
+    # --- load and unload ------------------------------------------------------------------------------
+
+    async def load(self, name: str, repository: str = "", parameters: dict | None = None) -> None:
+        """Load the model, or switch it to the version its folder points to now. Returns once it serves;
+        a version that fails to load is refused naming why (a loaded one keeps serving)."""
+        self._allowed("load")
+        self._check_repository(repository)
+        _check_parameters("load", parameters or {}, {})
+        await _to_the_end(self._load(name, self._folder(name)))
+
+    async def _load(self, name: str, folder: Path) -> None:
+        async with self._lock(name):
+            old = self.app.engines.get(name)
+            try:
+                current = folder.resolve(strict=True)
+            except OSError as e:
+                raise UnknownModel(f"model {name!r} cannot be read from the repository: {e}") from None
+            if old is not None and old.info.path == current and old.accepting and not old.stopped:
+                log.info("load %s: version %s is loaded already", name, old.info.version)
+                return
+            self.busy[name] = LOADING
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, self.app._load_engine, folder)
+            except Exception as e:  # noqa: BLE001 - any failure refuses this version; nothing else changes
+                why = str(e) if isinstance(e, RepositoryError) else f"{type(e).__name__}: {e}"
+                self.app.metrics.model_control.labels(name, "load", "refused").inc()
+                if old is None:
+                    self.reasons[name] = f"load failed: {why}"
+                kept = f"; still serving version {old.info.version}" if old is not None else ""
+                log.error("load %s refused: %s%s", name, why, kept)
+                raise InvalidInput(f"model {name!r} failed to load: {why}{kept}") from None
+            finally:
+                self.busy.pop(name, None)
+            if self.app.draining:  # shutdown began while it loaded: never start serving then
+                raise NotServing("server is shutting down; the model was not started")
+            self.reasons.pop(name, None)
+            self.app.switch_to(name, new)
+            self.app.metrics.model_control.labels(name, "load", "ok").inc()
+
+    async def unload(self, name: str, repository: str = "", parameters: dict | None = None) -> None:
+        """Stop the model: new requests for it are refused at once (NOT_FOUND), admitted ones are answered
+        within --grace-s (any left then are answered UNAVAILABLE); returns when it has stopped. A model the
+        repository holds that is not loaded: nothing to do, as Triton."""
+        self._allowed("unload")
+        self._check_repository(repository)
+        _check_parameters("unload", parameters or {}, {"unload_dependents": bool})  # no model here has dependents
+        await _to_the_end(self._unload(name))
+
+    async def _unload(self, name: str) -> None:
+        async with self._lock(name):
+            engine = self.app.engines.get(name)
+            if engine is None:
+                if name not in self._folders():
+                    raise UnknownModel(f"model {_shown(name)} is neither loaded nor in the repository; it holds "
+                                       f"{sorted(self._folders())}")
+                return
+            del self.app.engines[name]  # new lookups: not loaded
+            self.busy[name] = UNLOADING
+            engine.refusal = f"model {name!r} is being unloaded"  # requests that looked it up just before
+            version = engine.info.version
+            try:
+                drained = await engine.drain(self.app.cfg.grace_s)
+                await engine.stop()
+            finally:
+                self.busy.pop(name, None)
+            del engine  # its sessions' memory goes back to the system (server/memory.py), once the callbacks
+            await asyncio.sleep(0)  # that its stopped workers left on the loop (they hold it) have run
+            await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
+            self.reasons[name] = "unloaded" if drained else (
+                f"unloaded; requests still in progress after {self.app.cfg.grace_s:g} s were answered UNAVAILABLE")
+            self.app.metrics.model_control.labels(name, "unload", "ok").inc()
+            log.info("model %s (%s) unloaded%s", name, version, "" if drained else " (grace period ran out)")
+
+    # --- checks ---------------------------------------------------------------------------------------
+
+    def _allowed(self, action: str) -> None:
+        if self.mode != "explicit":
+            raise FailedPrecondition(f"model {action} needs --model-control-mode explicit; this server runs in mode "
+                                     f"{self.mode!r}, where its models are fixed at start"
+                                     + (" and new versions are polled" if self.mode == "poll" else ""))
+        if self.app.cfg.reuse_port:
+            raise FailedPrecondition(f"model {action} is refused under --workers and --recycle-rss-mb: each worker "
+                                     "process holds its own models and a request reaches one of them; restart with "
+                                     "the models wanted (--model)")
+
+    def _check_repository(self, repository: str) -> None:
+        repo = self.app.cfg.repo
+        if repository and repository not in (repo, Path(repo).name, str(Path(repo).resolve())):
+            raise InvalidInput(f"repository {_shown(repository)} is not served here; this server serves one, {repo} "
+                               "(leave repository_name empty)")
+
+    def _folders(self) -> dict[str, Path]:
+        try:
+            return {d.name: d for d in list_models(self.app.cfg.repo)}
+        except RepositoryError:  # the repository folder itself went away: the loaded models still serve
+            return {}
+
+    def _folder(self, name: str) -> Path:
+        folders = self._folders()
+        if name not in folders:
+            raise UnknownModel(f"model {_shown(name)} is not in the repository {self.app.cfg.repo}; it holds "
+                               f"{sorted(folders)}")
+        return folders[name]
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+
+async def _to_the_end(operation) -> None:
+    """Run a load or unload to its end even if the caller leaves (a cancelled call, a client's deadline): half an
+    unload would leave a model neither serving nor stopped. Its outcome is then only logged."""
+    task = asyncio.ensure_future(operation)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" warning
+    await asyncio.shield(task)
+
+
+def _check_parameters(action: str, parameters: dict, accepted: dict[str, type]) -> None:
+    """Triton's load takes 'config' (a model configuration to load with) and 'file:...' (the model's files in the
+    request); a model here is its manifest and ONNX files, published by python -m export, so both are refused by
+    name, as is anything else not accepted."""
+    for key, value in parameters.items():
+        if key in accepted:
+            if not isinstance(value, accepted[key]):
+                raise InvalidInput(f"{action} parameter {key!r} must be a {accepted[key].__name__}; got {value!r:.40}")
+            continue
+        if action == "load" and (key == "config" or key.startswith("file:")):
+            raise InvalidInput(f"load parameter {_shown(key)} is not supported: a model here is configured by its "
+                               "manifest.json and files that python -m export publishes into the repository")
+        raise InvalidInput(f"unknown {action} parameter {_shown(key)}; accepted: {sorted(accepted) or 'none'}")
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 64 else name[:64] + "...")
