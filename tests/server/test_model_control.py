@@ -287,3 +287,61 @@ def test_a_version_switched_away_from_is_freed_once_retired(tiny_repo, tmp_path)
         while app._retiring and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not app._retiring and old() is None
+
+
+def test_a_storm_of_loads_and_unloads_with_short_deadlines_leaves_a_consistent_server(tiny_repo, tmp_path):
+    """Eight callers load and unload two models at random, some with deadlines shorter than a load, beside
+    traffic: every call ends OK, NOT_FOUND-free and INTERNAL-free (or DEADLINE_EXCEEDED at the caller), and at
+    the end the index, the model table and the model_info metric agree."""
+    import random
+
+    repo = copy_repo(tiny_repo, tmp_path, names=(MODEL, "other"))
+    names = (MODEL, "other")
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        outcomes, traffic_codes, stop = [], [], threading.Event()
+
+        def storm(seed):
+            rng = random.Random(seed)
+            c = tgrpc.InferenceServerClient(target)
+            for _ in range(12):
+                name, action = rng.choice(names), rng.choice(("load", "unload"))
+                timeout = rng.choice((None, None, 0.05))
+                try:
+                    (c.load_model if action == "load" else c.unload_model)(name, client_timeout=timeout)
+                    outcomes.append("OK")
+                except InferenceServerException as e:
+                    outcomes.append(f"{e.status()}: {e.message()}")
+
+        def traffic():
+            with Client(target, retries=0) as c:
+                while not stop.is_set():
+                    try:
+                        c.classify(GOOD, model=random.choice(names))
+                        traffic_codes.append("OK")
+                    except grpc.RpcError as e:
+                        traffic_codes.append(e.code().name)
+
+        senders = [threading.Thread(target=traffic) for _ in range(2)]
+        callers = [threading.Thread(target=storm, args=(i,)) for i in range(8)]
+        for t in senders + callers:
+            t.start()
+        for t in callers:
+            t.join(120)
+        stop.set()
+        for t in senders:
+            t.join(30)
+        deadline = time.monotonic() + 30  # loads whose caller left finish on their own
+        while (app.control.busy or app._retiring) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.control.busy == {}
+        bad = [o for o in outcomes if o != "OK" and not o.startswith("StatusCode.DEADLINE_EXCEEDED")]
+        assert bad == [] and len(outcomes) == 96
+        assert set(traffic_codes) <= {"OK", "NOT_FOUND", "UNAVAILABLE"}, set(traffic_codes)
+        states = {m["name"]: m["state"] for m in index(tgrpc.InferenceServerClient(target), tgrpc)}
+        assert states == {n: "READY" if n in app.engines else "UNAVAILABLE" for n in names}
+        shown = {s.labels["model"] for f in app.metrics.registry.collect() for s in f.samples
+                 if s.name == "auxnet_model_info" and s.value == 1}
+        assert shown == set(app.engines)
+        for name in app.engines:  # what is loaded serves
+            with Client(target) as c:
+                c.classify(GOOD, model=name)
