@@ -74,6 +74,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the first exit; more are refused), timeout_ms (the longest such wait), timeout_action (reject: "
                         "refuse it; delay: serve it after its level's others), e.g. --queue-policy "
                         "2:max_queue_size=64,timeout_ms=200,timeout_action=delay")
+    p.add_argument("--allow-client-shm", action="store_true",
+                   help="Triton's system shared memory extension: same-host clients register POSIX shared memory and "
+                        "pass tensors through it (off by default: a registration maps any shared memory object the "
+                        "server's user may open; server/shared_memory.py)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--image-formats", type=image_formats, default=FORMATS, metavar="F1,F2,...",
                    help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
@@ -156,7 +160,8 @@ async def serve(args) -> int:
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
-        reuse_port=args.reuse_port, trace=args.trace)
+        reuse_port=args.reuse_port, trace=args.trace, log_level=args.log_level,
+        allow_client_shm=args.allow_client_shm)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
@@ -166,6 +171,7 @@ async def serve(args) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: (handoff.append(True), stop.set()))
     app = ServerApp(cfg)
+    app.log_control.own(tuple(logging.getLogger().handlers))  # basicConfig's: Triton's log_format sets their format
     try:
         app.load_models()
         await app.start()

@@ -25,6 +25,7 @@ from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import UnknownModel
 from server.handlers import CorruptMessages, method_handlers
+from server.log_settings import LogControl
 from server.memory import release_freed_memory
 from server.metrics import Metrics
 from server.metrics_http import start_metrics_server
@@ -33,6 +34,7 @@ from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images
 from server.service import EarlyExitServicer
+from server.shared_memory import SharedMemoryRegistry
 from server.static_batches import static_chain
 from server.tracing import Tracer, TraceSettings
 from server.v2 import grpc_service as v2_grpc
@@ -85,6 +87,8 @@ class ServerConfig:
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
     trace: TraceSettings = TraceSettings()  # request traces (server/tracing.py, Triton's trace extension)
+    allow_client_shm: bool = False  # Triton's system shared memory extension (server/shared_memory.py); same host only
+    log_level: str = "INFO"  # the start of the log settings Triton's logging extension changes (server/log_settings.py)
 
 
 class ServerApp:
@@ -118,6 +122,9 @@ class ServerApp:
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
         self.control = ModelControl(self, cfg.model_control)
+        # Log settings change at run time only where one process serves, as trace settings.
+        self.log_control = LogControl(cfg.log_level, runtime_updates=not cfg.reuse_port)
+        self.shared_memory = SharedMemoryRegistry(cfg.allow_client_shm, runtime_updates=not cfg.reuse_port)
 
     # --- models ---------------------------------------------------------------------------------------
 
@@ -301,6 +308,7 @@ class ServerApp:
                 self._watch = asyncio.create_task(self._watch_repository())
             if self.tls is not None or (self.token is not None and self.token.path):
                 self._watch_creds = asyncio.create_task(self._watch_credentials())
+        self.log_control.install()  # last: a start that fails leaves the process's logging as it was
         log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
                  self.cfg.host, self.port, v2_grpc.SPEC_SERVICE_NAME,
                  f"http://{self.cfg.host}:{self.http_port}/v2" if self.http_port else "off",
@@ -355,6 +363,8 @@ class ServerApp:
         if self.access_log is not None:
             self.access_log.close()
         self.tracer.close()
+        self.log_control.close()
+        self.shared_memory.close()
         if self._grpc_log is not None:
             grpc_log.uninstall(self._grpc_log)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")

@@ -70,6 +70,26 @@ class TritonModelConfigStub:
                 request_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.SerializeToString,
                 response_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
+        self.LogSettings = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/LogSettings',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.LogSettingsRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.LogSettingsResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryStatus = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/SystemSharedMemoryStatus',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryRegister = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/SystemSharedMemoryRegister',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterResponse.FromString,
+                _registered_method=True)
+        self.SystemSharedMemoryUnregister = channel.unary_unary(
+                '/auxnet.oip.TritonModelConfig/SystemSharedMemoryUnregister',
+                request_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                response_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterResponse.FromString,
+                _registered_method=True)
 
 
 class TritonModelConfigServicer:
@@ -117,6 +137,30 @@ class TritonModelConfigServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryRegister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TritonModelConfigServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +198,26 @@ def add_TritonModelConfigServicer_to_server(servicer, server):
                     servicer.RepositoryModelUnload,
                     request_deserializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.FromString,
                     response_serializer=protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.SerializeToString,
+            ),
+            'LogSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogSettings,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.LogSettingsRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.LogSettingsResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryStatus,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryRegister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryRegister,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterResponse.SerializeToString,
+            ),
+            'SystemSharedMemoryUnregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemSharedMemoryUnregister,
+                    request_deserializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterRequest.FromString,
+                    response_serializer=protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +409,114 @@ class TritonModelConfig:
             '/auxnet.oip.TritonModelConfig/RepositoryModelUnload',
             protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadRequest.SerializeToString,
             protos_dot_oip_dot_triton__compat__pb2.RepositoryModelUnloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/LogSettings',
+            protos_dot_oip_dot_triton__compat__pb2.LogSettingsRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.LogSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/SystemSharedMemoryStatus',
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryRegister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/SystemSharedMemoryRegister',
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryRegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemSharedMemoryUnregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auxnet.oip.TritonModelConfig/SystemSharedMemoryUnregister',
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            protos_dot_oip_dot_triton__compat__pb2.SystemSharedMemoryUnregisterResponse.FromString,
             options,
             channel_credentials,
             insecure,

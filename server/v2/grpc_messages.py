@@ -26,30 +26,59 @@ def requested_outputs(request) -> list[tuple[str, int | None]]:
                              if "classification" in o.parameters else (o.name, None) for o in request.outputs])
 
 
-def infer_response(engine, request_id: str, out: list[Tensor], parameters: dict | None = None) -> oip.ModelInferResponse:
-    """A ModelInferResponse of these output tensors, in raw form (as Triton answers); `parameters`: booleans."""
+def output_targets(request, shm) -> dict:
+    """Output name -> where its bytes go in shared memory, for the outputs whose parameters name a region."""
+    targets = {}
+    for o in request.outputs:
+        where = shm.target(o.name[:64], request_parameters(o)) if "shared_memory_region" in o.parameters or any(
+            k in o.parameters for k in ("shared_memory_byte_size", "shared_memory_offset")) else None
+        if where is not None:
+            targets[o.name] = where
+    return targets
+
+
+def infer_response(engine, request_id: str, out: list[Tensor], parameters: dict | None = None,
+                   shared: dict | None = None) -> oip.ModelInferResponse:
+    """A ModelInferResponse of these output tensors, in raw form (as Triton answers); `parameters`: booleans.
+    `shared`: outputs already written to shared memory (name -> their parameters): their raw entry stays empty
+    (tritonclient finds an output's raw bytes by its position) and they carry those parameters."""
+    shared = shared or {}
     response = oip.ModelInferResponse(
         model_name=engine.info.name, model_version=engine.info.version, id=request_id,
         outputs=[oip.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=list(t.shape))
                  for t in out],
-        raw_output_contents=[to_raw(t) for t in out])
+        raw_output_contents=[b"" if t.name in shared else to_raw(t) for t in out])
+    for tensor in response.outputs:
+        for key, value in shared.get(tensor.name, {}).items():
+            if isinstance(value, str):
+                tensor.parameters[key].string_param = value
+            else:
+                tensor.parameters[key].int64_param = value
     for key, value in (parameters or {}).items():
         response.parameters[key].bool_param = value
     return response
 
 
-def request_inputs(request) -> list[Tensor]:
-    """The input tensors of a ModelInferRequest, raw or typed, checked against their declared shapes."""
+def request_inputs(request, shm=None) -> list[Tensor]:
+    """The input tensors of a ModelInferRequest, raw, typed or in a registered shared memory region (`shm`,
+    server/shared_memory.py), checked against their declared shapes."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
-    out = []
+    shared = [shm.read(t.name[:64], request_parameters(t)) if shm is not None and "shared_memory_region" in t.parameters
+              else None for t in request.inputs]
+    in_message = sum(b is None for b in shared)
+    if raw and len(raw) != in_message:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {in_message} inputs not in shared memory; "
+                           "send one per such input, in order")
+    out, next_raw = [], 0
     for i, t in enumerate(request.inputs):
         name = t.name[:64]  # for messages: no valid input name is longer
-        if raw:
+        if shared[i] is not None or raw:
             if t.HasField("contents"):
-                raise InvalidInput(f"input '{name}' sets contents while raw_input_contents is used; use one form")
-            out.append(from_raw(name, t.datatype, t.shape, raw[i]))
+                form = "shared memory" if shared[i] is not None else "raw_input_contents"
+                raise InvalidInput(f"input '{name}' sets contents while {form} is used; use one form")
+            if shared[i] is None:
+                next_raw += 1
+            out.append(from_raw(name, t.datatype, t.shape, shared[i] if shared[i] is not None else raw[next_raw - 1]))
             continue
         check_header(name, t.datatype, t.shape)
         field = CONTENTS_FIELD.get(t.datatype)

@@ -15,12 +15,13 @@ from protos.oip import open_inference_pb2 as oip
 from protos.oip import open_inference_pb2_grpc as oip_grpc
 from protos.oip import triton_compat_pb2 as triton
 from server import __version__
+from server.errors import InvalidInput
 from server.handlers import CorruptMessages, method_handlers
 from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
 from server.v2 import stream
-from server.v2.grpc_messages import infer_response, request_inputs, request_parameters, requested_outputs
+from server.v2.grpc_messages import infer_response, output_targets, request_inputs, request_parameters, requested_outputs
 from server.v2.tensors import Tensor
 
 SPEC_SERVICE_NAME = "inference.GRPCInferenceService"  # the path every Open Inference Protocol client calls
@@ -55,6 +56,13 @@ def repository_parameters(request) -> dict:
             for k, v in request.parameters.items()}
 
 
+def _setting_value(cls, v):
+    """A log setting's value in Triton's oneof: bool, uint32 or string."""
+    if isinstance(v, bool):
+        return cls(bool_param=v)
+    return cls(uint32_param=v) if isinstance(v, int) else cls(string_param=v)
+
+
 def _message(descriptor):
     """The generated class of a message type, whichever of our two proto modules defines it."""
     module = oip if descriptor.file.name == oip.DESCRIPTOR.name else triton
@@ -78,7 +86,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return oip.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
-        return oip.ServerMetadataResponse(name=v2.SERVER_NAME, version=__version__, extensions=list(v2.EXTENSIONS))
+        return oip.ServerMetadataResponse(name=v2.SERVER_NAME, version=__version__, extensions=v2.extensions(self.app))
 
     async def ModelMetadata(self, request, context):
         async def run():
@@ -143,6 +151,44 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
         return await guard(self.app, context, request.model_name, run(), counted=False)
 
+    async def SystemSharedMemoryStatus(self, request, context):
+        """Triton's system shared memory extension, not the protocol's: server/shared_memory.py."""
+        async def run():
+            status = triton.SystemSharedMemoryStatusResponse.RegionStatus
+            return triton.SystemSharedMemoryStatusResponse(
+                regions={r["name"]: status(**r) for r in self.app.shared_memory.status(request.name)})
+
+        return await guard(self.app, context, "", run(), counted=False)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def run():
+            self.app.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            return triton.SystemSharedMemoryRegisterResponse()
+
+        return await guard(self.app, context, "", run(), counted=False)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def run():
+            self.app.shared_memory.unregister(request.name)
+            return triton.SystemSharedMemoryUnregisterResponse()
+
+        return await guard(self.app, context, "", run(), counted=False)
+
+    async def LogSettings(self, request, context):
+        """Triton's logging extension, not the protocol's: server/log_settings.py. No settings: read them."""
+        async def run():
+            control = self.app.log_control
+            changes = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.settings.items()
+                       if v.WhichOneof("parameter_choice")}
+            if len(changes) < len(request.settings):
+                empty = sorted(set(request.settings) - set(changes))[:4]
+                raise InvalidInput(f"log settings {empty} carry no value")
+            now = control.update(changes) if changes else control.settings()
+            value = triton.LogSettingsResponse.SettingValue
+            return triton.LogSettingsResponse(settings={k: _setting_value(value, v) for k, v in now.items()})
+
+        return await guard(self.app, context, "", run(), counted=False)
+
     async def ModelInfer(self, request, context):
         arrival = time.monotonic()
         remaining = context.time_remaining()
@@ -155,12 +201,16 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             params = request_parameters(request)
             controls, timeout_s, _ = v2.parse_parameters(params)
             end = v2.earliest(deadline, None if timeout_s is None else arrival + timeout_s)
-            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: request_inputs(request))
+            shm = self.app.shared_memory
+            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: request_inputs(request, shm))
             parsed.extend(inputs)
             requested = requested_outputs(request)
+            targets = output_targets(request, shm)
             answers = await v2.infer(self.app, engine, inputs, controls, arrival, end)
             answered.extend(answers)
-            return infer_response(engine, request.id, v2.outputs(engine, answers, requested))
+            tensors = v2.outputs(engine, answers, requested)
+            shared = v2.place_in_shared_memory(shm, tensors, targets) if targets else None
+            return infer_response(engine, request.id, tensors, shared=shared)
 
         return await guard(self.app, context, request.model_name, run(), images=lambda: v2.image_count(parsed),
                            method="ModelInfer", surface="v2-grpc", answers=lambda: answered, request_id=request.id)

@@ -7,6 +7,9 @@
     GET  /v2/models/{model}[/versions/{version}]/config Triton's model configuration (Triton's clients ask)
     GET  /v2/models[/{model}[/versions/{version}]]/stats Triton's statistics extension (server/statistics.py)
     GET|POST /v2[/models/{model}]/trace/setting         Triton's trace extension (server/tracing.py)
+    GET|POST /v2/logging                                Triton's logging extension (server/log_settings.py)
+    GET  /v2/systemsharedmemory[/region/{r}]/status     Triton's system shared memory extension (server/shared_memory.py)
+    POST /v2/systemsharedmemory/region/{r}/register, /v2/systemsharedmemory[/region/{r}]/unregister
     POST /v2/repository/index                           Triton's model repository extension (server/model_control.py)
     POST /v2/repository/models/{model}/load|unload      (the same)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
@@ -39,7 +42,7 @@ from server.requests import count, parse_where_cheap
 from server.service import answer_exits
 from server.tracing import setting_values
 from server.v2 import model as v2
-from server.v2.http_codec import encode_response, parse_outputs, parse_request
+from server.v2.http_codec import encode_response, output_targets, parse_outputs, parse_request
 
 log = logging.getLogger("auxnet.server")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # and every .../ready: probes carry no credentials
@@ -78,6 +81,12 @@ class OpenInferenceHTTP:
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):  # Triton's trace extension
             a.router.add_get(path, self.trace_setting)
             a.router.add_post(path, self.trace_setting)
+        for base in ("/v2/systemsharedmemory", "/v2/systemsharedmemory/region/{region}"):  # server/shared_memory.py
+            a.router.add_get(base + "/status", self.shm_status)
+            a.router.add_post(base + "/unregister", self.shm_unregister)
+        a.router.add_post("/v2/systemsharedmemory/region/{region}/register", self.shm_register)
+        a.router.add_get("/v2/logging", self.log_settings)  # Triton's logging extension
+        a.router.add_post("/v2/logging", self.log_settings)
         a.router.add_post("/v2/repository/index", self.repository_index)  # Triton's model repository extension
         a.router.add_post("/v2/repository/models/{model}/load", self.repository_load)
         a.router.add_post("/v2/repository/models/{model}/unload", self.repository_unload)
@@ -162,7 +171,7 @@ class OpenInferenceHTTP:
         return error_response(503, "server is shutting down or not ready")
 
     async def server_metadata(self, request):
-        return web.json_response({"name": v2.SERVER_NAME, "version": __version__, "extensions": list(v2.EXTENSIONS)})
+        return web.json_response({"name": v2.SERVER_NAME, "version": __version__, "extensions": v2.extensions(self.app)})
 
     def _engine(self, request):
         """The model the path names (UnknownModel: 404 through _guard)."""
@@ -192,6 +201,34 @@ class OpenInferenceHTTP:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InvalidInput(f"trace settings: the body is not JSON: {e}") from None
         return web.json_response(self.app.tracer.update(name, setting_values(doc)))
+
+    async def shm_status(self, request):
+        """Triton's system shared memory extension (server/shared_memory.py): every region, or the one named."""
+        return web.json_response(self.app.shared_memory.status(request.match_info.get("region", "")))
+
+    async def shm_register(self, request):
+        doc = await _json_object(request, "shared memory register")
+        fields = {"key": str, "offset": int, "byte_size": int}
+        for key, kind in fields.items():
+            value = doc.get(key, 0 if key == "offset" else None)
+            if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
+                raise InvalidInput(f"shared memory register: '{key}' must be {'a string' if kind is str else 'a whole number >= 0'}"
+                                   f"; got {json.dumps(value)[:40]}")
+        if set(doc) - set(fields):
+            raise InvalidInput(f"shared memory register: unknown field(s) {sorted(set(doc) - set(fields))[:8]}")
+        self.app.shared_memory.register(request.match_info["region"], doc["key"], doc.get("offset", 0), doc["byte_size"])
+        return web.json_response({})
+
+    async def shm_unregister(self, request):
+        self.app.shared_memory.unregister(request.match_info.get("region", ""))
+        return web.json_response({})
+
+    async def log_settings(self, request):
+        """Triton's logging extension (server/log_settings.py): GET reads, POST {setting: value, ...} changes them."""
+        control = self.app.log_control
+        if request.method == "GET":
+            return web.json_response(control.settings())
+        return web.json_response(control.update(await _json_object(request, "log settings")))
 
     async def repository_index(self, request):
         """Triton's model repository extension (server/model_control.py): a JSON array, one object a model."""
@@ -233,7 +270,8 @@ class OpenInferenceHTTP:
             if not engine.accepting or engine.stopped:
                 engine.check_admission()  # draining: refuse before reading the body
             body = await _read_body(request, self.body_timeout_s)
-            doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers))
+            shm = self.app.shared_memory
+            doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers, shm))
             images = v2.image_count(inputs)
             request_id = str(doc["id"]) if doc.get("id") is not None else None
             params = doc.get("parameters") or {}
@@ -241,9 +279,12 @@ class OpenInferenceHTTP:
                 raise InvalidInput("'parameters' must be a JSON object")
             controls, timeout_s, binary_all = v2.parse_parameters(params)
             requested, binary_names = parse_outputs(doc, binary_all)
+            targets = output_targets(doc, shm)
             answers = await v2.infer(self.app, engine, inputs, controls, arrival,
                                      arrival + timeout_s if timeout_s is not None else None)
-            response = encode_response(engine, doc.get("id"), v2.outputs(engine, answers, requested), binary_names)
+            tensors = v2.outputs(engine, answers, requested)
+            shared = v2.place_in_shared_memory(shm, tensors, targets) if targets else None
+            response = encode_response(engine, doc.get("id"), tensors, binary_names, shared)
         except ServingError as e:
             self._outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))

@@ -18,9 +18,9 @@ from server.v2.tensors import BYTES, DTYPES, Tensor, check_header, from_raw, fro
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def parse_request(body: bytes, headers) -> tuple[dict, list[Tensor]]:
+def parse_request(body: bytes, headers, shm=None) -> tuple[dict, list[Tensor]]:
     doc, binary = parse_body(body, headers)
-    return doc, parse_inputs(doc, binary)
+    return doc, parse_inputs(doc, binary, shm)
 
 
 def parse_body(body: bytes, headers) -> tuple[dict, memoryview]:
@@ -45,7 +45,9 @@ def parse_body(body: bytes, headers) -> tuple[dict, memoryview]:
     return doc, memoryview(binary)
 
 
-def parse_inputs(doc: dict, binary: memoryview) -> list[Tensor]:
+def parse_inputs(doc: dict, binary: memoryview, shm=None) -> list[Tensor]:
+    """The inputs: JSON data, binary data after the header, or (`shm`: server/shared_memory.py) a registered
+    shared memory region named by the input's parameters."""
     specs = doc.get("inputs")
     if not isinstance(specs, list) or not specs:
         raise InvalidInput("request needs 'inputs': a list with one tensor (image, pixels, pixels_fp32 or input)")
@@ -57,6 +59,14 @@ def parse_inputs(doc: dict, binary: memoryview) -> list[Tensor]:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise InvalidInput(f"input '{name}' shape must be a list of integers; got {str(shape)[:64]}")
         params = spec.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput(f"input '{name}': 'parameters' must be a JSON object")
+        shared = shm.read(name, params) if shm is not None and "shared_memory_region" in params else None
+        if shared is not None:
+            if "data" in spec or "binary_data_size" in params:
+                raise InvalidInput(f"input '{name}' names a shared memory region and also carries data; use one form")
+            out.append(from_raw(name, str(datatype), shape, shared))
+            continue
         size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or pos + size > len(binary):
@@ -147,14 +157,27 @@ def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[tuple[str, int | No
     return checked, binary
 
 
-def encode_response(engine, request_id, tensors: list[Tensor], binary_names: set[str]) -> web.Response:
+def output_targets(doc: dict, shm) -> dict:
+    """Output name -> where its bytes go in shared memory, for the requested outputs whose parameters name a region
+    (parse_outputs has checked the list's form)."""
+    targets = {}
+    for spec in doc.get("outputs") or []:
+        params = spec.get("parameters") or {}
+        if any(k in params for k in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")):
+            targets[spec["name"]] = shm.target(spec["name"][:64], params)
+    return targets
+
+
+def encode_response(engine, request_id, tensors: list[Tensor], binary_names: set[str], shared: dict | None = None) -> web.Response:
     doc = {"model_name": engine.info.name, "model_version": engine.info.version, "outputs": []}
     if request_id is not None:
         doc["id"] = str(request_id)
     blobs = []
     for t in tensors:
         entry = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-        if t.name in binary_names:
+        if shared and t.name in shared:  # written to shared memory: no data here (the extension's rule)
+            entry["parameters"] = shared[t.name]
+        elif t.name in binary_names:
             raw = to_raw(t)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

@@ -22,13 +22,18 @@ from server.engine import ModelEngine
 from server.errors import InvalidInput, UnknownModel
 from server.jobs import Answer
 from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
-from server.v2.tensors import BYTES, Tensor
+from server.v2.tensors import BYTES, Tensor, to_raw
 
 SERVER_NAME = "auxnet-serving"
 PLATFORM = "auxnet_early_exit"
 # schedule_policy: the request parameters `priority` (--priority-levels) and `timeout` (a deadline), as Triton's.
 EXTENSIONS = ("binary_tensor_data", "parameters", "early_exit", "statistics", "classification", "schedule_policy", "trace",
-              "model_repository", "model_repository(unload_dependents)")
+              "model_repository", "model_repository(unload_dependents)", "logging")
+
+
+def extensions(app) -> list[str]:
+    """The server metadata's extensions: system shared memory only where --allow-client-shm turned it on."""
+    return [*EXTENSIONS, *(["system_shared_memory"] if app.shared_memory.allowed else [])]
 # Triton's classification extension: an output requested with the parameter "classification": k comes back as
 # BYTES [N, min(k, classes)], the k highest values of each row as "<value>:<index>:<label>", the value written as
 # C's %f (what Triton's std::to_string gives). Only 'probabilities' holds a value per class.
@@ -279,6 +284,19 @@ def _finite(x: np.ndarray) -> np.ndarray:
     if not math.isfinite(float(x.sum())):
         raise InvalidInput(f"holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
     return x
+
+
+def place_in_shared_memory(shm, tensors: list[Tensor], targets: dict) -> dict:
+    """Write each output that has a target to its shared memory region (server/shared_memory.py); returns
+    name -> the parameters its response entry carries instead of data."""
+    placed = {}
+    for t in tensors:
+        if t.name in targets:
+            region, offset, size = targets[t.name]
+            shm.write(t.name, targets[t.name], to_raw(t))
+            placed[t.name] = {"shared_memory_region": region.name, "shared_memory_byte_size": size,
+                              **({"shared_memory_offset": offset} if offset else {})}
+    return placed
 
 
 def outputs(engine: ModelEngine, answers: list[Answer], requested: list[tuple[str, int | None]]) -> list[Tensor]:
