@@ -6,6 +6,7 @@ warning a minute and a counter (auxnet_requests_total{code="INVALID_ARGUMENT"}).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 
@@ -15,6 +16,9 @@ from google.protobuf.message import DecodeError
 from server.log_limit import LogLimit
 
 log = logging.getLogger("auxnet.server")
+# The size on the wire of the request message a handler is serving (of the latest one read, on a stream): what
+# ByteSize() would say, which protobuf's upb runtime computes by encoding the whole message again.
+RECEIVED_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("received_bytes", default=0)
 
 
 class CorruptMessages:
@@ -58,6 +62,7 @@ def method_handlers(servicer, service, message_class: Callable, corrupt: Corrupt
 
 
 async def _parsed(raw: bytes, parse, name: str, method: str, corrupt: CorruptMessages, context):
+    RECEIVED_BYTES.set(len(raw))  # in the handler's own task: each call has its own context
     try:
         return parse(raw)
     except DecodeError:
@@ -86,6 +91,7 @@ def _stream_stream(behaviour, parse, method, corrupt):
     async def handler(raw_requests, context):
         async def requests():
             async for raw in raw_requests:
+                RECEIVED_BYTES.set(len(raw))
                 try:
                     yield parse(raw)
                 except DecodeError:

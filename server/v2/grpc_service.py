@@ -16,7 +16,7 @@ from protos.oip import open_inference_pb2_grpc as oip_grpc
 from protos.oip import triton_compat_pb2 as triton
 from server import __version__
 from server.errors import InvalidInput
-from server.handlers import CorruptMessages, method_handlers
+from server.handlers import RECEIVED_BYTES, CorruptMessages, method_handlers
 from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
@@ -202,7 +202,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             controls, timeout_s, _ = v2.parse_parameters(params)
             end = v2.earliest(deadline, None if timeout_s is None else arrival + timeout_s)
             shm = self.app.shared_memory
-            inputs = await parse_where_cheap(self.app, request.ByteSize(), lambda: request_inputs(request, shm))
+            inputs = await parse_where_cheap(self.app, RECEIVED_BYTES.get(), lambda: request_inputs(request, shm))
             parsed.extend(inputs)
             requested = requested_outputs(request)
             targets = output_targets(request, shm)

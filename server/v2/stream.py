@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 from protos.oip import open_inference_pb2 as oip
 from protos.oip import triton_compat_pb2 as triton
 from server.errors import InvalidInput
+from server.handlers import RECEIVED_BYTES
 from server.jobs import Answer
 from server.requests import parse_where_cheap
 from server.service import CallSnapshot, guard
@@ -100,7 +101,7 @@ async def _answer(app, call: CallSnapshot, request, out: asyncio.Queue) -> None:
         params = request_parameters(request)
         controls, timeout_s, _ = v2.parse_parameters(params, stream=True)
         end = v2.earliest(stream_deadline, None if timeout_s is None else arrival + timeout_s)
-        inputs = await parse_where_cheap(app, request.ByteSize(), lambda: request_inputs(request, app.shared_memory))
+        inputs = await parse_where_cheap(app, RECEIVED_BYTES.get(), lambda: request_inputs(request, app.shared_memory))
         if output_targets(request, app.shared_memory):  # a stream's answers come in messages (several, progressive)
             raise InvalidInput("outputs in shared memory are not offered on the stream; use ModelInfer")
         parsed.extend(inputs)
