@@ -257,6 +257,28 @@ def test_big_requests_are_parsed_off_the_event_loop(tiny_repo, monkeypatch):
     assert [s.startswith("decode") for s in seen] == [True, False, False, True], seen
 
 
+def test_on_the_stream_too_big_requests_are_parsed_off_the_event_loop(tiny_repo, monkeypatch):
+    """The stream's requests are sized by what was received for each (server/handlers.py RECEIVED_BYTES), as unary
+    ones: a 245 KB request is parsed on the decode threads, a small one after it inline."""
+    import queue
+
+    import server.v2.stream as stream_module
+
+    seen = []
+    real = stream_module.request_inputs
+    monkeypatch.setattr(stream_module, "request_inputs",
+                        lambda *a, **k: (seen.append(threading.current_thread().name), real(*a, **k))[1])
+    with v2_server(tiny_repo) as (_, target, url):
+        answers = queue.Queue()
+        c = tgrpc.InferenceServerClient(target)
+        c.start_stream(callback=lambda result, error: answers.put(error))
+        for a in (np.zeros((80, 32, 32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8)):
+            c.async_stream_infer(MODEL, [_pixels(tgrpc, a)])
+            assert answers.get(timeout=30) is None
+        c.stop_stream()
+    assert [s.startswith("decode") for s in seen] == [True, False], seen
+
+
 def test_without_aiohttp_the_http_side_refuses_to_start_by_name_and_grpc_only_serves(tiny_repo, monkeypatch):
     import sys
 
