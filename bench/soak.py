@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import io
 import json
 import os
 import random
@@ -54,6 +55,9 @@ from server.workers import free_port
 MIX = [("classify", 33), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
        ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2)]
 SINGLED_OUT = ("progressive_full", "progressive_left")  # the two halves of `progressive`, for --mix only
+# For --mix only: `shm` sends pixels through a system shared memory region each client registers (the server needs
+# --allow-client-shm); `admin` reads or sets what an operator does (log settings, the repository index, regions).
+OPT_IN = ("shm", "admin")
 CORRUPT_TARGETS = ("/auxnet.v1.EarlyExitService/Classify", "/auxnet.v1.EarlyExitService/ClassifyBatch",
                    "/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelMetadata")
 EXPECTED_GRPC = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
@@ -65,8 +69,9 @@ def parse_mix(text: str) -> list[tuple[str, int]]:
     mix = []
     for item in text.split(","):
         kind, _, share = item.partition("=")
-        if kind not in dict(MIX) and kind not in SINGLED_OUT or not share.isdigit() or int(share) <= 0:
-            raise argparse.ArgumentTypeError(f"{item!r}: want KIND=SHARE with KIND one of {', '.join([*dict(MIX), *SINGLED_OUT])} and "
+        if kind not in dict(MIX) and kind not in (*SINGLED_OUT, *OPT_IN) or not share.isdigit() or int(share) <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: want KIND=SHARE with KIND one of "
+                                             f"{', '.join([*dict(MIX), *SINGLED_OUT, *OPT_IN])} and "
                                              "SHARE a whole number > 0")
         mix.append((kind, int(share)))
     return mix
@@ -135,6 +140,10 @@ class Traffic:
                     self.unexpected.append(f"{kind}: {code}: {e}"[:200])
                 self.outcomes[(kind, str(code))] += 1
             channel.close()
+            if getattr(self, "region", None) is not None:
+                import tritonclient.utils.shared_memory as shm
+
+                shm.destroy_shared_memory_region(self.region)
 
     def _controls(self) -> dict:
         # With --priorities N, each request also has a priority from 0 (the server's default) to N (the lowest).
@@ -207,6 +216,42 @@ class Traffic:
         if bad:
             raise RuntimeError(f"stream: {bad[0]}")
         return "OK" if not errors else "RESOURCE_EXHAUSTED (in-band)"
+
+    def shm(self, client: Client, v2) -> str:
+        """A CIFAR image's pixels written into this client's shared memory region, the request naming it."""
+        import tritonclient.utils.shared_memory as shm
+        from PIL import Image
+
+        if getattr(self, "region", None) is None:
+            key = f"/auxnet-soak-{os.getpid()}-{id(self)}"
+            self.region = shm.create_shared_memory_region(key.strip("/"), key, 32 * 32 * 3)
+            self.region_name = key.strip("/")
+            self.channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+                                     request_serializer=triton.SystemSharedMemoryRegisterRequest.SerializeToString,
+                                     response_deserializer=triton.SystemSharedMemoryRegisterResponse.FromString)(
+                triton.SystemSharedMemoryRegisterRequest(name=self.region_name, key=key, byte_size=32 * 32 * 3), timeout=10)
+        pixels = np.asarray(Image.open(io.BytesIO(self.rng.choice(self.images))).convert("RGB").resize((32, 32)), np.uint8)
+        shm.set_shared_memory_region(self.region, [pixels[None]])
+        tensor = oip.ModelInferRequest.InferInputTensor(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+        tensor.parameters["shared_memory_region"].string_param = self.region_name
+        tensor.parameters["shared_memory_byte_size"].int64_param = 32 * 32 * 3
+        v2.ModelInfer(oip.ModelInferRequest(model_name=self.model, inputs=[tensor]), timeout=10)
+        return "OK"
+
+    def admin(self, client: Client, v2) -> int:
+        """What an operator does while it serves: read the log settings or set one, list the repository or regions."""
+        path, body = self.rng.choice([("/v2/logging", None), ("/v2/logging", {"log_verbose_level": 0}),
+                                      ("/v2/repository/index", {}), ("/v2/systemsharedmemory/status", None)])
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.http_base}{path}", data=data, method="POST" if data else "GET",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                json.loads(r.read())
+                return r.status
+        except urllib.error.HTTPError as e:
+            self.unexpected.append(f"admin {path}: HTTP {e.code}: {e.read()[:150]!r}")
+            return e.code
 
     def corrupt_grpc(self, client: Client, v2) -> str:
         call = self.channel.unary_unary(self.rng.choice(CORRUPT_TARGETS), request_serializer=lambda b: b,

@@ -1,0 +1,1 @@
+python -m bench.soak --minutes 10 --sample-s 30 --mix classify=33,classify_batch=5,v2_http=15,v2_grpc=10,hostile_image=15,malformed_http=10,stats=1,progressive=5,stream=4,corrupt_grpc=2,shm=5,admin=2 --server-args=--allow-client-shm
