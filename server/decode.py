@@ -222,7 +222,7 @@ def to_model_input(rgb: np.ndarray, shape: tuple[int, int, int], mean, std) -> n
     _, h, w = shape
     if rgb.dtype == np.uint8 and rgb.shape[:2] != (h, w):
         # As decode_encoded resizes a file's pixels (8-bit, box-reduced first): the same pixels give the same input
-        # on every surface, and a 1024x1024 array costs ~2 ms here where a float copy per channel cost ~30 (§42).
+        # on every surface, and a 1024x1024 array takes ~4 ms here where float copies per channel took ~30 (§42).
         from PIL import Image
 
         rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., :3])).resize((w, h), Image.BILINEAR, reducing_gap=3.0),
