@@ -345,3 +345,15 @@ def test_a_storm_of_loads_and_unloads_with_short_deadlines_leaves_a_consistent_s
         for name in app.engines:  # what is loaded serves
             with Client(target) as c:
                 c.classify(GOOD, model=name)
+
+
+def test_the_command_refuses_an_unknown_mode_by_name_and_star_loads_every_model(tiny_repo, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "server", "--repo", str(tiny_repo), "--model-control-mode", "manual"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--model-control-mode: invalid choice: 'manual'" in out.stderr
+    repo = copy_repo(tiny_repo, tmp_path, names=(MODEL, "other"))
+    with v2_server(repo, models=("*",)) as (app, target, url):
+        assert sorted(app.engines) == ["other", MODEL]
