@@ -124,7 +124,9 @@ class ServerApp:
         self.control = ModelControl(self, cfg.model_control)
         # Log settings change at run time only where one process serves, as trace settings.
         self.log_control = LogControl(cfg.log_level, runtime_updates=not cfg.reuse_port)
-        self.shared_memory = SharedMemoryRegistry(cfg.allow_client_shm, runtime_updates=not cfg.reuse_port)
+        self.shared_memory = SharedMemoryRegistry(
+            cfg.allow_client_shm, runtime_updates=not cfg.reuse_port,
+            on_change=lambda regions, size: (self.metrics.shm_regions.set(regions), self.metrics.shm_bytes.set(size)))
 
     # --- models ---------------------------------------------------------------------------------------
 

@@ -77,6 +77,11 @@ class Metrics:
                                            ["method"], registry=r)
         self.reloads = Counter(f"{PREFIX}_model_reloads", "New model versions seen: loaded, or refused",
                                ["model", "result"], registry=r)
+        self.shm_regions = Gauge(f"{PREFIX}_shared_memory_regions", "System shared memory regions clients have "
+                                 "registered (--allow-client-shm; server/shared_memory.py)", registry=r,
+                                 multiprocess_mode="livesum")
+        self.shm_bytes = Gauge(f"{PREFIX}_shared_memory_bytes", "Bytes of the registered shared memory regions",
+                               registry=r, multiprocess_mode="livesum")
         self.model_control = Counter(f"{PREFIX}_model_control", "Loads and unloads asked through Triton's repository "
                                      "API (server/model_control.py): done, or refused", ["model", "action", "result"],
                                      registry=r)

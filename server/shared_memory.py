@@ -43,10 +43,16 @@ class Region:
 
 
 class SharedMemoryRegistry:
-    def __init__(self, allowed: bool, runtime_updates: bool = True):
+    def __init__(self, allowed: bool, runtime_updates: bool = True, on_change=None):
+        """`on_change(regions, bytes)`: told the count and total size after every change (the app's gauges: a
+        client that registers and never unregisters shows there)."""
         self.allowed = allowed
         self.runtime_updates = runtime_updates
         self.regions: dict[str, Region] = {}
+        self.on_change = on_change or (lambda regions, size: None)
+
+    def _changed(self) -> None:
+        self.on_change(len(self.regions), sum(r.byte_size for r in self.regions.values()))
 
     # --- the API ------------------------------------------------------------------------------------
 
@@ -66,6 +72,7 @@ class SharedMemoryRegistry:
             raise InvalidInput(f"shared memory region {name!r}: byte_size must be at least 1; got {byte_size}")
         memory = _map(key, name, offset, byte_size)
         self.regions[name] = Region(name, key, offset, byte_size, memory)
+        self._changed()
 
     def unregister(self, name: str = "") -> None:
         """One region, or every one when `name` is empty (as Triton). Unregistering an unknown name is no error."""
@@ -75,6 +82,7 @@ class SharedMemoryRegistry:
                 region.memory.close()
         if not name:
             self.regions.clear()
+        self._changed()
 
     def status(self, name: str = "") -> list[dict]:
         if name:
@@ -87,6 +95,7 @@ class SharedMemoryRegistry:
         for region in self.regions.values():
             region.memory.close()
         self.regions.clear()
+        self._changed()
 
     # --- tensors --------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from server.errors import FailedPrecondition, InvalidInput, QueueFull
 from server.shared_memory import MAX_REGIONS, SharedMemoryRegistry
 from tests.server.helpers import images
+from tests.server.test_serving import metric
 from tests.server.v2_helpers import http, v2_server
 
 MODEL = "tiny"
@@ -76,12 +77,14 @@ def test_inputs_and_outputs_through_shared_memory_give_the_in_message_answers(ti
         assert region == "out"
         assert "system_shared_memory" in c.get_server_metadata(**({"as_json": True} if module is tgrpc else {}))["extensions"]
 
+        assert (metric(app, "auxnet_shared_memory_regions"), metric(app, "auxnet_shared_memory_bytes")) == (2, PIXELS.nbytes + 144)
         c.unregister_system_shared_memory("in")
         assert list(app.shared_memory.regions) == ["out"]
+        assert (metric(app, "auxnet_shared_memory_regions"), metric(app, "auxnet_shared_memory_bytes")) == (1, 144)
         status, message = refused(lambda: c.infer(MODEL, [inp]))
         assert status in ("StatusCode.INVALID_ARGUMENT", "400") and "shared memory region 'in' is not registered" in message
         c.unregister_system_shared_memory()
-        assert app.shared_memory.regions == {}
+        assert app.shared_memory.regions == {} and metric(app, "auxnet_shared_memory_regions") == 0
 
 
 def test_off_by_default_and_not_listed(tiny_repo, regions):
