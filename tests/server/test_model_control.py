@@ -357,3 +357,25 @@ def test_the_command_refuses_an_unknown_mode_by_name_and_star_loads_every_model(
     repo = copy_repo(tiny_repo, tmp_path, names=(MODEL, "other"))
     with v2_server(repo, models=("*",)) as (app, target, url):
         assert sorted(app.engines) == ["other", MODEL]
+
+
+def test_a_load_that_ends_during_shutdown_never_starts_the_model(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        real = app._load_engine
+
+        def slow_load(folder):
+            time.sleep(1.0)  # shutdown begins meanwhile
+            return real(folder)
+
+        app._load_engine = slow_load
+
+        async def load_then_stop():
+            load = asyncio.ensure_future(app.control.load(MODEL))
+            await asyncio.sleep(0.3)
+            drained = await app.shutdown(2.0)
+            return drained, (await asyncio.gather(load, return_exceptions=True))[0]
+
+        drained, outcome = asyncio.run_coroutine_threadsafe(load_then_stop(), app.loop).result(30)
+        assert drained and app.engines == {}
+        assert type(outcome).__name__ == "NotServing" and "the model was not started" in str(outcome)
