@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from protos.oip import open_inference_pb2 as oip
 from server.errors import InvalidInput
+from server.shared_memory import PARAMETERS as SHM_PARAMETERS
 from server.v2 import model as v2
 from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
 
@@ -28,13 +29,8 @@ def requested_outputs(request) -> list[tuple[str, int | None]]:
 
 def output_targets(request, shm) -> dict:
     """Output name -> where its bytes go in shared memory, for the outputs whose parameters name a region."""
-    targets = {}
-    for o in request.outputs:
-        where = shm.target(o.name[:64], request_parameters(o)) if "shared_memory_region" in o.parameters or any(
-            k in o.parameters for k in ("shared_memory_byte_size", "shared_memory_offset")) else None
-        if where is not None:
-            targets[o.name] = where
-    return targets
+    return {o.name: shm.target(o.name[:64], request_parameters(o)) for o in request.outputs
+            if any(k in o.parameters for k in SHM_PARAMETERS)}
 
 
 def infer_response(engine, request_id: str, out: list[Tensor], parameters: dict | None = None,

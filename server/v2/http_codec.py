@@ -12,6 +12,7 @@ import numpy as np
 from aiohttp import web
 
 from server.errors import InvalidInput
+from server.shared_memory import PARAMETERS as SHM_PARAMETERS
 from server.v2 import model as v2
 from server.v2.tensors import BYTES, DTYPES, Tensor, check_header, from_raw, from_values, to_json_data, to_raw
 
@@ -160,12 +161,8 @@ def parse_outputs(doc: dict, binary_all: bool) -> tuple[list[tuple[str, int | No
 def output_targets(doc: dict, shm) -> dict:
     """Output name -> where its bytes go in shared memory, for the requested outputs whose parameters name a region
     (parse_outputs has checked the list's form)."""
-    targets = {}
-    for spec in doc.get("outputs") or []:
-        params = spec.get("parameters") or {}
-        if any(k in params for k in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")):
-            targets[spec["name"]] = shm.target(spec["name"][:64], params)
-    return targets
+    return {spec["name"]: shm.target(spec["name"][:64], spec["parameters"]) for spec in doc.get("outputs") or []
+            if any(k in (spec.get("parameters") or {}) for k in SHM_PARAMETERS)}
 
 
 def encode_response(engine, request_id, tensors: list[Tensor], binary_names: set[str], shared: dict | None = None) -> web.Response:
