@@ -11,13 +11,15 @@ from server.v2 import model as v2
 from server.v2.tensors import CONTENTS_FIELD, Tensor, check_header, from_raw, from_values, to_raw
 
 
-def parameter_value(p: oip.InferParameter):
+def parameter_value(p):
+    """The value of a oneof `parameter_choice` (InferParameter, Triton's ModelRepositoryParameter and log
+    SettingValue alike), or None when none is set."""
     which = p.WhichOneof("parameter_choice")
     return None if which is None else getattr(p, which)
 
 
 def request_parameters(request) -> dict:
-    """A ModelInferRequest's parameters as plain values."""
+    """A message's `parameters` map as plain values (a ModelInferRequest's, a tensor's, a repository call's)."""
     return {k: parameter_value(p) for k, p in request.parameters.items()}
 
 

@@ -21,7 +21,7 @@ from server.requests import parse_where_cheap
 from server.service import guard
 from server.v2 import model as v2
 from server.v2 import stream
-from server.v2.grpc_messages import infer_response, output_targets, request_inputs, request_parameters, requested_outputs
+from server.v2.grpc_messages import infer_response, output_targets, parameter_value, request_inputs, request_parameters, requested_outputs
 from server.v2.tensors import Tensor
 
 SPEC_SERVICE_NAME = "inference.GRPCInferenceService"  # the path every Open Inference Protocol client calls
@@ -35,8 +35,8 @@ PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive",
 
 def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
-    RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer, TraceSetting and repository RPCs under the
-    specification's service, and
+    RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer, TraceSetting, repository, LogSettings and
+    system shared memory RPCs under the specification's service, and
     each under the name reflection describes. Requests are parsed by server/handlers.py."""
     def protocol(name):
         return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name)
@@ -48,12 +48,6 @@ def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessa
                         (OWN_SERVICE_NAME, protocol(OWN_SERVICE_NAME)), (TRITON_CONFIG_SERVICE, config(TRITON_CONFIG_SERVICE))):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
         server.add_registered_method_handlers(name, table)
-
-
-def repository_parameters(request) -> dict:
-    """A load or unload request's parameters as Python values (bytes_param as bytes)."""
-    return {k: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
-            for k, v in request.parameters.items()}
 
 
 def _setting_value(cls, v):
@@ -139,14 +133,14 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         async def run():
-            await self.app.control.load(request.model_name, request.repository_name, repository_parameters(request))
+            await self.app.control.load(request.model_name, request.repository_name, request_parameters(request))
             return triton.RepositoryModelLoadResponse()
 
         return await guard(self.app, context, request.model_name, run(), counted=False)
 
     async def RepositoryModelUnload(self, request, context):
         async def run():
-            await self.app.control.unload(request.model_name, request.repository_name, repository_parameters(request))
+            await self.app.control.unload(request.model_name, request.repository_name, request_parameters(request))
             return triton.RepositoryModelUnloadResponse()
 
         return await guard(self.app, context, request.model_name, run(), counted=False)
@@ -178,10 +172,9 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         """Triton's logging extension, not the protocol's: server/log_settings.py. No settings: read them."""
         async def run():
             control = self.app.log_control
-            changes = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.settings.items()
-                       if v.WhichOneof("parameter_choice")}
-            if len(changes) < len(request.settings):
-                empty = sorted(set(request.settings) - set(changes))[:4]
+            changes = {k: parameter_value(v) for k, v in request.settings.items()}
+            empty = sorted(k for k, v in changes.items() if v is None)[:4]
+            if empty:
                 raise InvalidInput(f"log settings {empty} carry no value")
             now = control.update(changes) if changes else control.settings()
             value = triton.LogSettingsResponse.SettingValue
