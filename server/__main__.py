@@ -135,8 +135,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="never recycle a worker younger than this (bounds churn if the limit is near a fresh worker's size)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
     p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
+                   help="the lowest level logged (any case; default INFO)")
     return p
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """--log-level in any case ('warning' as well as 'WARNING'): logging itself takes upper case only, and failed
+    with a traceback on anything else."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r}; valid: {', '.join(LOG_LEVELS)} (any case)")
+    return text.upper()
 
 
 async def serve(args) -> int:
@@ -189,14 +201,16 @@ async def serve(args) -> int:
 # Options that must lie in a range, as (option, lowest, highest; None = no bound). Unchecked, --port 99999 served
 # on port 34463 (gRPC takes it modulo 65536), --max-batch 0 failed at start-up with an IndexError, --threads 0
 # with a ValueError from the executor, --metrics-port 70000 with an OverflowError traceback.
+# Every number has both bounds, so that no value reaches a C integer it overflows (gRPC's millisecond options are
+# int32, thread counts C longs) or leaves the server waiting forever (inf); NaN fails every comparison and is refused.
 RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 65535), ("http_port", -1, 65535),
-          ("threads", 1, None), ("decode_threads", 1, None), ("max_batch", 1, None), ("max_queue_delay_ms", 0, None),
-          ("max_inflight", 1, None), ("max_pixels", 1, None), ("max_message_mb", 0.001, 2047), ("grace_s", 0, None),
-          ("poll_s", 0, None), ("access_log_sample", 0, 1),
-          ("max_connection_age_s", 0, None), ("max_connections", 0, None), ("idle_timeout_s", 0, None),
-          ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, None),
-          ("recycle_min_age_s", 0, None), ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000),
-          ("response_cache_mb", 0, 1_000_000)]
+          ("threads", 1, 1024), ("decode_threads", 1, 1024), ("max_batch", 1, 4096), ("max_queue_delay_ms", 0, 60_000),
+          ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
+          ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
+          ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
+          ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),
+          ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000), ("response_cache_mb", 0, 1_000_000),
+          ("workers", 1, 256), ("inline_compute_ms", 0, 60_000), ("monitor_fraction", 0, 1)]
 
 
 def image_formats(text: str) -> tuple[str, ...]:
@@ -213,23 +227,23 @@ def check_ranges(parser: argparse.ArgumentParser, args) -> None:
     """parser.error (exit 2, the option and value named) for a number outside its range."""
     for name, low, high in RANGES:
         value = getattr(args, name)
-        if value != value or value < low or (high is not None and value > high):  # value != value: NaN
-            span = f"in [{low:g}, {high:g}]" if high is not None else f"at least {low:g}"
-            parser.error(f"--{name.replace('_', '-')} {value:g} must be {span}")
+        if not low <= value <= high:  # NaN too: every comparison with it is False
+            parser.error(f"--{name.replace('_', '-')} {value:g} must be in [{_number(low)}, {_number(high)}]")
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"  # 1000000 rather than 1e+06
 
 
 def main() -> int:
     parser = get_args_parser()
     args = parser.parse_args()
     check_ranges(parser, args)
-    if not 0 <= args.monitor_fraction <= 1:
-        parser.error(f"--monitor-fraction {args.monitor_fraction} must be in [0, 1]")
-    if args.monitor_false_alarm_samples <= 1:
-        parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples} must be more than 1")
+    if not 1 < args.monitor_false_alarm_samples <= 1e9:  # NaN and inf too
+        parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples:g} must be more than 1 and at "
+                     f"most 1e9")
     if not 0 <= args.finish_margin_quantile < 1:
         parser.error(f"--finish-margin-quantile {args.finish_margin_quantile} must be in [0, 1)")
-    if args.inline_compute_ms < 0:
-        parser.error(f"--inline-compute-ms {args.inline_compute_ms} must be 0 (off) or more")
     if args.default_priority_level > args.priority_levels:
         parser.error(f"--default-priority-level {args.default_priority_level} must be at most --priority-levels "
                      f"{args.priority_levels}")
@@ -246,8 +260,6 @@ def main() -> int:
         folder = Path(args.trace_file).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             parser.error(f"--trace-file {args.trace_file}: its folder {folder} does not exist or is not writable")
-    if args.workers < 1:
-        parser.error(f"--workers {args.workers} must be at least 1")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():
         parser.error(f"--recycle-rss-mb {args.recycle_rss_mb:g} reads workers' memory from /proc, which this system lacks")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -241,7 +241,8 @@ class ServerApp:
     async def start(self) -> int:
         http_surface = self._http_surface()  # before binding anything: a missing aiohttp refuses to start cleanly
         cfg = self.cfg
-        self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert or cfg.tls_key else None
+        asked_tls = any(f is not None for f in (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))  # '' too: refused by name
+        self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if asked_tls else None
         self._tls_in_use()
         if cfg.auth_token is not None or cfg.auth_token_file is not None:
             self.token = BearerToken(cfg.auth_token, cfg.auth_token_file)

@@ -136,8 +136,12 @@ class TlsFiles(_Watched):
     """The server's certificate chain, its key and (mutual TLS) the client CA, from files."""
 
     def __init__(self, cert: str, key: str, ca: str | None = None):
-        if not (cert and key):
-            raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        if not (cert and key):  # an empty name too: serving plain text where TLS was asked for would be silent
+            what = "mutual TLS (--tls-client-ca)" if ca is not None else "TLS"
+            raise ValueError(f"{what} needs both a certificate (--tls-cert) and its private key (--tls-key); given: "
+                             f"--tls-cert {cert!r}, --tls-key {key!r}")
+        if ca is not None and not ca:
+            raise ValueError("--tls-client-ca '' names no file: mutual TLS needs the CA that signs the clients' certificates")
         self.cert_path, self.key_path, self.ca_path = cert, key, ca
         self.paths = [p for p in (cert, key, ca) if p]
         try:
@@ -242,6 +246,7 @@ class BearerToken(_Watched):
                 raise ValueError(f"token file {e} changed while being read at start-up") from e
         if not token:
             raise ValueError("the bearer token is empty")
+        _check_header_safe(token, "the bearer token")
         self.expected = f"Bearer {token}".encode()
 
     def _read(self) -> tuple[str, tuple]:
@@ -253,6 +258,7 @@ class BearerToken(_Watched):
             raise ValueError(f"cannot read token file {self.path}: {e}") from e
         if not token:
             raise ValueError(f"token file {self.path} is empty")
+        _check_header_safe(token, f"the token in {self.path}")
         if before != after:
             raise _Changing(self.path)
         return token, after
@@ -280,3 +286,12 @@ class BearerToken(_Watched):
         self.expected, self._refused = f"Bearer {token}".encode(), None
         log.info("bearer token reloaded from %s", self.path)
         return True
+
+
+def _check_header_safe(token: str, what: str) -> None:
+    """A token no client can send is refused: an `authorization` value is visible ASCII (HTTP and gRPC headers carry
+    nothing else), and a space or line break inside would have to be part of it."""
+    bad = next((i for i, c in enumerate(token) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"{what} holds {token[bad]!r} at character {bad + 1}: a bearer token is one word of visible "
+                         f"ASCII (no space, line break or other character), or no client could send it")

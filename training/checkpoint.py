@@ -83,3 +83,27 @@ def _load_error(e: Exception) -> str:
         reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
         return f"it holds something other than tensors, numbers, strings and containers, refused unread: {reason[:200]}"
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else f"{type(e).__name__}: empty or truncated"
+
+
+def hold_run_directory(out: Path):
+    """Create run directory `out` and lock it for this process's lifetime (the lock goes with the process, however it
+    ends). Two runs started into one directory used to overwrite each other's checkpoint and interleave their metrics
+    (or fail on the other's temporary file); the second is now refused, naming the first. Returns the open lock file,
+    which the caller keeps."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ValueError(f"{out} is in use by another training process (pid {holder}): give another --out, or wait for "
+                         "it to end") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 from server.repository import sha256_file
+from training.arguments import SEED_MAX, at_least, real_in
 from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
 from training.data.batches import iterate
 from training.methods import OptimConfig, output_losses
 from training.model import AuxNet, segment_costs
 from training.precision import autocast_factory, pick_device, resolve_precision
-from training.run import _at_least
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,36 +41,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a training.run checkpoint (file, or a run directory's last.pt)")
     p.add_argument("--out", required=True, help="directory for last.pt (the network with the new heads) and heads.json")
-    p.add_argument("--pool", type=_at_least(1), default=4, help="P: the auxiliary heads pool to a P x P grid")
-    p.add_argument("--views", type=_at_least(1), default=8, help="augmented passes over the training split to cache")
-    p.add_argument("--epochs", type=_at_least(1), default=4, help="passes over the cached views")
-    p.add_argument("--batch-size", type=_at_least(1), default=512)
-    p.add_argument("--lr", type=_positive_float, default=0.05, help="the one-cycle schedule's peak learning rate")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4)
-    p.add_argument("--distill-weight", type=float, default=None, help="default: the checkpoint's own run's")
-    p.add_argument("--distill-temperature", type=_positive_float, default=None, help="default: the checkpoint's own run's")
+    p.add_argument("--pool", type=at_least(1), default=4, help="P: the auxiliary heads pool to a P x P grid")
+    p.add_argument("--views", type=at_least(1), default=8, help="augmented passes over the training split to cache")
+    p.add_argument("--epochs", type=at_least(1), default=4, help="passes over the cached views")
+    p.add_argument("--batch-size", type=at_least(1), default=512)
+    p.add_argument("--lr", type=real_in(0, 10, low_open=True), default=0.05, help="the one-cycle schedule's peak learning rate")
+    p.add_argument("--weight-decay", type=real_in(0, 1, high_open=True), default=5e-4)
+    p.add_argument("--distill-weight", type=real_in(0, 1), default=None, help="default: the checkpoint's own run's")
+    p.add_argument("--distill-temperature", type=real_in(0, 100, low_open=True), default=None, help="default: the checkpoint's own run's")
     p.add_argument("--data-dir", default=None, help="where the checkpoint's data set lies (default: where it was trained)")
     p.add_argument("--decode-cache", default=None, help="as training.run's: decoded arrays of a small-image folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="of the frozen network's passes that fill the cache (evaluation is always fp32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0, SEED_MAX), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace OUT/last.pt if it exists")
     return p
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
-    return value
 
 
 def pooled_model(source: AuxNet, pool: int) -> AuxNet:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import load_checkpoint, save_atomic
+from training.arguments import SEED_MAX, at_least, layers, real_in
+from training.checkpoint import hold_run_directory, load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
 from training.data.batches import DEFAULT_WORKERS, iterate
@@ -38,45 +39,21 @@ RECIPE_DEFAULTS = {"schedule": "step", "warmup_epochs": 0, "label_smoothing": 0.
                    "joint_match_multiway_decay": False}
 
 
-def _at_least(low: int):
-    """An argparse type: an integer >= low, refused by argparse with the option's name otherwise (batch size 0 was a
-    ZeroDivisionError, epochs 0 a run that wrote nothing)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _layers(text: str) -> str:
-    """--exits: comma-separated layer numbers, checked here and kept as typed (checkpoints record it so)."""
-    try:
-        [int(e) for e in text.split(",")]
-        return text
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated layer numbers, e.g. 15,25,35,45,56") from None
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m training.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     arch = p.add_argument_group("architecture (a preset, or explicit --depth/--exits)")
     arch.add_argument("--preset", choices=sorted(PRESETS), help="a network from the paper's tables")
     arch.add_argument("--family", default="cifar", choices=["cifar", "imagenet"])
-    arch.add_argument("--depth", type=_at_least(1), help="explicit depth (6n+2 for cifar)")
-    arch.add_argument("--exits", type=_layers, help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
-    arch.add_argument("--width", type=_at_least(1), default=1, help="width factor N")
-    arch.add_argument("--shortcut-scale", type=float, default=1.0, help="lambda of Eq. 1")
+    arch.add_argument("--depth", type=at_least(1), help="explicit depth (6n+2 for cifar)")
+    arch.add_argument("--exits", type=layers, help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
+    arch.add_argument("--width", type=at_least(1), default=1, help="width factor N")
+    arch.add_argument("--shortcut-scale", type=real_in(0, 1), default=1.0, help="lambda of Eq. 1 (0: a plain net, 1: the paper's)")
     arch.add_argument("--preact-shortcut", action="store_true",
                       help="stage-transition shortcuts take BN-ReLU(x) (He et al.'s code) instead of raw x")
-    arch.add_argument("--aux-head-pool", type=_at_least(1), default=1,
+    arch.add_argument("--aux-head-pool", type=at_least(1), default=1,
                       help="auxiliary heads average-pool to a P x P grid (1: global, the paper's; see python -m training.heads)")
-    arch.add_argument("--image-size", type=_at_least(1), default=None,
+    arch.add_argument("--image-size", type=at_least(1), default=None,
                       help="training crop of large-image folders (default 224 for the ImageNet family); small "
                            "images train at their own size")
     p.add_argument("--method", default="multiway", choices=METHODS,
@@ -87,15 +64,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="fetch from the official address, checksum verified")
     p.add_argument("--decode-cache", default=None,
                    help="folder where a small-image folder's decoded arrays are kept (.npy), so later runs skip decoding")
-    p.add_argument("--val-size", type=_at_least(0), default=None,
+    p.add_argument("--val-size", type=at_least(0), default=None,
                    help="validation images held out of train (default 5000; 10%% for synthetic)")
-    p.add_argument("--epochs", type=_at_least(1), default=1)
-    p.add_argument("--batch-size", type=_at_least(1), default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--epochs", type=at_least(1), default=1)
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--lr", type=real_in(0, 10, low_open=True), default=0.1)
+    p.add_argument("--momentum", type=real_in(0, 1, high_open=True), default=0.9)
     p.add_argument("--no-nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--nu", type=float, default=2.0, help="exponent of the loss weights")
+    p.add_argument("--weight-decay", type=real_in(0, 1, high_open=True), default=1e-4)
+    p.add_argument("--nu", type=real_in(0, 100), default=2.0, help="exponent of the loss weights")
     p.add_argument("--joint-lr-adjust", action="store_true",
                    help="joint: eta_k = eta / sum_{j>=k} gamma_j over auxiliary outputs (Sec. 3.2.1)")
     p.add_argument("--joint-match-multiway-decay", action="store_true",
@@ -103,30 +80,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     recipe = p.add_argument_group("recipe options beyond the paper (off by default)")
     recipe.add_argument("--schedule", default="step", choices=["step", "cosine"],
                         help="step: lr/10 at 40%% and 60%% of the epochs (paper); cosine: after --warmup-epochs")
-    recipe.add_argument("--warmup-epochs", type=_at_least(0), default=0)
-    recipe.add_argument("--label-smoothing", type=float, default=0.0)
-    recipe.add_argument("--distill-weight", type=float, default=0.0,
+    recipe.add_argument("--warmup-epochs", type=at_least(0), default=0)
+    recipe.add_argument("--label-smoothing", type=real_in(0, 1, high_open=True), default=0.0)
+    recipe.add_argument("--distill-weight", type=real_in(0, 1), default=0.0,
                         help="self-distillation: auxiliary outputs learn this much from the final output")
-    recipe.add_argument("--distill-temperature", type=float, default=3.0)
-    recipe.add_argument("--ema-decay", type=float, default=0.0,
+    recipe.add_argument("--distill-temperature", type=real_in(0, 100, low_open=True), default=3.0)
+    recipe.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), default=0.0,
                         help="evaluate and export an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0, SEED_MAX), default=0)
     p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (its metrics.jsonl is cleared, last.pt replaced)")
-    p.add_argument("--max-batches", type=_at_least(1), default=None, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--max-batches", type=at_least(1), default=None, help="cap batches per epoch (smoke tests)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the validation and test passes after each epoch (speed probes: with --compile, the first "
                         "pass compiles the evaluation graphs too)")
-    p.add_argument("--workers", type=_at_least(0), default=DEFAULT_WORKERS,
+    p.add_argument("--workers", type=at_least(0), default=DEFAULT_WORKERS,
                    help="loader processes for large image folders (default: 4, or the cores if fewer)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
                         "so every step has the same shape")
-    p.add_argument("--profile-steps", type=_at_least(0), default=0,
+    p.add_argument("--profile-steps", type=at_least(0), default=0,
                    help="profile this many training steps of the first epoch, after the warm-up batches, into "
                         "OUT/profile_epochN.txt: wall vs device-busy time per step, top operators (training/profiling.py)")
     p.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
@@ -144,6 +121,10 @@ def model_config(args, num_classes: int, image_size: int) -> ModelConfig:
         if args.depth or args.exits:
             raise ValueError("give either --preset or --depth/--exits, not both")
         cfg = preset_config(args.preset, num_classes)
+        # A preset fixes its family and width; either given otherwise (not their defaults) was ignored without a word.
+        if args.width not in (1, cfg.width) or args.family not in ("cifar", cfg.family):
+            raise ValueError(f"--preset {args.preset} is the {cfg.family} family at width {cfg.width}; --family "
+                             f"{args.family} --width {args.width} contradict it: drop them, or give --depth/--exits")
         # The data decides what the net sees, so training, export and serving agree (issue 10: an ImageNet
         # preset used to declare 224 px while its images were cropped to 32).
         return ModelConfig(**{**cfg.to_dict(), "image_size": image_size, "shortcut_scale": args.shortcut_scale,
@@ -177,7 +158,13 @@ def intended_image_size(args) -> int:
 
 def main(args) -> dict:
     torch.manual_seed(args.seed)
+    if not args.out:
+        raise ValueError("--out '' names no run directory")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    if args.momentum == 0 and not args.no_nesterov:
+        raise ValueError("--momentum 0 with Nesterov momentum (the default) is plain SGD: add --no-nesterov")
     if not args.resume and not args.overwrite and (out / "last.pt").exists():
         # Without this a rerun of the command that made OUT replaced its checkpoint after one epoch and appended a
         # second epoch 1 to its metrics.
@@ -246,7 +233,7 @@ def main(args) -> dict:
                  "data_dir": str(args.data_dir)}
     main_rank = dist_info.is_main  # only rank 0 evaluates, logs and writes checkpoints
     if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
+        lock = hold_run_directory(out)  # noqa: F841 - held, not used: released when this process ends
         _truncate_metrics(out / "metrics.jsonl", start_epoch)  # a fresh start keeps none of an earlier run's rows
     rank = f"[rank {dist_info.rank}/{dist_info.world}] " if dist_info.enabled else ""
     gammas = [round(g, 3) for g in loss_weights(cfg.exits, args.nu)]
@@ -346,6 +333,6 @@ def _eval_batches(resident, ds, splits, device, channels_last, args):
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a run directory that cannot be written, named by it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

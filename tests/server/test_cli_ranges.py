@@ -12,21 +12,31 @@ from server.__main__ import RANGES, check_ranges, get_args_parser
     (["--port", "99999"], "--port 99999 must be in [0, 65535]"),  # served on port 34463 before
     (["--metrics-port", "70000"], "--metrics-port 70000 must be in [-1, 65535]"),  # an OverflowError traceback
     (["--http-port", "-2"], "--http-port -2 must be in [-1, 65535]"),
-    (["--max-batch", "0"], "--max-batch 0 must be at least 1"),  # an IndexError at start-up
-    (["--threads", "0"], "--threads 0 must be at least 1"),  # a ValueError from the executor
-    (["--decode-threads", "0"], "--decode-threads 0 must be at least 1"),
-    (["--max-inflight", "0"], "--max-inflight 0 must be at least 1"),
-    (["--max-queue-delay-ms", "-1"], "--max-queue-delay-ms -1 must be at least 0"),
+    (["--max-batch", "0"], "--max-batch 0 must be in [1, 4096]"),  # an IndexError at start-up
+    (["--threads", "0"], "--threads 0 must be in [1, 1024]"),  # a ValueError from the executor
+    (["--decode-threads", "0"], "--decode-threads 0 must be in [1, 1024]"),
+    (["--max-inflight", "0"], "--max-inflight 0 must be in [1, 10000000]"),
+    (["--max-queue-delay-ms", "-1"], "--max-queue-delay-ms -1 must be in [0, 60000]"),
     (["--max-message-mb", "0"], "--max-message-mb 0 must be in [0.001, 2047]"),
     (["--max-message-mb", "4096"], "--max-message-mb 4096 must be in [0.001, 2047]"),  # past gRPC's int32 limit
-    (["--grace-s", "nan"], "--grace-s nan must be at least 0"),
-    (["--poll-s", "-1"], "--poll-s -1 must be at least 0"),
-    (["--max-pixels", "0"], "--max-pixels 0 must be at least 1"),
-    (["--default-budget-ms", "-5"], "--default-budget-ms -5 must be in [0, 3.6e+06]"),
+    (["--grace-s", "nan"], "--grace-s nan must be in [0, 86400]"),
+    (["--poll-s", "-1"], "--poll-s -1 must be in [0, 86400]"),
+    (["--max-pixels", "0"], "--max-pixels 0 must be in [1, 1099511627776]"),
+    (["--default-budget-ms", "-5"], "--default-budget-ms -5 must be in [0, 3600000]"),
     (["--access-log-sample", "2"], "--access-log-sample 2 must be in [0, 1]"),
-    (["--max-connection-age-s", "-1"], "--max-connection-age-s -1 must be at least 0"),
+    (["--max-connection-age-s", "-1"], "--max-connection-age-s -1 must be in [0, 1000000]"),
     (["--priority-levels", "0"], "--priority-levels 0 must be in [1, 1000]"),
-    (["--response-cache-mb", "-1"], "--response-cache-mb -1 must be in [0, 1e+06]"),
+    (["--response-cache-mb", "-1"], "--response-cache-mb -1 must be in [0, 1000000]"),
+    # Found by running every option with -1, 0, nan, inf, 1e400, 10**21 (2026-12-02); before, the first three were
+    # OverflowError tracebacks at start-up and the rest started a server that waited or slept forever.
+    (["--max-connection-age-s", "inf"], "--max-connection-age-s inf must be in [0, 1000000]"),
+    (["--idle-timeout-s", "1e400"], "--idle-timeout-s inf must be in [0, 1000000]"),
+    (["--max-inflight", "999999999999999999999"], "--max-inflight 1e+21 must be in [1, 10000000]"),
+    (["--workers", "999999999999999999999"], "--workers 1e+21 must be in [1, 256]"),
+    (["--max-queue-delay-ms", "inf"], "--max-queue-delay-ms inf must be in [0, 60000]"),
+    (["--grace-s", "inf"], "--grace-s inf must be in [0, 86400]"),
+    (["--inline-compute-ms", "nan"], "--inline-compute-ms nan must be in [0, 60000]"),
+    (["--threads", "999999999999999999999"], "--threads 1e+21 must be in [1, 1024]"),
 ])
 def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
     parser = get_args_parser()
@@ -41,13 +51,13 @@ def test_the_defaults_and_the_bounds_themselves_pass():
     for name, low, high in RANGES:
         for value in (low, high):
             if value is not None:
-                check_ranges(parser, parser.parse_args(["--repo", "r", f"--{name.replace('_', '-')}", f"{value:g}"]))
+                check_ranges(parser, parser.parse_args(["--repo", "r", f"--{name.replace('_', '-')}", str(value)]))
 
 
 def test_the_command_exits_2_before_loading_a_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--max-batch", "0"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--max-batch 0 must be at least 1" in r.stderr and "repository" not in r.stderr
+    assert r.returncode == 2 and "--max-batch 0 must be in [1, 4096]" in r.stderr and "repository" not in r.stderr
 
 
 @pytest.mark.parametrize("text, says", [("png,tiff,eps", "unknown EPS; choose among PNG,JPEG,WEBP,BMP,GIF,TIFF"),
@@ -63,3 +73,21 @@ def test_a_default_priority_level_beyond_the_levels_is_refused(tmp_path):
     r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--priority-levels", "2",
                         "--default-priority-level", "3"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--default-priority-level 3 must be at most --priority-levels 2" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1", "1e400"])
+def test_monitor_false_alarm_samples_must_be_a_finite_count_above_one(value, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), "--monitor-false-alarm-samples",
+                        value], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--monitor-false-alarm-samples" in r.stderr and "must be more than 1 and at most 1e9" in r.stderr
+
+
+@pytest.mark.parametrize("given, expected", [("warning", "WARNING"), ("Debug", "DEBUG"), ("ERROR", "ERROR")])
+def test_log_level_in_any_case(given, expected):
+    assert get_args_parser().parse_args(["--repo", "r", "--log-level", given]).log_level == expected
+
+
+def test_an_unknown_log_level_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as e:  # a ValueError traceback from logging.basicConfig before
+        get_args_parser().parse_args(["--repo", "r", "--log-level", "verbose"])
+    assert e.value.code == 2 and "unknown level 'verbose'; valid: DEBUG, INFO, WARNING, ERROR, CRITICAL" in capsys.readouterr().err

@@ -214,6 +214,10 @@ def test_a_rotated_token_file_takes_over_on_both_sides(tiny_repo, tmp_path, capl
         with caplog.at_level(logging.ERROR, logger="auxnet.server"):
             replace(token, b"  \n")  # emptied by mistake: refused, the token in use stays
             assert wait_for(lambda: "keeping the bearer token in use" in caplog.text, timeout_s=10)
+            caplog.clear()
+            replace(token, b"third-token\nfourth\n")  # two lines: no client could send it; refused the same way
+            assert wait_for(lambda: "keeping the bearer token in use" in caplog.text, timeout_s=10)
+            assert "holds '\\n' at character 12" in caplog.text
         assert grpc_accepts("second-token")
         with Client(target, token="second-token") as c:
             assert c.classify(images(1)[0]).class_name
@@ -223,11 +227,20 @@ def test_start_up_refuses_an_empty_token_file_and_a_key_that_is_not_the_certific
     from server.app import ServerApp, ServerConfig
 
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "two-lines").write_text("first-half\nsecond-half\n")  # e.g. a whole file named by mistake
     creds = make_credentials(_dir(tmp_path / "a"))
     other = make_credentials(_dir(tmp_path / "b"))
     for kwargs, says in (({"auth_token_file": str(tmp_path / "empty")}, "is empty"),
                          ({"tls_cert": str(creds["server.pem"]), "tls_key": str(other["server.key"])}, "cannot use TLS files"),
-                         ({"tls_cert": str(creds["server.pem"])}, "TLS needs both")):
+                         ({"tls_cert": str(creds["server.pem"])}, "TLS needs both"),
+                         # These three served plain text before, the CA or the empty names ignored without a word:
+                         ({"tls_client_ca": str(creds["ca.pem"])}, r"mutual TLS \(--tls-client-ca\) needs both a certificate"),
+                         ({"tls_cert": "", "tls_key": ""}, "TLS needs both .*given: --tls-cert '', --tls-key ''"),
+                         ({"tls_cert": str(creds["server.pem"]), "tls_key": str(creds["server.key"]), "tls_client_ca": ""},
+                          "--tls-client-ca '' names no file"),
+                         # and these took a token no client could ever send:
+                         ({"auth_token_file": str(tmp_path / "two-lines")}, r"holds '\\n' at character 11: a bearer token is one word"),
+                         ({"auth_token": "two words"}, "the bearer token holds ' ' at character 4")):
         app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=None, **kwargs))
         with pytest.raises(ValueError, match=says):
             import asyncio

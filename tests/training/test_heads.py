@@ -143,8 +143,10 @@ def test_heads_refuses_to_replace_a_checkpoint(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [(["--views", "0"], "--views: 0 must be >= 1"),
-                                           (["--lr", "0"], "--lr: 0 must be greater than 0"),
-                                           (["--weight-decay", "-1"], "--weight-decay: -1 must be at least 0")])
+                                           (["--lr", "0"], "--lr: 0 must be a number in (0, 10]"),
+                                           (["--lr", "inf"], "--lr: inf must be a number in (0, 10]"),  # accepted before
+                                           (["--weight-decay", "-1"], "--weight-decay: -1 must be a number in [0, 1)"),
+                                           (["--distill-weight", "nan"], "--distill-weight: nan must be a number in [0, 1]")])
 def test_heads_options_are_range_checked(argv, message, capsys):
     with pytest.raises(SystemExit):
         get_args_parser().parse_args(["--checkpoint", "c", "--out", "o", *argv])

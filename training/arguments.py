@@ -1,0 +1,57 @@
+"""argparse types for the training commands: a bad value is refused by argparse, naming the option (exit 2).
+
+Why each bound exists: a NaN or infinite learning rate, momentum, weight decay, loss-weight exponent, shortcut scale
+or distillation temperature used to train to NaN weights without a word and write a checkpoint of them; batch size 0
+was a ZeroDivisionError, epochs 0 a run that wrote nothing, a seed past 64 bits an "Overflow when unpacking long long"
+from torch, and seed -1 torch's "expected non-negative integer", naming no option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def at_least(low: int, high: int | None = None):
+    """An integer in [low, high] (high None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} must be <= {high}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def real_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """A finite number in the interval low..high, each end closed unless said open."""
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{text} must be a number in {span}")
+        return value
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+def layers(text: str) -> str:
+    """--exits: comma-separated layer numbers, checked here and kept as typed (checkpoints record it so)."""
+    try:
+        [int(e) for e in text.split(",")]
+        return text
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated layer numbers, e.g. 15,25,35,45,56") from None
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it; every seed derived from it stays in 64 bits
