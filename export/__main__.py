@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from export.quantize import MAX_DROP_PP
 from server.policy import POLICY_SCORES
+from training.arguments import at_least
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,8 +22,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         if cmd == "exit":
             s.add_argument("k", type=int, help="exit index (0 = shallowest)")
         s.add_argument("--checkpoint", required=True, help="a run directory (uses last.pt) or a .pt file")
-        s.add_argument("--out", required=True, help="model repository directory")
-        s.add_argument("--name", help="model name (default from the architecture and data set)")
+        s.add_argument("--out", required=True, type=folder, help="model repository directory")
+        s.add_argument("--name", type=model_name, help="model name (default from the architecture and data set)")
         s.add_argument("--data-dir", help="where the checkpoint's data set lies now (for calibration)")
         s.add_argument("--trt", action="store_true", help="also build one TensorRT engine per exit")
         s.add_argument("--fp16", action="store_true", help="TensorRT FP16 (TensorRT 10)")
@@ -44,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         _promise_confidence(s)
     ch = sub.add_parser("choose", help="export the best of several checkpoints, judged on validation (export/choose.py)")
     ch.add_argument("--checkpoint", action="append", required=True, help="a candidate run directory (repeat)")
-    ch.add_argument("--out", help="model repository directory")
-    ch.add_argument("--name", help="model name to publish the winner under")
+    ch.add_argument("--out", type=folder, help="model repository directory")
+    ch.add_argument("--name", type=model_name, help="model name to publish the winner under")
     ch.add_argument("--dry-run", action="store_true", help="rank the candidates and say why; publish nothing")
     ch.add_argument("--data-dir", help="where the checkpoints' data set lies now (for calibration)")
     ch.add_argument("--max-drop-pp", type=float, default=0.5, help="the policy's promise (default 0.5)")
@@ -60,8 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                          "(export/evaluate.py)")
     ev.add_argument("model_dir", help="REPO/NAME")
     ev.add_argument("--data", required=True, help="labelled images: DATA/<class>/<image> (JPEG or PNG)")
-    ev.add_argument("--per-class", type=_positive, help="only the first N images of each class")
-    ev.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per segment")
+    ev.add_argument("--per-class", type=at_least(1), help="only the first N images of each class")
+    ev.add_argument("--threads", type=at_least(1, 1024), default=1, help="ONNX Runtime intra-op threads per segment")
     ev.add_argument("--json", help="also write the figures to this file")
     ev.add_argument("--strict", action="store_true", help="exit 1 when the policy loses more than it promised")
     return p
@@ -74,15 +76,20 @@ def _promise_confidence(parser: argparse.ArgumentParser) -> None:
                              "(bench/RESULTS.md §23)")
 
 
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1 (--per-class 0 evaluated every image, as if it were absent)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def model_name(text: str) -> str:
+    """--name: a folder name the server lists and a client can type in a URL or a metric query (a DEL character or an
+    empty name was taken as given, or silently replaced by the default)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model name: 1-128 letters, digits, '_', '.' or '-', "
+                                         "starting with a letter or digit")
+    return text
+
+
+def folder(text: str) -> str:
+    """--out: an empty name wrote the repository into the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' names no folder")
+    return text
 
 
 def main(argv=None) -> int:

@@ -111,7 +111,7 @@ def test_per_class_below_one_is_refused(tiny_repo, folder, capsys):
     root, _, _ = folder
     with pytest.raises(SystemExit) as e:
         export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(root), "--per-class", "0"])
-    assert e.value.code == 2 and "argument --per-class: 0 must be at least 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --per-class: 0 must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("drop, se, confidence, expected", [
@@ -125,3 +125,12 @@ def test_a_miss_says_whether_it_is_beyond_the_samples_noise(drop, se, confidence
     r = {"promised_max_drop": 0.005, "promise_confidence": confidence, "policy": {"drop": drop, "drop_se": se}}
     assert verdict(r) == expected
     assert verdict({**r, "promised_max_drop": None}) == ""  # a manifest without a promise: nothing to judge
+
+
+@pytest.mark.parametrize("threads, says", [("0", "0 must be >= 1"), ("999999999999999999999", "999999999999999999999 must be <= 1024")])
+def test_threads_out_of_range_are_refused(tiny_repo, folder, threads, says, capsys):
+    """10**21 threads was a pybind11 TypeError traceback from ONNX Runtime's SessionOptions."""
+    root, _, _ = folder
+    with pytest.raises(SystemExit) as e:
+        export_main(["evaluate", str(tiny_repo / "tiny"), "--data", str(root), "--threads", threads])
+    assert e.value.code == 2 and f"argument --threads: {says}" in capsys.readouterr().err

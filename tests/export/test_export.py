@@ -258,3 +258,26 @@ def test_trt_max_batch_below_one_is_refused_before_any_work(tiny_run, tmp_path, 
     assert export_main(["all", "--trt", "--max-batch", "0", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r")]) == 2
     assert "--max-batch 0 must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--name", "\x7f"], "argument --name: '\\x7f' is not a model name"),  # published as a model named DEL before
+    (["--name", ""], "argument --name: '' is not a model name"),  # the default name, without a word
+    (["--name", "-5"], "argument --name: '-5' is not a model name"),
+    (["--name", "a/b"], "argument --name: 'a/b' is not a model name"),
+    (["--name", "x" * 129], "is not a model name: 1-128 letters"),
+    (["--out", ""], "argument --out: '' names no folder"),  # wrote the repository into the working directory
+])
+def test_names_the_server_could_not_list_or_a_client_type_are_refused(argv, says, tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["all", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r"), "--no-measure"]
+    with pytest.raises(SystemExit) as e:
+        export_main([*base, *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, here or in the repository
+
+
+def test_a_model_name_of_letters_digits_dots_dashes_and_underscores_is_published_as_given(tiny_run, tmp_path):
+    assert export_main(["all", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r"), "--no-measure",
+                        "--name", "Tiny_v2.1-cpu"]) == 0
+    assert (tmp_path / "r" / "Tiny_v2.1-cpu" / "manifest.json").is_file()
