@@ -10,8 +10,8 @@ import re
 import sys
 
 from export.quantize import MAX_DROP_PP
+from server.arguments import at_least
 from server.policy import POLICY_SCORES
-from training.arguments import at_least
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import numpy as np
 
 from protos.auxnet.v1 import inference_pb2 as pb
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
+from server.arguments import UINT32_MAX, at_least, real_in
 
 STOP_NAMES = {v: k for k, v in pb.StopReason.items()}
 
@@ -118,11 +119,13 @@ def main(argv=None) -> int:
     p.add_argument("--budget-ms", type=float)
     p.add_argument("--min-confidence", type=float)
     p.add_argument("--policy", action="store_true", help="stop by the model's calibrated per-exit thresholds")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--priority", type=int, default=0, help="1 = highest (servers run with --priority-levels); 0 = default")
+    p.add_argument("--top-k", type=at_least(0, UINT32_MAX), default=0)
+    p.add_argument("--priority", type=at_least(0, UINT32_MAX), default=0,
+                   help="1 = highest (servers run with --priority-levels); 0 = default")
     p.add_argument("--progressive", action="store_true", help="print the answer of every exit passed, as it comes")
     p.add_argument("--info", action="store_true", help="print the model's GetModelInfo (exits, policy, latencies)")
-    p.add_argument("--timeout-s", type=float, default=10.0, help="gRPC deadline of each call")
+    p.add_argument("--timeout-s", type=real_in(0, 86_400, low_open=True), default=10.0,
+                   help="gRPC deadline of each call (nan, inf or <= 0 were a misleading DEADLINE_EXCEEDED)")
     p.add_argument("--tls-ca", help="PEM CA that signed the server's certificate: talk TLS")
     p.add_argument("--client-cert", help="PEM client certificate (mutual TLS), with --client-key")
     p.add_argument("--client-key", help="PEM private key of --client-cert")

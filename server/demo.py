@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from server.arguments import at_least, real_in
 from server.client import Client
 from server.loadgen import closed_loop, load_labelled_folder, summarise
 
@@ -53,8 +54,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--images", default=str(ROOT / "samples" / "cifar10-test"))
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--budget-ms", type=float, nargs="+", default=[3.0, 15.0])
+    p.add_argument("--concurrency", type=at_least(1, 1024), default=8)
+    p.add_argument("--budget-ms", type=real_in(0, 3_600_000, low_open=True), nargs="+", default=[3.0, 15.0])
     args = p.parse_args(argv)
     images, names, _ = load_labelled_folder(args.images)
     proc, target, _ = start_server(args.repo, [])

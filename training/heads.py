@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from server.arguments import SEED_MAX, at_least, real_in
 from server.repository import sha256_file
-from training.arguments import SEED_MAX, at_least, real_in
 from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
 from training.data.batches import iterate
 from training.methods import OptimConfig, output_losses

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training.arguments import SEED_MAX, at_least, layers, real_in
+from server.arguments import SEED_MAX, at_least, layers, real_in
 from training.checkpoint import hold_run_directory, load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits

@@ -90,3 +90,17 @@ def test_client_command_speaks_tls_and_the_token(tiny_repo, creds, tmp_path, cap
     with pytest.raises(SystemExit):
         client_main(["--token-file", str(tmp_path / "empty"), str(image)])
     assert "empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--timeout-s", "nan"], "argument --timeout-s: nan must be a number in (0, 86400]"),  # a DEADLINE_EXCEEDED before
+    (["--timeout-s", "-1"], "argument --timeout-s: -1 must be a number in (0, 86400]"),
+    (["--top-k", "-1"], "argument --top-k: -1 must be >= 0"),  # protobuf's "Value out of range" traceback before
+    (["--priority", str(2**32)], f"argument --priority: {2**32} must be <= 4294967295"),
+])
+def test_client_command_refuses_values_it_cannot_send(argv, says, capsys):
+    from server.client import main as client_main
+
+    with pytest.raises(SystemExit) as e:
+        client_main(["--target", "127.0.0.1:1", "image.png", *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err

@@ -1,4 +1,6 @@
-"""argparse types for the training commands: a bad value is refused by argparse, naming the option (exit 2).
+"""argparse types shared by the commands (training.run, training.heads, export, server.client): a bad value is refused
+by argparse, naming the option (exit 2). Here, not in training/, because the server's client needs them and the server
+does not import the training code (a serving image has no torch).
 
 Why each bound exists: a NaN or infinite learning rate, momentum, weight decay, loss-weight exponent, shortcut scale
 or distillation temperature used to train to NaN weights without a word and write a checkpoint of them; batch size 0
@@ -30,7 +32,7 @@ def at_least(low: int, high: int | None = None):
 
 def real_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
     """A finite number in the interval low..high, each end closed unless said open."""
-    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    span = f"{'(' if low_open else '['}{_plain(low)}, {_plain(high)}{')' if high_open else ']'}"
 
     def parse(text: str) -> float:
         try:
@@ -45,6 +47,10 @@ def real_in(low: float, high: float, low_open: bool = False, high_open: bool = F
     return parse
 
 
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 3600000, not 3.6e+06
+
+
 def layers(text: str) -> str:
     """--exits: comma-separated layer numbers, checked here and kept as typed (checkpoints record it so)."""
     try:
@@ -54,4 +60,5 @@ def layers(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated layer numbers, e.g. 15,25,35,45,56") from None
 
 
+UINT32_MAX = 2**32 - 1  # a protobuf uint32 field: a larger value was protobuf's ValueError traceback
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it; every seed derived from it stays in 64 bits
