@@ -32,8 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--model-control-mode explicit the only models loaded at start (none without --model)")
     p.add_argument("--model-control-mode", default="poll", choices=["poll", "none", "explicit"],
                    help="Triton's: poll (default) loads the models at start and switches to a new version published in "
-                        "a model's place (every --poll-s); none: no polling; explicit: Triton's repository API loads and "
-                        "unloads models while serving (server/model_control.py)")
+                        "a model's place (every --poll-s); without --model it also loads models added to the repository "
+                        "and unloads those gone from it for two polls; none: no polling; explicit: Triton's repository "
+                        "API loads and unloads models while serving (server/model_control.py)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")

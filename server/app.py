@@ -172,15 +172,18 @@ class ServerApp:
     async def _watch_repository(self) -> None:
         """Reload without loss: when `REPO/NAME` points to a new version, load and warm it beside the old
         one, switch atomically, and retire the old one once its admitted requests are answered. A broken
-        new version is refused with one log line and the old one keeps serving."""
+        new version is refused with one log line and the old one keeps serving. Unless --model chose the
+        models, the repository's membership is watched too, as Triton's POLL mode: a model added is loaded, a
+        model gone for two polls in a row is unloaded (server/model_control.py)."""
         loop = asyncio.get_running_loop()
+        watch_membership = self._watches_membership()
         while True:
             await asyncio.sleep(self.cfg.poll_s)
             for name, old in list(self.engines.items()):
                 try:
                     current = (Path(self.cfg.repo) / name).resolve(strict=True)
                 except OSError:
-                    continue  # mid-switch or removed: keep serving what we have
+                    continue  # mid-switch or removed: keep serving what we have (a removal is judged below)
                 if current == old.info.path or self._refused.get(name) == current:
                     continue
                 try:
@@ -191,8 +194,11 @@ class ServerApp:
                     log.error("refusing new version %s of model %s: %s; still serving %s", current.name, name, e,
                               old.info.version)
                     continue
-                self.switch_to(name, new)
-                self.metrics.reloads.labels(name, "ok").inc()
+                if self.engines.get(name) is old:  # not unloaded meanwhile
+                    self.switch_to(name, new)
+                    self.metrics.reloads.labels(name, "ok").inc()
+            if watch_membership and not self.draining:
+                await self.control.poll_membership(self._refused)
 
     def switch_to(self, name: str, new: ModelEngine) -> None:
         """Start `new` and serve `name` from it (the atomic switch: new lookups get it); the version it replaces,
@@ -319,10 +325,16 @@ class ServerApp:
         return self.port
 
     def _most_models(self) -> int:
-        """How many models may serve at once: the loaded ones, or in explicit mode every one the repository holds."""
-        if self.cfg.model_control != "explicit":
+        """How many models may serve at once: the loaded ones, or, where models may be loaded later (explicit mode,
+        and poll mode watching the repository's membership), every one the repository holds at start. Models added
+        beyond that share gRPC core's limit: their requests may be refused there before their engine is full."""
+        if self.cfg.model_control == "none" or (self.cfg.model_control == "poll" and not self._watches_membership()):
             return len(self.engines)
         return max(len(self.engines), len(list_models(self.cfg.repo)))
+
+    def _watches_membership(self) -> bool:
+        """Poll mode without --model: models added to the repository are loaded, those gone unloaded."""
+        return self.cfg.model_control == "poll" and self.cfg.poll_s > 0 and (not self.cfg.models or "*" in self.cfg.models)
 
     async def shutdown(self, grace_s: float | None = None, handoff: bool = False) -> bool:
         """NOT_SERVING first, then refuse new requests, answer every admitted one, then stop.

@@ -83,7 +83,8 @@ class Metrics:
         self.shm_bytes = Gauge(f"{PREFIX}_shared_memory_bytes", "Bytes of the registered shared memory regions",
                                registry=r, multiprocess_mode="livesum")
         self.model_control = Counter(f"{PREFIX}_model_control", "Loads and unloads asked through Triton's repository "
-                                     "API (server/model_control.py): done, or refused", ["model", "action", "result"],
+                                     "API, or by the repository's membership in poll mode (server/model_control.py): "
+                                     "done, or refused", ["model", "action", "result"],
                                      registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
                                       "Latency model: one segment run at batch 1", ["model", "exit"], registry=r,

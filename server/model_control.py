@@ -4,11 +4,12 @@ the server runs (gRPC RepositoryIndex / RepositoryModelLoad / RepositoryModelUnl
 load_model, unload_model).
 
 `--model-control-mode`, Triton's names:
-- poll (the default, this server's behaviour before the extension): the models are loaded at start (every one,
-  or --model's); a new version published in a loaded model's place is loaded beside it and switched to
-  (server/app.py's watch, every --poll-s). Unlike Triton's POLL, a model added to or removed from the repository
-  is not loaded or unloaded: a model folder is a symlink that a publish re-points, and a moment without it must
-  not take a model out of service.
+- poll (the default): the models are loaded at start (every one, or --model's); a new version published in a
+  loaded model's place is loaded beside it and switched to (server/app.py's watch, every --poll-s). Without
+  --model, as Triton's POLL, a model added to the repository is loaded, and one whose folder (or manifest) is
+  gone for two polls in a row is unloaded as the API unloads it. Two polls, because a model folder is a symlink
+  that a publish re-points: the swap is atomic, but a hand-made copy (rm, then cp) leaves a moment without it,
+  and that moment must not take a model out of service.
 - none: the same without the watch.
 - explicit: at start only --model's models (none without it, every one with '*'), then the API: a load starts
   a model, or switches a loaded one to the version its folder now points to (beside the old one, which answers
@@ -45,6 +46,7 @@ class ModelControl:
         self.reasons: dict[str, str] = {}  # model -> why it is not loaded: a failed load, an unload
         self.busy: dict[str, str] = {}  # model -> LOADING or UNLOADING while that runs
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
+        self._gone: dict[str, int] = {}  # poll mode: loaded model -> polls in a row its folder was missing
 
     # --- the index ------------------------------------------------------------------------------------
 
@@ -140,6 +142,35 @@ class ModelControl:
                 f"unloaded; requests still in progress after {self.app.cfg.grace_s:g} s were answered UNAVAILABLE")
             self.app.metrics.model_control.labels(name, "unload", "ok").inc()
             log.info("model %s (%s) unloaded%s", name, version, "" if drained else " (grace period ran out)")
+
+    # --- poll mode's membership -------------------------------------------------------------------------
+
+    async def poll_membership(self, refused: dict[str, Path]) -> None:
+        """One poll of the repository's membership (server/app.py's watch): load what was added, unload what has
+        been gone for two polls. `refused`: model -> the version path whose load already failed (not retried until
+        the folder points elsewhere, so a broken model is logged once, not every poll)."""
+        folders = self._folders()
+        for name in [n for n in self.app.engines if n not in folders]:
+            self._gone[name] = self._gone.get(name, 0) + 1
+            if self._gone[name] >= 2 and name not in self.busy:
+                del self._gone[name]
+                log.warning("model %s is gone from the repository (two polls): unloading it", name)
+                await _to_the_end(self._unload(name))
+        for name, folder in folders.items():
+            self._gone.pop(name, None)
+            if name in self.app.engines or name in self.busy:
+                continue
+            try:
+                current = folder.resolve(strict=True)
+            except OSError:
+                continue
+            if refused.get(name) == current:
+                continue
+            log.info("model %s was added to the repository: loading it", name)
+            try:
+                await _to_the_end(self._load(name, folder))
+            except (InvalidInput, UnknownModel, NotServing):  # logged and counted by _load; the index says why
+                refused[name] = current
 
     # --- checks ---------------------------------------------------------------------------------------
 
