@@ -280,8 +280,9 @@ def main(args) -> dict:
         if not args.no_eval:
             judged = ema.module if ema is not None else model  # the weights that will be exported
             started = time.perf_counter()
+            # --val-size 0 trains on the whole training set: no validation figures (they read 100% error before)
             val = evaluate(judged, _eval_batches(on_device.get("val"), splits.val, splits, device, channels_last, args),
-                           autocast)
+                           autocast) if len(splits.val) else {"top1_err": None, "top5_err": None}
             test = evaluate(judged, _eval_batches(on_device.get("test"), splits.test, splits, device, channels_last, args),
                             autocast)
             # eval_s: what evaluation adds to an epoch (the first epoch's includes compiling its graphs), which a
@@ -295,15 +296,21 @@ def main(args) -> dict:
         save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **extra, "method": method.state_dict(),
                      "epoch": epoch + 1, "config": cfg.to_dict(), "args": vars(args), "data": data_info,
                      "precision": precision, "costs": costs, "metrics": metrics}, out / "last.pt")
-        errors = f"val top1 err per exit {[round(e, 2) for e in metrics['val_top1_err']]}" if not args.no_eval else "not evaluated"
+        errors = _epoch_errors(metrics) if not args.no_eval else "not evaluated"
         print(f"epoch {epoch + 1}: {errors} ({stats['images_per_s'] * dist_info.world:.0f} img/s)", file=sys.stderr)
         barrier()
     if dist_info.enabled:
         torch.distributed.destroy_process_group()
     if "val_top1_err" in metrics:
-        print(exit_table(costs, {"top1_err": metrics["val_top1_err"]},
+        print(exit_table(costs, {"top1_err": metrics["val_top1_err"]} if metrics["val_top1_err"] is not None else None,
                          {"top1_err": metrics["test_top1_err"], "top5_err": metrics["test_top5_err"]}))
     return metrics
+
+
+def _epoch_errors(metrics: dict) -> str:
+    if metrics["val_top1_err"] is None:
+        return f"no validation split; test top1 err per exit {[round(e, 2) for e in metrics['test_top1_err']]}"
+    return f"val top1 err per exit {[round(e, 2) for e in metrics['val_top1_err']]}"
 
 
 def _truncate_metrics(path: Path, epochs_kept: int) -> None:

@@ -82,3 +82,14 @@ def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_first(tmp_pa
         hold_run_directory(out), hold_run_directory(out)  # within one process too: each open file is its own lock
     again = hold_run_directory(out)  # once released (closed, or its process ended), the directory is free again
     again.close()
+
+
+def test_without_a_validation_split_no_validation_error_is_made_up(tmp_path, capsys):
+    """--val-size 0 (train on the whole training set) reported 100% validation error every epoch."""
+    metrics = main(get_args_parser().parse_args(["--depth", "8", "--dataset", "synthetic", "--val-size", "0", "--epochs",
+                                                 "1", "--max-batches", "2", "--precision", "fp32", "--out", str(tmp_path / "r")]))
+    assert metrics["val_top1_err"] is None and metrics["val_top5_err"] is None and 0 <= metrics["test_top1_err"][0] <= 100
+    out = capsys.readouterr()
+    assert "epoch 1: no validation split; test top1 err per exit [" in out.err
+    table = out.out.splitlines()
+    assert "val top1 err" in table[0] and table[2].split()[4] == "-"
