@@ -21,6 +21,8 @@ def main(argv: list[str]) -> None:
     for ax, (name, path) in zip(axes, runs):
         rows = [json.loads(line) for line in open(path)]
         epochs = [r["epoch"] for r in rows]
+        if not rows or rows[0].get("val_top1_err") is None:
+            raise SystemExit(f"{path}: no validation errors (a run with --val-size 0, or --no-eval): nothing to plot")
         for k in range(len(rows[0]["val_top1_err"])):
             ax.plot(epochs, [r["val_top1_err"][k] for r in rows], label=f"output {k + 1}")
         ax.set_title(name, fontsize=9)
