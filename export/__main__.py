@@ -22,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         if cmd == "exit":
             s.add_argument("k", type=int, help="exit index (0 = shallowest)")
         s.add_argument("--checkpoint", required=True, help="a run directory (uses last.pt) or a .pt file")
-        s.add_argument("--out", required=True, type=folder, help="model repository directory")
+        s.add_argument("--out", required=True, type=named, help="model repository directory")
         s.add_argument("--name", type=model_name, help="model name (default from the architecture and data set)")
         s.add_argument("--data-dir", help="where the checkpoint's data set lies now (for calibration)")
         s.add_argument("--trt", action="store_true", help="also build one TensorRT engine per exit")
@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         _promise_confidence(s)
     ch = sub.add_parser("choose", help="export the best of several checkpoints, judged on validation (export/choose.py)")
     ch.add_argument("--checkpoint", action="append", required=True, help="a candidate run directory (repeat)")
-    ch.add_argument("--out", type=folder, help="model repository directory")
+    ch.add_argument("--out", type=named, help="model repository directory")
     ch.add_argument("--name", type=model_name, help="model name to publish the winner under")
     ch.add_argument("--dry-run", action="store_true", help="rank the candidates and say why; publish nothing")
     ch.add_argument("--data-dir", help="where the checkpoints' data set lies now (for calibration)")
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _promise_confidence(ch)
     c = sub.add_parser("check", help="validate a model directory REPO/NAME")
     c.add_argument("model_dir")
-    c.add_argument("--checkpoint", help="also check parity with this checkpoint")
+    c.add_argument("--checkpoint", type=named, help="also check parity with this checkpoint")
     c.add_argument("--rebuild", action="store_true",
                    help="also export the segments again from --checkpoint and require byte-identical files")
     c.add_argument("--data-dir", help="with --rebuild of an int8 model: where the checkpoint's data set lies now")
@@ -85,10 +85,11 @@ def model_name(text: str) -> str:
     return text
 
 
-def folder(text: str) -> str:
-    """--out: an empty name wrote the repository into the working directory."""
+def named(text: str) -> str:
+    """A path that must name something: --out '' wrote the repository into the working directory, check's
+    --checkpoint '' skipped the parity check it asks for."""
     if not text:
-        raise argparse.ArgumentTypeError("'' names no folder")
+        raise argparse.ArgumentTypeError("'' names no file or folder")
     return text
 
 

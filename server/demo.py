@@ -57,7 +57,10 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=at_least(1, 1024), default=8)
     p.add_argument("--budget-ms", type=real_in(0, 3_600_000, low_open=True), nargs="+", default=[3.0, 15.0])
     args = p.parse_args(argv)
-    images, names, _ = load_labelled_folder(args.images)
+    try:
+        images, names, _ = load_labelled_folder(args.images)
+    except OSError as e:  # a missing or unreadable folder: named, not a traceback (bench.cli_fuzz)
+        p.error(f"--images: {e}")
     proc, target, _ = start_server(args.repo, [])
     try:
         with Client(target) as c:

@@ -266,7 +266,7 @@ def test_trt_max_batch_below_one_is_refused_before_any_work(tiny_run, tmp_path, 
     (["--name", "-5"], "argument --name: '-5' is not a model name"),
     (["--name", "a/b"], "argument --name: 'a/b' is not a model name"),
     (["--name", "x" * 129], "is not a model name: 1-128 letters"),
-    (["--out", ""], "argument --out: '' names no folder"),  # wrote the repository into the working directory
+    (["--out", ""], "argument --out: '' names no file or folder"),  # wrote the repository into the working directory
 ])
 def test_names_the_server_could_not_list_or_a_client_type_are_refused(argv, says, tiny_run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -281,3 +281,10 @@ def test_a_model_name_of_letters_digits_dots_dashes_and_underscores_is_published
     assert export_main(["all", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r"), "--no-measure",
                         "--name", "Tiny_v2.1-cpu"]) == 0
     assert (tmp_path / "r" / "Tiny_v2.1-cpu" / "manifest.json").is_file()
+
+
+def test_check_with_an_empty_checkpoint_name_is_refused_not_skipped(tiny_repo, capsys):
+    """`export check M --checkpoint ''` passed without the parity check it asked for (found by bench.cli_fuzz)."""
+    with pytest.raises(SystemExit) as e:
+        export_main(["check", str(tiny_repo / "tiny"), "--checkpoint", ""])
+    assert e.value.code == 2 and "argument --checkpoint: '' names no file or folder" in capsys.readouterr().err

@@ -104,3 +104,17 @@ def test_client_command_refuses_values_it_cannot_send(argv, says, capsys):
     with pytest.raises(SystemExit) as e:
         client_main(["--target", "127.0.0.1:1", "image.png", *argv])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--images", "missing"], "--images: missing is not a folder of images by class"),  # a FileNotFoundError traceback
+    (["--concurrency", "0"], "argument --concurrency: 0 must be >= 1"),
+    (["--budget-ms", "nan"], "argument --budget-ms: nan must be a number in (0, 3600000]"),
+])
+def test_demo_command_names_a_bad_option_before_starting_a_server(argv, says, tmp_path, capsys, monkeypatch):
+    from server.demo import main as demo_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        demo_main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
