@@ -10,7 +10,7 @@ import re
 import sys
 
 from export.quantize import MAX_DROP_PP
-from server.arguments import at_least
+from server.arguments import at_least, named
 from server.policy import POLICY_SCORES
 
 
@@ -82,14 +82,6 @@ def model_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a model name: 1-128 letters, digits, '_', '.' or '-', "
                                          "starting with a letter or digit")
-    return text
-
-
-def named(text: str) -> str:
-    """A path that must name something: --out '' wrote the repository into the working directory, check's
-    --checkpoint '' skipped the parity check it asks for."""
-    if not text:
-        raise argparse.ArgumentTypeError("'' names no file or folder")
     return text
 
 

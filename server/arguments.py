@@ -51,6 +51,13 @@ def _plain(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 3600000, not 3.6e+06
 
 
+def named(text: str) -> str:
+    """A path that must name something ('' meant the working directory, or skipped what the option asked for)."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' names no file or folder")
+    return text
+
+
 def layers(text: str) -> str:
     """--exits: comma-separated layer numbers, checked here and kept as typed (checkpoints record it so)."""
     try:

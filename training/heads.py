@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from server.arguments import SEED_MAX, at_least, real_in
+from server.arguments import SEED_MAX, at_least, named, real_in
 from server.repository import sha256_file
 from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
 from training.data.batches import iterate
@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m training.heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a training.run checkpoint (file, or a run directory's last.pt)")
-    p.add_argument("--out", required=True, help="directory for last.pt (the network with the new heads) and heads.json")
+    p.add_argument("--out", required=True, type=named, help="directory for last.pt (the network with the new heads) and heads.json")
     p.add_argument("--pool", type=at_least(1), default=4, help="P: the auxiliary heads pool to a P x P grid")
     p.add_argument("--views", type=at_least(1), default=8, help="augmented passes over the training split to cache")
     p.add_argument("--epochs", type=at_least(1), default=4, help="passes over the cached views")
@@ -247,6 +247,6 @@ def _table(model: AuxNet, record: dict, test_err: list[float]) -> str:
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: an --out that is a file, a name too long (cli_fuzz)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

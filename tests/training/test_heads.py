@@ -146,7 +146,8 @@ def test_heads_refuses_to_replace_a_checkpoint(tiny_run, tmp_path):
                                            (["--lr", "0"], "--lr: 0 must be a number in (0, 10]"),
                                            (["--lr", "inf"], "--lr: inf must be a number in (0, 10]"),  # accepted before
                                            (["--weight-decay", "-1"], "--weight-decay: -1 must be a number in [0, 1)"),
-                                           (["--distill-weight", "nan"], "--distill-weight: nan must be a number in [0, 1]")])
+                                           (["--distill-weight", "nan"], "--distill-weight: nan must be a number in [0, 1]"),
+                                           (["--out", ""], "--out: '' names no file or folder")])  # wrote into the cwd
 def test_heads_options_are_range_checked(argv, message, capsys):
     with pytest.raises(SystemExit):
         get_args_parser().parse_args(["--checkpoint", "c", "--out", "o", *argv])
