@@ -4,8 +4,8 @@ does not import the training code (a serving image has no torch).
 
 Why each bound exists: a NaN or infinite learning rate, momentum, weight decay, loss-weight exponent, shortcut scale
 or distillation temperature used to train to NaN weights without a word and write a checkpoint of them; batch size 0
-was a ZeroDivisionError, epochs 0 a run that wrote nothing, a seed past 64 bits an "Overflow when unpacking long long"
-from torch, and seed -1 torch's "expected non-negative integer", naming no option.
+was a ZeroDivisionError, epochs 0 a run that wrote nothing, a seed past 64 bits torch's "Overflow when unpacking long
+long", and seed -1 torch's "expected non-negative integer", naming no option.
 """
 
 from __future__ import annotations
