@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from server.app import ServerApp, ServerConfig
+from server.arguments import plain_number
 from server.backends import default_threads
 from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
@@ -229,11 +230,7 @@ def check_ranges(parser: argparse.ArgumentParser, args) -> None:
     for name, low, high in RANGES:
         value = getattr(args, name)
         if not low <= value <= high:  # NaN too: every comparison with it is False
-            parser.error(f"--{name.replace('_', '-')} {value:g} must be in [{_number(low)}, {_number(high)}]")
-
-
-def _number(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"  # 1000000 rather than 1e+06
+            parser.error(f"--{name.replace('_', '-')} {value:g} must be in [{plain_number(low)}, {plain_number(high)}]")
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ def at_least(low: int, high: int | None = None):
 
 def real_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
     """A finite number in the interval low..high, each end closed unless said open."""
-    span = f"{'(' if low_open else '['}{_plain(low)}, {_plain(high)}{')' if high_open else ']'}"
+    span = f"{'(' if low_open else '['}{plain_number(low)}, {plain_number(high)}{')' if high_open else ']'}"
 
     def parse(text: str) -> float:
         try:
@@ -47,8 +47,9 @@ def real_in(low: float, high: float, low_open: bool = False, high_open: bool = F
     return parse
 
 
-def _plain(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 3600000, not 3.6e+06
+def plain_number(x: float) -> str:
+    """A bound as people write it: 3600000, not 3.6e+06; 0.001 as it is."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def named(text: str) -> str:

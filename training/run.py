@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from server.arguments import SEED_MAX, at_least, layers, real_in
+from server.arguments import SEED_MAX, at_least, layers, named, real_in
 from training.checkpoint import hold_run_directory, load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
@@ -90,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=at_least(0, SEED_MAX), default=0)
-    p.add_argument("--out", default="runs/default", help="run directory: last.pt, metrics.jsonl")
+    p.add_argument("--out", default="runs/default", type=named, help="run directory: last.pt, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUT that holds a run (its metrics.jsonl is cleared, last.pt replaced)")
@@ -158,8 +158,6 @@ def intended_image_size(args) -> int:
 
 def main(args) -> dict:
     torch.manual_seed(args.seed)
-    if not args.out:
-        raise ValueError("--out '' names no run directory")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory")

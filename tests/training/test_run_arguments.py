@@ -25,6 +25,7 @@ from training.run import get_args_parser, main
     ("--seed", "-1", "argument --seed: -1 must be >= 0"),  # torch's "expected non-negative integer" before
     ("--seed", str(2**64), f"argument --seed: {2**64} must be <= 4294967295"),  # "Overflow when unpacking long long"
     ("--lr", "fast", "argument --lr: 'fast' is not a number"),
+    ("--out", "", "argument --out: '' names no file or folder"),  # trained into the working directory before
 ])
 def test_a_number_out_of_range_is_refused_by_argparse(option, value, says, capsys):
     with pytest.raises(SystemExit) as e:
@@ -46,7 +47,6 @@ def test_the_bounds_and_the_defaults_themselves_pass():
     (["--preset", "auxnet56_5", "--family", "imagenet"], "contradict it"),
     (["--preset", "resnet20", "--momentum", "0"], "--momentum 0 with Nesterov momentum (the default) is plain SGD: add "
                                                   "--no-nesterov"),  # torch's message named no option
-    (["--preset", "resnet20", "--out", ""], "--out '' names no run directory"),  # trained into the working directory
 ])
 def test_contradictions_are_refused_before_any_work(argv, says, tmp_path):
     args = get_args_parser().parse_args(["--dataset", "synthetic", "--epochs", "1", "--max-batches", "1",
