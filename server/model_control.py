@@ -47,6 +47,7 @@ class ModelControl:
         self.busy: dict[str, str] = {}  # model -> LOADING or UNLOADING while that runs
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._gone: dict[str, int] = {}  # poll mode: loaded model -> polls in a row its folder was missing
+        self._repository_missing = False  # poll mode: the repository could not be listed at the last poll (logged once)
 
     # --- the index ------------------------------------------------------------------------------------
 
@@ -149,7 +150,14 @@ class ModelControl:
         """One poll of the repository's membership (server/app.py's watch): load what was added, unload what has
         been gone for two polls. `refused`: model -> the version path whose load already failed (not retried until
         the folder points elsewhere, so a broken model is logged once, not every poll)."""
-        folders = self._folders()
+        try:
+            folders = {d.name: d for d in list_models(self.app.cfg.repo)}
+        except (RepositoryError, OSError) as e:  # the repository itself is unreadable (a mount's hiccup, a move):
+            if not self._repository_missing:  # judge no model by it, or one glitch would unload every model
+                log.error("cannot list the model repository (%s): the loaded models keep serving", e)
+            self._repository_missing = True
+            return
+        self._repository_missing = False
         for name in [n for n in self.app.engines if n not in folders]:
             self._gone[name] = self._gone.get(name, 0) + 1
             if self._gone[name] >= 2 and name not in self.busy:

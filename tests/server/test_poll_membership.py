@@ -131,3 +131,21 @@ def test_with_models_named_at_start_membership_is_not_watched(tiny_repo, tmp_pat
         (repo / MODEL).unlink()
         time.sleep(0.6)
         assert sorted(app.engines) == [MODEL]  # what --model named stays, as before
+
+
+def test_a_repository_that_cannot_be_listed_unloads_nothing(tiny_repo, tmp_path, caplog):
+    """A mount's hiccup or a moved repository must not read as every model removed."""
+    import logging
+
+    repo = copy_repo(tiny_repo, tmp_path)
+    with v2_server(repo, poll_s=3600) as (app, target, url):
+        moved = tmp_path / "moved"
+        repo.rename(moved)
+        with caplog.at_level(logging.ERROR, logger="auxnet.server"):
+            for _ in range(3):
+                poll(app)
+        assert MODEL in app.engines and classify(target, MODEL).class_name
+        assert caplog.text.count("cannot list the model repository") == 1  # once, not per poll
+        moved.rename(repo)
+        poll(app)
+        assert MODEL in app.engines
