@@ -246,7 +246,8 @@ class BearerToken(_Watched):
                 raise ValueError(f"token file {e} changed while being read at start-up") from e
         if not token:
             raise ValueError("the bearer token is empty")
-        _check_header_safe(token, "the bearer token")
+        if path is None:  # a file's token was checked as it was read (_read), for rotation too
+            _check_header_safe(token, "the bearer token")
         self.expected = f"Bearer {token}".encode()
 
     def _read(self) -> tuple[str, tuple]:
