@@ -136,6 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recycle-min-age-s", type=float, default=60.0,
                    help="never recycle a worker younger than this (bounds churn if the limit is near a fresh worker's size)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
+    p.add_argument("--worker-state", help=argparse.SUPPRESS)  # set by --workers: the folder of settings workers share
     p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
     p.add_argument("--log-level", default="INFO", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
                    help="the lowest level logged (any case; default INFO)")
@@ -175,7 +176,7 @@ async def serve(args) -> int:
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
         reuse_port=args.reuse_port, trace=args.trace, log_level=args.log_level,
-        allow_client_shm=args.allow_client_shm)
+        allow_client_shm=args.allow_client_shm, worker_state=args.worker_state)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()

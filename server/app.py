@@ -23,7 +23,7 @@ from server.credentials import BearerToken, TlsFiles
 from server.decode import ImageLimits
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
-from server.errors import UnknownModel
+from server.errors import InvalidInput, UnknownModel
 from server.handlers import CorruptMessages, method_handlers
 from server.log_settings import LogControl
 from server.memory import release_freed_memory
@@ -38,6 +38,7 @@ from server.shared_memory import SharedMemoryRegistry
 from server.static_batches import static_chain
 from server.tracing import Tracer, TraceSettings
 from server.v2 import grpc_service as v2_grpc
+from server.worker_sync import WorkerSync
 
 log = logging.getLogger("auxnet.server")
 REFUSAL_WINDOW_S = 0.5
@@ -88,6 +89,7 @@ class ServerConfig:
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
     trace: TraceSettings = TraceSettings()  # request traces (server/tracing.py, Triton's trace extension)
     allow_client_shm: bool = False  # Triton's system shared memory extension (server/shared_memory.py); same host only
+    worker_state: str | None = None  # a --workers supervisor's folder of shared settings (server/worker_sync.py)
     log_level: str = "INFO"  # the start of the log settings Triton's logging extension changes (server/log_settings.py)
 
 
@@ -114,18 +116,23 @@ class ServerApp:
         self._grpc_log = None  # server/grpc_log.py's filter while serving
         self._watch: asyncio.Task | None = None
         self._watch_creds: asyncio.Task | None = None
+        self._watch_sync: asyncio.Task | None = None
         self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
         self.token: BearerToken | None = None
         self.access_log: AccessLog | None = None
         # Trace settings change at run time only where one process serves (a worker's change would be its own).
         self.tracer = Tracer(cfg.trace, runtime_updates=not cfg.reuse_port)
+        # Under a supervisor the workers share models (explicit mode), log settings and shm regions; a process
+        # started with --reuse-port alone has no siblings to tell, so those stay fixed there.
+        self.sync = WorkerSync(self, cfg.worker_state) if cfg.worker_state else None
+        shared = not cfg.reuse_port or self.sync is not None
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
         self.control = ModelControl(self, cfg.model_control)
         # Log settings change at run time only where one process serves, as trace settings.
-        self.log_control = LogControl(cfg.log_level, runtime_updates=not cfg.reuse_port)
+        self.log_control = LogControl(cfg.log_level, runtime_updates=shared)
         self.shared_memory = SharedMemoryRegistry(
-            cfg.allow_client_shm, runtime_updates=not cfg.reuse_port,
+            cfg.allow_client_shm, runtime_updates=shared,
             on_change=lambda regions, size: (self.metrics.shm_regions.set(regions), self.metrics.shm_bytes.set(size)))
 
     # --- models ---------------------------------------------------------------------------------------
@@ -142,17 +149,21 @@ class ServerApp:
             dirs = [names[m] for m in self.cfg.models]
         elif explicit and not self.cfg.models:
             dirs = []  # as Triton's explicit mode: only the models named at start, then what the API loads
+        if explicit and self.sync is not None and self.sync.read()["models"] is not None:
+            dirs = []  # a restarted or recycled worker: start() loads what the other workers serve
         if not dirs and not explicit:
             raise RepositoryError(f"model repository {self.cfg.repo} holds no model (no */manifest.json)")
         for d in dirs:
             self.engines[d.name] = self._load_engine(d)
 
-    def _load_engine(self, model_dir: Path) -> ModelEngine:
-        """Validate, open the backends, measure latency (blocking). Raises RepositoryError and others."""
+    def _load_engine(self, model_dir: Path, name: str | None = None) -> ModelEngine:
+        """Validate, open the backends, measure latency (blocking). Raises RepositoryError and others. `name`:
+        the model's name where `model_dir` is a version folder (REPO/.versions/...), not the model's REPO/NAME."""
         info = load_manifest(model_dir)
-        if info.name != model_dir.name:
-            log.warning("model folder %s declares name %r; serving it as %r", model_dir.name, info.name, model_dir.name)
-            info = type(info)(**{**info.__dict__, "name": model_dir.name})
+        name = name or model_dir.name
+        if info.name != name:
+            log.warning("model folder %s declares name %r; serving it as %r", model_dir.name, info.name, name)
+            info = type(info)(**{**info.__dict__, "name": name})
         if self.cfg.static_batches:
             if self.cfg.backend != "onnxruntime":
                 raise ValueError(f"static batches run on the onnxruntime backend, not {self.cfg.backend}")
@@ -223,6 +234,31 @@ class ServerApp:
         await asyncio.sleep(0)  # the callbacks its stopped workers left on the loop hold it: let them run first
         await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
+    # --- settings every worker shares (server/worker_sync.py; one process: just this one) -----------------
+
+    async def update_log_settings(self, changes: dict) -> dict:
+        settings = self.log_control.update(changes)
+        if self.sync is not None and changes:
+            await self.sync.publish(lambda state: state.update(log=settings), "log", "the log settings' change")
+        return settings
+
+    async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if self.sync is not None and name in self.sync.read()["shm"]:  # registered through another worker
+            raise InvalidInput(f"shared memory region {name!r} is registered already; unregister it first")
+        self.shared_memory.register(name, key, offset, byte_size)  # here first: a bad key is refused by name
+        if self.sync is not None:
+            spec = {"key": key, "offset": offset, "byte_size": byte_size}
+            try:
+                await self.sync.publish(_region_edit(name, spec), f"shm:{name}", f"registering region {name!r}")
+            except InvalidInput:
+                self.shared_memory.unregister(name)
+                raise
+
+    async def unregister_region(self, name: str) -> None:
+        self.shared_memory.unregister(name)
+        if self.sync is not None:
+            await self.sync.publish(_region_edit(name, None), f"shm:{name}", f"unregistering region {name!r}")
+
     def default_model_name(self) -> str:
         return next(iter(self.engines)) if len(self.engines) == 1 else ""
 
@@ -246,6 +282,9 @@ class ServerApp:
 
     async def start(self) -> int:
         http_surface = self._http_surface()  # before binding anything: a missing aiohttp refuses to start cleanly
+        if self.sync is not None:  # a worker serves what its siblings serve before it takes a connection
+            self.sync.join()
+            await self.sync.converge()
         cfg = self.cfg
         asked_tls = any(f is not None for f in (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))  # '' too: refused by name
         self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if asked_tls else None
@@ -317,6 +356,8 @@ class ServerApp:
                 self._watch = asyncio.create_task(self._watch_repository())
             if self.tls is not None or (self.token is not None and self.token.path):
                 self._watch_creds = asyncio.create_task(self._watch_credentials())
+        if self.sync is not None:
+            self._watch_sync = asyncio.create_task(self.sync.watch())
         self.log_control.install()  # last: a start that fails leaves the process's logging as it was
         log.info("serving %s on %s:%d (gRPC: auxnet.v1 and %s), HTTP %s, metrics %s", sorted(self.engines),
                  self.cfg.host, self.port, v2_grpc.SPEC_SERVICE_NAME,
@@ -352,8 +393,10 @@ class ServerApp:
                                  *([self.health_server.stop(0.5)] if self.health_server is not None else []))
             self.server = self.v2_http = self.health_server = None
         self.draining = True
+        if self.sync is not None:
+            self.sync.leave()  # no shared change waits for a worker that takes no new requests
         await self.health.enter_graceful_shutdown()
-        for task in (self._watch, self._watch_creds):
+        for task in (self._watch, self._watch_creds, self._watch_sync):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -418,6 +461,22 @@ class ServerApp:
     async def wait(self) -> None:
         if self.server is not None:
             await self.server.wait_for_termination()
+
+
+def _region_edit(name: str, spec: dict | None):
+    """The shared state's edit for a registration (`spec`) or an unregistration (None; every region when `name`
+    is empty, as Triton)."""
+    def edit(state: dict) -> None:
+        regions = state["shm"]
+        if spec is None and not name:
+            regions.clear()
+        elif spec is None:
+            regions.pop(name, None)
+        elif name in regions and regions[name] != spec:  # another worker registered the name a moment before
+            raise InvalidInput(f"shared memory region {name!r} is registered already; unregister it first")
+        else:
+            regions[name] = spec
+    return edit
 
 
 def _lower_thread_priority() -> None:

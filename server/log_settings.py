@@ -97,8 +97,8 @@ class LogControl(logging.Filter):
     def update(self, changes: dict) -> dict:
         """Check every named setting, then apply them all; returns every setting's value after."""
         if not self.runtime_updates:
-            raise FailedPrecondition("log settings are fixed under --workers and --recycle-rss-mb: each worker process "
-                                     "has its own and a change would reach one of them; restart with --log-level")
+            raise FailedPrecondition("log settings are fixed in a server started with --reuse-port alone: its sibling "
+                                     "processes would not follow; run them under one supervisor (--workers)")
         new = dict(self.values)
         for key, value in changes.items():
             new[key] = _checked(key, value)
@@ -108,6 +108,12 @@ class LogControl(logging.Filter):
         self.values = new
         self._apply()
         return self.settings()
+
+    def adopt(self, values: dict) -> None:
+        """Take settings another worker process checked and applied (server/worker_sync.py)."""
+        if values != self.values:
+            self.values = {**self.values, **values}
+            self._apply()
 
     def _apply(self) -> None:
         # The logger's own level lets records through that --log-level (the root's) would stop; the filter then

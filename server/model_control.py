@@ -15,8 +15,9 @@ load_model, unload_model).
   a model, or switches a loaded one to the version its folder now points to (beside the old one, which answers
   what it admitted, as a polled reload); an unload stops admitting the model's requests, answers the admitted
   ones (within --grace-s) and returns when it is done. Both are refused in the other modes
-  (FAILED_PRECONDITION), and under --workers or --recycle-rss-mb, where each worker process holds its own models
-  and a request reaches only one of them.
+  (FAILED_PRECONDITION). Under --workers or --recycle-rss-mb every worker process holds the models and a request
+  reaches one of them: a load or unload is shared (server/worker_sync.py) and returns once every worker has done
+  it; a worker started later (a restart, a recycled worker) serves what the others serve.
 The index answers in every mode: every model of the repository and every loaded one, its version and state.
 Only names the repository holds can be loaded: a name is a folder name under it, never a path.
 """
@@ -80,6 +81,18 @@ class ModelControl:
         self._check_repository(repository)
         _check_parameters("load", parameters or {}, {})
         await _to_the_end(self._load(name, self._folder(name)))
+        sync = self.app.sync
+        if sync is not None:  # here first: a version that fails to load is refused before the others try it
+            engine = self.app.engines.get(name)
+            if engine is None:  # a shared unload of it came in meanwhile
+                raise NotServing(f"model {name!r} was unloaded while it loaded; load it again")
+            path = str(engine.info.path)
+            await _to_the_end(sync.publish(_models_edit(self._serving(), name, path), f"model:{name}",
+                                           f"load of model {name!r}"))
+
+    async def load_here(self, name: str, version: Path) -> None:
+        """This process only: load `version` (a version folder) as model `name` (server/worker_sync.py)."""
+        await _to_the_end(self._load(name, version))
 
     async def _load(self, name: str, folder: Path) -> None:
         async with self._lock(name):
@@ -93,7 +106,7 @@ class ModelControl:
                 return
             self.busy[name] = LOADING
             try:
-                new = await asyncio.get_running_loop().run_in_executor(None, self.app._load_engine, folder)
+                new = await asyncio.get_running_loop().run_in_executor(None, self.app._load_engine, folder, name)
             except Exception as e:  # noqa: BLE001 - any failure refuses this version; nothing else changes
                 why = str(e) if isinstance(e, RepositoryError) else f"{type(e).__name__}: {e}"
                 self.app.metrics.model_control.labels(name, "load", "refused").inc()
@@ -117,6 +130,18 @@ class ModelControl:
         self._allowed("unload")
         self._check_repository(repository)
         _check_parameters("unload", parameters or {}, {"unload_dependents": bool})  # no model here has dependents
+        sync = self.app.sync
+        if sync is None:
+            await _to_the_end(self._unload(name))
+            return
+        if name not in self.app.engines and name not in self._folders():
+            await _to_the_end(self._unload(name))  # refused by name, as with one process
+        # every worker, this one included, unloads it as it converges: their drains run side by side
+        await _to_the_end(sync.publish(_models_edit(self._serving(), name, None), f"model:{name}",
+                                       f"unload of model {name!r}"))
+
+    async def unload_here(self, name: str) -> None:
+        """This process only (server/worker_sync.py)."""
         await _to_the_end(self._unload(name))
 
     async def _unload(self, name: str) -> None:
@@ -187,10 +212,13 @@ class ModelControl:
             raise FailedPrecondition(f"model {action} needs --model-control-mode explicit; this server runs in mode "
                                      f"{self.mode!r}, where its models are fixed at start"
                                      + (" and new versions are polled" if self.mode == "poll" else ""))
-        if self.app.cfg.reuse_port:
-            raise FailedPrecondition(f"model {action} is refused under --workers and --recycle-rss-mb: each worker "
-                                     "process holds its own models and a request reaches one of them; restart with "
-                                     "the models wanted (--model)")
+        if self.app.cfg.reuse_port and self.app.sync is None:
+            raise FailedPrecondition(f"model {action} is refused for a server started with --reuse-port alone: its "
+                                     "sibling processes would not follow; run them under one supervisor (--workers)")
+
+    def _serving(self) -> dict[str, str]:
+        """Model -> the version folder it serves here: the shared set's start where nothing was shared yet."""
+        return {n: str(e.info.path) for n, e in self.app.engines.items()}
 
     def _check_repository(self, repository: str) -> None:
         repo = self.app.cfg.repo
@@ -213,6 +241,18 @@ class ModelControl:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+
+def _models_edit(serving: dict[str, str], name: str, version: str | None):
+    """The shared state's edit for a load (`version`) or an unload (None) of `name`."""
+    def edit(state: dict) -> None:
+        models = dict(serving) if state["models"] is None else state["models"]
+        if version is None:
+            models.pop(name, None)
+        else:
+            models[name] = version
+        state["models"] = models
+    return edit
 
 
 async def _to_the_end(operation) -> None:

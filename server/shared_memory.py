@@ -6,10 +6,11 @@ and shared_memory_offset).
 
 Off unless the server starts with --allow-client-shm, as Triton's --allow-client-shm: a registration maps, for
 reading and writing, any shared memory object the server's user may open. So a key is a bare name under /dev/shm
-(no path, no symbolic link, a regular file), at most MAX_REGIONS regions are held, and under --workers /
---recycle-rss-mb registration is refused (FAILED_PRECONDITION): a region registered with one worker would be
-unknown to the others. An input's bytes are copied out of the region when the request is parsed, so unregistering
-a region (or the client rewriting it) never changes a request already in the server. CUDA shared memory: not
+(no path, no symbolic link, a regular file) and at most MAX_REGIONS regions are held. Under --workers /
+--recycle-rss-mb a registration is shared: every worker maps the region before the call returns, and an
+unregistration returns once none holds it (server/worker_sync.py). An input's bytes are copied out of the region
+when the request is parsed, so unregistering a region (or the client rewriting it) never changes a request
+already in the server. CUDA shared memory: not
 offered (no GPU path here has been run).
 """
 
@@ -148,8 +149,9 @@ class SharedMemoryRegistry:
             raise FailedPrecondition(f"cannot {what}: client shared memory is off; start the server with "
                                      "--allow-client-shm (same-host clients only)")
         if not self.runtime_updates:
-            raise FailedPrecondition(f"cannot {what} under --workers or --recycle-rss-mb: a region registered with one "
-                                     "worker process would be unknown to the others")
+            raise FailedPrecondition(f"cannot {what} in a server started with --reuse-port alone: a region registered "
+                                     "with one process would be unknown to its siblings; run them under one supervisor "
+                                     "(--workers)")
 
 
 def _map(key: str, name: str, offset: int, byte_size: int) -> mmap.mmap:

@@ -4,7 +4,8 @@ Python process can use (or one GPU fed by several processes). Issue 12.
 The supervisor (this process) picks the ports, starts N ordinary `python -m server` processes that all bind
 the gRPC port (and the health and HTTP ports) with SO_REUSEPORT, so the kernel spreads connections over them, and
 serves /metrics itself: every worker writes its metrics to a shared PROMETHEUS_MULTIPROC_DIR and the
-supervisor adds them up. SIGTERM/SIGINT are passed on to every worker, each drains as a single server does
+supervisor adds them up; explicit model control, shared memory regions and log settings are shared through a
+folder of its own (server/worker_sync.py). SIGTERM/SIGINT are passed on to every worker, each drains as a single server does
 (health NOT_SERVING, admitted requests answered), and the supervisor exits 0 once all have. A worker that
 dies otherwise is started again, at once the first time and then after a doubling delay while it keeps dying
 young (class CrashBackoff: a broken repository or a crash at start must not become a hot loop). Each worker
@@ -45,12 +46,13 @@ def stop_exit_code(returncode: int) -> int:
 
 
 def worker_argv(argv: list[str], port: int, health_port: int | None, http_port: int | None, port_file: Path,
-                access_log: str | None = None, trace_file: str | None = None) -> list[str]:
+                access_log: str | None = None, trace_file: str | None = None, shared: Path | None = None) -> list[str]:
     """The supervisor's own arguments with what each worker must do differently appended (argparse keeps the
     last value of a repeated option). `access_log`, `trace_file`: this worker's own files (rotation by several
     processes of one file would lose lines; trace files are rewritten whole)."""
     own_log = ["--access-log", access_log] if access_log else []
     own_log += ["--trace-file", trace_file] if trace_file else []
+    own_log += ["--worker-state", str(shared)] if shared else []  # models, regions, log settings (server/worker_sync.py)
     return [sys.executable, "-m", "server", *argv, "--workers", "1", "--recycle-rss-mb", "0", "--reuse-port", "--port", str(port),
             "--metrics-port", "-1", "--health-port", str(-1 if health_port is None else health_port),
             "--http-port", str(-1 if http_port is None else http_port), "--port-file", str(port_file), *own_log]
@@ -79,6 +81,8 @@ def supervise(args, argv: list[str]) -> int:
     state = Path(tempfile.mkdtemp(prefix="auxnet-workers-"))
     metrics_dir = state / "metrics"
     metrics_dir.mkdir()
+    shared_dir = state / "shared"
+    shared_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     stopping = False
     # A worker's id names its port file and access log (PATH.<id>). A slot keeps its id when its worker is
@@ -91,7 +95,8 @@ def supervise(args, argv: list[str]) -> int:
         port_file.unlink(missing_ok=True)
         log_file = f"{args.access_log}.{wid}" if args.access_log and args.access_log != "-" else None  # PATH.0, PATH.1, ...
         trace_file = f"{args.trace_file}.worker{wid}" if args.trace_file else None  # its FILE.<i> then FILE.worker<id>.<i>
-        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file, trace_file), env=env)
+        return subprocess.Popen(worker_argv(argv, port, health_port, http_port, port_file, log_file, trace_file, shared_dir),
+                                env=env)
 
     def is_ready(wid: int) -> bool:
         port_file = state / f"worker-{wid}.ports"

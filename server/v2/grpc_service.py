@@ -156,14 +156,14 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryRegister(self, request, context):
         async def run():
-            self.app.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            await self.app.register_region(request.name, request.key, request.offset, request.byte_size)
             return triton.SystemSharedMemoryRegisterResponse()
 
         return await guard(self.app, context, "", run(), counted=False)
 
     async def SystemSharedMemoryUnregister(self, request, context):
         async def run():
-            self.app.shared_memory.unregister(request.name)
+            await self.app.unregister_region(request.name)
             return triton.SystemSharedMemoryUnregisterResponse()
 
         return await guard(self.app, context, "", run(), counted=False)
@@ -176,7 +176,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             empty = sorted(k for k, v in changes.items() if v is None)[:4]
             if empty:
                 raise InvalidInput(f"log settings {empty} carry no value")
-            now = control.update(changes) if changes else control.settings()
+            now = await self.app.update_log_settings(changes) if changes else control.settings()
             value = triton.LogSettingsResponse.SettingValue
             return triton.LogSettingsResponse(settings={k: _setting_value(value, v) for k, v in now.items()})
 

@@ -216,11 +216,11 @@ class OpenInferenceHTTP:
                                    f"; got {json.dumps(value)[:40]}")
         if set(doc) - set(fields):
             raise InvalidInput(f"shared memory register: unknown field(s) {sorted(set(doc) - set(fields))[:8]}")
-        self.app.shared_memory.register(request.match_info["region"], doc["key"], doc.get("offset", 0), doc["byte_size"])
+        await self.app.register_region(request.match_info["region"], doc["key"], doc.get("offset", 0), doc["byte_size"])
         return web.json_response({})
 
     async def shm_unregister(self, request):
-        self.app.shared_memory.unregister(request.match_info.get("region", ""))
+        await self.app.unregister_region(request.match_info.get("region", ""))
         return web.json_response({})
 
     async def log_settings(self, request):
@@ -228,7 +228,7 @@ class OpenInferenceHTTP:
         control = self.app.log_control
         if request.method == "GET":
             return web.json_response(control.settings())
-        return web.json_response(control.update(await _json_object(request, "log settings")))
+        return web.json_response(await self.app.update_log_settings(await _json_object(request, "log settings")))
 
     async def repository_index(self, request):
         """Triton's model repository extension (server/model_control.py): a JSON array, one object a model."""

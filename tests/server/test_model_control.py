@@ -1,5 +1,5 @@
 """Triton's model repository extension (server/model_control.py): the index, loading and unloading models while
-serving in explicit mode, refusals in the other modes and under --workers, bad names and parameters, broken
+serving in explicit mode, refusals in the other modes and with --reuse-port alone, bad names and parameters, broken
 versions, switching versions and unloading under load without losing a request; through Triton's own clients."""
 
 import asyncio
@@ -205,10 +205,11 @@ def test_a_load_switches_to_a_new_version_and_an_unload_under_load_loses_no_admi
         assert metric(app, "auxnet_requests_total", code="INTERNAL") == 0
 
 
-def test_under_workers_load_and_unload_are_refused(tiny_repo):
+def test_with_reuse_port_alone_load_and_unload_are_refused(tiny_repo):
+    """Under a --workers supervisor they are shared (tests/server/test_worker_sync.py)."""
     with v2_server(tiny_repo, model_control="explicit", models=(MODEL,), reuse_port=True) as (app, target, url):
         status, message = refused(lambda: tgrpc.InferenceServerClient(target).unload_model(MODEL))
-        assert status == "StatusCode.FAILED_PRECONDITION" and "refused under --workers and --recycle-rss-mb" in message
+        assert status == "StatusCode.FAILED_PRECONDITION" and "started with --reuse-port alone" in message
         assert app.engines[MODEL].accepting
 
 
@@ -364,9 +365,9 @@ def test_a_load_that_ends_during_shutdown_never_starts_the_model(tiny_repo, tmp_
     with v2_server(repo, model_control="explicit") as (app, target, url):
         real = app._load_engine
 
-        def slow_load(folder):
+        def slow_load(folder, name=None):
             time.sleep(1.0)  # shutdown begins meanwhile
-            return real(folder)
+            return real(folder, name)
 
         app._load_engine = slow_load
 

@@ -1,7 +1,7 @@
 """Triton's system shared memory extension (server/shared_memory.py): inputs read from and outputs written to
 regions a same-host client registers, with Triton's own client utilities over gRPC and HTTP; the same answers as
 in-message tensors; off by default; keys that are paths or links, sizes past the object, unknown regions, too small
-outputs refused by name; fixed under --workers."""
+outputs refused by name; fixed with --reuse-port alone (shared under --workers: test_worker_sync.py)."""
 
 import os
 import uuid
@@ -136,7 +136,7 @@ def test_keys_sizes_and_names_are_checked_by_name(regions, tmp_path):
     with pytest.raises(QueueFull, match=f"{MAX_REGIONS} shared memory regions are registered"):
         r.register("one-more", key, 0, 1)
     r.close()
-    with pytest.raises(FailedPrecondition, match="under --workers"):
+    with pytest.raises(FailedPrecondition, match="started with --reuse-port alone"):
         SharedMemoryRegistry(allowed=True, runtime_updates=False).register("r", key, 0, 1)
 
 

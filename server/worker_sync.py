@@ -1,0 +1,211 @@
+"""What the worker processes of one `--workers` / `--recycle-rss-mb` supervisor agree on: the models loaded in
+explicit model control mode, the registered system shared memory regions, and the log settings. A client's call
+reaches one worker (the kernel spreads connections over them), so without this each of those calls changed one
+process of N, and they were refused under a supervisor.
+
+How: a desired state (state.json in a folder the supervisor makes, `--worker-state`), numbered by generation and
+changed under a file lock (read, edit, rename into place). Every worker watches it (a stat every WATCH_S) and
+converges to it: loads and unloads models, maps and unmaps regions, applies log settings; then writes the
+generation it reached, with what failed there, into its own applied-PID.json. The worker that took the call does
+its own part first where that validates the call (a load, a registration: a broken model or a missing object is
+refused before anything is shared), changes the state, and answers once every live worker has reached that
+generation: a load returns once the model serves on every worker, an unregister once no worker reads the region,
+as with one process. A worker joins before it converges at start (a caller then waits for it too) and leaves when
+it starts to drain; a restarted or recycled worker starts from the shared state, not from its command line's
+--model. What is not shared: trace settings (still fixed under a supervisor) and poll mode's reloads (each worker
+polls the repository itself, as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from server.errors import NotServing, ServingError
+
+log = logging.getLogger("auxnet.server")
+STATE, LOCK = "state.json", "state.lock"
+WATCH_S = 0.1  # how soon a worker sees a change another one made (a stat of one file)
+WAIT_POLL_S = 0.02
+WAIT_MARGIN_S = 120.0
+
+
+def empty_state() -> dict:
+    # models None: nothing changed yet, every worker serves its command line's models
+    return {"generation": 0, "models": None, "shm": {}, "log": None}
+
+
+class WorkerSync:
+    def __init__(self, app, folder: str | Path):
+        self.app = app
+        self.folder = Path(folder)
+        self.pid = os.getpid()
+        self.applied = -1  # the generation this worker has converged to
+        self._seen = None  # the state file's identity when last read
+        self._lock = asyncio.Lock()
+        self._joined = False
+
+    # --- the shared files -----------------------------------------------------------------------------
+
+    def read(self) -> dict:
+        try:
+            return {**empty_state(), **json.loads((self.folder / STATE).read_text())}
+        except FileNotFoundError:
+            return empty_state()
+
+    def change(self, edit) -> int:
+        """Apply `edit(state)` to the shared state under the lock; returns the new generation. `edit` may raise
+        (a ServingError) to refuse the change, and then nothing is written."""
+        with open(self.folder / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.read()
+            edit(state)
+            state["generation"] += 1
+            tmp = self.folder / f"{STATE}.{self.pid}.tmp"
+            tmp.write_text(json.dumps(state))
+            tmp.replace(self.folder / STATE)  # readers see the old state or the new, never half of one
+            return state["generation"]
+
+    def _applied_file(self, pid: int | None = None) -> Path:
+        return self.folder / f"applied-{self.pid if pid is None else pid}.json"
+
+    def _write_applied(self, generation: int, failures: dict[str, str]) -> None:
+        tmp = self.folder / f"applied-{self.pid}.tmp"
+        tmp.write_text(json.dumps({"generation": generation, "failures": failures}))
+        tmp.replace(self._applied_file())
+
+    def join(self) -> None:
+        """Before converging at start: from now on a caller's change waits for this worker too."""
+        self._write_applied(-1, {})
+        self._joined = True
+
+    def leave(self) -> None:
+        """When this worker starts to drain: it takes no new requests, so no change waits for it."""
+        if self._joined:
+            self._applied_file().unlink(missing_ok=True)
+            self._joined = False
+
+    # --- converging -----------------------------------------------------------------------------------
+
+    def _stamp(self):
+        try:
+            st = os.stat(self.folder / STATE)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    async def converge(self) -> None:
+        """Make this worker's models, regions and log settings what the shared state says (once a generation)."""
+        async with self._lock:
+            self._seen = self._stamp()
+            state = self.read()
+            if state["generation"] <= self.applied:
+                return
+            failures: dict[str, str] = {}
+            if state["models"] is not None:
+                await self._converge_models(state["models"], failures)
+            self._converge_regions(state["shm"], failures)
+            if state["log"] is not None:
+                self.app.log_control.adopt(state["log"])
+            self.applied = state["generation"]
+            if self._joined:
+                self._write_applied(self.applied, failures)
+            for key, why in failures.items():
+                log.error("worker %d cannot apply the shared %s: %s", self.pid, key.replace(":", " ", 1), why)
+
+    async def _converge_models(self, wanted: dict[str, str], failures: dict[str, str]) -> None:
+        control = self.app.control
+        for name in [n for n in self.app.engines if n not in wanted]:
+            try:
+                await control.unload_here(name)
+            except ServingError as e:
+                failures[f"model:{name}"] = str(e)
+        for name, path in wanted.items():
+            engine = self.app.engines.get(name)
+            if engine is not None and str(engine.info.path) == path:
+                continue
+            try:
+                await control.load_here(name, Path(path))
+            except ServingError as e:
+                failures[f"model:{name}"] = str(e)
+
+    def _converge_regions(self, wanted: dict[str, dict], failures: dict[str, str]) -> None:
+        shm = self.app.shared_memory
+        for name, region in list(shm.regions.items()):
+            if wanted.get(name) != {"key": region.key, "offset": region.offset, "byte_size": region.byte_size}:
+                shm.unregister(name)
+        for name, spec in wanted.items():
+            if name not in shm.regions:
+                try:
+                    shm.register(name, spec["key"], spec["offset"], spec["byte_size"])
+                except ServingError as e:
+                    failures[f"shm:{name}"] = str(e)
+
+    async def watch(self) -> None:
+        """Converge whenever the shared state changes (the app runs this while it serves)."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            if self._stamp() == self._seen:
+                continue
+            try:
+                await self.converge()
+            except Exception:  # noqa: BLE001 - an unreadable state, a failed drain: keep serving as we are, and
+                log.exception("cannot apply the workers' shared state %s", self.folder / STATE)  # callers wait
+                self._seen = self._stamp()  # for this worker until their timeout, which names it
+
+    # --- a caller's change ----------------------------------------------------------------------------
+
+    async def publish(self, edit, key: str, what: str) -> None:
+        """Share a change, apply it here, and return once every live worker has applied it. `key` names the
+        item changed (e.g. "model:NAME"): a worker that could not apply it makes the call fail, naming it."""
+        generation = self.change(edit)
+        await self.converge()
+        # Workers converge one generation at a time: one may be draining a model (up to --grace-s) or loading
+        # one (seconds; minutes for a TensorRT engine) before it reaches this change.
+        failures = await self._wait_all(generation, key, what, self.app.cfg.grace_s + WAIT_MARGIN_S)
+        if failures:
+            raise NotServing(f"{what} took effect here but not in every worker process: {'; '.join(failures)}; "
+                             "the others serve on as they are (repeat the call to try again)")
+
+    async def _wait_all(self, generation: int, key: str, what: str, timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind, failures = [], []
+            for path in self.folder.glob("applied-*.json"):
+                pid = int(path.stem.split("-", 1)[1])
+                if not _alive(pid):
+                    continue
+                try:
+                    doc = json.loads(path.read_text())
+                except FileNotFoundError:  # it left meanwhile
+                    continue
+                if doc["generation"] < generation:
+                    behind.append(pid)
+                elif key in doc["failures"]:
+                    failures.append(f"worker pid {pid}: {doc['failures'][key]}")
+            if not behind:
+                return failures
+            if time.monotonic() > deadline:
+                raise NotServing(f"{what}: worker process(es) {sorted(behind)} had not applied it after {timeout_s:g} s "
+                                 "(they apply it when they can; the index on each shows where it stands)")
+            await asyncio.sleep(WAIT_POLL_S)
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a dead worker's file stays until the supervisor starts its replacement; a zombie
+    not yet reaped is dead too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
