@@ -120,12 +120,11 @@ class ServerApp:
         self.tls: TlsFiles | None = None  # set by start(); both read again on change (server/credentials.py)
         self.token: BearerToken | None = None
         self.access_log: AccessLog | None = None
-        # Trace settings change at run time only where one process serves (a worker's change would be its own).
-        self.tracer = Tracer(cfg.trace, runtime_updates=not cfg.reuse_port)
-        # Under a supervisor the workers share models (explicit mode), log settings and shm regions; a process
-        # started with --reuse-port alone has no siblings to tell, so those stay fixed there.
+        # Under a supervisor the workers share models (explicit mode), log and trace settings and shm regions; a
+        # process started with --reuse-port alone has no siblings to tell, so those stay fixed there.
         self.sync = WorkerSync(self, cfg.worker_state) if cfg.worker_state else None
         shared = not cfg.reuse_port or self.sync is not None
+        self.tracer = Tracer(cfg.trace, runtime_updates=shared, own_file=self.sync is not None)
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
         self.control = ModelControl(self, cfg.model_control)
@@ -240,6 +239,13 @@ class ServerApp:
         settings = self.log_control.update(changes)
         if self.sync is not None and changes:
             await self.sync.publish(lambda state: state.update(log=settings), "log", "the log settings' change")
+        return settings
+
+    async def update_trace_settings(self, model: str, changes: dict) -> dict:
+        settings = self.tracer.update(model, changes)
+        if self.sync is not None:
+            await self.sync.publish(lambda state: state.update(trace=self.tracer.shared()), "trace",
+                                    "the trace settings' change")
         return settings
 
     async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:

@@ -115,11 +115,15 @@ class TraceScope:
 class Tracer:
     """Sampling, settings (global and per model) and the files traces are written to. On the event loop only."""
 
-    def __init__(self, startup: TraceSettings, runtime_updates: bool = True):
+    def __init__(self, startup: TraceSettings, runtime_updates: bool = True, own_file: bool = False):
+        """`runtime_updates` False: a process started with --reuse-port alone (a change would reach it only).
+        `own_file`: a --workers process, whose file is its own (FILE.worker<id>): the other settings are shared
+        (server/worker_sync.py), the file cannot change at run time."""
         if startup.file:  # one spelling per file: a name set at run time resolves to the same key
             startup = replace(startup, file=str(Path(startup.file).resolve()))
         self.startup = startup
-        self.runtime_updates = runtime_updates  # False under --workers: a change would reach one process only
+        self.runtime_updates = runtime_updates
+        self.own_file = own_file
         self.directory = Path(startup.file).resolve().parent if startup.file else None
         self.scope = TraceScope(startup)
         self.models: dict[str, TraceScope] = {}  # models with settings of their own
@@ -168,8 +172,9 @@ class Tracer:
         """Apply Triton's trace setting request (`model` "" = global). A setting given None is cleared: a model's
         then follows the global one again, a global one returns to its start-up value. Returns the settings now."""
         if not self.runtime_updates:
-            raise FailedPrecondition("trace settings cannot change at run time under --workers or --recycle-rss-mb: "
-                                     "each worker process would take the change alone; restart with --trace-* options")
+            raise FailedPrecondition("trace settings cannot change at run time in a server started with --reuse-port "
+                                     "alone: its sibling processes would not follow; run them under one supervisor "
+                                     "(--workers)")
         scope = self.models.get(model) if model else self.scope
         base = scope.settings if scope is not None else self.scope.settings  # a model's first settings copy the global
         cleared_to = self.scope.settings if model else self.startup
@@ -197,6 +202,32 @@ class Tracer:
         log.info("trace settings%s: %s", f" of model {model}" if model else "", new.response())
         return new.response()
 
+    def shared(self) -> dict:
+        """The settings other worker processes adopt (server/worker_sync.py): global and per model, less the file,
+        which is each worker's own."""
+        def fields(sc: TraceScope) -> dict:
+            st = sc.settings
+            return {"level": st.level, "rate": st.rate, "count": st.count, "log_frequency": st.log_frequency}
+        return {"global": fields(self.scope), "models": {m: fields(sc) for m, sc in self.models.items()}}
+
+    def adopt(self, shared: dict) -> None:
+        """Take settings another worker checked and applied. trace_count then counts from the value it had there:
+        each worker traces up to that many more."""
+        def apply(scope: TraceScope | None, values: dict) -> TraceScope:
+            base = scope.settings if scope is not None else self.scope.settings
+            new = replace(base, **values)
+            if scope is None:
+                scope = TraceScope(new)
+            scope.settings = new
+            self._file_of(new, replaced=base)
+            return scope
+
+        apply(self.scope, shared["global"])
+        for model in [m for m in self.models if m not in shared["models"]]:
+            del self.models[model]
+        for model, values in shared["models"].items():
+            self.models[model] = apply(self.models.get(model), values)
+
     def _set(self, s: TraceSettings, name: str, values: list[str]) -> TraceSettings:
         if name == "trace_level":
             levels = [v.upper() for v in values]
@@ -209,6 +240,10 @@ class Tracer:
                 raise InvalidInput(f"trace_mode {value!r} unknown; valid: triton (OpenTelemetry is not offered here)")
             return s
         if name == "trace_file":
+            if self.own_file:
+                raise FailedPrecondition("trace_file cannot change at run time under --workers or --recycle-rss-mb: "
+                                         "each worker writes its own file (--trace-file's PATH.worker<id>); the other "
+                                         "trace settings reach every worker")
             return replace(s, file=self._runtime_file(value))
         rules = {"trace_rate": "a whole number, at least 1", "trace_count": "a whole number, -1 or more",
                  "log_frequency": "a whole number, 0 or more"}

@@ -1,5 +1,5 @@
 """What the worker processes of one `--workers` / `--recycle-rss-mb` supervisor agree on: the models loaded in
-explicit model control mode, the registered system shared memory regions, and the log settings. A client's call
+explicit model control mode, the registered system shared memory regions, and the log and trace settings. A client's call
 reaches one worker (the kernel spreads connections over them), so without this each of those calls changed one
 process of N, and they were refused under a supervisor.
 
@@ -12,8 +12,9 @@ refused before anything is shared), changes the state, and answers once every li
 generation: a load returns once the model serves on every worker, an unregister once no worker reads the region,
 as with one process. A worker joins before it converges at start (a caller then waits for it too) and leaves when
 it starts to drain; a restarted or recycled worker starts from the shared state, not from its command line's
---model. What is not shared: trace settings (still fixed under a supervisor) and poll mode's reloads (each worker
-polls the repository itself, as before).
+--model. What is not shared: a trace file (each worker writes its own, PATH.worker<id>, so trace_file cannot
+change at run time here), the traces a trace_count lets through (each worker counts down its own), and poll
+mode's reloads (each worker polls the repository itself, as before).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ WAIT_MARGIN_S = 120.0
 
 def empty_state() -> dict:
     # models None: nothing changed yet, every worker serves its command line's models
-    return {"generation": 0, "models": None, "shm": {}, "log": None}
+    return {"generation": 0, "models": None, "shm": {}, "log": None, "trace": None}
 
 
 class WorkerSync:
@@ -49,6 +50,7 @@ class WorkerSync:
         self._seen = None  # the state file's identity when last read
         self._lock = asyncio.Lock()
         self._joined = False
+        self._trace_adopted = None  # the shared trace settings last taken
 
     # --- the shared files -----------------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class WorkerSync:
             self._converge_regions(state["shm"], failures)
             if state["log"] is not None:
                 self.app.log_control.adopt(state["log"])
+            if state["trace"] is not None and state["trace"] != self._trace_adopted:  # once a change: trace_count
+                self.app.tracer.adopt(state["trace"])  # counts down here and must not be reset by other changes
+                self._trace_adopted = state["trace"]
             self.applied = state["generation"]
             if self._joined:
                 self._write_applied(self.applied, failures)

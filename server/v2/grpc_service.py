@@ -115,7 +115,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 v2.resolve(self.app, name, "")
             tracer = self.app.tracer
             if request.settings:
-                now = tracer.update(name, {k: list(v.value) or None for k, v in request.settings.items()})
+                now = await self.app.update_trace_settings(name, {k: list(v.value) or None for k, v in request.settings.items()})
             else:
                 now = tracer.settings(name)
             value = triton.TraceSettingResponse.SettingValue

@@ -200,7 +200,7 @@ class OpenInferenceHTTP:
             doc = json.loads(await request.read() or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InvalidInput(f"trace settings: the body is not JSON: {e}") from None
-        return web.json_response(self.app.tracer.update(name, setting_values(doc)))
+        return web.json_response(await self.app.update_trace_settings(name, setting_values(doc)))
 
     async def shm_status(self, request):
         """Triton's system shared memory extension (server/shared_memory.py): every region, or the one named."""

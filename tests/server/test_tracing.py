@@ -172,9 +172,13 @@ def test_an_http_body_becomes_the_grpc_maps_values():
         setting_values(["trace_rate"])
 
 
-def test_under_workers_settings_are_fixed_at_start_and_each_worker_has_its_own_file(tmp_path):
-    with pytest.raises(FailedPrecondition, match="cannot change at run time under --workers"):
+def test_under_workers_each_worker_has_its_own_file_and_alone_with_reuse_port_settings_are_fixed(tmp_path):
+    with pytest.raises(FailedPrecondition, match="started with --reuse-port alone"):
         Tracer(TraceSettings(str(tmp_path / "t.json"), "TIMESTAMPS"), runtime_updates=False).update("", {"trace_rate": ["1"]})
+    worker = Tracer(TraceSettings(str(tmp_path / "t.json.worker3"), "TIMESTAMPS"), own_file=True)
+    with pytest.raises(FailedPrecondition, match="each worker writes its own file"):
+        worker.update("", {"trace_rate": ["1"], "trace_file": ["other.json"]})
+    assert worker.settings()["trace_rate"] == "1000"  # nothing changed
     argv = worker_argv(["--repo", "r", "--trace-file", "t.json"], 1, None, None, tmp_path / "p", trace_file="t.json.worker3")
     assert argv[-2:] == ["--trace-file", "t.json.worker3"]  # argparse keeps the last: the worker's own
 

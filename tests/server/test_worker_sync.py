@@ -1,5 +1,5 @@
 """Under `--workers N` (server/worker_sync.py) a model load or unload (explicit mode), a shared memory registration
-and a change of log settings reach every worker process before the call returns, and a worker started later (a
+and a change of log or trace settings reach every worker process before the call returns, and a worker started later (a
 killed one's replacement) serves what the others serve. Each check below opens a new connection per request
 (urllib sends `Connection: close`), so the kernel spreads them over both workers: 16 requests all reaching one
 worker of two happens once in 2^15 runs."""
@@ -98,11 +98,12 @@ def test_a_load_and_an_unload_reach_every_worker_and_a_replacement_serves_what_t
 
 
 @pytest.mark.slow
-def test_a_region_and_log_settings_reach_every_worker(tiny_repo):
+def test_a_region_and_log_and_trace_settings_reach_every_worker(tiny_repo, tmp_path):
     key = f"/auxnet-test-{uuid.uuid4().hex[:12]}"
     handle = shm.create_shared_memory_region(key.strip("/"), key, PIXELS.nbytes)
     shm.set_shared_memory_region(handle, [PIXELS])
-    proc, _, _, _, http_port, pids, _ = start_workers(tiny_repo, "--allow-client-shm")
+    proc, _, _, _, http_port, pids, _ = start_workers(tiny_repo, "--allow-client-shm", "--trace-file",
+                                                      str(tmp_path / "t.json"))
     base = f"http://127.0.0.1:{http_port}/v2"
     try:
         plain = call(f"{base}/models/{MODEL}/infer", infer_body())
@@ -126,6 +127,18 @@ def test_a_region_and_log_settings_reach_every_worker(tiny_repo):
             assert code == 200 and (now["log_info"], now["log_format"]) == (False, "ISO8601")
         code, doc = call(f"{base}/logging", {"log_info": "no"})  # checked here; nothing shared
         assert code == 400 and "must be a boolean" in doc["error"]
+
+        code, now = call(f"{base}/trace/setting", {"trace_level": "TIMESTAMPS", "trace_rate": "1"})
+        assert code == 200 and now["trace_rate"] == "1"
+        code, now = call(f"{base}/models/{MODEL}/trace/setting", {"trace_count": "5"})
+        assert code == 200 and now["trace_count"] == "5"
+        files = set()
+        for code, now in spread(f"{base}/models/{MODEL}/trace/setting"):
+            assert code == 200 and (now["trace_level"], now["trace_rate"], now["trace_count"]) == (["TIMESTAMPS"], "1", "5")
+            files.add(now["trace_file"])
+        assert files == {str(tmp_path / "t.json.worker0"), str(tmp_path / "t.json.worker1")}  # both asked, each its own
+        code, doc = call(f"{base}/trace/setting", {"trace_file": "other.json"})
+        assert code == 400 and "each worker writes its own file" in doc["error"]
     finally:
         stop(proc)
         shm.destroy_shared_memory_region(handle)
@@ -144,6 +157,7 @@ class _App:
         self.engines = {}
         self.shared_memory = SharedMemoryRegistry(allowed=True)
         self.log_control = LogControl("INFO")
+        self.tracer = None
 
 
 @pytest.fixture
@@ -193,3 +207,41 @@ def test_a_worker_that_does_not_catch_up_is_named_when_the_wait_ends_and_a_dead_
         asyncio.run(sync.publish(lambda state: state.update(log={"log_info": True}), "log", "change"))
     sync.leave()
     assert not (tmp_path / f"applied-{os.getpid()}.json").exists()
+
+
+def test_trace_settings_adopted_from_another_worker_keep_this_workers_file(tmp_path):
+    from server.tracing import Tracer, TraceSettings
+
+    here = Tracer(TraceSettings(str(tmp_path / "t.json.worker0")), own_file=True)
+    there = Tracer(TraceSettings(str(tmp_path / "t.json.worker1")), own_file=True)
+    here.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["7"]})
+    here.update("m", {"trace_count": ["3"], "log_frequency": ["2"]})
+    there.adopt(here.shared())
+    for model in ("", "m"):
+        mine, theirs = here.settings(model), there.settings(model)
+        assert theirs["trace_file"] == str(tmp_path / "t.json.worker1")
+        assert {k: v for k, v in theirs.items() if k != "trace_file"} == {k: v for k, v in mine.items() if k != "trace_file"}
+    assert there.settings("m")["trace_count"] == "3" and there.settings("m")["log_frequency"] == "2"
+    here.update("m", {"trace_count": None, "log_frequency": None, "trace_level": None, "trace_rate": None})
+    there.adopt(here.shared())
+    assert "m" not in there.models and there.settings("m")["trace_rate"] == "7"  # m follows the global settings again
+    here.close()
+    there.close()
+
+
+def test_another_change_does_not_start_a_trace_count_again(tmp_path):
+    import asyncio
+
+    from server.tracing import Tracer, TraceSettings
+    from server.worker_sync import WorkerSync
+
+    app = _App()
+    app.tracer = Tracer(TraceSettings(str(tmp_path / "t.json.worker0")), own_file=True)
+    sync = WorkerSync(app, tmp_path)
+    sync.join()
+    app.tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "trace_count": ["2"]})
+    asyncio.run(sync.publish(lambda state: state.update(trace=app.tracer.shared()), "trace", "change"))
+    assert app.tracer.sample("m", "v", 0.0, None, 1) is not None  # one of the two traces taken
+    asyncio.run(sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change"))
+    assert app.tracer.settings()["trace_count"] == "1"  # not 2 again
+    app.tracer.close()
