@@ -1,20 +1,21 @@
 """What the worker processes of one `--workers` / `--recycle-rss-mb` supervisor agree on: the models loaded in
-explicit model control mode, the registered system shared memory regions, and the log and trace settings. A client's call
-reaches one worker (the kernel spreads connections over them), so without this each of those calls changed one
-process of N, and they were refused under a supervisor.
+explicit model control mode, the registered system shared memory regions, and the log and trace settings. A
+client's call reaches one worker (the kernel spreads connections over them), so without this each of those calls
+changed one process of N, and they were refused under a supervisor.
 
 How: a desired state (state.json in a folder the supervisor makes, `--worker-state`), numbered by generation and
-changed under a file lock (read, edit, rename into place). Every worker watches it (a stat every WATCH_S) and
-converges to it: loads and unloads models, maps and unmaps regions, applies log settings; then writes the
-generation it reached, with what failed there, into its own applied-PID.json. The worker that took the call does
-its own part first where that validates the call (a load, a registration: a broken model or a missing object is
-refused before anything is shared), changes the state, and answers once every live worker has reached that
-generation: a load returns once the model serves on every worker, an unregister once no worker reads the region,
-as with one process. A worker joins before it converges at start (a caller then waits for it too) and leaves when
-it starts to drain; a restarted or recycled worker starts from the shared state, not from its command line's
---model. What is not shared: a trace file (each worker writes its own, PATH.worker<id>, so trace_file cannot
-change at run time here), the traces a trace_count lets through (each worker counts down its own), and poll
-mode's reloads (each worker polls the repository itself, as before).
+changed under a file lock (read, edit, rename into place). Every worker watches it (poked through a socket of its
+own by the worker that changed it; a stat every WATCH_S in case a poke is lost) and converges to it: loads and
+unloads models, maps and unmaps regions, applies log and trace settings; then writes the generation it reached,
+with what failed there, into its own applied-PID.json. The worker that took the call does its own part first
+where that validates the call (a load, a registration: a broken model or a missing object is refused before
+anything is shared), changes the state, and answers once every live worker has reached that generation: a load
+returns once the model serves on every worker, an unregister once no worker reads the region, as with one
+process. A worker joins before it converges at start (a caller then waits for it too) and leaves when it starts
+to drain; a restarted or recycled worker starts from the shared state, not from its command line's --model.
+What is not shared: a trace file (each worker writes its own, PATH.worker<id>, so trace_file cannot change at run
+time here), the traces a trace_count lets through (each worker counts down its own), and poll mode's reloads
+(each worker polls the repository itself, as before).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -31,8 +33,8 @@ from server.errors import NotServing, ServingError
 
 log = logging.getLogger("auxnet.server")
 STATE, LOCK = "state.json", "state.lock"
-WATCH_S = 0.1  # how soon a worker sees a change another one made (a stat of one file)
-WAIT_POLL_S = 0.02
+WATCH_S = 0.1  # how soon a worker sees a change if its poke was lost (a stat of one file)
+WAIT_POLL_S = 0.005
 WAIT_MARGIN_S = 120.0
 
 
@@ -51,6 +53,8 @@ class WorkerSync:
         self._lock = asyncio.Lock()
         self._joined = False
         self._trace_adopted = None  # the shared trace settings last taken
+        self._poked = asyncio.Event()
+        self._poke_socket: socket.socket | None = None
 
     # --- the shared files -----------------------------------------------------------------------------
 
@@ -82,7 +86,16 @@ class WorkerSync:
         tmp.replace(self._applied_file())
 
     def join(self) -> None:
-        """Before converging at start: from now on a caller's change waits for this worker too."""
+        """Before converging at start (on the event loop): from now on a caller's change waits for this worker
+        too, and pokes it. A poke is a datagram on a socket of this worker's own in the folder: a worker that
+        died leaves a socket nobody reads (sending to it fails, harmlessly), where a signal sent to a dead
+        worker's pid could reach an unrelated process that reused it."""
+        path = self.folder / f"poke-{self.pid}.sock"
+        path.unlink(missing_ok=True)
+        self._poke_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._poke_socket.bind(str(path))
+        self._poke_socket.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._poke_socket.fileno(), self._on_poke)
         self._write_applied(-1, {})
         self._joined = True
 
@@ -91,6 +104,30 @@ class WorkerSync:
         if self._joined:
             self._applied_file().unlink(missing_ok=True)
             self._joined = False
+        if self._poke_socket is not None:
+            asyncio.get_running_loop().remove_reader(self._poke_socket.fileno())
+            self._poke_socket.close()
+            self._poke_socket = None
+            (self.folder / f"poke-{self.pid}.sock").unlink(missing_ok=True)
+
+    def _on_poke(self) -> None:
+        try:
+            while self._poke_socket is not None and self._poke_socket.recv(16):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        self._poked.set()
+
+    def _poke_others(self) -> None:
+        """Tell the other workers to look now rather than at their next WATCH_S."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for path in self.folder.glob("poke-*.sock"):
+                if path.name != f"poke-{self.pid}.sock":
+                    try:
+                        s.sendto(b"!", str(path))
+                    except OSError:  # a dead worker's socket, a full queue (that worker has a poke waiting)
+                        pass
 
     # --- converging -----------------------------------------------------------------------------------
 
@@ -154,7 +191,11 @@ class WorkerSync:
     async def watch(self) -> None:
         """Converge whenever the shared state changes (the app runs this while it serves)."""
         while True:
-            await asyncio.sleep(WATCH_S)
+            try:
+                await asyncio.wait_for(self._poked.wait(), WATCH_S)
+            except asyncio.TimeoutError:
+                pass
+            self._poked.clear()
             if self._stamp() == self._seen:
                 continue
             try:
@@ -169,6 +210,7 @@ class WorkerSync:
         """Share a change, apply it here, and return once every live worker has applied it. `key` names the
         item changed (e.g. "model:NAME"): a worker that could not apply it makes the call fail, naming it."""
         generation = self.change(edit)
+        self._poke_others()
         await self.converge()
         # Workers converge one generation at a time: one may be draining a model (up to --grace-s) or loading
         # one (seconds; minutes for a TensorRT engine) before it reaches this change.

@@ -180,10 +180,14 @@ def test_a_call_fails_naming_the_worker_that_could_not_apply_it_and_why(tmp_path
     from server.worker_sync import WorkerSync
 
     sync = WorkerSync(_App(), tmp_path)
-    sync.join()
-    write_applied(tmp_path, other_worker, 1, {"log": "disk full"})
+
+    async def change():
+        sync.join()
+        write_applied(tmp_path, other_worker, 1, {"log": "disk full"})
+        await sync.publish(lambda state: state.update(log={"log_info": False}), "log", "the log settings' change")
+
     with pytest.raises(NotServing, match=rf"worker pid {other_worker}: disk full"):
-        asyncio.run(sync.publish(lambda state: state.update(log={"log_info": False}), "log", "the log settings' change"))
+        asyncio.run(change())
     assert sync.app.log_control.values["log_info"] is False  # applied here: the call says so ("took effect here")
     assert json.loads((tmp_path / f"applied-{os.getpid()}.json").read_text())["generation"] == 1
 
@@ -197,16 +201,20 @@ def test_a_worker_that_does_not_catch_up_is_named_when_the_wait_ends_and_a_dead_
 
     monkeypatch.setattr(worker_sync, "WAIT_MARGIN_S", 0.3)
     sync = worker_sync.WorkerSync(_App(), tmp_path)
-    sync.join()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    write_applied(tmp_path, dead.pid, -1, {})  # a crashed worker's file: ignored
-    asyncio.run(sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change"))
-    write_applied(tmp_path, other_worker, 0, {})  # alive, and stays behind
-    with pytest.raises(NotServing, match=rf"worker process\(es\) \[{other_worker}\] had not applied it after 0.3 s"):
-        asyncio.run(sync.publish(lambda state: state.update(log={"log_info": True}), "log", "change"))
-    sync.leave()
-    assert not (tmp_path / f"applied-{os.getpid()}.json").exists()
+
+    async def changes():
+        sync.join()
+        write_applied(tmp_path, dead.pid, -1, {})  # a crashed worker's file: ignored
+        await sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change")
+        write_applied(tmp_path, other_worker, 0, {})  # alive, and stays behind
+        with pytest.raises(NotServing, match=rf"worker process\(es\) \[{other_worker}\] had not applied it after 0.3 s"):
+            await sync.publish(lambda state: state.update(log={"log_info": True}), "log", "change")
+        sync.leave()
+
+    asyncio.run(changes())
+    assert not (tmp_path / f"applied-{os.getpid()}.json").exists() and not list(tmp_path.glob("poke-*"))
 
 
 def test_trace_settings_adopted_from_another_worker_keep_this_workers_file(tmp_path):
@@ -238,10 +246,14 @@ def test_another_change_does_not_start_a_trace_count_again(tmp_path):
     app = _App()
     app.tracer = Tracer(TraceSettings(str(tmp_path / "t.json.worker0")), own_file=True)
     sync = WorkerSync(app, tmp_path)
-    sync.join()
-    app.tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "trace_count": ["2"]})
-    asyncio.run(sync.publish(lambda state: state.update(trace=app.tracer.shared()), "trace", "change"))
-    assert app.tracer.sample("m", "v", 0.0, None, 1) is not None  # one of the two traces taken
-    asyncio.run(sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change"))
+
+    async def changes():
+        sync.join()
+        app.tracer.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "trace_count": ["2"]})
+        await sync.publish(lambda state: state.update(trace=app.tracer.shared()), "trace", "change")
+        assert app.tracer.sample("m", "v", 0.0, None, 1) is not None  # one of the two traces taken
+        await sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change")
+
+    asyncio.run(changes())
     assert app.tracer.settings()["trace_count"] == "1"  # not 2 again
     app.tracer.close()
