@@ -165,9 +165,11 @@ class Admission:
         self.inflight += 1
         self._idle.clear()
         self.metrics.inflight.labels(self.info.name).set(self.inflight)
+        self.stats.pending(self.inflight)
 
     def _release(self) -> None:
         self.inflight -= 1
         self.metrics.inflight.labels(self.info.name).set(self.inflight)
+        self.stats.pending(self.inflight)
         if self.inflight == 0:
             self._idle.set()

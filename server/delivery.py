@@ -27,7 +27,7 @@ class Delivery:
         cached = self.cache.get(key)
         if cached is not None:
             return key, self._cached_answer(cached, arrival, started, budget_ms, level)
-        self.stats.cache_miss.add(time.monotonic() - started)
+        self.stats.cache_lookup(False, time.monotonic() - started)
         self._metric(self.metrics.cache_lookups, self.info.name, "miss").inc()
         return key, None
 
@@ -42,8 +42,8 @@ class Delivery:
             budget_ms = self.cfg.default_budget_ms
         met = budget_ms is None or now <= arrival + budget_ms / 1000
         name = self.info.name
-        self.stats.cache_hit.add(now - started)
-        self.stats.answered(now - arrival, started - arrival, 0.0)
+        self.stats.cache_lookup(True, now - started)
+        self.stats.answered(now - arrival, started - arrival, 0.0, cached=True)
         self._metric(self.metrics.cache_lookups, name, "hit").inc()
         self._metric(self.metrics.exits, name, str(cached.exit_index), cached.reason).inc()
         self._metric(self.metrics.request_latency, name).observe(now - arrival)

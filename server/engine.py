@@ -77,7 +77,8 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
                             "monitor off; re-export it to turn it on", info.name)
         self._sample_rng = random.Random(0)
         self._metric_children: dict = {}
-        self.stats = ModelStatistics()  # Triton's statistics extension (server/statistics.py)
+        # Triton's statistics extension (server/statistics.py) and its Prometheus metrics (server/triton_metrics.py)
+        self.stats = ModelStatistics(mirror=metrics.triton.series(info.name, info.version))
         self.shadow: list[ShadowJob] = []
         self._shadow_wakeup = asyncio.Event()
         self._quiet = asyncio.Event()  # set while no exit has work queued or running

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from server.triton_metrics import TritonMetrics
+
 disable_created_metrics()  # no *_created series: they double the output and no dashboard reads them
 
 PREFIX = "auxnet"
@@ -21,6 +23,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.triton = TritonMetrics(r)  # Triton's nv_inference_* names, for dashboards made for Triton
         self.requests = Counter(f"{PREFIX}_requests", "Requests (images) by final status code and the surface they came "
                                 "through (auxnet.v1, v2-grpc, v2-http: the Open Inference Protocol)",
                                 ["model", "surface", "code"], registry=r)

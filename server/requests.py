@@ -103,5 +103,10 @@ def model_label(app, model: str) -> str:
 
 
 def count(app, model: str, code: str, images: int = 1, surface: str = "auxnet.v1") -> None:
-    """auxnet_requests_total; surface: auxnet.v1, v2-grpc or v2-http."""
-    app.metrics.requests.labels(model_label(app, model), surface, code).inc(images)
+    """auxnet_requests_total (images); surface: auxnet.v1, v2-grpc or v2-http. And Triton's per-request
+    nv_inference_request_success / _failure, for a loaded model (server/triton_metrics.py)."""
+    label = model_label(app, model)
+    app.metrics.requests.labels(label, surface, code).inc(images)
+    engine = app.engines.get(label)
+    if engine is not None:
+        app.metrics.triton.request(label, engine.info.version, code)

@@ -19,7 +19,8 @@ What each figure counts here (an early-exit server is not Triton, so the units a
   cache and the time to look up and copy the answer; lookups that missed and their lookup time. A hit also
   counts in inference_count and success (decode as compute_input, the lookup as queue), never in execution_count.
 Figures are per server process (each of `--workers N` counts its own) and per loaded version: a reload starts
-the new version's from zero, as Triton's are per version.
+the new version's from zero, as Triton's are per version. The same figures go to Triton's Prometheus metrics
+(server/triton_metrics.py), which sum over workers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Duration:
 
 @dataclass
 class ModelStatistics:
+    mirror: object | None = None  # server/triton_metrics.py's TritonSeries: the same figures as Prometheus metrics
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0  # wall clock, milliseconds since the epoch; 0 before the first answer
@@ -58,16 +60,30 @@ class ModelStatistics:
     def segment_run(self, batch_size: int, seconds: float) -> None:
         self.execution_count += 1
         self.batches.setdefault(batch_size, Duration()).add(seconds)
+        if self.mirror is not None:
+            self.mirror.exec_count.inc()
 
-    def answered(self, latency_s: float, input_s: float, compute_s: float) -> None:
+    def answered(self, latency_s: float, input_s: float, compute_s: float, cached: bool = False) -> None:
         """One image answered `latency_s` after arrival, `input_s` of it before its first queue, `compute_s` of
-        it in segment runs."""
+        it in segment runs (`cached`: from the response cache, where the lookup counts as its queue)."""
         self.inference_count += 1
         self.last_inference_ms = int(time.time() * 1000)
+        queue_s = max(0.0, latency_s - input_s - compute_s)
         self.success.add(latency_s)
         self.compute_input.add(input_s)
         self.compute_infer.add(compute_s)
-        self.queue.add(max(0.0, latency_s - input_s - compute_s))
+        self.queue.add(queue_s)
+        if self.mirror is not None:
+            self.mirror.answered(latency_s, input_s, compute_s, queue_s, cached)
+
+    def cache_lookup(self, hit: bool, seconds: float) -> None:
+        (self.cache_hit if hit else self.cache_miss).add(seconds)
+        if self.mirror is not None:
+            self.mirror.cache_lookup(hit, seconds)
+
+    def pending(self, images: int) -> None:
+        if self.mirror is not None:
+            self.mirror.pending.set(images)
 
     def failed(self, seconds: float) -> None:
         self.fail.add(seconds)
