@@ -62,16 +62,19 @@ class TritonMetrics:
                                   ("model",))
         self.cache_miss_us = grows("nv_cache_miss_duration_per_model",
                                    "Total cache miss (lookup) duration per model, in microseconds", ("model",))
+        self._children: dict[tuple[str, str, str], Gauge] = {}  # bounded: loaded versions x status codes
 
     def series(self, model: str, version: str) -> TritonSeries:
         return TritonSeries(self, model, version)
 
     def request(self, model: str, version: str, code: str) -> None:
         """One protocol request's outcome (server/requests.py's count, every surface)."""
-        if code == "OK":
-            self.success.labels(model, version).inc()
-        else:
-            self.failure.labels(model, version, REASONS.get(code, "OTHER")).inc()
+        key = (model, version, code)
+        child = self._children.get(key)
+        if child is None:  # labels() takes a lock and builds a key each call: once per (model, version, code)
+            child = self._children[key] = (self.success.labels(model, version) if code == "OK" else
+                                           self.failure.labels(model, version, REASONS.get(code, "OTHER")))
+        child.inc()
 
 
 class TritonSeries:
