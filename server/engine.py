@@ -26,7 +26,7 @@ from server.admission import Admission
 from server.backends import Backend, to_host
 from server.delivery import Delivery
 from server.engine_config import EngineConfig
-from server.errors import DeadlineExceeded, NotServing
+from server.errors import DeadlineExceeded, NotServing, ServingError
 from server.jobs import Answer, ExitQueue, Job, Step
 from server.latency import FinishError, LatencyModel
 from server.metrics import Metrics
@@ -182,21 +182,29 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
             return await self.successor.classify(x, arrival, budget_ms, min_confidence, max_exit, deadline, use_policy,
                                                  priority, progress=progress)
         level = self.priority_level(priority)
+        if budget_ms is None and self.cfg.default_budget_ms > 0:
+            budget_ms = self.cfg.default_budget_ms
+        # Sampled first, so that a cache hit and a refusal are traced too (their status says which)
+        trace = self.tracer.sample(self.info.name, self.info.version, arrival, budget_ms, level) if self.tracer is not None else None
         cache_key = None
         if self.cache is not None and progress is None and self.accepting and not self.stopped:
             cache_key, hit = self._look_up(x, arrival, budget_ms, min_confidence, max_exit, use_policy, level)
             if hit is not None:  # before admission: a hit takes no slot, queue or compute
+                if trace is not None:
+                    self.tracer.cached(trace, hit, self._layers)
                 return hit
-        self.check_admission(1, level, evict=True)
-        if budget_ms is None and self.cfg.default_budget_ms > 0:
-            budget_ms = self.cfg.default_budget_ms
         budget_end = arrival + budget_ms / 1000 if budget_ms is not None else None
-        self._shed_if_hopeless(arrival, budget_end, deadline, level)
+        try:
+            self.check_admission(1, level, evict=True)
+            self._shed_if_hopeless(arrival, budget_end, deadline, level)
+        except ServingError as e:
+            if trace is not None:
+                self.tracer.refused(trace, e)
+            raise
         job = Job(x, arrival, budget_end, deadline, min_confidence,
                   self.last if max_exit is None else min(max_exit, self.last), asyncio.get_running_loop().create_future(),
                   use_policy, progress=progress, priority=level)
-        if self.tracer is not None:
-            job.trace = self.tracer.sample(self.info.name, self.info.version, arrival, budget_ms, level)
+        job.trace = trace
         self._admit()
         try:
             job.enqueued = time.monotonic()

@@ -71,9 +71,10 @@ def summarise(traces: list[dict]) -> dict:
         if t.get("parent_id") is not None:
             continue
         s = out.setdefault(t.get("model_name", "?"), {"requests": 0, "status": Counter(), "stop_reason": Counter(),
-                                                      "budget": Counter(), "phases": defaultdict(list),
+                                                      "budget": Counter(), "phases": defaultdict(list), "cache_hits": 0,
                                                       "exits": defaultdict(lambda: {"wait": [], "compute": [], "rows": []})})
         s["requests"] += 1
+        s["cache_hits"] += bool(t.get("cache_hit"))  # answered from the response cache: no queue, no compute
         s["status"][t.get("status", "?")] += 1
         if t.get("stop_reason"):
             s["stop_reason"][t["stop_reason"]] += 1
@@ -93,7 +94,8 @@ def summarise(traces: list[dict]) -> dict:
                 e["compute"].append(v)
                 if c.get("batch_size") is not None:
                     e["rows"].append(c["batch_size"])
-    return {model: {"requests": s["requests"], "status": dict(s["status"]), "stop_reason": dict(s["stop_reason"]),
+    return {model: {"requests": s["requests"], "cache_hits": s["cache_hits"], "status": dict(s["status"]),
+                    "stop_reason": dict(s["stop_reason"]),
                     "budget": dict(s["budget"]), "phases_ms": {k: _quantiles(v) for k, v in s["phases"].items()},
                     "exits": {k: {"reached": len(e["compute"]), "queued": len(e["wait"]), "wait_ms": _quantiles(e["wait"]),
                                   "compute_ms": _quantiles(e["compute"]),
@@ -112,7 +114,7 @@ def render(summary: dict) -> str:
     lines = []
     for model, s in summary.items():
         lines.append(f"model {model}: {s['requests']} traced requests; status {s['status']}; stop reasons "
-                     f"{s['stop_reason']}; budgets {s['budget'] or 'none set'}")
+                     f"{s['stop_reason']}; budgets {s['budget'] or 'none set'}; cache hits {s['cache_hits']}")
         lines.append(f"  {'phase (ms)':<22} {'n':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
         lines += [_row(name, s["phases_ms"][name]) for name, *_ in PHASES if name in s["phases_ms"]]
         for k, e in s["exits"].items():

@@ -40,6 +40,7 @@ log = logging.getLogger("auxnet.server")
 LEVELS = ("OFF", "TIMESTAMPS")  # Triton's TENSORS (inputs and outputs in the trace) is not offered here
 DEFAULT_RATE = 1000  # Triton's default: one request in 1000
 SETTINGS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
+CACHE_HIT = ',"cache_hit":true'  # a field only cache hits carry
 BARE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # no separator, no leading dot: stays in its directory
 
 
@@ -156,9 +157,26 @@ class Tracer:
             e = future.exception()
             trace.status = e.code.name if isinstance(e, ServingError) else "INTERNAL"
         else:
-            answer = future.result()
-            trace.status, trace.exit, trace.reason, trace.budget_met = "OK", answer.exit_index, answer.reason, answer.budget_met
-            trace.layer = layers[answer.exit_index]
+            self._answered(trace, future.result(), layers)
+        self._write(trace)
+
+    def refused(self, trace: Trace, error: ServingError) -> None:
+        """The request was refused before it was admitted (a full server, a budget it cannot meet)."""
+        trace.end, trace.status = time.monotonic(), error.code.name
+        self._write(trace)
+
+    def cached(self, trace: Trace, answer, layers: tuple[int, ...]) -> None:
+        """The request was answered from the response cache, before admission: no queue, no compute."""
+        trace.end, trace.cache_hit = time.monotonic(), True
+        self._answered(trace, answer, layers)
+        self._write(trace)
+
+    @staticmethod
+    def _answered(trace: Trace, answer, layers: tuple[int, ...]) -> None:
+        trace.status, trace.exit, trace.reason, trace.budget_met = "OK", answer.exit_index, answer.reason, answer.budget_met
+        trace.layer = layers[answer.exit_index]
+
+    def _write(self, trace: Trace) -> None:
         file = self.files.get(trace.file)
         if file is not None:  # None: a settings change left its file while it ran; that trace is not written
             file.add(trace.text([next(self.ids) for _ in trace.exits]))
@@ -308,6 +326,7 @@ class Trace:
     reason: str | None = None
     budget_met: bool | None = None
     answered: float | None = None  # its answer set on the event loop (ANSWER_SET: before its handler resumes)
+    cache_hit: bool = False  # answered from the response cache (written only when true)
 
     def __post_init__(self):
         self.exits: dict[int, list] = {}  # exit -> [queue start, compute start, compute end, rows, requests]
@@ -333,7 +352,7 @@ class Trace:
         parts = [f'{{"id":{self.id},"model_name":{model},"model_version":{version},"timestamps":{_stamps(marks)},'
                  f'"status":"{self.status}","exit":{_js(self.exit)},"layer":{_js(self.layer)},'
                  f'"stop_reason":{_js(self.reason)},"budget_ms":{_js(self.budget_ms)},"budget_met":{_js(self.budget_met)},'
-                 f'"priority":{self.priority}}}']
+                 f'"priority":{self.priority}{CACHE_HIT if self.cache_hit else ""}}}']
         for child, (k, (queued, began, ended, rows, requests)) in zip(child_ids, exits):
             marks = (("QUEUE_START", queued), ("COMPUTE_START", began), ("COMPUTE_END", ended))
             parts.append(f'{{"id":{child},"parent_id":{self.id},"model_name":{model[:-1]}.exit{k}","model_version":{version},'

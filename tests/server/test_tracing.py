@@ -2,6 +2,7 @@
 files and their frequency, failed requests, the settings and their errors, and Triton's clients changing them
 over gRPC and HTTP."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from server.client import Client
-from server.errors import DeadlineExceeded, FailedPrecondition, InvalidInput
+from server.engine_config import EngineConfig
+from server.errors import DeadlineExceeded, FailedPrecondition, InvalidInput, QueueFull
 from server.trace_summary import render, summarise
 from server.tracing import Tracer, TraceSettings, setting_values
 from server.workers import worker_argv
@@ -119,6 +121,31 @@ async def test_a_failed_request_is_traced_with_its_status_and_no_compute(tmp_pat
     assert own["status"] == "DEADLINE_EXCEEDED" and own["exit"] is None
     assert names(own) == ["REQUEST_START", "QUEUE_START", "REQUEST_END"]
     assert names(child) == ["QUEUE_START"]  # it waited at exit 0, and nothing ran
+
+
+@in_loop
+async def test_a_refused_request_and_a_cache_hit_are_traced_too(tmp_path):
+    engine = make_engine(n=1, delays=[0.05], cfg=EngineConfig(max_batch=8, max_inflight=1, monitor_fraction=0.0,
+                                                              response_cache_mb=1))
+    engine.tracer = Tracer(TraceSettings(str(tmp_path / "t.json"), "TIMESTAMPS", rate=1))
+    engine.start()
+    image = x(1)
+    first = asyncio.ensure_future(engine.classify(image, time.monotonic(), None, None, None, None))
+    await asyncio.sleep(0.01)  # it holds the only slot
+    with pytest.raises(QueueFull):
+        await engine.classify(x(2), time.monotonic(), None, None, None, None)
+    answer = await first
+    again = await engine.classify(image, time.monotonic(), None, None, None, None)  # the same image: from the cache
+    assert again.exit_index == answer.exit_index
+    engine.tracer.close()
+    traces = [t for t in read(tmp_path / "t.json") if "parent_id" not in t]
+    assert [(t["status"], t.get("cache_hit", False)) for t in traces] == [("RESOURCE_EXHAUSTED", False), ("OK", False),
+                                                                         ("OK", True)]
+    refused, computed, hit = traces
+    assert names(refused) == ["REQUEST_START", "REQUEST_END"] and refused["exit"] is None  # no queue, no compute
+    assert names(hit) == ["REQUEST_START", "REQUEST_END"] and (hit["exit"], hit["stop_reason"]) == (0, computed["stop_reason"])
+    summary = summarise(read(tmp_path / "t.json"))["fake"]
+    assert (summary["requests"], summary["cache_hits"], summary["status"]) == (3, 1, {"RESOURCE_EXHAUSTED": 1, "OK": 2})
 
 
 def test_tracing_off_or_without_a_file_costs_no_trace(tmp_path):
