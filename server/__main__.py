@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from server.app import ServerApp, ServerConfig
-from server.arguments import plain_number
+from server.arguments import named, plain_number
 from server.backends import default_threads
 from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
@@ -117,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--response-cache-mb", type=float, default=0.0,
                    help="answer an image seen again with the same exit rule from memory, at most this many MB per model "
                         "(Triton's response cache; answers stopped by a budget are never cached; 0 = off)")
-    p.add_argument("--trace-file", help="write request traces here, Triton's JSON format: per request its queue and "
+    p.add_argument("--trace-file", type=named, help="write request traces here, Triton's JSON format: per request its queue and "
                                         "compute times at every exit it passed (server/tracing.py); settings also change "
                                         "at run time through Triton's trace API (a new file goes beside this one)")
     p.add_argument("--trace-level", choices=("OFF", "TIMESTAMPS"),
@@ -136,8 +136,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recycle-min-age-s", type=float, default=60.0,
                    help="never recycle a worker younger than this (bounds churn if the limit is near a fresh worker's size)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for each worker
-    p.add_argument("--worker-state", help=argparse.SUPPRESS)  # set by --workers: the folder of settings workers share
-    p.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving (tests)")
+    p.add_argument("--worker-state", type=named, help=argparse.SUPPRESS)  # set by --workers: the folder of settings workers share
+    p.add_argument("--port-file", type=named, help="write the bound gRPC and metrics ports here once serving (tests)")
     p.add_argument("--log-level", default="INFO", type=log_level, metavar="{" + ",".join(LOG_LEVELS) + "}",
                    help="the lowest level logged (any case; default INFO)")
     return p
@@ -234,6 +234,17 @@ def check_ranges(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')} {value:g} must be in [{plain_number(low)}, {plain_number(high)}]")
 
 
+def check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -> None:
+    """parser.error unless `path` can be created: its folder exists and is writable, its name is not too long."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"{option} {path}: its folder {folder} does not exist or is not writable")
+    longest = os.pathconf(folder, "PC_NAME_MAX")
+    if len(Path(path).name.encode()) > longest - 16:  # room for the suffixes written beside it (.tmp, .0, .worker3)
+        parser.error(f"{option} {path[:64]}...: a file name of at most {longest - 16} bytes, please (the file system "
+                     f"takes {longest}, and {16} are kept for suffixes)")
+
+
 def main() -> int:
     parser = get_args_parser()
     args = parser.parse_args()
@@ -255,10 +266,9 @@ def main() -> int:
                                    args.trace_rate, args.trace_count, args.trace_log_frequency)
     except ValueError as e:
         parser.error(str(e))
-    if args.trace_file:  # fail now, not at the first write, minutes into serving
-        folder = Path(args.trace_file).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            parser.error(f"--trace-file {args.trace_file}: its folder {folder} does not exist or is not writable")
+    for option in ("trace_file", "port_file"):  # fail now, not at the first write, minutes into serving
+        if getattr(args, option):
+            check_output_file(parser, f"--{option.replace('_', '-')}", getattr(args, option))
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():
         parser.error(f"--recycle-rss-mb {args.recycle_rss_mb:g} reads workers' memory from /proc, which this system lacks")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput, ServingError
 from server.trace_file import TraceFile
 
@@ -65,12 +66,15 @@ def check_settings(s: TraceSettings) -> None:
     if s.level not in LEVELS:
         extra = " (TENSORS, inputs and outputs in the trace, is not offered here)" if s.level == "TENSORS" else ""
         raise ValueError(f"trace level {s.level!r} unknown; valid: {', '.join(LEVELS)}{extra}")
-    if s.rate < 1:
-        raise ValueError(f"trace rate {s.rate} must be at least 1 (one request in that many is traced)")
-    if s.count < -1:
-        raise ValueError(f"trace count {s.count} must be -1 (no limit) or the number of traces still to collect")
-    if s.log_frequency < 0:
-        raise ValueError(f"log frequency {s.log_frequency} must be 0 (write at shutdown) or the traces per file")
+    # Upper bounds: Triton's are 32-bit; a value past them (10^21) was taken and meant nothing usable
+    if not 1 <= s.rate <= UINT32_MAX:
+        raise ValueError(f"trace rate {s.rate} must be at least 1 (one request in that many is traced) and at most {UINT32_MAX}")
+    if not -1 <= s.count <= UINT32_MAX:
+        raise ValueError(f"trace count {s.count} must be -1 (no limit) or the number of traces still to collect, at most "
+                         f"{UINT32_MAX}")
+    if not 0 <= s.log_frequency <= UINT32_MAX:
+        raise ValueError(f"log frequency {s.log_frequency} must be 0 (write at shutdown) or the traces per file, at most "
+                         f"{UINT32_MAX}")
     if s.level != "OFF" and not s.file:
         raise ValueError("tracing needs a trace file: start the server with --trace-file PATH")
 

@@ -91,3 +91,22 @@ def test_an_unknown_log_level_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as e:  # a ValueError traceback from logging.basicConfig before
         get_args_parser().parse_args(["--repo", "r", "--log-level", "verbose"])
     assert e.value.code == 2 and "unknown level 'verbose'; valid: DEBUG, INFO, WARNING, ERROR, CRITICAL" in capsys.readouterr().err
+
+
+# Found by bench.cli_fuzz on the server (2026-12-02, this form): a port file in a missing folder or with too long a
+# name was a FileNotFoundError / OSError traceback once the server served, '' silently wrote none, a too long trace
+# file name failed only when the traces were written, and trace numbers past 32 bits were taken.
+@pytest.mark.parametrize("argv, says", [
+    (["--port-file", "missing/ports"], "--port-file missing/ports: its folder"),
+    (["--port-file", "p" * 300], "a file name of at most"),
+    (["--port-file", ""], "argument --port-file: '' names no file or folder"),
+    (["--trace-file", ""], "argument --trace-file: '' names no file or folder"),
+    (["--trace-file", "t" * 250], "a file name of at most"),
+    (["--trace-rate", "999999999999999999999"], "trace rate 999999999999999999999 must be at least 1"),
+    (["--trace-count", "4294967296"], "must be -1 (no limit) or the number of traces still to collect, at most 4294967295"),
+    (["--trace-log-frequency", "4294967296"], "or the traces per file, at most 4294967295"),
+])
+def test_output_files_and_trace_numbers_are_checked_before_serving(argv, says, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), *argv], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-400:]
