@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     arch.add_argument("--family", default="cifar", choices=["cifar", "imagenet"])
     arch.add_argument("--depth", type=at_least(1), help="explicit depth (6n+2 for cifar)")
     arch.add_argument("--exits", type=layers, help="comma-separated exit layers, final included, e.g. 15,25,35,45,56")
-    arch.add_argument("--width", type=at_least(1), default=1, help="width factor N")
+    arch.add_argument("--width", type=at_least(1, 64), default=1, help="width factor N")
     arch.add_argument("--shortcut-scale", type=real_in(0, 1), default=1.0, help="lambda of Eq. 1 (0: a plain net, 1: the paper's)")
     arch.add_argument("--preact-shortcut", action="store_true",
                       help="stage-transition shortcuts take BN-ReLU(x) (He et al.'s code) instead of raw x")
@@ -66,8 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder where a small-image folder's decoded arrays are kept (.npy), so later runs skip decoding")
     p.add_argument("--val-size", type=at_least(0), default=None,
                    help="validation images held out of train (default 5000; 10%% for synthetic)")
-    p.add_argument("--epochs", type=at_least(1), default=1)
-    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--epochs", type=at_least(1, 1_000_000), default=1)
+    p.add_argument("--batch-size", type=at_least(1, 1 << 20), default=128)
     p.add_argument("--lr", type=real_in(0, 10, low_open=True), default=0.1)
     p.add_argument("--momentum", type=real_in(0, 1, high_open=True), default=0.9)
     p.add_argument("--no-nesterov", action="store_true")
@@ -98,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true",
                    help="skip the validation and test passes after each epoch (speed probes: with --compile, the first "
                         "pass compiles the evaluation graphs too)")
-    p.add_argument("--workers", type=at_least(0), default=DEFAULT_WORKERS,
+    p.add_argument("--workers", type=at_least(0, 1024), default=DEFAULT_WORKERS,
                    help="loader processes for large image folders (default: 4, or the cores if fewer)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (CUDA graphs on a GPU); the last partial training batch is dropped "
@@ -163,6 +163,12 @@ def main(args) -> dict:
         raise ValueError(f"--out {out} is a file, not a run directory")
     if args.momentum == 0 and not args.no_nesterov:
         raise ValueError("--momentum 0 with Nesterov momentum (the default) is plain SGD: add --no-nesterov")
+    if args.warmup_epochs and args.schedule != "cosine":  # the step schedule has no warm-up: it was ignored silently
+        raise ValueError(f"--warmup-epochs {args.warmup_epochs} applies to --schedule cosine only; this run's is "
+                         f"{args.schedule!r}")
+    if args.warmup_epochs and args.warmup_epochs >= args.epochs:
+        raise ValueError(f"--warmup-epochs {args.warmup_epochs} must be fewer than --epochs {args.epochs}: the rate "
+                         "would never reach --lr")
     if not args.resume and not args.overwrite and (out / "last.pt").exists():
         # Without this a rerun of the command that made OUT replaced its checkpoint after one epoch and appended a
         # second epoch 1 to its metrics.

@@ -26,6 +26,11 @@ from training.run import get_args_parser, main
     ("--seed", str(2**64), f"argument --seed: {2**64} must be <= 4294967295"),  # "Overflow when unpacking long long"
     ("--lr", "fast", "argument --lr: 'fast' is not a number"),
     ("--out", "", "argument --out: '' names no file or folder"),  # trained into the working directory before
+    # bench.cli_fuzz in its committed form (2026-12-02): --width 10**21 was an overflow traceback from torch
+    ("--width", str(10**21), f"argument --width: {10**21} must be <= 64"),
+    ("--epochs", "1000001", "argument --epochs: 1000001 must be <= 1000000"),
+    ("--batch-size", str(10**21), f"argument --batch-size: {10**21} must be <= 1048576"),
+    ("--workers", "1025", "argument --workers: 1025 must be <= 1024"),
 ])
 def test_a_number_out_of_range_is_refused_by_argparse(option, value, says, capsys):
     with pytest.raises(SystemExit) as e:
@@ -47,6 +52,12 @@ def test_the_bounds_and_the_defaults_themselves_pass():
     (["--preset", "auxnet56_5", "--family", "imagenet"], "contradict it"),
     (["--preset", "resnet20", "--momentum", "0"], "--momentum 0 with Nesterov momentum (the default) is plain SGD: add "
                                                   "--no-nesterov"),  # torch's message named no option
+    # bench.cli_fuzz (2026-12-02): a warm-up was ignored under the step schedule, and one as long as the run never
+    # reached --lr
+    (["--preset", "resnet20", "--warmup-epochs", "2"], "--warmup-epochs 2 applies to --schedule cosine only; this "
+                                                       "run's is 'step'"),
+    (["--preset", "resnet20", "--schedule", "cosine", "--warmup-epochs", "1"], "--warmup-epochs 1 must be fewer than "
+                                                                              "--epochs 1"),
 ])
 def test_contradictions_are_refused_before_any_work(argv, says, tmp_path):
     args = get_args_parser().parse_args(["--dataset", "synthetic", "--epochs", "1", "--max-batches", "1",
