@@ -92,10 +92,17 @@ class WorkerSync:
         worker's pid could reach an unrelated process that reused it."""
         path = self.folder / f"poke-{self.pid}.sock"
         path.unlink(missing_ok=True)
-        self._poke_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._poke_socket.bind(str(path))
-        self._poke_socket.setblocking(False)
-        asyncio.get_running_loop().add_reader(self._poke_socket.fileno(), self._on_poke)
+        poke = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            poke.bind(str(path))
+        except OSError as e:  # e.g. a socket path past 107 bytes (a long TMPDIR): the stat every WATCH_S remains
+            poke.close()
+            log.warning("worker %d: no poke socket at %s (%s); shared changes reach it within %g s", self.pid, path,
+                        e, WATCH_S)
+        else:
+            poke.setblocking(False)
+            asyncio.get_running_loop().add_reader(poke.fileno(), self._on_poke)
+            self._poke_socket = poke
         self._write_applied(-1, {})
         self._joined = True
 
@@ -195,8 +202,11 @@ class WorkerSync:
                 await asyncio.wait_for(self._poked.wait(), WATCH_S)
             except asyncio.TimeoutError:
                 pass
+            poked = self._poked.is_set()
             self._poked.clear()
-            if self._stamp() == self._seen:
+            # The stat only saves reading the file when nothing was said: a change within the file system's
+            # timestamp granularity, of the same size, on a reused inode would look the same
+            if not poked and self._stamp() == self._seen:
                 continue
             try:
                 await self.converge()

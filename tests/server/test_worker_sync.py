@@ -257,3 +257,22 @@ def test_another_change_does_not_start_a_trace_count_again(tmp_path):
     asyncio.run(changes())
     assert app.tracer.settings()["trace_count"] == "1"  # not 2 again
     app.tracer.close()
+
+
+def test_a_folder_too_deep_for_a_socket_path_still_shares_changes(tmp_path):
+    import asyncio
+
+    from server.worker_sync import WorkerSync
+
+    folder = tmp_path / ("d" * 120)  # a poke socket's path would pass AF_UNIX's 107 bytes
+    folder.mkdir()
+    sync = WorkerSync(_App(), folder)
+
+    async def change():
+        sync.join()  # was "AF_UNIX path too long", and the worker refused to start
+        assert sync._poke_socket is None
+        await sync.publish(lambda state: state.update(log={"log_info": False}), "log", "change")
+        sync.leave()
+
+    asyncio.run(change())
+    assert sync.app.log_control.values["log_info"] is False
