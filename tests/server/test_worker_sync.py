@@ -276,3 +276,42 @@ def test_a_folder_too_deep_for_a_socket_path_still_shares_changes(tmp_path):
 
     asyncio.run(change())
     assert sync.app.log_control.values["log_info"] is False
+
+
+@pytest.mark.slow
+def test_concurrent_changes_through_different_workers_end_the_same_everywhere(tiny_repo):
+    """Four clients register and unregister regions of their own at once, each call on a new connection (so on
+    either worker), beside log setting changes: every change goes through the shared state's lock, and at the end
+    every worker holds exactly the regions the calls left (none lost to a race between two workers' edits)."""
+    import threading
+
+    keys = [f"/auxnet-test-{uuid.uuid4().hex[:12]}" for _ in range(4)]
+    handles = [shm.create_shared_memory_region(k.strip("/"), k, 64) for k in keys]
+    proc, _, _, _, http_port, _, _ = start_workers(tiny_repo, "--allow-client-shm")
+    base = f"http://127.0.0.1:{http_port}/v2"
+    failures = []
+
+    def churn(i: int) -> None:
+        for n in range(12):
+            for path, body in ((f"region/c{i}/register", {"key": keys[i], "byte_size": 64}), (f"region/c{i}/unregister", {})):
+                if n == 11 and "unregister" in path and i % 2:  # clients 1 and 3 leave their region registered
+                    continue
+                code, doc = call(f"{base}/systemsharedmemory/{path}", body)
+                if code != 200:
+                    failures.append((i, n, path, code, doc))
+            call(f"{base}/logging", {"log_verbose_level": n % 2})
+
+    try:
+        threads = [threading.Thread(target=churn, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failures == []
+        for code, status in spread(f"{base}/systemsharedmemory/status"):
+            assert code == 200 and sorted(r["name"] for r in status) == ["c1", "c3"]
+        assert {now["log_verbose_level"] for _, now in spread(f"{base}/logging")} == {1}
+    finally:
+        stop(proc)
+        for h in handles:
+            shm.destroy_shared_memory_region(h)
