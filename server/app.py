@@ -251,14 +251,22 @@ class ServerApp:
     async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if self.sync is not None and name in self.sync.read()["shm"]:  # registered through another worker
             raise InvalidInput(f"shared memory region {name!r} is registered already; unregister it first")
-        self.shared_memory.register(name, key, offset, byte_size)  # here first: a bad key is refused by name
-        if self.sync is not None:
-            spec = {"key": key, "offset": offset, "byte_size": byte_size}
-            try:
-                await self.sync.publish(_region_edit(name, spec), f"shm:{name}", f"registering region {name!r}")
-            except InvalidInput:
+        if self.sync is None:
+            self.shared_memory.register(name, key, offset, byte_size)
+            return
+        registered = []
+
+        async def here() -> None:  # first: a bad key is refused by name before anything is shared
+            self.shared_memory.register(name, key, offset, byte_size)
+            registered.append(name)
+
+        spec = {"key": key, "offset": offset, "byte_size": byte_size}
+        try:
+            await self.sync.publish(_region_edit(name, spec), f"shm:{name}", f"registering region {name!r}", first=here)
+        except InvalidInput:
+            if registered:  # registered here, then found registered through another worker a moment before
                 self.shared_memory.unregister(name)
-                raise
+            raise
 
     async def unregister_region(self, name: str) -> None:
         self.shared_memory.unregister(name)

@@ -80,15 +80,20 @@ class ModelControl:
         self._allowed("load")
         self._check_repository(repository)
         _check_parameters("load", parameters or {}, {})
-        await _to_the_end(self._load(name, self._folder(name)))
-        sync = self.app.sync
-        if sync is not None:  # here first: a version that fails to load is refused before the others try it
+        folder, sync = self._folder(name), self.app.sync
+        if sync is None:
+            await _to_the_end(self._load(name, folder))
+            return
+
+        def share(state: dict) -> None:  # after this worker's own load: the version it now serves
             engine = self.app.engines.get(name)
-            if engine is None:  # a shared unload of it came in meanwhile
+            if engine is None:
                 raise NotServing(f"model {name!r} was unloaded while it loaded; load it again")
-            path = str(engine.info.path)
-            await _to_the_end(sync.publish(_models_edit(self._serving(), name, path), f"model:{name}",
-                                           f"load of model {name!r}"))
+            _models_edit(self._serving(), name, str(engine.info.path))(state)
+
+        # here first: a version that fails to load is refused before the others try it
+        await _to_the_end(sync.publish(share, f"model:{name}", f"load of model {name!r}",
+                                       first=lambda: self._load(name, folder)))
 
     async def load_here(self, name: str, version: Path) -> None:
         """This process only: load `version` (a version folder) as model `name` (server/worker_sync.py)."""

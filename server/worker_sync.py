@@ -148,24 +148,28 @@ class WorkerSync:
     async def converge(self) -> None:
         """Make this worker's models, regions and log settings what the shared state says (once a generation)."""
         async with self._lock:
-            self._seen = self._stamp()
-            state = self.read()
-            if state["generation"] <= self.applied:
-                return
-            failures: dict[str, str] = {}
-            if state["models"] is not None:
-                await self._converge_models(state["models"], failures)
-            self._converge_regions(state["shm"], failures)
-            if state["log"] is not None:
-                self.app.log_control.adopt(state["log"])
-            if state["trace"] is not None and state["trace"] != self._trace_adopted:  # once a change: trace_count
-                self.app.tracer.adopt(state["trace"])  # counts down here and must not be reset by other changes
-                self._trace_adopted = state["trace"]
-            self.applied = state["generation"]
-            if self._joined:
-                self._write_applied(self.applied, failures)
-            for key, why in failures.items():
-                log.error("worker %d cannot apply the shared %s: %s", self.pid, key.replace(":", " ", 1), why)
+            await self._converge_locked()
+
+    async def _converge_locked(self) -> None:
+        """converge() without taking the lock (its caller holds it)."""
+        self._seen = self._stamp()
+        state = self.read()
+        if state["generation"] <= self.applied:
+            return
+        failures: dict[str, str] = {}
+        if state["models"] is not None:
+            await self._converge_models(state["models"], failures)
+        self._converge_regions(state["shm"], failures)
+        if state["log"] is not None:
+            self.app.log_control.adopt(state["log"])
+        if state["trace"] is not None and state["trace"] != self._trace_adopted:  # once a change: trace_count
+            self.app.tracer.adopt(state["trace"])  # counts down here and must not be reset by other changes
+            self._trace_adopted = state["trace"]
+        self.applied = state["generation"]
+        if self._joined:
+            self._write_applied(self.applied, failures)
+        for key, why in failures.items():
+            log.error("worker %d cannot apply the shared %s: %s", self.pid, key.replace(":", " ", 1), why)
 
     async def _converge_models(self, wanted: dict[str, str], failures: dict[str, str]) -> None:
         control = self.app.control
@@ -216,12 +220,18 @@ class WorkerSync:
 
     # --- a caller's change ----------------------------------------------------------------------------
 
-    async def publish(self, edit, key: str, what: str) -> None:
+    async def publish(self, edit, key: str, what: str, first=None) -> None:
         """Share a change, apply it here, and return once every live worker has applied it. `key` names the
-        item changed (e.g. "model:NAME"): a worker that could not apply it makes the call fail, naming it."""
-        generation = self.change(edit)
-        self._poke_others()
-        await self.converge()
+        item changed (e.g. "model:NAME"): a worker that could not apply it makes the call fail, naming it.
+        `first`: this worker's own part, done before the change is shared (a load, a registration: what fails
+        there is refused and nothing is shared), under the same lock as converging, so that another worker's
+        older generation cannot undo it here in between (unload the model just loaded, unmap the region)."""
+        async with self._lock:
+            if first is not None:
+                await first()
+            generation = self.change(edit)
+            self._poke_others()
+            await self._converge_locked()
         # Workers converge one generation at a time: one may be draining a model (up to --grace-s) or loading
         # one (seconds; minutes for a TensorRT engine) before it reaches this change.
         failures = await self._wait_all(generation, key, what, self.app.cfg.grace_s + WAIT_MARGIN_S)
