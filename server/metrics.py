@@ -89,6 +89,9 @@ class Metrics:
                                      "API, or by the repository's membership in poll mode (server/model_control.py): "
                                      "done, or refused", ["model", "action", "result"],
                                      registry=r)
+        self.shared_change_failures = Counter(f"{PREFIX}_shared_change_failures", "Changes shared by --workers "
+                                              "processes that this worker could not apply (server/worker_sync.py), "
+                                              "by kind: model or shm", ["kind"], registry=r)
         self.latency_estimate = Gauge(f"{PREFIX}_exit_latency_estimate_seconds",
                                       "Latency model: one segment run at batch 1", ["model", "exit"], registry=r,
                                       multiprocess_mode="livemax")

@@ -170,6 +170,7 @@ class WorkerSync:
             self._write_applied(self.applied, failures)
         for key, why in failures.items():
             log.error("worker %d cannot apply the shared %s: %s", self.pid, key.replace(":", " ", 1), why)
+            self.app.metrics.shared_change_failures.labels(key.split(":", 1)[0]).inc()
 
     async def _converge_models(self, wanted: dict[str, str], failures: dict[str, str]) -> None:
         control = self.app.control

@@ -151,6 +151,7 @@ class _App:
         from types import SimpleNamespace
 
         from server.log_settings import LogControl
+        from server.metrics import Metrics
         from server.shared_memory import SharedMemoryRegistry
 
         self.cfg = SimpleNamespace(grace_s=0.0)
@@ -158,6 +159,7 @@ class _App:
         self.shared_memory = SharedMemoryRegistry(allowed=True)
         self.log_control = LogControl("INFO")
         self.tracer = None
+        self.metrics = Metrics()
 
 
 @pytest.fixture
@@ -315,3 +317,23 @@ def test_concurrent_changes_through_different_workers_end_the_same_everywhere(ti
         stop(proc)
         for h in handles:
             shm.destroy_shared_memory_region(h)
+
+
+def test_a_change_this_worker_cannot_apply_is_reported_counted_and_logged(tmp_path, caplog):
+    import asyncio
+
+    from server.worker_sync import WorkerSync
+
+    sync = WorkerSync(_App(), tmp_path)
+    missing = {"key": f"/auxnet-missing-{uuid.uuid4().hex[:8]}", "offset": 0, "byte_size": 8}
+
+    async def change():
+        sync.join()
+        sync.change(lambda state: state["shm"].update(r=missing))  # as another worker would have shared it
+        await sync.converge()
+        sync.leave()
+
+    asyncio.run(change())
+    assert sync.app.metrics.registry.get_sample_value("auxnet_shared_change_failures_total", {"kind": "shm"}) == 1
+    assert "cannot apply the shared shm r: shared memory region 'r': no shared memory object" in caplog.text
+    assert sync.applied == 1 and "r" not in sync.app.shared_memory.regions
