@@ -102,8 +102,10 @@ async def _answer(app, call: CallSnapshot, request, out: asyncio.Queue) -> None:
         controls, timeout_s, _ = v2.parse_parameters(params, stream=True)
         end = v2.earliest(stream_deadline, None if timeout_s is None else arrival + timeout_s)
         inputs = await parse_where_cheap(app, RECEIVED_BYTES.get(), lambda: request_inputs(request, app.shared_memory))
-        if output_targets(request, app.shared_memory):  # a stream's answers come in messages (several, progressive)
-            raise InvalidInput("outputs in shared memory are not offered on the stream; use ModelInfer")
+        targets = output_targets(request, app.shared_memory)
+        if targets and params.get("progressive"):  # several answers, one region: each would overwrite the last
+            raise InvalidInput("outputs in shared memory take one answer, and a progressive request gets one per exit "
+                               "it passes: drop 'progressive' or the outputs' shared memory parameters")
         parsed.extend(inputs)
         requested = requested_outputs(request)
 
@@ -117,7 +119,10 @@ async def _answer(app, call: CallSnapshot, request, out: asyncio.Queue) -> None:
         answers = await v2.infer(app, engine, inputs, controls, arrival, end,
                                  progress=progress if params.get("progressive") else None)
         answered.extend(answers)
-        return infer_response(engine, request.id, v2.outputs(engine, answers, requested), {FINAL_FLAG: True})
+        tensors = v2.outputs(engine, answers, requested)
+        # As ModelInfer: outputs with a region are written there, their entries carry its parameters, not data
+        shared = v2.place_in_shared_memory(app.shared_memory, tensors, targets) if targets else None
+        return infer_response(engine, request.id, tensors, {FINAL_FLAG: True}, shared=shared)
 
     async def fail(code: grpc.StatusCode, message: str) -> None:
         who = f"request {request.id[:64]!r}: " if request.id else ""

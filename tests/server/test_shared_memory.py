@@ -140,7 +140,7 @@ def test_keys_sizes_and_names_are_checked_by_name(regions, tmp_path):
         SharedMemoryRegistry(allowed=True, runtime_updates=False).register("r", key, 0, 1)
 
 
-def test_http_refuses_an_input_with_both_data_and_a_region_and_stream_outputs_in_shared_memory(tiny_repo, regions):
+def test_http_refuses_an_input_with_both_data_and_a_region(tiny_repo, regions):
     key, handle = regions(PIXELS[:1].nbytes)
     shm.set_shared_memory_region(handle, [PIXELS[:1]])
     with v2_server(tiny_repo, allow_client_shm=True) as (app, target, url):
@@ -155,15 +155,43 @@ def test_http_refuses_an_input_with_both_data_and_a_region_and_stream_outputs_in
         del both["inputs"][0]["data"]
         assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", both)[0] == 200
 
-        import queue
-        answers = queue.Queue()
+
+
+def test_the_stream_writes_outputs_to_shared_memory_and_refuses_them_for_progressive_requests(tiny_repo, regions):
+    """Refused until 2026-12-02 ("not offered on the stream"); Triton's stream takes them."""
+    import queue
+
+    in_key, in_handle = regions(PIXELS[:1].nbytes)
+    out_key, out_handle = regions(2 * 40)
+    shm.set_shared_memory_region(in_handle, [PIXELS[:1]])
+    with v2_server(tiny_repo, allow_client_shm=True) as (app, target, url):
         c = tgrpc.InferenceServerClient(target)
-        c.start_stream(callback=lambda result, error: answers.put(error))
+        c.register_system_shared_memory("in", in_key, PIXELS[:1].nbytes)
+        c.register_system_shared_memory("out", out_key, 80)
         inp = tgrpc.InferInput("pixels", [1, 32, 32, 3], "UINT8")
         inp.set_shared_memory("in", PIXELS[:1].nbytes)
-        out = tgrpc.InferRequestedOutput("probabilities")
-        out.set_shared_memory("in", 40)
-        c.async_stream_infer(MODEL, [inp], outputs=[out])
-        error = answers.get(timeout=20)
+        plain = tgrpc.InferInput("pixels", [1, 32, 32, 3], "UINT8")
+        plain.set_data_from_numpy(PIXELS[:1])
+        expected = c.infer(MODEL, [plain], outputs=[tgrpc.InferRequestedOutput("probabilities")]).as_numpy("probabilities")
+
+        answers = queue.Queue()
+        c.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for offset in (0, 40):  # two requests in flight on one stream, each its own place in the region
+            out = tgrpc.InferRequestedOutput("probabilities")
+            out.set_shared_memory("out", 40, offset=offset)
+            c.async_stream_infer(MODEL, [inp], outputs=[out], request_id=f"r{offset}")
+        got = [answers.get(timeout=20) for _ in range(2)]
+        progressive = tgrpc.InferRequestedOutput("probabilities")
+        progressive.set_shared_memory("out", 40)
+        c.async_stream_infer(MODEL, [inp], outputs=[progressive], parameters={"progressive": True})
+        refused = answers.get(timeout=20)
         c.stop_stream()
-        assert error is not None and "outputs in shared memory are not offered on the stream" in error.message()
+        assert all(error is None for _, error in got), got
+        for result, _ in got:
+            entry = result.get_response().outputs[0]
+            assert entry.parameters["shared_memory_region"].string_param == "out"
+            assert result.get_response().raw_output_contents[0] == b""  # the data is in the region, not the message
+        for offset in (0, 40):
+            written = shm.get_contents_as_numpy(out_handle, np.float32, [1, 10], offset=offset)
+            np.testing.assert_array_equal(written, expected)
+        assert refused[1] is not None and "a progressive request gets one per exit" in refused[1].message()
