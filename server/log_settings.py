@@ -11,10 +11,13 @@ Triton's settings, names and types:
   log_file ("")                              read only: the log goes to standard error, which the process manager
                                              collects (systemd, Kubernetes); a file named through the API could
                                              be any file the server may write, so naming one is refused
-The start values follow --log-level. They govern the server's own lines (logger auxnet.server); gRPC's and
-aiohttp's keep --log-level. A change applies to every setting it names or to none (each is checked first).
-Under --workers / --recycle-rss-mb the settings are fixed (FAILED_PRECONDITION), as trace settings: a change
-would reach the one worker that took the call.
+The start values follow --log-level. In python -m server, log_info/log_warnings/log_errors govern every line
+written to standard error, gRPC's, aiohttp's and asyncio's too (the filter sits on the handler; since 2026-12-02,
+before only the server's own logger); log_verbose_level turns on the server's own DEBUG lines only (other
+libraries' debug output is noise to an operator). Where the process's logging belongs to someone else (a server
+started inside another program, the tests) only the server's logger is governed. A change applies to every
+setting it names or to none (each is checked first). Under --workers / --recycle-rss-mb a change reaches every
+worker (server/worker_sync.py).
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class LogControl(logging.Filter):
     def install(self) -> None:
         """Apply the settings from now on (the server's start)."""
         self.logger.addFilter(self)
+        for h in self.handlers:  # python -m server's own: every library's lines pass them
+            h.addFilter(self)
         self.installed = True
         self._apply()
 
@@ -76,6 +81,8 @@ class LogControl(logging.Filter):
         """Leave the logger and handlers as they were (an in-process server's logging is its host's)."""
         if self.installed:
             self.logger.removeFilter(self)
+            for h in self.handlers:
+                h.removeFilter(self)
             self.logger.setLevel(self._level)
             for h, f in self._formats.items():
                 h.setFormatter(f)

@@ -138,3 +138,28 @@ def test_the_command_logs_info_in_iso8601_once_switched_on(tiny_repo):
     assert proc.returncode == 0
     loaded = [line for line in err.splitlines() if "model tiny loaded" in line]
     assert len(loaded) == 1 and ISO_LINE.match(loaded[0]), err[-2000:]
+
+
+def test_in_the_servers_own_process_the_switches_govern_other_libraries_lines_too():
+    """python -m server hands its stderr handler to the control: gRPC's, aiohttp's, asyncio's lines obey log_errors
+    and the others as the server's do (before 2026-12-02 they kept --log-level whatever the settings said)."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    control = LogControl("INFO", handlers=(handler,))
+    other = logging.getLogger("aiohttp.server")
+    other.addHandler(handler)
+    try:
+        control.install()
+        other.error("first")
+        control.update({"log_errors": False})
+        other.error("second")
+        control.update({"log_errors": True, "log_warnings": False})
+        other.warning("third")
+        other.error("fourth")
+    finally:
+        control.close()
+        other.removeHandler(handler)
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["first", "fourth"]
+    assert handler.filters == []  # close() leaves the handler as it was
