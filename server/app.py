@@ -249,8 +249,6 @@ class ServerApp:
         return settings
 
     async def register_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if self.sync is not None and name in self.sync.read()["shm"]:  # registered through another worker
-            raise InvalidInput(f"shared memory region {name!r} is registered already; unregister it first")
         if self.sync is None:
             self.shared_memory.register(name, key, offset, byte_size)
             return
@@ -264,7 +262,7 @@ class ServerApp:
         try:
             await self.sync.publish(_region_edit(name, spec), f"shm:{name}", f"registering region {name!r}", first=here)
         except InvalidInput:
-            if registered:  # registered here, then found registered through another worker a moment before
+            if registered:  # registered here, then found registered through another worker
                 self.shared_memory.unregister(name)
             raise
 
@@ -486,7 +484,7 @@ def _region_edit(name: str, spec: dict | None):
             regions.clear()
         elif spec is None:
             regions.pop(name, None)
-        elif name in regions and regions[name] != spec:  # another worker registered the name a moment before
+        elif name in regions:  # registered through another worker (this one had not converged to it yet)
             raise InvalidInput(f"shared memory region {name!r} is registered already; unregister it first")
         else:
             regions[name] = spec

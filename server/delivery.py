@@ -36,10 +36,9 @@ class Delivery:
         self._metric(self.metrics.cache_bytes, self.info.name).set(self.cache.bytes)
 
     def _cached_answer(self, cached: Cached, arrival: float, started: float, budget_ms: float | None, level: int) -> Answer:
-        """A request answered from the response cache (server/response_cache.py): counted as answered, at its exit."""
+        """A request answered from the response cache (server/response_cache.py): counted as answered, at its exit.
+        `budget_ms`: the request's, --default-budget-ms already applied (ModelEngine.classify)."""
         now = time.monotonic()
-        if budget_ms is None and self.cfg.default_budget_ms > 0:
-            budget_ms = self.cfg.default_budget_ms
         met = budget_ms is None or now <= arrival + budget_ms / 1000
         name = self.info.name
         self.stats.cache_lookup(True, now - started)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 
+from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput
 
 LOGGER = "auxnet.server"
@@ -32,7 +33,6 @@ DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # python -m 
 FORMATS = ("default", "ISO8601")
 KINDS = {"log_file": str, "log_info": bool, "log_warnings": bool, "log_errors": bool, "log_verbose_level": int,
          "log_format": str}
-UINT32_MAX = 2**32 - 1
 
 
 class Iso8601Formatter(logging.Formatter):
@@ -120,7 +120,8 @@ class LogControl(logging.Filter):
         """Take settings another worker process checked and applied (server/worker_sync.py)."""
         if values != self.values:
             self.values = {**self.values, **values}
-            self._apply()
+            if self.installed:  # before install() (a worker converging at start) install applies them
+                self._apply()
 
     def _apply(self) -> None:
         # The logger's own level lets records through that --log-level (the root's) would stop; the filter then
