@@ -435,6 +435,7 @@ class ServerApp:
         self.tracer.close()
         self.log_control.close()
         self.shared_memory.close()
+        self.control.close()  # files of models loaded from requests (their sessions are closed above)
         if self._grpc_log is not None:
             grpc_log.uninstall(self._grpc_log)
         log.info("stopped (%s)", "all requests answered" if drained else "grace period ran out")

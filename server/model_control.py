@@ -19,17 +19,21 @@ load_model, unload_model).
   reaches one of them: a load or unload is shared (server/worker_sync.py) and returns once every worker has done
   it; a worker started later (a restart, a recycled worker) serves what the others serve.
 The index answers in every mode: every model of the repository and every loaded one, its version and state.
-Only names the repository holds can be loaded: a name is a folder name under it, never a path.
+Only names the repository holds can be loaded (a name is a folder name under it, never a path), unless the load
+carries the model's files: Triton's override, server/model_upload.py (its manifest alone: the repository's files
+with that manifest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 
 from server.errors import FailedPrecondition, InvalidInput, NotServing, UnknownModel
 from server.memory import release_freed_memory
+from server.model_upload import check_override, new_root, override_parameters, remove, stage
 from server.repository import RepositoryError, list_models
 
 log = logging.getLogger("auxnet.server")
@@ -49,6 +53,7 @@ class ModelControl:
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._gone: dict[str, int] = {}  # poll mode: loaded model -> polls in a row its folder was missing
         self._repository_missing = False  # poll mode: the repository could not be listed at the last poll (logged once)
+        self._staging: Path | None = None  # this process's folder of models loaded from a request's files
 
     # --- the index ------------------------------------------------------------------------------------
 
@@ -75,15 +80,26 @@ class ModelControl:
     # --- load and unload ------------------------------------------------------------------------------
 
     async def load(self, name: str, repository: str = "", parameters: dict | None = None) -> None:
-        """Load the model, or switch it to the version its folder points to now. Returns once it serves;
-        a version that fails to load is refused naming why (a loaded one keeps serving)."""
+        """Load the model, or switch it to the version its folder points to now, or to the files the request
+        carries (server/model_upload.py). Returns once it serves; a version that fails to load is refused
+        naming why (a loaded one keeps serving)."""
         self._allowed("load")
         self._check_repository(repository)
-        _check_parameters("load", parameters or {}, {})
-        folder, sync = self._folder(name), self.app.sync
-        if sync is None:
-            await _to_the_end(self._load(name, folder))
-            return
+        parameters = parameters or {}
+        override = override_parameters(parameters)
+        _check_parameters("load", {k: v for k, v in parameters.items() if not override_parameters({k: v})}, {})
+        if override:
+            manifest, files = check_override(name, parameters)
+            repository_version = None if files else self._folders().get(name)
+            folder = await asyncio.get_running_loop().run_in_executor(
+                None, stage, self.staging_root(), name, manifest, files,
+                None if repository_version is None else repository_version.resolve())
+        else:
+            folder = self._folder(name)
+        sync, replaced = self.app.sync, []
+
+        async def load_here_first() -> None:
+            replaced.append(await self._load(name, folder))
 
         def share(state: dict) -> None:  # after this worker's own load: the version it now serves
             engine = self.app.engines.get(name)
@@ -91,15 +107,43 @@ class ModelControl:
                 raise NotServing(f"model {name!r} was unloaded while it loaded; load it again")
             _models_edit(self._serving(), name, str(engine.info.path))(state)
 
-        # here first: a version that fails to load is refused before the others try it
-        await _to_the_end(sync.publish(share, f"model:{name}", f"load of model {name!r}",
-                                       first=lambda: self._load(name, folder)))
+        async def load_and_tidy() -> None:  # run to its end even if the caller leaves: the files are tidied too
+            try:
+                if sync is None:
+                    await load_here_first()
+                else:  # here first: a version that fails to load is refused before the others try it
+                    await sync.publish(share, f"model:{name}", f"load of model {name!r}", first=load_here_first)
+            except BaseException:
+                if override and not replaced:  # it never served: its staged files go
+                    remove(folder, self.staging_root())
+                raise
+            if replaced and replaced[0] is not None and replaced[0] != folder.resolve():
+                remove(replaced[0], self.staging_root())  # a version loaded from a request's files, now replaced
+
+        await _to_the_end(load_and_tidy())
+
+    def staging_root(self) -> Path:
+        """Where the files of loads with an override are written: the --workers supervisor's shared folder, else
+        a folder of this process's own, made at the first such load and removed by close()."""
+        if self.app.sync is not None:
+            return self.app.sync.folder / "loaded-models"
+        if self._staging is None:
+            self._staging = new_root()
+        return self._staging
+
+    def close(self) -> None:
+        """At shutdown: this process's staged model files go (a supervisor removes its shared folder itself)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
 
     async def load_here(self, name: str, version: Path) -> None:
         """This process only: load `version` (a version folder) as model `name` (server/worker_sync.py)."""
         await _to_the_end(self._load(name, version))
 
-    async def _load(self, name: str, folder: Path) -> None:
+    async def _load(self, name: str, folder: Path) -> Path | None:
+        """Load `folder` as model `name` here; returns the version folder it replaced (None: none, or it was
+        loaded already)."""
         async with self._lock(name):
             old = self.app.engines.get(name)
             try:
@@ -108,7 +152,7 @@ class ModelControl:
                 raise UnknownModel(f"model {name!r} cannot be read from the repository: {e}") from None
             if old is not None and old.info.path == current and old.accepting and not old.stopped:
                 log.info("load %s: version %s is loaded already", name, old.info.version)
-                return
+                return None
             self.busy[name] = LOADING
             try:
                 new = await asyncio.get_running_loop().run_in_executor(None, self.app._load_engine, folder, name)
@@ -127,6 +171,7 @@ class ModelControl:
             self.reasons.pop(name, None)
             self.app.switch_to(name, new)
             self.app.metrics.model_control.labels(name, "load", "ok").inc()
+            return None if old is None else old.info.path
 
     async def unload(self, name: str, repository: str = "", parameters: dict | None = None) -> None:
         """Stop the model: new requests for it are refused at once (NOT_FOUND), admitted ones are answered
@@ -137,30 +182,33 @@ class ModelControl:
         _check_parameters("unload", parameters or {}, {"unload_dependents": bool})  # no model here has dependents
         sync = self.app.sync
         if sync is None:
-            await _to_the_end(self._unload(name))
+            remove(await _to_the_end(self._unload(name)), self.staging_root())
             return
         if name not in self.app.engines and name not in self._folders():
             await _to_the_end(self._unload(name))  # refused by name, as with one process
+        serving = self.app.engines.get(name)
         # every worker, this one included, unloads it as it converges: their drains run side by side
         await _to_the_end(sync.publish(_models_edit(self._serving(), name, None), f"model:{name}",
                                        f"unload of model {name!r}"))
+        remove(None if serving is None else serving.info.path, self.staging_root())  # files from a load's request
 
     async def unload_here(self, name: str) -> None:
         """This process only (server/worker_sync.py)."""
         await _to_the_end(self._unload(name))
 
-    async def _unload(self, name: str) -> None:
+    async def _unload(self, name: str) -> Path | None:
+        """Unload model `name` here; returns the version folder it served from (None: it was not loaded)."""
         async with self._lock(name):
             engine = self.app.engines.get(name)
             if engine is None:
                 if name not in self._folders():
                     raise UnknownModel(f"model {_shown(name)} is neither loaded nor in the repository; it holds "
                                        f"{sorted(self._folders())}")
-                return
+                return None
             del self.app.engines[name]  # new lookups: not loaded
             self.busy[name] = UNLOADING
             engine.refusal = f"model {name!r} is being unloaded"  # requests that looked it up just before
-            version = engine.info.version
+            version, folder = engine.info.version, engine.info.path
             try:
                 drained = await engine.drain(self.app.cfg.grace_s)
                 await engine.stop()
@@ -173,6 +221,7 @@ class ModelControl:
                 f"unloaded; requests still in progress after {self.app.cfg.grace_s:g} s were answered UNAVAILABLE")
             self.app.metrics.model_control.labels(name, "unload", "ok").inc()
             log.info("model %s (%s) unloaded%s", name, version, "" if drained else " (grace period ran out)")
+            return folder
 
     # --- poll mode's membership -------------------------------------------------------------------------
 
@@ -260,26 +309,21 @@ def _models_edit(serving: dict[str, str], name: str, version: str | None):
     return edit
 
 
-async def _to_the_end(operation) -> None:
+async def _to_the_end(operation):
     """Run a load or unload to its end even if the caller leaves (a cancelled call, a client's deadline): half an
     unload would leave a model neither serving nor stopped. Its outcome is then only logged."""
     task = asyncio.ensure_future(operation)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" warning
-    await asyncio.shield(task)
+    return await asyncio.shield(task)
 
 
 def _check_parameters(action: str, parameters: dict, accepted: dict[str, type]) -> None:
-    """Triton's load takes 'config' (a model configuration to load with) and 'file:...' (the model's files in the
-    request); a model here is its manifest and ONNX files, published by python -m export, so both are refused by
-    name, as is anything else not accepted."""
+    """Refuse a parameter not accepted, by name (a load's 'config' and 'file:...' are server/model_upload.py's)."""
     for key, value in parameters.items():
         if key in accepted:
             if not isinstance(value, accepted[key]):
                 raise InvalidInput(f"{action} parameter {key!r} must be a {accepted[key].__name__}; got {value!r:.40}")
             continue
-        if action == "load" and (key == "config" or key.startswith("file:")):
-            raise InvalidInput(f"load parameter {_shown(key)} is not supported: a model here is configured by its "
-                               "manifest.json and files that python -m export publishes into the repository")
         raise InvalidInput(f"unknown {action} parameter {_shown(key)}; accepted: {sorted(accepted) or 'none'}")
 
 

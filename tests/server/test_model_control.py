@@ -106,10 +106,10 @@ def test_names_parameters_and_repositories_are_checked_before_anything_changes(t
             assert status == "StatusCode.NOT_FOUND" and "is not in the repository" in message and "holds ['tiny']" in message
         status, message = refused(lambda: g.unload_model("nope"))
         assert status == "StatusCode.NOT_FOUND" and "neither loaded nor in the repository" in message
-        status, message = refused(lambda: g.load_model(MODEL, config='{"max_batch_size": 8}'))
-        assert status == "StatusCode.INVALID_ARGUMENT" and "load parameter 'config' is not supported" in message
-        status, message = refused(lambda: g.load_model(MODEL, files={"file:1/model.onnx": b"x"}))
-        assert "load parameter 'file:1/model.onnx' is not supported" in message
+        status, message = refused(lambda: g.load_model(MODEL, config='{"max_batch_size": 8}'))  # Triton's config
+        assert status == "StatusCode.INVALID_ARGUMENT" and "looks like a Triton model configuration" in message
+        status, message = refused(lambda: g.load_model(MODEL, files={"file:1/model.onnx": b"x"}))  # a version folder
+        assert "a model here has no version folders" in message  # (more in test_model_upload.py)
         assert app.engines == {}
 
         base = f"http://{url}/v2/repository"

@@ -1,0 +1,1 @@
+python -m bench.model_upload --workers 1 2 --rounds 5

@@ -1,0 +1,183 @@
+"""Triton's load with an override (server/model_upload.py): a model's files and manifest sent in the load request,
+through Triton's own clients (gRPC bytes, HTTP base64), loaded from a staging folder that goes when the version is
+replaced or unloaded; a manifest alone over the repository's files; cut-short files, bad names and bad configs
+refused by name before anything changes; under --workers every worker, a restarted one too, serves the upload."""
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+
+from tests.server.test_model_control import client, copy_repo, index, refused
+from tests.server.test_worker_sync import call, infer_body, replace_a_worker, spread, stop
+from tests.server.test_workers import start_workers
+from tests.server.v2_helpers import error_of, http, v2_server
+
+MODEL = "tiny"
+PIXELS = (np.arange(32 * 32 * 3).reshape(1, 32, 32, 3) * 7 % 256).astype(np.uint8)
+
+
+def model_files(repo: Path, name: str = MODEL) -> tuple[str, dict[str, bytes]]:
+    """(manifest text, {"file:NAME": bytes}) of a model folder: what a deployer sends."""
+    folder = (repo / name).resolve()
+    files = {f"file:{f.name}": f.read_bytes() for f in folder.iterdir() if f.is_file() and f.name != "manifest.json"}
+    return (folder / "manifest.json").read_text(), files
+
+
+def scores(c, module, name: str) -> np.ndarray:
+    inp = module.InferInput("pixels", list(PIXELS.shape), "UINT8")
+    inp.set_data_from_numpy(PIXELS)
+    return c.infer(name, [inp], outputs=[module.InferRequestedOutput("probabilities")]).as_numpy("probabilities")
+
+
+def staged(app) -> list[str]:
+    root = app.control._staging
+    return sorted(p.name for p in root.iterdir()) if root is not None and root.exists() else []
+
+
+@pytest.mark.parametrize("module", [tgrpc, thttp], ids=["grpc", "http"])
+def test_a_model_sent_in_the_load_request_serves_as_the_repository_copy_and_its_files_go_at_unload(tiny_repo, tmp_path,
+                                                                                                   module):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        c = client(module, target, url)
+        c.load_model(MODEL)
+        c.load_model("uploaded", config=config, files=files)  # a name the repository does not hold
+        assert np.array_equal(scores(c, module, "uploaded"), scores(c, module, MODEL))
+        assert {m["name"]: m["state"] for m in index(c, module)} == {MODEL: "READY", "uploaded": "READY"}
+        [folder] = staged(app)
+        assert folder.startswith("uploaded-request-") and app.engines["uploaded"].info.version == folder
+        assert app.engines["uploaded"].info.path == app.control._staging.resolve() / folder
+        assert not (repo / "uploaded").exists()  # never written into the repository
+
+        c.load_model("uploaded", config=config, files=files)  # a second upload replaces the first: one folder left
+        [second] = staged(app)
+        assert second != folder and app.engines["uploaded"].info.path.name == second
+
+        c.unload_model("uploaded")
+        assert staged(app) == [] and "uploaded" not in app.engines
+        status, message = refused(lambda: scores(c, module, "uploaded"))
+        assert status in ("StatusCode.NOT_FOUND", "404") and "uploaded" in message
+        root = app.control._staging
+    assert not root.exists()  # the process's staging folder goes with it
+
+
+def test_a_manifest_alone_reloads_the_repository_files_with_it_and_a_plain_load_returns_to_the_repository(tiny_repo,
+                                                                                                          tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, _ = model_files(repo)
+    manifest = json.loads(config)
+    served = manifest["policy"]["thresholds"]
+    manifest["policy"]["thresholds"] = [0.5] * (len(served) - 1) + [0.0]  # other thresholds, same ONNX files
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        c = tgrpc.InferenceServerClient(target)
+        c.load_model(MODEL)
+        repository_version = app.engines[MODEL].info.path
+        c.load_model(MODEL, config=json.dumps(manifest))
+        engine = app.engines[MODEL]
+        assert [engine.policy_threshold(k) for k in range(len(served) - 1)] == pytest.approx([0.5] * (len(served) - 1))
+        assert engine.info.path.parent == app.control._staging and len(staged(app)) == 1
+        assert json.loads((repo / MODEL / "manifest.json").read_text())["policy"]["thresholds"] == served  # untouched
+
+        c.load_model(MODEL)  # without an override: the repository's version again, the staged one removed
+        assert app.engines[MODEL].info.path == repository_version and staged(app) == []
+        assert [app.engines[MODEL].policy_threshold(k) for k in range(len(served) - 1)] == pytest.approx(served[:-1])
+
+
+def test_a_file_cut_short_is_refused_by_its_checksum_and_the_loaded_version_serves_on(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        c = tgrpc.InferenceServerClient(target)
+        c.load_model(MODEL)
+        before = app.engines[MODEL]
+        cut = {**files, "file:exit_1.onnx": files["file:exit_1.onnx"][:-100]}
+        status, message = refused(lambda: c.load_model(MODEL, config=config, files=cut))
+        assert status == "StatusCode.INVALID_ARGUMENT" and "failed to load" in message and "exit_1.onnx" in message
+        assert "still serving version" in message
+        assert app.engines[MODEL] is before and staged(app) == []  # nothing left behind
+
+        missing = {k: v for k, v in files.items() if k != "file:exit_0.onnx"}
+        status, message = refused(lambda: c.load_model("other", config=config, files=missing))
+        assert status == "StatusCode.INVALID_ARGUMENT" and "exit_0.onnx" in message
+        assert "other" not in app.engines and staged(app) == []
+
+
+def test_bad_names_files_and_configs_are_refused_by_name_before_anything_is_written(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    held = sorted(p.name for p in repo.iterdir())
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        g = tgrpc.InferenceServerClient(target)
+        cases = [
+            (lambda: g.load_model(MODEL, config=config, files={**files, "file:../x.onnx": b"x"}),
+             "load parameter 'file:../x.onnx': a file is named by its name in the model folder"),
+            (lambda: g.load_model(MODEL, config=config, files={"file:1/model.onnx": b"x"}),
+             "no folders (a model here has no version folders)"),
+            (lambda: g.load_model(MODEL, config=config, files={**files, "file:manifest.json": b"{}"}),
+             "the manifest goes in the 'config' parameter"),
+            (lambda: g.load_model(MODEL, files=files), "files need the 'config' parameter too"),
+            (lambda: g.load_model(MODEL, config="{not json"), "load parameter 'config' is not JSON"),
+            (lambda: g.load_model(MODEL, config="[1, 2]"), "must hold a JSON object"),
+            (lambda: g.load_model(MODEL, config='{"max_batch_size": 8, "platform": "onnxruntime_onnx"}'),
+             "looks like a Triton model configuration (it has ['max_batch_size', 'platform'])"),
+            (lambda: g.load_model("../escape", config=config, files=files), "model name '../escape' cannot be loaded"),
+            (lambda: g.load_model("new-model", config=config),
+             "with only a 'config': the repository holds no model of that name"),
+            (lambda: g.load_model(MODEL, config=config, files={f"file:f{i}": b"" for i in range(65)}),
+             "65 files in the request; at most 64"),
+        ]
+        for attempt, says in cases:
+            status, message = refused(attempt)
+            assert status == "StatusCode.INVALID_ARGUMENT" and says in message, message
+        body = {"parameters": {"config": config, "file:exit_0.onnx": "not base64!"}}
+        assert error_of(http(f"http://{url}/v2/repository/models/{MODEL}/load", "POST", body)) == (
+            400, "load parameter 'file:exit_0.onnx': not valid base64 (Only base64 data is allowed)")
+        body = {"parameters": {"config": json.loads(config)}}
+        assert error_of(http(f"http://{url}/v2/repository/models/{MODEL}/load", "POST", body)) == (
+            400, "load parameter 'config' must be a string holding the model's manifest.json; got dict")
+        assert app.engines == {} and staged(app) == [] and sorted(p.name for p in repo.iterdir()) == held
+
+        body = {"parameters": {"config": config, **{k: base64.b64encode(v).decode() for k, v in files.items()}}}
+        assert http(f"http://{url}/v2/repository/models/{MODEL}/load", "POST", body)[0] == 200  # the same, well formed
+        assert MODEL in app.engines and len(staged(app)) == 1
+
+
+def worker_state_folder(supervisor_pid: int) -> Path:
+    """The --worker-state folder the supervisor gave its workers (read from a worker's command line)."""
+    worker = subprocess.run(["pgrep", "-P", str(supervisor_pid)], capture_output=True, text=True).stdout.split()[0]
+    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"--worker-state") + 1].decode())
+
+
+@pytest.mark.slow
+def test_under_workers_an_upload_reaches_every_worker_and_a_replacement_and_its_files_go_at_unload(tiny_repo):
+    config, files = model_files(tiny_repo)
+    proc, _, _, _, http_port, _, port_file = start_workers(tiny_repo, "--model-control-mode", "explicit")
+    base = f"http://127.0.0.1:{http_port}/v2"
+    try:
+        shared = worker_state_folder(proc.pid) / "loaded-models"
+        body = {"parameters": {"config": config, **{k: base64.b64encode(v).decode() for k, v in files.items()}}}
+        assert call(f"{base}/repository/models/uploaded/load", body) == (200, {})
+        answers = spread(f"{base}/models/uploaded/infer", infer_body())
+        assert [code for code, _ in answers] == [200] * len(answers), answers[:3]
+        assert len({json.dumps(doc["outputs"]) for _, doc in answers}) == 1  # every worker, the same answer
+        assert len(list(shared.iterdir())) == 1
+
+        replace_a_worker(proc, [int(v) for v in port_file.read_text().split()[4:]])
+        answers = spread(f"{base}/models/uploaded/infer", infer_body())  # the replacement loaded the staged files
+        assert [code for code, _ in answers] == [200] * len(answers), answers[:3]
+
+        assert call(f"{base}/repository/models/uploaded/unload", {}) == (200, {})
+        assert [code for code, _ in spread(f"{base}/models/uploaded/infer", infer_body())] == [404] * len(answers)
+        assert list(shared.iterdir()) == []
+    finally:
+        stop(proc)
+    assert not os.path.exists(shared)  # the supervisor's folder goes at exit
