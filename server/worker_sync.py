@@ -226,7 +226,14 @@ class WorkerSync:
         item changed (e.g. "model:NAME"): a worker that could not apply it makes the call fail, naming it.
         `first`: this worker's own part, done before the change is shared (a load, a registration: what fails
         there is refused and nothing is shared), under the same lock as converging, so that another worker's
-        older generation cannot undo it here in between (unload the model just loaded, unmap the region)."""
+        older generation cannot undo it here in between (unload the model just loaded, unmap the region).
+        It runs to its end if the caller leaves (a client's cancel or closed connection): half a change would
+        leave this worker behind the state it shared until the next one."""
+        task = asyncio.ensure_future(self._publish(edit, key, what, first))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" warning
+        await asyncio.shield(task)
+
+    async def _publish(self, edit, key: str, what: str, first=None) -> None:
         async with self._lock:
             if first is not None:
                 await first()

@@ -99,7 +99,11 @@ class OpenInferenceHTTP:
         return a
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
-        self.runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=self.app.cfg.grace_s)
+        # handler_cancellation: a client that goes away (its own timeout, a closed connection) cancels its request
+        # as a gRPC client's cancel does: the engine drops it before its next segment instead of computing an
+        # answer nobody reads (aiohttp's default since 3.9 is to run the handler on to its end).
+        self.runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=self.app.cfg.grace_s,
+                                    handler_cancellation=True)
         await self.runner.setup()
         site = LimitedSite(self.runner, self.guard, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
         await site.start()
@@ -288,6 +292,10 @@ class OpenInferenceHTTP:
         except ServingError as e:
             self._outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
+        except asyncio.CancelledError:  # the client closed its connection (or the server stops): no one to answer
+            self._outcome(request, name, "CANCELLED", images, arrival, "the client closed the connection",
+                          request_id=request_id)
+            raise
         except web.HTTPException as e:
             self._outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
             raise

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -150,6 +151,30 @@ def test_expired_and_cancelled_requests_leave_queues_before_compute(tiny_repo):
             assert metric(app, "auxnet_requests_total", code="CANCELLED") == 1
             assert app.engines["tiny"].inflight == 0
             assert c.classify(GOOD).class_name
+
+
+def test_an_http_client_that_closes_its_connection_cancels_its_request_before_compute(tiny_repo):
+    """The Open Inference Protocol's HTTP surface as gRPC's above: a client gone (its own timeout, a closed
+    socket) leaves the queue before compute, counted CANCELLED (aiohttp ran such a handler to its end before)."""
+    from server.engine_config import EngineConfig
+
+    pixels = np.zeros((1, 32, 32, 3), np.uint8)
+    body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
+                                   "data": pixels.flatten().tolist()}]}).encode()
+    head = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with running_server(tiny_repo, engine=EngineConfig(max_batch=16, max_queue_delay_ms=400)) as (app, target):
+        computed_before = metric(app, "auxnet_batch_size_sum", exit="0")
+        with socket.create_connection(("127.0.0.1", app.http_port)) as s:
+            s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert wait_for(lambda: app.engines["tiny"].inflight == 1)  # queued, waiting for company
+        assert wait_for(lambda: metric(app, "auxnet_dropped_total", exit="0", reason="cancelled") == 1)
+        assert metric(app, "auxnet_batch_size_sum", exit="0") == computed_before  # nothing was computed
+        assert metric(app, "auxnet_requests_total", code="CANCELLED", surface="v2-http") == 1
+        assert metric(app, "nv_inference_request_failure", reason="CANCELED") == 1
+        with socket.create_connection(("127.0.0.1", app.http_port)) as s:  # and the next one is answered
+            s.sendall(head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            assert s.makefile("rb").readline().startswith(b"HTTP/1.1 200")
+        assert app.engines["tiny"].inflight == 0
 
 
 @pytest.mark.slow
