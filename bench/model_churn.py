@@ -1,7 +1,7 @@
 """Loading, switching and unloading a model again and again under traffic (server/model_control.py): is any
 request lost or answered with an unexpected status, and does the server's memory grow with each cycle?
 
-    python -m bench.model_churn [--cycles 100] [--clients 4] [--repo models/repository] [--server-args '']
+    python -m bench.model_churn [--cycles 100] [--clients 4] [--repo models/repository] [--server-args ''] [--upload]
 
 A copy of the repository's model gets a second version (a copy of its folder); one server process runs in
 `--model-control-mode explicit` with the model loaded. Client threads send auxnet.v1 Classify of CIFAR-10 test
@@ -11,6 +11,8 @@ Expected answers: OK, NOT_FOUND (between an unload and the next load), UNAVAILAB
 that found the model just before it); anything else is unexpected and its first messages kept. After every cycle
 the server's resident memory, threads and open file descriptors are read from /proc; the report gives their
 growth after the first 10% of cycles and its least-squares slope per cycle, and how long loads and unloads took.
+With --upload every load carries the version's manifest and files in the request instead (Triton's override,
+server/model_upload.py), and the report counts the staging folders left at the end (one: the version serving).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main() -> None:
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--images", default=str(ROOT / "samples" / "cifar10-test"))
     p.add_argument("--server-args", default="")
+    p.add_argument("--upload", action="store_true", help="loads send the model's files (Triton's load override)")
     args = p.parse_args()
     import tritonclient.grpc as tgrpc
 
@@ -114,20 +117,30 @@ def main() -> None:
                                                    *args.server_args.split()], quiet=True)
         control = tgrpc.InferenceServerClient(target)
         samples, loads, switches, unloads = [], [], [], []
+        started = time.time()
+
+        def load(version: Path) -> None:
+            if not args.upload:
+                point(repo, name, version)
+                control.load_model(name)
+                return
+            files = {f"file:{f.name}": f.read_bytes() for f in version.iterdir() if f.is_file() and f.name != "manifest.json"}
+            control.load_model(name, config=(version / "manifest.json").read_text(), files=files)
+
         try:
             with Traffic(target, name, jpegs, args.clients) as traffic:
                 time.sleep(2)
                 samples.append(proc_stats(proc.pid))
                 for cycle in range(args.cycles):
-                    point(repo, name, versions[(cycle + 1) % 2])
+                    version = versions[(cycle + 1) % 2]
                     t = time.monotonic()
-                    control.load_model(name)  # a switch to the other version, beside the serving one
+                    load(version)  # a switch to the other version, beside the serving one
                     switches.append(time.monotonic() - t)
                     t = time.monotonic()
                     control.unload_model(name)
                     unloads.append(time.monotonic() - t)
                     t = time.monotonic()
-                    control.load_model(name)
+                    load(version)
                     loads.append(time.monotonic() - t)
                     samples.append(proc_stats(proc.pid))
                     if (cycle + 1) % max(1, args.cycles // 10) == 0:
@@ -135,10 +148,22 @@ def main() -> None:
                         print(f"cycle {cycle + 1}: rss {s['rss_mb']:.1f} MB, threads {s['threads']}, fds {s['fds']}, "
                               f"answers {dict(traffic.codes)}", flush=True)
                 time.sleep(1)
+                staged = staged_folders(started) if args.upload else None
         finally:
             proc.terminate()
             proc.wait(60)
     report(args, samples, switches, unloads, loads, traffic)
+    if staged is not None:
+        print(f"staging folders left at the end: {len(staged)} (expected 1, the version serving): {staged}")
+
+
+def staged_folders(since: float) -> list[str]:
+    """The model folders in the staging folders of servers started after `since` (one process's, or a --workers
+    supervisor's shared one)."""
+    tmp = Path(tempfile.gettempdir())
+    roots = [r for r in [*tmp.glob("auxnet-loaded-models-*"), *tmp.glob("auxnet-workers-*/shared/loaded-models")]
+             if r.stat().st_mtime >= since - 1]
+    return sorted(f.name for r in roots for f in r.iterdir())
 
 
 def report(args, samples, switches, unloads, loads, traffic: Traffic) -> None:
