@@ -8,12 +8,16 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from server.model_upload import FILE_PREFIX
 from tests.server.test_model_control import client, copy_repo, index, refused
 from tests.server.test_worker_sync import call, infer_body, replace_a_worker, spread, stop
 from tests.server.test_workers import start_workers
@@ -181,3 +185,61 @@ def test_under_workers_an_upload_reaches_every_worker_and_a_replacement_and_its_
     finally:
         stop(proc)
     assert not os.path.exists(shared)  # the supervisor's folder goes at exit
+
+
+def mutated(manifest: dict, data) -> dict:
+    """The manifest with one of its fields (or one of an exit's) deleted or replaced by a value of another kind."""
+    doc = json.loads(json.dumps(manifest))
+    target = doc if data.draw(st.booleans()) else data.draw(st.sampled_from(doc["exits"]))
+    key = data.draw(st.sampled_from(sorted(target)))
+    if data.draw(st.booleans()):
+        del target[key]
+    else:
+        target[key] = data.draw(st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                                          st.text(max_size=8), st.lists(st.integers(), max_size=3)))
+    return doc
+
+
+def test_fuzzed_overrides_are_refused_by_name_leave_nothing_behind_and_the_server_keeps_serving(tiny_repo, tmp_path):
+    """Generated loads with an override, over HTTP: a manifest with a field deleted or of another kind, file names
+    and contents of any kind, base64 or not; each answered 200 or 400/404 with a message, never a 500; a refused one
+    leaves no staging folder, the repository and the loaded model unchanged."""
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    manifest = json.loads(config)
+    held = sorted(p.name for p in repo.iterdir())
+    statuses: dict[int, int] = {}
+    with v2_server(repo, model_control="explicit") as (app, target, url):
+        assert http(f"http://{url}/v2/repository/models/{MODEL}/load", "POST", b"")[0] == 200
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def send(data):
+            parameters = {k: base64.b64encode(v).decode() for k, v in files.items()}
+            kind = data.draw(st.sampled_from(["manifest", "names", "contents"]))
+            if kind == "manifest":
+                parameters["config"] = json.dumps(mutated(manifest, data))
+            else:
+                parameters["config"] = config
+                if kind == "names":
+                    parameters[FILE_PREFIX + data.draw(st.text(max_size=20))] = base64.b64encode(b"x").decode()
+                else:
+                    name = data.draw(st.sampled_from(sorted(files)))
+                    parameters[name] = data.draw(st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+                                                           st.text(max_size=16), st.integers(), st.none()))
+            name = data.draw(st.sampled_from(["fuzzed", MODEL, "..", "x" * 200]))
+            status, _, text = http(f"http://{url}/v2/repository/models/{quote(name, safe='')}/load", "POST",
+                                   {"parameters": parameters})
+            statuses[status] = statuses.get(status, 0) + 1
+            assert status in (200, 400, 404), (kind, status, text[:300])
+            if status != 200:
+                assert json.loads(text)["error"], text
+            root = app.control._staging  # every staging folder is one a loaded model serves from: none left behind
+            served = {e.info.path.name for e in app.engines.values() if root and e.info.path.parent == root.resolve()}
+            assert set(staged(app)) == served, (staged(app), served)
+
+        send()
+        assert sorted(p.name for p in repo.iterdir()) == held  # nothing written into the repository
+        assert statuses.get(400, 0) > 50, statuses  # (a manifest without e.g. its 'training' block loads: 200)
+        assert http(f"http://{url}/v2/models/{MODEL}/infer", "POST", {"inputs": [{
+            "name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}]})[0] == 200
