@@ -1,7 +1,7 @@
 """What each request surface costs: the same closed-loop load through auxnet.v1 Classify, the Open
 Inference Protocol's gRPC side (tritonclient.grpc), its HTTP side with binary tensors (tritonclient.http)
-and with plain JSON and base64 (http.client, as curl would send), against one server process, side by side
-in one run (issue 11).
+and with plain JSON and base64 (http.client, as curl would send), and TorchServe's predictions API (the JPEG as
+the body, server/torchserve.py), against one server process, side by side in one run (issue 11).
 
     python -m bench.protocols [--repo models/repository] [--data ../shared/data/cifar10-jpeg/test]
                               [--concurrency 8] [--requests 1500] [--rounds 2] [--policy final|calibrated]
@@ -27,7 +27,7 @@ from server.demo import ROOT, start_server
 from server.workers import free_port
 
 SURFACES = ("auxnet.v1 Classify (gRPC)", "v2 ModelInfer (gRPC, tritonclient)", "v2 infer (HTTP binary, tritonclient)",
-            "v2 infer (HTTP JSON + base64, http.client)")
+            "v2 infer (HTTP JSON + base64, http.client)", "TorchServe predictions (HTTP, the JPEG as the body, http.client)")
 
 
 def process_cpu_s(pid: int) -> float:
@@ -42,6 +42,27 @@ def make_call(surface: int, target: str, http_target: str, model: str, params: d
 
         c = Client(target, timeout_s=30)
         return lambda img: c.classify(img, **params).label
+    if surface == 4:  # TorchServe's `curl -T FILE`: the file as the body; the answer's top class by name
+        import http.client
+        import json
+
+        from server.client import Client
+
+        with Client(target) as c:
+            classes = list(c.model_info(model).classes)
+        host, port = http_target.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        query = "?" + "&".join(f"{k}={str(v).lower()}" for k, v in params.items()) if params else ""
+
+        def call_torchserve(img):
+            conn.request("PUT", f"/predictions/{model}{query}", img, {"Content-Type": "application/octet-stream"})
+            reply = conn.getresponse()
+            data = json.loads(reply.read())
+            if reply.status != 200:
+                raise RuntimeError(data.get("message"))
+            return classes.index(next(iter(data)))
+
+        return call_torchserve
     if surface == 3:  # what curl or any plain HTTP client sends: JSON, the image base64, one keep-alive connection
         import base64
         import http.client

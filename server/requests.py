@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.decode import probe
+from server.decode import decode_encoded, probe, to_model_input
 from server.errors import InvalidInput
 
 MAX_BUDGET_MS = 3_600_000.0
@@ -47,6 +47,15 @@ class ExitControls:
     def classify_args(self, x: np.ndarray, arrival: float, deadline: float | None) -> tuple:
         """The positional arguments of ModelEngine.classify."""
         return x, arrival, self.budget_ms, self.min_confidence, self.max_exit, deadline, self.calibrated_policy, self.priority
+
+
+def encoded_image(app, info, data: bytes) -> tuple[Callable[[], np.ndarray], int]:
+    """(work, pixels) of one encoded image file for model `info`: work() decodes and normalises it to the
+    model's input; pixels says where (decode_where_cheap)."""
+    limits = app.limits
+    opened, pixels = encoded_pixels(data, limits.formats)
+    return (lambda: to_model_input(decode_encoded(data, limits, size=info.input_shape[1:], opened=opened),
+                                   info.input_shape, info.mean, info.std)), pixels
 
 
 def encoded_pixels(data: bytes, formats: tuple[str, ...]) -> tuple[object | None, int]:

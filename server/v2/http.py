@@ -13,6 +13,7 @@
     POST /v2/repository/index                           Triton's model repository extension (server/model_control.py)
     POST /v2/repository/models/{model}/load|unload      (the same)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
+    GET /ping, POST /predictions/{model}[/{version}]    TorchServe's inference API (server/torchserve.py)
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
 `Inference-Header-Content-Length` bytes followed by the tensors, in input order, each input saying its
@@ -35,7 +36,7 @@ import weakref
 
 from aiohttp import web
 
-from server import __version__
+from server import __version__, torchserve
 from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, LimitedSite
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.requests import count, parse_where_cheap
@@ -45,7 +46,7 @@ from server.v2 import model as v2
 from server.v2.http_codec import encode_response, output_targets, parse_outputs, parse_request
 
 log = logging.getLogger("auxnet.server")
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # and every .../ready: probes carry no credentials
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/ping")  # and every .../ready: probes carry no credentials
 BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this holds a request slot: refuse it (408)
 SURFACE = "v2-http"  # the surface label of auxnet_requests_total
 HTTP_ERROR_CODES = {408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}  # metric code of aiohttp-raised errors
@@ -96,6 +97,7 @@ class OpenInferenceHTTP:
             a.router.add_get(base + "/ready", self.model_ready)
             a.router.add_get(base + "/config", self.model_config)
             a.router.add_post(base + "/infer", self.infer)
+        torchserve.add_routes(a.router, self)
         return a
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
@@ -163,6 +165,9 @@ class OpenInferenceHTTP:
             if e.status == 404:
                 text = f"no such endpoint: {request.method} {request.path[:100]}"
             return error_response(e.status, text)
+        except Exception as e:  # noqa: BLE001 - a defect in any handler: logged, answered 500 in JSON, never aiohttp's page
+            log.exception("internal error in %s %s", request.method, request.path[:100])
+            return error_response(500, f"internal error: {type(e).__name__}")
 
     # --- health and metadata --------------------------------------------------------------------------
 
@@ -265,7 +270,7 @@ class OpenInferenceHTTP:
         name = request.match_info["model"]
         if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
             e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
-            self._outcome(request, name, e.code.name, 1, arrival, str(e))
+            self.outcome(request, name, e.code.name, 1, arrival, str(e))
             return error_response(429, str(e))
         self.active += 1
         images, request_id = 1, None
@@ -273,7 +278,7 @@ class OpenInferenceHTTP:
             engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
             if not engine.accepting or engine.stopped:
                 engine.check_admission()  # draining: refuse before reading the body
-            body = await _read_body(request, self.body_timeout_s)
+            body = await self.read_body(request)
             shm = self.app.shared_memory
             doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers, shm))
             images = v2.image_count(inputs)
@@ -290,35 +295,40 @@ class OpenInferenceHTTP:
             shared = v2.place_in_shared_memory(shm, tensors, targets) if targets else None
             response = encode_response(engine, doc.get("id"), tensors, binary_names, shared)
         except ServingError as e:
-            self._outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
+            self.outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
             return error_response(HTTP_STATUS.get(e.code, 500), str(e))
         except asyncio.CancelledError:  # the client closed its connection (or the server stops): no one to answer
-            self._outcome(request, name, "CANCELLED", images, arrival, "the client closed the connection",
+            self.outcome(request, name, "CANCELLED", images, arrival, "the client closed the connection",
                           request_id=request_id)
             raise
         except web.HTTPException as e:
-            self._outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
+            self.outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
             log.exception("internal error")
-            self._outcome(request, name, "INTERNAL", images, arrival, f"internal error: {type(e).__name__}: {e}")
+            self.outcome(request, name, "INTERNAL", images, arrival, f"internal error: {type(e).__name__}: {e}")
             return error_response(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        self._outcome(request, name, "OK", images, arrival, answers=answers, request_id=request_id)
+        self.outcome(request, name, "OK", images, arrival, answers=answers, request_id=request_id)
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response
 
 
-    def _outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
-                 message: str | None = None, answers=None, request_id: str | None = None) -> None:
-        """Count one inference request's outcome, and log it if an access log is kept."""
-        count(self.app, model, code, images, surface=SURFACE)
+    def outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
+                message: str | None = None, answers=None, request_id: str | None = None, surface: str = SURFACE) -> None:
+        """Count one inference request's outcome, and log it if an access log is kept (`surface`: this port's
+        TorchServe API, server/torchserve.py, shares it)."""
+        count(self.app, model, code, images, surface=surface)
         if self.app.access_log is not None:
             exits = answer_exits(answers) if answers is not None else (None, None)
-            self.app.access_log.record(SURFACE, "infer", model, code, images, arrival, request.remote or "", message,
-                                       *exits, request_id=request_id)
+            self.app.access_log.record(surface, "infer" if surface == SURFACE else "predictions", model, code, images,
+                                       arrival, request.remote or "", message, *exits, request_id=request_id)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """An inference request's body (server/torchserve.py's too), within this port's body timeout."""
+        return await _read_body(request, self.body_timeout_s)
 
 async def _json_object(request: web.Request, what: str) -> dict:
     """A small request body as a JSON object ({} when empty)."""

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from server.decode import decode_encoded, decode_raw, to_model_input
+from server.decode import decode_raw, to_model_input
 from server.engine import ModelEngine
 from server.errors import InvalidInput, UnknownModel
 from server.jobs import Answer
-from server.requests import ExitControls, decode_where_cheap, encoded_pixels, prepare_all
+from server.requests import ExitControls, decode_where_cheap, encoded_image, prepare_all
 from server.v2.tensors import BYTES, Tensor, to_raw
 
 SERVER_NAME = "auxnet-serving"
@@ -258,16 +258,10 @@ def _image_works(app, engine: ModelEngine, inputs: list[Tensor], level: int) -> 
         raise InvalidInput(f"input '{t.name}' holds no image: its first dimension is the number of images and none "
                            f"may be 0 (shape {list(t.shape)})")
     engine.check_admission(t.shape[0], level)
-    size = info.input_shape[1:]
     if t.name == "image":
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
             raise InvalidInput(f"input 'image' must have shape [N] or [N,1] (one encoded file per image); got {list(t.shape)}")
-        works = []
-        for d in t.data:
-            opened, pixels = encoded_pixels(d, limits.formats)
-            works.append((lambda d=d, o=opened: to_model_input(decode_encoded(d, limits, size=size, opened=o),
-                                                               info.input_shape, info.mean, info.std), pixels))
-        return works
+        return [encoded_image(app, info, d) for d in t.data]
     if t.name == "input":
         if t.shape[1:] != tuple(info.input_shape):
             raise InvalidInput(f"input 'input' must have shape [N,{','.join(map(str, info.input_shape))}]; got {list(t.shape)}")

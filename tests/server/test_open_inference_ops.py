@@ -312,3 +312,15 @@ def test_a_backend_failure_is_internal_on_both_v2_sides_and_the_server_goes_on(t
         assert counted(app, MODEL, "INTERNAL", "v2-grpc") == 1 and counted(app, MODEL, "INTERNAL", "v2-http") == 1
         del backend.run  # the class's own run again
         assert thttp.InferenceServerClient(url).infer(MODEL, [image_input(thttp)]).as_numpy("label").shape == (1,)
+
+
+def test_a_defect_in_any_http_handler_is_a_json_500_logged_and_the_server_serves_on(tiny_repo, monkeypatch, caplog):
+    """Not aiohttp's text page "Server got itself in trouble": the middleware answers every unexpected exception."""
+    import server.v2.model as v2_model
+
+    monkeypatch.setattr(v2_model, "metadata", lambda engine: 1 / 0)
+    with v2_server(tiny_repo) as (app, target, url):
+        status, _, body = http(f"http://{url}/v2/models/tiny")
+        assert status == 500 and json.loads(body) == {"error": "internal error: ZeroDivisionError"}
+        assert "internal error in GET /v2/models/tiny" in caplog.text
+        assert http(f"http://{url}/v2/health/ready")[0] == 200
