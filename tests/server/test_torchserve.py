@@ -7,9 +7,12 @@ its own surface; a client that closes its connection cancels its request; /ping 
 import base64
 import json
 import socket
+from urllib.parse import quote
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.engine_config import EngineConfig
 from tests.server.conftest import running_server
@@ -130,3 +133,34 @@ def test_a_torchserve_client_that_closes_its_connection_cancels_its_request_befo
             assert wait_for(lambda: app.engines[MODEL].inflight == 1)
         assert wait_for(lambda: metric(app, "auxnet_requests_total", code="CANCELLED", surface="torchserve") == 1)
         assert metric(app, "auxnet_batch_size_sum", exit="0") == computed_before
+
+
+def test_fuzzed_predictions_are_answered_or_refused_by_name_and_the_server_serves_on(tiny_repo):
+    """Bodies of any bytes (a PNG cut or flipped somewhere, multipart with any boundary), query strings of any names
+    and values: 200, or a 4xx in TorchServe's form naming what was wrong; never a 500."""
+    keys = st.sampled_from(["budget_ms", "min_confidence", "max_exit", "calibrated_policy", "priority", "top_k", "", "x"])
+    query = st.lists(st.tuples(keys, st.text(max_size=6)), max_size=3).map(
+        lambda pairs: "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs) if pairs else "")
+    png_mutated = st.tuples(st.integers(0, len(IMAGE) - 1), st.binary(min_size=1, max_size=4), st.booleans()).map(
+        lambda m: IMAGE[:m[0]] if m[2] else IMAGE[:m[0]] + m[1] + IMAGE[m[0] + len(m[1]):])
+    bodies = st.one_of(st.binary(max_size=64).map(lambda b: (b, "application/octet-stream")), png_mutated.map(lambda b: (b, "image/png")),
+                       st.tuples(st.text("abcXYZ-_09", min_size=1, max_size=8), st.binary(max_size=32)).map(
+                           lambda t: (b"--" + t[0].encode() + b"\r\n" + t[1], f"multipart/form-data; boundary={t[0]}")))
+    statuses: dict[int, int] = {}
+    with running_server(tiny_repo) as (app, _):
+        url = f"127.0.0.1:{app.http_port}"
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(query, bodies, st.sampled_from(["PUT", "POST"]))
+        def send(q, body, method):
+            status, _, text = http(f"http://{url}/predictions/{MODEL}{q}", method, body[0], {"Content-Type": body[1]})
+            statuses[status] = statuses.get(status, 0) + 1
+            assert status in (200, 400), (q, body, status, text[:300])
+            doc = json.loads(text)
+            if status != 200:
+                assert doc["code"] == status and doc["type"] == "BadRequestException" and doc["message"], doc
+
+        send()
+        assert statuses.get(400, 0) > 100, statuses
+        assert predict(url, IMAGE)[0] == 200
+        assert metric(app, "auxnet_requests_total", code="INTERNAL", surface="torchserve") == 0
