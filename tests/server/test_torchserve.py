@@ -164,3 +164,13 @@ def test_fuzzed_predictions_are_answered_or_refused_by_name_and_the_server_serve
         assert statuses.get(400, 0) > 100, statuses
         assert predict(url, IMAGE)[0] == 200
         assert metric(app, "auxnet_requests_total", code="INTERNAL", surface="torchserve") == 0
+
+
+def test_a_big_multipart_body_is_parsed_off_the_event_loop_and_answers_as_the_raw_file(tiny_repo):
+    big = png(images(1, seed=3, size=200)[0])  # ~120 KB: past the size parsed on the loop
+    assert len(big) > 64 * 1024
+    with running_server(tiny_repo) as (app, _):
+        url = f"127.0.0.1:{app.http_port}"
+        body, form = multipart([("data", big)])
+        status, _, from_form = predict(url, body, method="POST", headers=form)
+        assert status == 200 and from_form == predict(url, big)[2]
