@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import logging
 import math
 import time
 
@@ -26,6 +27,7 @@ from aiohttp import web
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.requests import ExitControls, decode_where_cheap, encoded_image, parse_where_cheap
 
+log = logging.getLogger("auxnet.server")
 SURFACE = "torchserve"
 DEFAULT_TOP_K = 5  # TorchServe's ImageClassifier.topk
 QUERY_TYPES = {"budget_ms": float, "min_confidence": float, "max_exit": int, "calibrated_policy": bool, "priority": int,
@@ -91,6 +93,10 @@ class TorchServeAPI:
             http.outcome(request, name, "RESOURCE_EXHAUSTED" if e.status == 413 else "DEADLINE_EXCEEDED", 1, arrival,
                          e.text, surface=SURFACE)
             return error(e.status, e.text or e.reason)
+        except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, count it, answer 500
+            log.exception("internal error")
+            http.outcome(request, name, "INTERNAL", 1, arrival, f"internal error: {type(e).__name__}: {e}", surface=SURFACE)
+            return error(500, f"internal error: {type(e).__name__}")
         finally:
             http.active -= 1
         http.outcome(request, name, "OK", 1, arrival, answers=[answer], surface=SURFACE)
