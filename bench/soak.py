@@ -5,22 +5,24 @@ fail that should not?
                          [--mix KIND=SHARE,...]   (other shares than the default mix below, e.g. to single out a path;
                                                    progressive_full / progressive_left: the two halves of progressive)
 
-Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule
-(the calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 33%; ClassifyBatch of 8 such
-images 5%; the Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BYTES tensor) 10%;
-a mutated image (bench/image_fuzz.py's mutations) over auxnet.v1 15%; a malformed HTTP body (cut JSON, random
-bytes, a wrong tensor) 10%; Triton's statistics over HTTP 1%; ClassifyProgressive, read to the end or left after
-the first answer (a cancel) 5%; Triton's ModelStreamInfer with 1-8 requests, half of them progressive, 4%;
-bytes that are no protobuf message to a gRPC method 2%. Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
+Client threads (seeded) loop over, by share: auxnet.v1 Classify of a CIFAR-10 test JPEG under a random rule (the
+calibrated policy, a budget of 3 / 10 / 50 ms, a min_confidence, none) 28%; ClassifyBatch of 8 such images 5%; the
+Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BYTES tensor) 10%; a mutated image
+(bench/image_fuzz.py's mutations) over auxnet.v1 15%; a malformed HTTP body (cut JSON, random bytes, a wrong tensor)
+10%; Triton's statistics over HTTP 1%; ClassifyProgressive, read to the end or left after the first answer (a
+cancel) 5%; Triton's ModelStreamInfer with 1-8 requests, half of them progressive, 4%; bytes that are no protobuf
+message to a gRPC method 2%; TorchServe's predictions API (server/torchserve.py: the JPEG as the body or a multipart
+part, the rule in the query; one in four a mutated image or a misspelt query parameter) 5% (since 2026-12-02;
+before, classify had its 5%). Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
 overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
 unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
-first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute. A supervised
-server (--workers, --recycle-rss-mb in --server-args) is measured with its workers, and its largest worker apart.
-With --priorities N the server runs --priority-levels N and every request carries a random priority 0..N; with a
-small --max-inflight in --server-args, queued requests are then evicted for higher ones (RESOURCE_EXHAUSTED,
-expected): the end reports how many (and what a --queue-policy in --server-args refused or delayed), and that
-nothing stays counted in flight once the load has ended.
+first 20% of the run) to the end, and its least-squares slope over that part, in MB per minute. A supervised server
+(--workers, --recycle-rss-mb in --server-args) is measured with its workers, and its largest worker apart. With
+--priorities N the server runs --priority-levels N and every request carries a random priority 0..N; with a small
+--max-inflight in --server-args, queued requests are then evicted for higher ones (RESOURCE_EXHAUSTED, expected):
+the end reports how many (and what a --queue-policy in --server-args refused or delayed), and that nothing stays
+counted in flight once the load has ended.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
 from server.workers import free_port
 
-MIX = [("classify", 33), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
-       ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2)]
+MIX = [("classify", 28), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
+       ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2), ("torchserve", 5)]
 SINGLED_OUT = ("progressive_full", "progressive_left")  # the two halves of `progressive`, for --mix only
 # For --mix only: `shm` sends pixels through a system shared memory region each client registers (the server needs
 # --allow-client-shm); `admin` reads or sets what an operator does (log settings, the repository index, regions).
@@ -284,9 +286,26 @@ class Traffic:
                                            "data": list(range(self.rng.randint(0, 4000)))}]}).encode()  # wrong size
         return self._post(body, "malformed_http")
 
-    def _post(self, body: bytes, kind: str) -> int:
-        request = urllib.request.Request(f"{self.http_base}/v2/models/{self.model}/infer", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+    def torchserve(self, client: Client, v2) -> int:
+        image, query = self.rng.choice(self.images), dict(self._controls())
+        if self.rng.random() < 0.25:  # hostile: a mutated image, or a misspelt control
+            if self.rng.random() < 0.5:
+                image = mutate(image, self.rng)
+            else:
+                query["budget"] = 5
+        text = "&".join(f"{k}={str(v).lower()}" for k, v in query.items())
+        url = f"{self.http_base}/predictions/{self.model}" + (f"?{text}" if text else "")
+        if self.rng.random() < 0.5:
+            return self._post(image, "torchserve", url, "PUT", "application/octet-stream")
+        boundary = f"soak{self.rng.randrange(10**9)}"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="x.jpg"\r\n\r\n'.encode() + image
+                + f"\r\n--{boundary}--\r\n".encode())
+        return self._post(body, "torchserve", url, "POST", f"multipart/form-data; boundary={boundary}")
+
+    def _post(self, body: bytes, kind: str, url: str | None = None, method: str = "POST",
+              content_type: str = "application/json") -> int:
+        request = urllib.request.Request(url or f"{self.http_base}/v2/models/{self.model}/infer", data=body,
+                                         method=method, headers={"Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 r.read()

@@ -1,0 +1,1 @@
+python -m bench.soak --minutes 10 --clients 4
