@@ -33,7 +33,7 @@ from pathlib import Path
 
 from server.errors import FailedPrecondition, InvalidInput, NotServing, UnknownModel
 from server.memory import release_freed_memory
-from server.model_upload import check_override, new_root, override_parameters, remove, stage
+from server.model_upload import check_override, is_override, new_root, remove, stage
 from server.repository import RepositoryError, list_models
 
 log = logging.getLogger("auxnet.server")
@@ -86,8 +86,8 @@ class ModelControl:
         self._allowed("load")
         self._check_repository(repository)
         parameters = parameters or {}
-        override = override_parameters(parameters)
-        _check_parameters("load", {k: v for k, v in parameters.items() if not override_parameters({k: v})}, {})
+        override = any(map(is_override, parameters))
+        _check_parameters("load", {k: v for k, v in parameters.items() if not is_override(k)}, {})
         if override:
             manifest, files = check_override(name, parameters)
             repository_version = None if files else self._folders().get(name)

@@ -37,9 +37,9 @@ MAX_FILES = 64
 TRITON_CONFIG_KEYS = {"platform", "backend", "max_batch_size", "input", "output", "instance_group", "dynamic_batching"}
 
 
-def override_parameters(parameters: dict) -> bool:
-    """Whether a load's parameters carry an override (a config or files)."""
-    return any(k == "config" or k.startswith(FILE_PREFIX) for k in parameters)
+def is_override(key: str) -> bool:
+    """Whether a load parameter is part of an override (the config or a file)."""
+    return key == "config" or key.startswith(FILE_PREFIX)
 
 
 def check_override(name: str, parameters: dict) -> tuple[dict, dict[str, bytes]]:
