@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from server.app import ServerApp, ServerConfig
@@ -19,6 +20,7 @@ from server.arguments import named, plain_number
 from server.backends import default_threads
 from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
+from server.otlp_export import OtlpSettings, settings_from_environment
 from server.queue_policy import level_policies
 from server.repository import RepositoryError
 from server.tracing import TraceSettings
@@ -127,6 +129,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-log-frequency", type=int, default=0,
                    help="write every N traces to TRACE_FILE.0, .1, ... (default 0: all to TRACE_FILE at shutdown, at "
                         "most 10,000 requests' traces held)")
+    p.add_argument("--trace-mode", choices=("triton", "opentelemetry"), default="triton",
+                   help="triton (default): traces to --trace-file as Triton's JSON; opentelemetry: spans to an OTLP/HTTP "
+                        "collector (--trace-otlp-url), a request carrying a W3C traceparent joining its caller's trace "
+                        "(server/otlp_export.py; the OTEL_* variables are read too)")
+    p.add_argument("--trace-otlp-url", help="the collector's OTLP/HTTP traces URL (default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                                            "else OTEL_EXPORTER_OTLP_ENDPOINT/v1/traces, else http://localhost:4318/v1/traces)")
+    p.add_argument("--trace-resource", action="append", default=[], metavar="KEY=VALUE",
+                   help="a resource attribute of the spans, e.g. service.name=classifier (repeatable; over "
+                        "OTEL_RESOURCE_ATTRIBUTES; default service.name=auxnet-serving)")
+    p.add_argument("--trace-bsp-max-queue-size", type=int,
+                   help="requests' traces waiting for export at most; more are dropped and counted (default "
+                        "OTEL_BSP_MAX_QUEUE_SIZE or 2048)")
+    p.add_argument("--trace-bsp-schedule-delay-ms", type=int,
+                   help="send what waits at least this often (default OTEL_BSP_SCHEDULE_DELAY or 5000)")
+    p.add_argument("--trace-bsp-max-export-batch-size", type=int,
+                   help="requests' traces per export at most (default OTEL_BSP_MAX_EXPORT_BATCH_SIZE or 512)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the ports (SO_REUSEPORT); metrics summed over them")
     p.add_argument("--recycle-rss-mb", type=float, default=0.0,
@@ -175,7 +193,7 @@ async def serve(args) -> int:
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
-        reuse_port=args.reuse_port, trace=args.trace, log_level=args.log_level,
+        reuse_port=args.reuse_port, trace=args.trace, otlp=args.otlp, log_level=args.log_level,
         allow_client_shm=args.allow_client_shm, worker_state=args.worker_state)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
@@ -261,11 +279,7 @@ def main() -> int:
         args.queue_policies = level_policies(args.queue_policy, args.priority_levels)
     except ValueError as e:
         parser.error(f"--queue-policy {e}")
-    try:
-        args.trace = TraceSettings(args.trace_file, args.trace_level or ("TIMESTAMPS" if args.trace_file else "OFF"),
-                                   args.trace_rate, args.trace_count, args.trace_log_frequency)
-    except ValueError as e:
-        parser.error(str(e))
+    args.trace, args.otlp = trace_settings(parser, args)
     for option in ("trace_file", "port_file"):  # fail now, not at the first write, minutes into serving
         if getattr(args, option):
             check_output_file(parser, f"--{option.replace('_', '-')}", getattr(args, option))
@@ -277,6 +291,35 @@ def main() -> int:
 
         return supervise(args, sys.argv[1:])
     return asyncio.run(serve(args))
+
+
+def trace_settings(parser, args) -> tuple[TraceSettings, OtlpSettings | None]:
+    """Request tracing's start-up settings, and the collector's in opentelemetry mode; parser.error naming what is wrong."""
+    try:
+        on = args.trace_file or args.trace_mode == "opentelemetry"
+        trace = TraceSettings(args.trace_file, args.trace_level or ("TIMESTAMPS" if on else "OFF"),
+                              args.trace_rate, args.trace_count, args.trace_log_frequency, args.trace_mode)
+    except ValueError as e:
+        parser.error(str(e))
+    return trace, otlp_settings(parser, args)
+
+
+def otlp_settings(parser, args) -> OtlpSettings | None:
+    """The collector's settings in opentelemetry mode (parser.error naming a wrong option or variable); None otherwise,
+    where the OTLP options are refused rather than ignored."""
+    options = ("trace_otlp_url", "trace_bsp_max_queue_size", "trace_bsp_schedule_delay_ms", "trace_bsp_max_export_batch_size")
+    given = [o for o in options if getattr(args, o) is not None] + (["trace_resource"] if args.trace_resource else [])
+    if args.trace_mode != "opentelemetry":
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} is for --trace-mode opentelemetry")
+        return None
+    try:
+        s = settings_from_environment(args.trace_otlp_url, args.trace_resource)
+        bsp = {"max_queue_size": args.trace_bsp_max_queue_size, "schedule_delay_ms": args.trace_bsp_schedule_delay_ms,
+               "max_export_batch_size": args.trace_bsp_max_export_batch_size}
+        return replace(s, **{k: v for k, v in bsp.items() if v is not None})
+    except ValueError as e:
+        parser.error(f"--trace-mode opentelemetry: {e}")
 
 
 if __name__ == "__main__":

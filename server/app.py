@@ -30,6 +30,7 @@ from server.memory import release_freed_memory
 from server.metrics import Metrics
 from server.metrics_http import start_metrics_server
 from server.model_control import ModelControl
+from server.otlp_export import OtlpSettings
 from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images
@@ -88,6 +89,7 @@ class ServerConfig:
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
     reuse_port: bool = False  # share the ports with sibling worker processes (server/workers.py)
     trace: TraceSettings = TraceSettings()  # request traces (server/tracing.py, Triton's trace extension)
+    otlp: OtlpSettings | None = None  # where spans go with trace.mode opentelemetry (server/otlp_export.py)
     allow_client_shm: bool = False  # Triton's system shared memory extension (server/shared_memory.py); same host only
     worker_state: str | None = None  # a --workers supervisor's folder of shared settings (server/worker_sync.py)
     log_level: str = "INFO"  # the start of the log settings Triton's logging extension changes (server/log_settings.py)
@@ -124,7 +126,8 @@ class ServerApp:
         # process started with --reuse-port alone has no siblings to tell, so those stay fixed there.
         self.sync = WorkerSync(self, cfg.worker_state) if cfg.worker_state else None
         shared = not cfg.reuse_port or self.sync is not None
-        self.tracer = Tracer(cfg.trace, runtime_updates=shared, own_file=self.sync is not None)
+        self.tracer = Tracer(cfg.trace, runtime_updates=shared, own_file=self.sync is not None, otlp=cfg.otlp,
+                             count_spans=lambda outcome, n: self.metrics.otlp_spans.labels(outcome).inc(n))
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._retiring: set[asyncio.Task] = set()
         self.control = ModelControl(self, cfg.model_control)
@@ -172,7 +175,7 @@ class ServerApp:
         for warning in precision_warnings(info, getattr(backends[0], "device_type", "cpu")):
             log.warning(warning)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
-        engine.tracer = self.tracer if self.cfg.trace.file else None  # without a file tracing can never be on
+        engine.tracer = self.tracer if self.tracer.can_trace else None  # without a file or collector it is never on
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
                  len(info.exits), backends[0].name, info.precision,
@@ -325,11 +328,12 @@ class ServerApp:
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         corrupt = CorruptMessages(lambda method: count_images(
             self, "", "INVALID_ARGUMENT", 1, "auxnet.v1" if method.startswith(f"/{SERVICE_NAME}/") else "v2-grpc"))
+        trace_context = self.tracer.exporter is not None  # W3C traceparent read from metadata (server/otel_context.py)
         v1 = method_handlers(EarlyExitServicer(self), pb.DESCRIPTOR.services_by_name["EarlyExitService"],
-                             lambda descriptor: getattr(pb, descriptor.name), corrupt)
+                             lambda descriptor: getattr(pb, descriptor.name), corrupt, trace_context=trace_context)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, v1),))
         self.server.add_registered_method_handlers(SERVICE_NAME, v1)
-        v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server, corrupt)
+        v2_grpc.add_to_server(v2_grpc.OpenInferenceServicer(self), self.server, corrupt, trace_context)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, v2_grpc.OWN_SERVICE_NAME, v2_grpc.TRITON_CONFIG_SERVICE,

@@ -89,6 +89,10 @@ class Metrics:
                                      "API, or by the repository's membership in poll mode (server/model_control.py): "
                                      "done, or refused", ["model", "action", "result"],
                                      registry=r)
+        self.otlp_spans = Counter(f"{PREFIX}_otlp_spans", "Request trace spans for the OpenTelemetry collector "
+                                  "(--trace-mode opentelemetry; server/otlp_export.py) by outcome: exported, queue_full, "
+                                  "rejected (a status not to retry, or the collector's partial success), failed (retries "
+                                  "ran out), shutdown", ["outcome"], registry=r)
         self.shared_change_failures = Counter(f"{PREFIX}_shared_change_failures", "Changes shared by --workers "
                                               "processes that this worker could not apply (server/worker_sync.py), "
                                               "by kind: model or shm", ["kind"], registry=r)

@@ -20,6 +20,13 @@ model, from the command line (--trace-*) and at run time through Triton's TraceS
 /v2[/models/NAME]/trace/setting. One difference, for safety: at run time `trace_file` may only name a file in the
 directory of the start-up --trace-file (a bare name), since anyone holding the token could otherwise make the
 server overwrite any file it may write. Tested in tests/server/test_tracing.py.
+
+`trace_mode` opentelemetry (--trace-mode, start-up only, as Triton's): the same traces go to an OpenTelemetry
+collector as spans instead of a file (server/otlp_export.py), and a request that carries a W3C traceparent
+(server/otel_context.py) joins its caller's trace. As Triton: such a request is traced whatever the rate and count,
+and rate 0 traces only those. Unlike Triton, a traceparent whose sampled flag is off is not traced: the caller's
+sampler decided against recording that trace, and spans of it would reach the collector without their parents.
+Tested in tests/server/test_otel_tracing.py.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ from pathlib import Path
 
 from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput, ServingError
+from server.otel_context import INCOMING, TraceContext
+from server.otlp_export import OtlpExporter, OtlpSettings
 from server.trace_file import TraceFile
 
 log = logging.getLogger("auxnet.server")
 
 LEVELS = ("OFF", "TIMESTAMPS")  # Triton's TENSORS (inputs and outputs in the trace) is not offered here
+MODES = ("triton", "opentelemetry")  # Triton's trace_mode values: a JSON file, or OTLP spans to a collector
 DEFAULT_RATE = 1000  # Triton's default: one request in 1000
 SETTINGS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 CACHE_HIT = ',"cache_hit":true'  # a field only cache hits carry
@@ -52,6 +62,7 @@ class TraceSettings:
     rate: int = DEFAULT_RATE  # trace one request in `rate`
     count: int = -1  # traces still to collect; -1: no limit (Triton's trace_count)
     log_frequency: int = 0  # write every N traces to FILE.<i>; 0: hold them and write FILE at shutdown
+    mode: str = "triton"  # or "opentelemetry": spans to a collector (server/otlp_export.py), no file
 
     def __post_init__(self):
         check_settings(self)
@@ -59,24 +70,31 @@ class TraceSettings:
     def response(self) -> dict:
         """Triton's trace setting response: every value a string, trace_level a list of them."""
         return {"trace_file": self.file or "", "trace_level": [self.level], "trace_rate": str(self.rate),
-                "trace_count": str(self.count), "log_frequency": str(self.log_frequency), "trace_mode": "triton"}
+                "trace_count": str(self.count), "log_frequency": str(self.log_frequency), "trace_mode": self.mode}
 
 
 def check_settings(s: TraceSettings) -> None:
+    if s.mode not in MODES:
+        raise ValueError(f"trace mode {s.mode!r} unknown; valid: {', '.join(MODES)}")
     if s.level not in LEVELS:
         extra = " (TENSORS, inputs and outputs in the trace, is not offered here)" if s.level == "TENSORS" else ""
         raise ValueError(f"trace level {s.level!r} unknown; valid: {', '.join(LEVELS)}{extra}")
     # Upper bounds: Triton's are 32-bit; a value past them (10^21) was taken and meant nothing usable
-    if not 1 <= s.rate <= UINT32_MAX:
-        raise ValueError(f"trace rate {s.rate} must be at least 1 (one request in that many is traced) and at most {UINT32_MAX}")
+    lowest = 0 if s.mode == "opentelemetry" else 1  # 0: only requests whose caller's context says sampled
+    if not lowest <= s.rate <= UINT32_MAX:
+        also = " (0, tracing only requests that carry a sampled traceparent, is for --trace-mode opentelemetry)" if lowest else ""
+        raise ValueError(f"trace rate {s.rate} must be at least {lowest} (one request in that many is traced) and at most "
+                         f"{UINT32_MAX}{also}")
     if not -1 <= s.count <= UINT32_MAX:
         raise ValueError(f"trace count {s.count} must be -1 (no limit) or the number of traces still to collect, at most "
                          f"{UINT32_MAX}")
     if not 0 <= s.log_frequency <= UINT32_MAX:
         raise ValueError(f"log frequency {s.log_frequency} must be 0 (write at shutdown) or the traces per file, at most "
                          f"{UINT32_MAX}")
-    if s.level != "OFF" and not s.file:
-        raise ValueError("tracing needs a trace file: start the server with --trace-file PATH")
+    if s.mode == "opentelemetry" and s.file:
+        raise ValueError("a trace file has no use in opentelemetry mode: spans go to the collector (--trace-otlp-url)")
+    if s.level != "OFF" and not s.file and s.mode == "triton":
+        raise ValueError("tracing needs a trace file: start the server with --trace-file PATH, or --trace-mode opentelemetry")
 
 
 def _one(name: str, values: list[str]) -> str:
@@ -120,10 +138,12 @@ class TraceScope:
 class Tracer:
     """Sampling, settings (global and per model) and the files traces are written to. On the event loop only."""
 
-    def __init__(self, startup: TraceSettings, runtime_updates: bool = True, own_file: bool = False):
+    def __init__(self, startup: TraceSettings, runtime_updates: bool = True, own_file: bool = False,
+                 otlp: OtlpSettings | None = None, count_spans=lambda outcome, n: None):
         """`runtime_updates` False: a process started with --reuse-port alone (a change would reach it only).
         `own_file`: a --workers process, whose file is its own (FILE.worker<id>): the other settings are shared
-        (server/worker_sync.py), the file cannot change at run time."""
+        (server/worker_sync.py), the file cannot change at run time. `otlp`: where spans go in opentelemetry mode
+        (its defaults if None); `count_spans(outcome, n)`: the exporter's outcomes, for the metrics."""
         if startup.file:  # one spelling per file: a name set at run time resolves to the same key
             startup = replace(startup, file=str(Path(startup.file).resolve()))
         self.startup = startup
@@ -135,7 +155,13 @@ class Tracer:
         self.files: dict[str, TraceFile] = {}
         self.next_index: dict[str, int] = {}  # a retired file's next part number
         self.ids = itertools.count(1)
+        self.exporter = OtlpExporter(otlp or OtlpSettings(), count_spans) if startup.mode == "opentelemetry" else None
         self._file_of(startup)
+
+    @property
+    def can_trace(self) -> bool:
+        """Whether tracing can ever be on: with a trace file or a collector (the level may still be OFF)."""
+        return bool(self.startup.file) or self.exporter is not None
 
     # --- requests ---------------------------------------------------------------------------------------
 
@@ -143,7 +169,12 @@ class Tracer:
         """A trace for this request, or None (not sampled, tracing off, or its count used up)."""
         scope = self.models.get(model, self.scope)
         s = scope.settings
-        if s.level == "OFF" or s.count == 0:
+        if s.level == "OFF":
+            return None
+        context = INCOMING.get() if self.exporter is not None else None
+        if context is not None:  # the caller's sampler decided, whatever our rate and count (see the module's doc)
+            return Trace(next(self.ids), model, version, None, arrival, budget_ms, priority, context=context) if context.sampled else None
+        if s.count == 0 or s.rate == 0:
             return None
         scope.seen += 1
         if (scope.seen - 1) % s.rate:
@@ -181,6 +212,9 @@ class Tracer:
         trace.layer = layers[answer.exit_index]
 
     def _write(self, trace: Trace) -> None:
+        if self.exporter is not None:
+            self.exporter.add(trace)
+            return
         file = self.files.get(trace.file)
         if file is not None:  # None: a settings change left its file while it ran; that trace is not written
             file.add(trace.text([next(self.ids) for _ in trace.exits]))
@@ -258,17 +292,23 @@ class Tracer:
             return replace(s, level=levels[0])
         value = _one(name, values)
         if name == "trace_mode":
-            if value != "triton":
-                raise InvalidInput(f"trace_mode {value!r} unknown; valid: triton (OpenTelemetry is not offered here)")
+            if value not in MODES:
+                raise InvalidInput(f"trace_mode {value!r} unknown; valid: {', '.join(MODES)}")
+            if value != s.mode:
+                raise FailedPrecondition(f"trace_mode is {s.mode}, set at start-up (--trace-mode), as in Triton; it "
+                                         f"cannot change to {value} at run time")
             return s
+        if s.mode == "opentelemetry" and name in ("trace_file", "log_frequency"):
+            raise FailedPrecondition(f"{name} has no use in opentelemetry mode: spans go to the collector "
+                                     f"({self.exporter.settings.url if self.exporter else '--trace-otlp-url'})")
         if name == "trace_file":
             if self.own_file:
                 raise FailedPrecondition("trace_file cannot change at run time under --workers or --recycle-rss-mb: "
                                          "each worker writes its own file (--trace-file's PATH.worker<id>); the other "
                                          "trace settings reach every worker")
             return replace(s, file=self._runtime_file(value))
-        rules = {"trace_rate": "a whole number, at least 1", "trace_count": "a whole number, -1 or more",
-                 "log_frequency": "a whole number, 0 or more"}
+        rules = {"trace_rate": f"a whole number, at least {0 if s.mode == 'opentelemetry' else 1}",
+                 "trace_count": "a whole number, -1 or more", "log_frequency": "a whole number, 0 or more"}
         return replace(s, **{_FIELD[name]: _integer(name, value, rules[name])})
 
     def _runtime_file(self, name: str) -> str:
@@ -305,6 +345,8 @@ class Tracer:
         for f in self.files.values():
             f.close()
         self.files.clear()
+        if self.exporter is not None:
+            self.exporter.close()
 
 
 _FIELD = {"trace_file": "file", "trace_level": "level", "trace_rate": "rate", "trace_count": "count",
@@ -331,6 +373,7 @@ class Trace:
     budget_met: bool | None = None
     answered: float | None = None  # its answer set on the event loop (ANSWER_SET: before its handler resumes)
     cache_hit: bool = False  # answered from the response cache (written only when true)
+    context: TraceContext | None = None  # the caller's W3C trace context (opentelemetry mode)
 
     def __post_init__(self):
         self.exits: dict[int, list] = {}  # exit -> [queue start, compute start, compute end, rows, requests]

@@ -33,13 +33,14 @@ STREAM_METHODS = ("ModelStreamInfer",)
 PROBE_METHODS = tuple(f"/{s}/{m}" for s in SERVICE_NAMES for m in ("ServerLive", "ServerReady", "ModelReady"))  # no token
 
 
-def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages) -> None:
+def add_to_server(servicer: OpenInferenceServicer, server, corrupt: CorruptMessages, trace_context: bool = False) -> None:
     """Register the servicer by name (the generated helpers know only our package's names): the protocol's
     RPCs and Triton's ModelConfig, ModelStatistics, ModelStreamInfer, TraceSetting, repository, LogSettings and
     system shared memory RPCs under the specification's service, and
     each under the name reflection describes. Requests are parsed by server/handlers.py."""
     def protocol(name):
-        return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name)
+        return method_handlers(servicer, oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], _message, corrupt, name,
+                               trace_context)
 
     def config(name):
         return method_handlers(servicer, triton.DESCRIPTOR.services_by_name["TritonModelConfig"], _message, corrupt, name)

@@ -39,6 +39,7 @@ from aiohttp import web
 from server import __version__, torchserve
 from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, LimitedSite
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
+from server.otel_context import INCOMING, from_headers
 from server.requests import count, parse_where_cheap
 from server.service import answer_exits
 from server.tracing import setting_values
@@ -124,7 +125,8 @@ class OpenInferenceHTTP:
 
     def _middlewares(self) -> list:
         """The connection-age check only where it is on: a middleware is one more call on every request."""
-        return [self.guard.middleware] + ([self._connection_age] if self.app.cfg.max_connection_age_s > 0 else []) + [self._guard]
+        return ([self.guard.middleware] + ([self._connection_age] if self.app.cfg.max_connection_age_s > 0 else [])
+                + ([self._trace_context] if self.app.tracer.exporter is not None else []) + [self._guard])
 
     # --- every request: connection age, token, JSON errors ----------------------------------------------
 
@@ -141,6 +143,12 @@ class OpenInferenceHTTP:
                 response.force_close()
         return response
 
+
+    @web.middleware
+    async def _trace_context(self, request: web.Request, handler):
+        """Tracing in OpenTelemetry mode: the caller's W3C traceparent, for the engine to sample (server/otel_context.py)."""
+        INCOMING.set(from_headers(request.headers))
+        return await handler(request)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):

@@ -166,7 +166,8 @@ def test_tracing_off_or_without_a_file_costs_no_trace(tmp_path):
     ({"trace_level": ["LOUD"]}, InvalidInput, "trace level 'LOUD' unknown; valid: OFF, TIMESTAMPS"),
     ({"trace_file": ["../escape.json"]}, InvalidInput, "must be a bare file name"),
     ({"trace_file": [".hidden"]}, InvalidInput, "must be a bare file name"),
-    ({"trace_mode": ["opentelemetry"]}, InvalidInput, "trace_mode 'opentelemetry' unknown; valid: triton"),
+    ({"trace_mode": ["opentelemetry"]}, FailedPrecondition, "trace_mode is triton, set at start-up (--trace-mode)"),
+    ({"trace_mode": ["jaeger"]}, InvalidInput, "trace_mode 'jaeger' unknown; valid: triton, opentelemetry"),
     ({"trace_colour": ["red"]}, InvalidInput, "unknown trace setting 'trace_colour'; valid: trace_file, trace_level"),
 ])
 def test_a_bad_setting_is_refused_naming_it_and_changes_nothing(tmp_path, update, error, says):

@@ -1,0 +1,344 @@
+"""Request traces as OpenTelemetry spans, sent to a collector over OTLP/HTTP (Triton's `--trace-config
+mode=opentelemetry`): where Jaeger, Tempo or any OTLP backend shows the server's part of a caller's trace.
+
+Spans per traced request, Triton's structure (its docs/user_guide/trace.md and qa/L0_trace's nesting test): a root
+span "InferRequest" (its parent the caller's span when the request carried a W3C traceparent, server/otel_context.py),
+a model span named after the model (events REQUEST_START, QUEUE_START, REQUEST_END), and under it a "compute" span
+per segment run the request rode in, where Triton has one (events COMPUTE_START, COMPUTE_END). Early exit's own facts
+are attributes: on the model span `auxnet.exit`, `auxnet.layer`, `auxnet.stop_reason`, `auxnet.budget_ms`,
+`auxnet.budget_met`, `auxnet.priority`, `auxnet.cache_hit`, and a QUEUE_START event per exit queue it joined; on
+each compute span `auxnet.exit`, `auxnet.batch_size` (rows computed) and `auxnet.requests`. A request that did not
+end OK has the status code as the spans' error status.
+
+Export as the OpenTelemetry SDK's batch span processor does (the same settings and defaults, also read from the
+OTEL_BSP_* variables): finished traces wait in a bounded queue; a thread sends up to `max_export_batch_size`
+requests' spans when that many wait or every `schedule_delay_ms`, as protobuf (OTLP/HTTP's default encoding),
+gzip if asked. A full queue drops the newest trace, never blocks a request. Retries follow the OTLP specification:
+429, 502, 503 and 504 and connection failures, with exponential back-off or the server's Retry-After, within the
+export timeout; any other status drops that batch. Every outcome is counted per span (auxnet_otlp_spans_total) and
+failures are logged at most once a minute. At shutdown what is queued gets a last attempt of at most
+`shutdown_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import logging
+import os
+import random
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from server.log_limit import LogLimit
+
+log = logging.getLogger("auxnet.server")
+
+DEFAULT_URL = "http://localhost:4318/v1/traces"  # Triton's and OTLP/HTTP's default
+DEFAULT_SERVICE = "auxnet-serving"
+RETRYABLE = {429, 502, 503, 504}  # OTLP/HTTP: "retryable response codes"
+ROOT_SPAN, COMPUTE_SPAN = "InferRequest", "compute"
+SCOPE = InstrumentationScope(name="auxnet.server")
+MAX_QUEUE = 1_000_000  # requests' traces held at most (~5 KB each): a bound on memory whatever the settings
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    url: str = DEFAULT_URL
+    resource: dict[str, str] = field(default_factory=lambda: {"service.name": DEFAULT_SERVICE})
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. a hosted backend's API key
+    gzip: bool = False
+    max_queue_size: int = 2048  # requests' traces waiting (the BSP's spans; here a request's spans go together)
+    schedule_delay_ms: int = 5000
+    max_export_batch_size: int = 512
+    export_timeout_s: float = 10.0  # one batch's sending, retries included
+    shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        target(self.url)  # ValueError naming what is wrong
+        if not 1 <= self.max_queue_size <= MAX_QUEUE:
+            raise ValueError(f"the export queue size {self.max_queue_size} must be from 1 to {MAX_QUEUE} (traces waiting "
+                             f"for a collector that is down are held in memory)")
+        if not 1 <= self.max_export_batch_size <= self.max_queue_size:
+            raise ValueError(f"the export batch size {self.max_export_batch_size} must be at least 1 and at most the "
+                             f"queue size {self.max_queue_size} (a larger batch could never fill)")
+        if self.schedule_delay_ms < 1:
+            raise ValueError(f"the schedule delay {self.schedule_delay_ms} ms must be at least 1 ms")
+        if not 0 < self.export_timeout_s <= 600:
+            raise ValueError(f"the export timeout {self.export_timeout_s} s must be in (0, 600]")
+
+
+def target(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of the collector's URL; "host:port/path" without a scheme is http, as Triton
+    takes it. ValueError naming what is wrong."""
+    parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"OTLP URL {url!r}: the scheme must be http or https (OTLP/HTTP), not {parsed.scheme!r}")
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"OTLP URL {url!r}: the port is not a number from 0 to 65535") from None
+    if not parsed.hostname:
+        raise ValueError(f"OTLP URL {url!r} names no host")
+    return parsed.scheme, parsed.hostname, port, (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+
+
+def key_values(text: str, what: str) -> dict[str, str]:
+    """OpenTelemetry's "k1=v1,k2=v2" form (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS), values
+    percent-decoded. ValueError naming the malformed member."""
+    out = {}
+    for member in (m.strip() for m in text.split(",")):
+        if not member:
+            continue
+        key, sep, value = member.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} {member!r} must be KEY=VALUE")
+        out[key.strip()] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def settings_from_environment(url: str | None, resource: list[str], env: dict[str, str] | None = None) -> OtlpSettings:
+    """The exporter's settings: the command line's URL and resource attributes over the OTEL_* variables
+    (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces; OTEL_SERVICE_NAME;
+    OTEL_RESOURCE_ATTRIBUTES; OTEL_EXPORTER_OTLP[_TRACES]_HEADERS, _COMPRESSION and _TIMEOUT in ms; OTEL_BSP_*).
+    ValueError naming the setting that is wrong."""
+    env = os.environ if env is None else env
+    if url is None:
+        url = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces" if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else DEFAULT_URL)
+    attributes = {"service.name": DEFAULT_SERVICE, **key_values(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")}
+    if env.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = env["OTEL_SERVICE_NAME"]
+    for item in resource:
+        attributes.update(key_values(item, "--trace-resource"))
+    headers = key_values(env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", env.get("OTEL_EXPORTER_OTLP_HEADERS", "")),
+                         "OTEL_EXPORTER_OTLP_HEADERS")
+    compression = env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", env.get("OTEL_EXPORTER_OTLP_COMPRESSION", "none")).lower()
+    if compression not in ("gzip", "none"):
+        raise ValueError(f"OTEL_EXPORTER_OTLP_COMPRESSION {compression!r}: gzip or none")
+
+    def number(name: str, default: float) -> float:
+        text = env.get(name, "")
+        try:
+            return float(text) if text else default
+        except ValueError:
+            raise ValueError(f"{name} {text!r} is not a number") from None
+
+    timeout_ms = number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000))
+    return OtlpSettings(url=url, resource=attributes, headers=headers, gzip=compression == "gzip",
+                        max_queue_size=int(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)),
+                        schedule_delay_ms=int(number("OTEL_BSP_SCHEDULE_DELAY", 5000)),
+                        max_export_batch_size=int(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
+                        export_timeout_s=timeout_ms / 1000)
+
+
+# --- spans ------------------------------------------------------------------------------------------------
+
+def _value(v) -> AnyValue:
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    return AnyValue(string_value=str(v))
+
+
+def attributes(pairs: dict) -> list[KeyValue]:
+    """Attributes of the values that are set (None leaves an attribute out rather than send an empty one)."""
+    return [KeyValue(key=k, value=_value(v)) for k, v in pairs.items() if v is not None]
+
+
+def trace_spans(trace, wall_offset_ns: int, new_id: Callable[[int], bytes] = os.urandom) -> list[Span]:
+    """A finished request's spans (server/tracing.py's Trace). `wall_offset_ns`: Unix time minus time.monotonic(),
+    in ns (OpenTelemetry's times are the wall clock; the engine's marks are monotonic). `new_id(n)`: n random bytes."""
+    def ns(t: float) -> int:
+        return int(t * 1e9) + wall_offset_ns
+
+    context = trace.context
+    trace_id = context.trace_id if context is not None else new_id(16)
+    root_id, model_id = new_id(8), new_id(8)
+    status = Status() if trace.status == "OK" else Status(code=Status.STATUS_CODE_ERROR, message=trace.status)
+    start, end = ns(trace.start), ns(trace.end)
+    root = Span(trace_id=trace_id, span_id=root_id, name=ROOT_SPAN, kind=Span.SPAN_KIND_SERVER,
+                start_time_unix_nano=start, end_time_unix_nano=end, status=status,
+                parent_span_id=context.parent_span_id if context is not None else b"",
+                trace_state=context.tracestate if context is not None else "")
+    if trace.answered is not None:  # Triton's mark for a response complete; ours: its answer set on the event loop
+        root.events.add(name="INFER_RESPONSE_COMPLETE", time_unix_nano=ns(trace.answered))
+    model = Span(trace_id=trace_id, span_id=model_id, parent_span_id=root_id, name=trace.model,
+                 kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=start, end_time_unix_nano=end, status=status,
+                 attributes=attributes({"model_name": trace.model, "model_version": trace.version,
+                                        "auxnet.status": trace.status, "auxnet.exit": trace.exit,
+                                        "auxnet.layer": trace.layer, "auxnet.stop_reason": trace.reason,
+                                        "auxnet.budget_ms": trace.budget_ms, "auxnet.budget_met": trace.budget_met,
+                                        "auxnet.priority": trace.priority, "auxnet.cache_hit": trace.cache_hit or None}))
+    model.events.add(name="REQUEST_START", time_unix_nano=start)
+    spans = [root, model]
+    for k, (queued, began, ended, rows, requests) in sorted(trace.exits.items()):
+        if queued is not None:
+            model.events.add(name="QUEUE_START", time_unix_nano=ns(queued), attributes=attributes({"auxnet.exit": k}))
+        if began is None:
+            continue  # queued there, never computed (dropped, or its caller left)
+        compute = Span(trace_id=trace_id, span_id=new_id(8), parent_span_id=model_id, name=COMPUTE_SPAN,
+                       kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=ns(began), end_time_unix_nano=ns(ended),
+                       attributes=attributes({"auxnet.exit": k, "auxnet.batch_size": rows, "auxnet.requests": requests}))
+        compute.events.add(name="COMPUTE_START", time_unix_nano=ns(began))
+        compute.events.add(name="COMPUTE_END", time_unix_nano=ns(ended))
+        spans.append(compute)
+    model.events.add(name="REQUEST_END", time_unix_nano=end)
+    return spans
+
+
+def span_count(trace) -> int:
+    """How many spans trace_spans makes of a trace: root, model, one per segment run."""
+    return 2 + sum(1 for e in trace.exits.values() if e[1] is not None)
+
+
+def export_request(traces, resource: dict[str, str], wall_offset_ns: int) -> tuple[bytes, int]:
+    """(ExportTraceServiceRequest bytes, span count) of finished traces."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attributes(resource))
+    scope_spans = resource_spans.scope_spans.add(scope=SCOPE)
+    for t in traces:
+        scope_spans.spans.extend(trace_spans(t, wall_offset_ns))
+    return request.SerializeToString(), len(scope_spans.spans)
+
+
+# --- export -----------------------------------------------------------------------------------------------
+
+class OtlpExporter:
+    """The batch span processor and OTLP/HTTP exporter in one thread. `add` is called on the event loop; `count(outcome,
+    spans)` (exported, queue_full, rejected, failed, shutdown) from either thread."""
+
+    def __init__(self, settings: OtlpSettings, count: Callable[[str, int], None] = lambda outcome, n: None):
+        self.settings, self.count = settings, count
+        self.scheme, self.host, self.port, self.path = target(settings.url)
+        self.queue: deque = deque()
+        self.wake = threading.Condition()
+        self.closing = False
+        self.stop_retrying = threading.Event()  # set when shutdown's time is up: back-off sleeps end at once
+        self.connection: http.client.HTTPConnection | None = None
+        self.full_limit, self.fail_limit = LogLimit(), LogLimit()
+        self.thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
+        self.thread.start()
+        log.info("request traces go to %s as OTLP/HTTP spans (resource %s)", settings.url, settings.resource)
+
+    def add(self, trace) -> None:
+        with self.wake:
+            if self.closing:  # a request that ended during shutdown, after the last batch was taken
+                self.count("shutdown", span_count(trace))
+                return
+            if len(self.queue) >= self.settings.max_queue_size:
+                self.count("queue_full", span_count(trace))
+                if (also := self.full_limit.due()) is not None:
+                    log.warning("OTLP export queue full (%d requests' traces waiting for %s): a trace dropped%s",
+                                len(self.queue), self.settings.url, also)
+                return
+            self.queue.append(trace)
+            if len(self.queue) >= self.settings.max_export_batch_size:
+                self.wake.notify()
+
+    def close(self) -> None:
+        """At shutdown: send what is queued, for at most shutdown_timeout_s; count what is left as dropped."""
+        with self.wake:
+            self.closing = True
+            self.wake.notify()
+        self.thread.join(self.settings.shutdown_timeout_s)
+        if self.thread.is_alive():
+            self.stop_retrying.set()
+            self.thread.join(1.0)
+        if self.connection is not None:
+            self.connection.close()
+
+    def _run(self) -> None:
+        s = self.settings
+        while True:
+            with self.wake:
+                if not self.closing and len(self.queue) < s.max_export_batch_size:
+                    self.wake.wait(s.schedule_delay_ms / 1000)
+                batch = [self.queue.popleft() for _ in range(min(len(self.queue), s.max_export_batch_size))]
+                done = self.closing and not self.queue
+            if batch:
+                if self.stop_retrying.is_set():
+                    self.count("shutdown", sum(span_count(t) for t in batch))
+                else:
+                    self._export(batch)
+            if done:
+                return
+
+    def _export(self, traces: list) -> None:
+        body, spans = export_request(traces, self.settings.resource, time.time_ns() - time.monotonic_ns())
+        headers = {"Content-Type": "application/x-protobuf", **self.settings.headers}
+        if self.settings.gzip:
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        give_up_at = time.monotonic() + self.settings.export_timeout_s
+        delay = 0.5
+        while True:
+            status, reply, retry_after = self._post(body, headers, give_up_at)
+            if status == 200:
+                self._accepted(reply, spans)
+                return
+            retryable = status is None or status in RETRYABLE
+            wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
+            if not retryable or time.monotonic() + wait >= give_up_at or self.stop_retrying.wait(wait):
+                outcome = "failed" if retryable else "rejected"
+                self.count(outcome, spans)
+                if (also := self.fail_limit.due()) is not None:
+                    why = f"HTTP {status}: {reply[:200]!r}" if status is not None else reply.decode(errors="replace")
+                    log.warning("OTLP export to %s %s: %d spans dropped (%s)%s", self.settings.url,
+                                "failed" if retryable else "refused", spans, why, also)
+                return
+            delay = min(delay * 2, 30.0)
+
+    def _accepted(self, reply: bytes, spans: int) -> None:
+        rejected = 0
+        try:
+            partial = ExportTraceServiceResponse.FromString(reply).partial_success
+            rejected = min(partial.rejected_spans, spans)
+            if rejected and (also := self.fail_limit.due()) is not None:
+                log.warning("OTLP collector %s rejected %d of %d spans: %s%s", self.settings.url, rejected, spans,
+                            partial.error_message[:200], also)
+        except Exception:  # noqa: BLE001 - a collector's malformed reply body does not undo its 200
+            pass
+        self.count("exported", spans - rejected)
+        if rejected:
+            self.count("rejected", rejected)
+
+    def _post(self, body: bytes, headers: dict, give_up_at: float) -> tuple[int | None, bytes, float | None]:
+        """(status, reply body, Retry-After seconds or None); status None and the error as the body where no
+        reply came (refused, reset, timed out): the connection is then made again."""
+        timeout = max(0.1, give_up_at - time.monotonic())
+        try:
+            if self.connection is None:
+                kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+                self.connection = kind(self.host, self.port, timeout=timeout)
+            self.connection.timeout = timeout
+            if self.connection.sock is not None:
+                self.connection.sock.settimeout(timeout)
+            self.connection.request("POST", self.path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            reply = response.read()
+            return response.status, reply, _seconds(response.getheader("Retry-After"))
+        except (OSError, http.client.HTTPException) as e:  # timeouts are OSErrors
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+            return None, f"{type(e).__name__}: {e}".encode(), None
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After as seconds (the delay form; an HTTP date is not honoured, the back-off applies instead)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after else None
+    except ValueError:
+        return None
