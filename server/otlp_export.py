@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from server.log_limit import LogLimit
@@ -142,60 +142,54 @@ def settings_from_environment(url: str | None, resource: list[str], env: dict[st
 
 # --- spans ------------------------------------------------------------------------------------------------
 
-def _value(v) -> AnyValue:
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    return AnyValue(string_value=str(v))
+_VALUE_FIELD = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}
 
 
-def attributes(pairs: dict) -> list[KeyValue]:
-    """Attributes of the values that are set (None leaves an attribute out rather than send an empty one)."""
-    return [KeyValue(key=k, value=_value(v)) for k, v in pairs.items() if v is not None]
+def attributes(pairs: dict) -> list[dict]:
+    """Attributes (KeyValue messages in dict form) of the values that are set: None leaves one out rather than send
+    it empty. Dict form: protobuf builds the messages in C, a third faster than KeyValue(AnyValue(...)) objects."""
+    return [{"key": k, "value": {_VALUE_FIELD.get(type(v), "string_value"): v if type(v) in _VALUE_FIELD else str(v)}}
+            for k, v in pairs.items() if v is not None]
 
 
-def trace_spans(trace, wall_offset_ns: int, new_id: Callable[[int], bytes] = os.urandom) -> list[Span]:
-    """A finished request's spans (server/tracing.py's Trace). `wall_offset_ns`: Unix time minus time.monotonic(),
-    in ns (OpenTelemetry's times are the wall clock; the engine's marks are monotonic). `new_id(n)`: n random bytes."""
+def trace_spans(trace, wall_offset_ns: int, spans, new_id: Callable[[int], bytes] = os.urandom) -> None:
+    """A finished request's spans (server/tracing.py's Trace), added to `spans` (a ScopeSpans' repeated field: built
+    in place, not copied in). `wall_offset_ns`: Unix time minus time.monotonic(), in ns (OpenTelemetry's times are the
+    wall clock; the engine's marks are monotonic). `new_id(n)`: n random bytes. ~40 us for five exits on a 2-core EPYC
+    (RESULTS §52)."""
     def ns(t: float) -> int:
         return int(t * 1e9) + wall_offset_ns
 
     context = trace.context
     trace_id = context.trace_id if context is not None else new_id(16)
     root_id, model_id = new_id(8), new_id(8)
-    status = Status() if trace.status == "OK" else Status(code=Status.STATUS_CODE_ERROR, message=trace.status)
+    status = {} if trace.status == "OK" else {"code": Status.STATUS_CODE_ERROR, "message": trace.status}
     start, end = ns(trace.start), ns(trace.end)
-    root = Span(trace_id=trace_id, span_id=root_id, name=ROOT_SPAN, kind=Span.SPAN_KIND_SERVER,
-                start_time_unix_nano=start, end_time_unix_nano=end, status=status,
-                parent_span_id=context.parent_span_id if context is not None else b"",
-                trace_state=context.tracestate if context is not None else "")
-    if trace.answered is not None:  # Triton's mark for a response complete; ours: its answer set on the event loop
-        root.events.add(name="INFER_RESPONSE_COMPLETE", time_unix_nano=ns(trace.answered))
-    model = Span(trace_id=trace_id, span_id=model_id, parent_span_id=root_id, name=trace.model,
-                 kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=start, end_time_unix_nano=end, status=status,
-                 attributes=attributes({"model_name": trace.model, "model_version": trace.version,
-                                        "auxnet.status": trace.status, "auxnet.exit": trace.exit,
-                                        "auxnet.layer": trace.layer, "auxnet.stop_reason": trace.reason,
-                                        "auxnet.budget_ms": trace.budget_ms, "auxnet.budget_met": trace.budget_met,
-                                        "auxnet.priority": trace.priority, "auxnet.cache_hit": trace.cache_hit or None}))
-    model.events.add(name="REQUEST_START", time_unix_nano=start)
-    spans = [root, model]
-    for k, (queued, began, ended, rows, requests) in sorted(trace.exits.items()):
+    # Triton's mark for a response complete; ours: its answer set on the event loop
+    answered = [] if trace.answered is None else [{"name": "INFER_RESPONSE_COMPLETE", "time_unix_nano": ns(trace.answered)}]
+    spans.add(trace_id=trace_id, span_id=root_id, name=ROOT_SPAN, kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=start,
+              end_time_unix_nano=end, status=status, parent_span_id=context.parent_span_id if context is not None else b"",
+              trace_state=context.tracestate if context is not None else "", events=answered)
+    events = [{"name": "REQUEST_START", "time_unix_nano": start}]
+    exits = sorted(trace.exits.items())
+    for k, (queued, *_) in exits:
         if queued is not None:
-            model.events.add(name="QUEUE_START", time_unix_nano=ns(queued), attributes=attributes({"auxnet.exit": k}))
+            events.append({"name": "QUEUE_START", "time_unix_nano": ns(queued), "attributes": attributes({"auxnet.exit": k})})
+    events.append({"name": "REQUEST_END", "time_unix_nano": end})
+    spans.add(trace_id=trace_id, span_id=model_id, parent_span_id=root_id, name=trace.model, kind=Span.SPAN_KIND_INTERNAL,
+              start_time_unix_nano=start, end_time_unix_nano=end, status=status, events=events,
+              attributes=attributes({"model_name": trace.model, "model_version": trace.version, "auxnet.status": trace.status,
+                                     "auxnet.exit": trace.exit, "auxnet.layer": trace.layer, "auxnet.stop_reason": trace.reason,
+                                     "auxnet.budget_ms": trace.budget_ms, "auxnet.budget_met": trace.budget_met,
+                                     "auxnet.priority": trace.priority, "auxnet.cache_hit": trace.cache_hit or None}))
+    for k, (_, began, ended, rows, requests) in exits:
         if began is None:
             continue  # queued there, never computed (dropped, or its caller left)
-        compute = Span(trace_id=trace_id, span_id=new_id(8), parent_span_id=model_id, name=COMPUTE_SPAN,
-                       kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=ns(began), end_time_unix_nano=ns(ended),
-                       attributes=attributes({"auxnet.exit": k, "auxnet.batch_size": rows, "auxnet.requests": requests}))
-        compute.events.add(name="COMPUTE_START", time_unix_nano=ns(began))
-        compute.events.add(name="COMPUTE_END", time_unix_nano=ns(ended))
-        spans.append(compute)
-    model.events.add(name="REQUEST_END", time_unix_nano=end)
-    return spans
+        b, e = ns(began), ns(ended)
+        spans.add(trace_id=trace_id, span_id=new_id(8), parent_span_id=model_id, name=COMPUTE_SPAN,
+                  kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=b, end_time_unix_nano=e,
+                  attributes=attributes({"auxnet.exit": k, "auxnet.batch_size": rows, "auxnet.requests": requests}),
+                  events=[{"name": "COMPUTE_START", "time_unix_nano": b}, {"name": "COMPUTE_END", "time_unix_nano": e}])
 
 
 def span_count(trace) -> int:
@@ -207,10 +201,11 @@ def export_request(traces, resource: dict[str, str], wall_offset_ns: int) -> tup
     """(ExportTraceServiceRequest bytes, span count) of finished traces."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(attributes(resource))
+    for a in attributes(resource):
+        resource_spans.resource.attributes.add(**a)
     scope_spans = resource_spans.scope_spans.add(scope=SCOPE)
     for t in traces:
-        scope_spans.spans.extend(trace_spans(t, wall_offset_ns))
+        trace_spans(t, wall_offset_ns, scope_spans.spans)
     return request.SerializeToString(), len(scope_spans.spans)
 
 

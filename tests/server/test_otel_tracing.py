@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 from multidict import CIMultiDict
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from tritonclient.utils import InferenceServerException
 
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
@@ -81,6 +81,12 @@ def ids():
     return lambda n: next(counter).to_bytes(n, "big")
 
 
+def spans_of_trace(trace, wall_offset_ns):
+    spans = ScopeSpans().spans
+    trace_spans(trace, wall_offset_ns, spans, new_id=ids())
+    return list(spans)
+
+
 def test_a_traces_spans_by_hand():
     context = TraceContext(bytes.fromhex(TRACE_ID), bytes.fromhex(PARENT_ID), True, "a=1")
     t = Trace(7, "m", "v3", None, 10.0, 25.0, 1, context=context)
@@ -89,7 +95,7 @@ def test_a_traces_spans_by_hand():
     t.segment(1, 10.003, 10.005, 2, 1)  # went on in the same thread call: never queued at exit 1
     t.answered, t.end = 10.006, 10.007
     t.status, t.exit, t.layer, t.reason, t.budget_met = "OK", 1, 25, "confident", True
-    root, model, c0, c1 = trace_spans(t, wall_offset_ns=1_000, new_id=ids())
+    root, model, c0, c1 = spans_of_trace(t, 1_000)
     assert [s.name for s in (root, model, c0, c1)] == ["InferRequest", "m", "compute", "compute"]
     assert {s.trace_id.hex() for s in (root, model, c0, c1)} == {TRACE_ID}
     assert (root.span_id, model.span_id, c0.span_id, c1.span_id) == (b"\0" * 7 + b"\1", b"\0" * 7 + b"\2",
@@ -121,8 +127,7 @@ def test_a_failed_request_without_a_caller_has_an_error_status_and_a_trace_of_it
     t.segment(0, 5.002, 5.003, 1, 1)
     t.queue(1, 5.004)  # queued at exit 1, then its caller left
     t.end, t.status = 5.01, "CANCELLED"
-    spans = trace_spans(t, 0, new_id=ids())
-    root, model, compute = spans  # no compute span where nothing was computed
+    root, model, compute = spans_of_trace(t, 0)  # no compute span where nothing was computed
     assert root.parent_span_id == b"" and root.trace_id == b"\0" * 15 + b"\1" and root.trace_state == ""
     assert (root.status.code, root.status.message) == (model.status.code, model.status.message) == (Status.STATUS_CODE_ERROR, "CANCELLED")
     queued = [(e.name, {kv.key: kv.value.int_value for kv in e.attributes}) for e in model.events if e.name == "QUEUE_START"]
