@@ -25,7 +25,7 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.triton = TritonMetrics(r)  # Triton's nv_inference_* names, for dashboards made for Triton
         self.requests = Counter(f"{PREFIX}_requests", "Requests (images) by final status code and the surface they came "
-                                "through (auxnet.v1, v2-grpc, v2-http: the Open Inference Protocol; torchserve)",
+                                "through (auxnet.v1, v2-grpc, v2-http: the Open Inference Protocol; torchserve; kserve-v1)",
                                 ["model", "surface", "code"], registry=r)
         self.exits = Counter(f"{PREFIX}_exits", "Answers by the exit that gave them and why it stopped there",
                              ["model", "exit", "reason"], registry=r)

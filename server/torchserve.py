@@ -15,16 +15,14 @@ the answer stopped in response headers (X-AuxNet-Exit-Index, -Exit-Layer, -Stop-
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 import logging
 import math
-import time
 
 from aiohttp import web
 
-from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
+from server.errors import InvalidInput
 from server.requests import ExitControls, decode_where_cheap, encoded_image, parse_where_cheap
 
 log = logging.getLogger("auxnet.server")
@@ -62,14 +60,9 @@ class TorchServeAPI:
         return web.json_response({"status": "Healthy" if healthy else "Unhealthy"}, status=200 if healthy else 500)
 
     async def predictions(self, request: web.Request) -> web.Response:
-        arrival = time.monotonic()
         http, name = self.http, request.match_info["model"]
-        if http.active >= http.max_concurrent:  # the port's in-flight limit, before reading the body
-            e = QueueFull(f"server is at capacity ({http.max_concurrent} HTTP requests in progress); retry with backoff")
-            http.outcome(request, name, e.code.name, 1, arrival, str(e), surface=SURFACE)
-            return error(429, str(e))
-        http.active += 1
-        try:
+
+        async def run(arrival: float, attempt) -> tuple[web.Response, list]:
             engine = self.app.engine_for(name)
             version = request.match_info.get("version", "")
             if version and version != engine.info.version:
@@ -86,29 +79,18 @@ class TorchServeAPI:
             work, pixels = encoded_image(self.app, engine.info, data)
             x = await decode_where_cheap(self.app, work, pixels)
             answer = await engine.classify(*controls.classify_args(x, arrival, None))
-        except ServingError as e:
-            http.outcome(request, name, e.code.name, 1, arrival, str(e), surface=SURFACE)
-            return error(HTTP_STATUS.get(e.code, 500), str(e))
-        except asyncio.CancelledError:  # the client closed its connection: no one to answer
-            http.outcome(request, name, "CANCELLED", 1, arrival, "the client closed the connection", surface=SURFACE)
-            raise
-        except web.HTTPException as e:  # aiohttp's: a body too large (413) or too slow (408)
-            http.outcome(request, name, "RESOURCE_EXHAUSTED" if e.status == 413 else "DEADLINE_EXCEEDED", 1, arrival,
-                         e.text, surface=SURFACE)
-            return error(e.status, e.text or e.reason)
-        except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, count it, answer 500
-            log.exception("internal error")
-            http.outcome(request, name, "INTERNAL", 1, arrival, f"internal error: {type(e).__name__}: {e}", surface=SURFACE)
-            return error(500, f"internal error: {type(e).__name__}")
-        finally:
-            http.active -= 1
-        http.outcome(request, name, "OK", 1, arrival, answers=[answer], surface=SURFACE)
-        info = engine.info
-        order = sorted(range(len(info.classes)), key=lambda c: -answer.probs[c])[:top_k]
-        headers = {"X-AuxNet-Exit-Index": str(answer.exit_index), "X-AuxNet-Exit-Layer": str(info.exits[answer.exit_index].layer),
-                   "X-AuxNet-Stop-Reason": answer.reason, "X-AuxNet-Budget-Met": str(answer.budget_met).lower(),
-                   "X-AuxNet-Server-Latency-Ms": f"{1000 * answer.latency_s:.3f}", "X-AuxNet-Model-Version": info.version}
-        return web.json_response({info.classes[c]: float(answer.probs[c]) for c in order}, headers=headers)
+            return answer_response(engine.info, answer, top_k), [answer]
+
+        return await http.guarded(request, name, SURFACE, run, error)
+
+
+def answer_response(info, answer, top_k: int) -> web.Response:
+    """TorchServe's image classifier's body (the top-k {class: probability}); where it stopped in headers."""
+    order = sorted(range(len(info.classes)), key=lambda c: -answer.probs[c])[:top_k]
+    headers = {"X-AuxNet-Exit-Index": str(answer.exit_index), "X-AuxNet-Exit-Layer": str(info.exits[answer.exit_index].layer),
+               "X-AuxNet-Stop-Reason": answer.reason, "X-AuxNet-Budget-Met": str(answer.budget_met).lower(),
+               "X-AuxNet-Server-Latency-Ms": f"{1000 * answer.latency_s:.3f}", "X-AuxNet-Model-Version": info.version}
+    return web.json_response({info.classes[c]: float(answer.probs[c]) for c in order}, headers=headers)
 
 
 def query_controls(query, n_classes: int) -> tuple[ExitControls, int]:

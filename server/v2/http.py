@@ -14,6 +14,7 @@
     POST /v2/repository/models/{model}/load|unload      (the same)
     POST /v2/models/{model}[/versions/{version}]/infer  inference: JSON, or JSON + binary tensors
     GET /ping, POST /predictions/{model}[/{version}]    TorchServe's inference API (server/torchserve.py)
+    GET /v1/models[/{model}], POST /v1/models/{model}:predict   KServe's V1 data plane (server/kserve_v1.py)
 
 Binary-tensor extension (what tritonclient.http sends): the body is a JSON header of
 `Inference-Header-Content-Length` bytes followed by the tensors, in input order, each input saying its
@@ -33,10 +34,11 @@ import logging
 import ssl
 import time
 import weakref
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from server import __version__, torchserve
+from server import __version__, kserve_v1, torchserve
 from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, LimitedSite
 from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
 from server.otel_context import INCOMING, from_headers
@@ -51,6 +53,22 @@ OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/ping")  # and every .../r
 BODY_TIMEOUT_S = 30.0  # a body trickling in slower than this holds a request slot: refuse it (408)
 SURFACE = "v2-http"  # the surface label of auxnet_requests_total
 HTTP_ERROR_CODES = {408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}  # metric code of aiohttp-raised errors
+METHODS = {SURFACE: "infer", "torchserve": "predictions", "kserve-v1": "predict"}  # the access log's method per surface
+
+
+@dataclass
+class Attempt:
+    """What an inference request has said of itself so far, for counting its outcome (guarded)."""
+    images: int = 1
+    request_id: str | None = None
+
+
+def is_probe(request: web.Request) -> bool:
+    """Paths an orchestrator's probes ask without credentials: health, readiness (v2's .../ready, KServe V1's
+    GET /v1/models/NAME, which KServe probes a V1 predictor with)."""
+    path = request.path
+    return (path in OPEN_PATHS or path.endswith("/ready")
+            or (request.method == "GET" and path.startswith("/v1/models/") and ":" not in path))
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
@@ -99,6 +117,7 @@ class OpenInferenceHTTP:
             a.router.add_get(base + "/config", self.model_config)
             a.router.add_post(base + "/infer", self.infer)
         torchserve.add_routes(a.router, self)
+        kserve_v1.add_routes(a.router, self)
         return a
 
     async def start(self, host: str, port: int, reuse_port: bool) -> int:
@@ -153,7 +172,7 @@ class OpenInferenceHTTP:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         token = self.app.token
-        if token is not None and not (request.path in OPEN_PATHS or request.path.endswith("/ready")):
+        if token is not None and not is_probe(request):
             got = request.headers.get("Authorization", "")
             if not token.matches(got):
                 message = "missing or wrong bearer token in the 'Authorization' header"
@@ -274,23 +293,17 @@ class OpenInferenceHTTP:
     # --- inference ------------------------------------------------------------------------------------
 
     async def infer(self, request: web.Request):
-        arrival = time.monotonic()
         name = request.match_info["model"]
-        if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
-            e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
-            self.outcome(request, name, e.code.name, 1, arrival, str(e))
-            return error_response(429, str(e))
-        self.active += 1
-        images, request_id = 1, None
-        try:
+
+        async def run(arrival: float, attempt: Attempt):
             engine = v2.resolve(self.app, name, request.match_info.get("version", ""))
             if not engine.accepting or engine.stopped:
                 engine.check_admission()  # draining: refuse before reading the body
             body = await self.read_body(request)
             shm = self.app.shared_memory
             doc, inputs = await parse_where_cheap(self.app, len(body), lambda: parse_request(body, request.headers, shm))
-            images = v2.image_count(inputs)
-            request_id = str(doc["id"]) if doc.get("id") is not None else None
+            attempt.images = v2.image_count(inputs)
+            attempt.request_id = str(doc["id"]) if doc.get("id") is not None else None
             params = doc.get("parameters") or {}
             if not isinstance(params, dict):
                 raise InvalidInput("'parameters' must be a JSON object")
@@ -302,27 +315,46 @@ class OpenInferenceHTTP:
             tensors = v2.outputs(engine, answers, requested)
             shared = v2.place_in_shared_memory(shm, tensors, targets) if targets else None
             response = encode_response(engine, doc.get("id"), tensors, binary_names, shared)
+            if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+                response.enable_compression()
+            return response, answers
+
+        return await self.guarded(request, name, SURFACE, run, error_response)
+
+    async def guarded(self, request: web.Request, name: str, surface: str, run, error) -> web.Response:
+        """One inference request on any of this port's surfaces (v2, TorchServe's, KServe v1's): the port's in-flight
+        limit before the body is read, then `run(arrival, attempt)` -> (response, answers), every outcome counted and
+        logged once; `error(status, message)` is the surface's own error body. A client that closes its connection
+        cancels its request (CANCELLED, counted, re-raised); nothing else escapes (500 and a log line)."""
+        arrival = time.monotonic()
+        if self.active >= self.max_concurrent:  # before reading the body: a flood costs no memory
+            e = QueueFull(f"server is at capacity ({self.max_concurrent} HTTP requests in progress); retry with backoff")
+            self.outcome(request, name, e.code.name, 1, arrival, str(e), surface=surface)
+            return error(429, str(e))
+        self.active += 1
+        attempt = Attempt()
+        try:
+            response, answers = await run(arrival, attempt)
         except ServingError as e:
-            self.outcome(request, name, e.code.name, images, arrival, str(e), request_id=request_id)
-            return error_response(HTTP_STATUS.get(e.code, 500), str(e))
+            self.outcome(request, name, e.code.name, attempt.images, arrival, str(e), request_id=attempt.request_id, surface=surface)
+            return error(HTTP_STATUS.get(e.code, 500), str(e))
         except asyncio.CancelledError:  # the client closed its connection (or the server stops): no one to answer
-            self.outcome(request, name, "CANCELLED", images, arrival, "the client closed the connection",
-                          request_id=request_id)
+            self.outcome(request, name, "CANCELLED", attempt.images, arrival, "the client closed the connection",
+                         request_id=attempt.request_id, surface=surface)
             raise
-        except web.HTTPException as e:
-            self.outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), images, arrival, e.text or e.reason)
-            raise
+        except web.HTTPException as e:  # aiohttp's: a body too large (413) or too slow (408)
+            self.outcome(request, name, HTTP_ERROR_CODES.get(e.status, "INVALID_ARGUMENT"), attempt.images, arrival,
+                         e.text or e.reason, request_id=attempt.request_id, surface=surface)
+            return error(e.status, e.text or e.reason)
         except Exception as e:  # noqa: BLE001 - nothing may crash the process; log it, answer 500
             log.exception("internal error")
-            self.outcome(request, name, "INTERNAL", images, arrival, f"internal error: {type(e).__name__}: {e}")
-            return error_response(500, f"internal error: {type(e).__name__}")
+            self.outcome(request, name, "INTERNAL", attempt.images, arrival, f"internal error: {type(e).__name__}: {e}",
+                         request_id=attempt.request_id, surface=surface)
+            return error(500, f"internal error: {type(e).__name__}")
         finally:
             self.active -= 1
-        self.outcome(request, name, "OK", images, arrival, answers=answers, request_id=request_id)
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
-            response.enable_compression()
+        self.outcome(request, name, "OK", attempt.images, arrival, answers=answers, request_id=attempt.request_id, surface=surface)
         return response
-
 
     def outcome(self, request: web.Request, model: str, code: str, images: int, arrival: float,
                 message: str | None = None, answers=None, request_id: str | None = None, surface: str = SURFACE) -> None:
@@ -331,7 +363,7 @@ class OpenInferenceHTTP:
         count(self.app, model, code, images, surface=surface)
         if self.app.access_log is not None:
             exits = answer_exits(answers) if answers is not None else (None, None)
-            self.app.access_log.record(surface, "infer" if surface == SURFACE else "predictions", model, code, images,
+            self.app.access_log.record(surface, METHODS.get(surface, "infer"), model, code, images,
                                        arrival, request.remote or "", message, *exits, request_id=request_id)
 
     async def read_body(self, request: web.Request) -> bytes:
