@@ -1,7 +1,8 @@
 """What each request surface costs: the same closed-loop load through auxnet.v1 Classify, the Open
 Inference Protocol's gRPC side (tritonclient.grpc), its HTTP side with binary tensors (tritonclient.http)
-and with plain JSON and base64 (http.client, as curl would send), and TorchServe's predictions API (the JPEG as
-the body, server/torchserve.py), against one server process, side by side in one run (issue 11).
+and with plain JSON and base64 (http.client, as curl would send), TorchServe's predictions API (the JPEG as
+the body, server/torchserve.py) and KServe's V1 :predict (JSON, TensorFlow Serving's {"b64"}, server/kserve_v1.py),
+against one server process, side by side in one run (issue 11).
 
     python -m bench.protocols [--repo models/repository] [--data ../shared/data/cifar10-jpeg/test]
                               [--concurrency 8] [--requests 1500] [--rounds 2] [--policy final|calibrated]
@@ -27,7 +28,8 @@ from server.demo import ROOT, start_server
 from server.workers import free_port
 
 SURFACES = ("auxnet.v1 Classify (gRPC)", "v2 ModelInfer (gRPC, tritonclient)", "v2 infer (HTTP binary, tritonclient)",
-            "v2 infer (HTTP JSON + base64, http.client)", "TorchServe predictions (HTTP, the JPEG as the body, http.client)")
+            "v2 infer (HTTP JSON + base64, http.client)", "TorchServe predictions (HTTP, the JPEG as the body, http.client)",
+            "KServe V1 :predict (HTTP JSON + b64, http.client)")
 
 
 def process_cpu_s(pid: int) -> float:
@@ -63,7 +65,7 @@ def make_call(surface: int, target: str, http_target: str, model: str, params: d
             return classes.index(next(iter(data)))
 
         return call_torchserve
-    if surface == 3:  # what curl or any plain HTTP client sends: JSON, the image base64, one keep-alive connection
+    if surface in (3, 5):  # what curl or any plain HTTP client sends: JSON, the image base64, one keep-alive connection
         import base64
         import http.client
         import json
@@ -71,19 +73,22 @@ def make_call(surface: int, target: str, http_target: str, model: str, params: d
         host, port = http_target.split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
-        def call_json(img):
-            body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
-                                "data": [base64.b64encode(img).decode()]}], "outputs": [{"name": "label"}]}
+        def post(path: str, body: dict) -> dict:
             if params:
                 body["parameters"] = params
-            conn.request("POST", f"/v2/models/{model}/infer", json.dumps(body), {"Content-Type": "application/json"})
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
             reply = conn.getresponse()
             data = json.loads(reply.read())
             if reply.status != 200:
                 raise RuntimeError(data.get("error"))
-            return int(data["outputs"][0]["data"][0])
+            return data
 
-        return call_json
+        if surface == 5:
+            return lambda img: post(f"/v1/models/{model}:predict", {"instances": [{"b64": base64.b64encode(img).decode()}]}
+                                    )["predictions"][0]["class_index"]
+        return lambda img: int(post(f"/v2/models/{model}/infer", {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"},
+                        "data": [base64.b64encode(img).decode()]}], "outputs": [{"name": "label"}]})["outputs"][0]["data"][0])
     import tritonclient.grpc as tg
     import tritonclient.http as th
 

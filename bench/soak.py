@@ -13,7 +13,10 @@ Open Inference Protocol over HTTP (JSON, base64 image) 15% and over gRPC (raw BY
 cancel) 5%; Triton's ModelStreamInfer with 1-8 requests, half of them progressive, 4%; bytes that are no protobuf
 message to a gRPC method 2%; TorchServe's predictions API (server/torchserve.py: the JPEG as the body or a multipart
 part, the rule in the query; one in four a mutated image or a misspelt query parameter) 5% (since 2026-12-02;
-before, classify had its 5%). Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
+before, classify had its 5%); KServe's V1 :predict of 1-4 images (server/kserve_v1.py: TensorFlow Serving's b64 or a
+named input with a key; one in four a mutated image, a misspelt parameter or a cut body; half carry a W3C traceparent,
+one in ten of those malformed, which a server in --trace-mode opentelemetry reads) 4% (since 2026-12-02, from
+classify's 28%). Expected answers: OK / 200, INVALID_ARGUMENT / 400 for the bad ones, and under
 overload RESOURCE_EXHAUSTED / 429; anything else (INTERNAL, 500, UNKNOWN, a dropped connection) is counted as
 unexpected and its first messages kept. Every --sample-s the server's resident memory, threads and open file
 descriptors are read from /proc. Reports each sample, the growth of resident memory from the end of warm-up (the
@@ -54,8 +57,9 @@ from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
 from server.workers import free_port
 
-MIX = [("classify", 28), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
-       ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2), ("torchserve", 5)]
+MIX = [("classify", 24), ("classify_batch", 5), ("v2_http", 15), ("v2_grpc", 10), ("hostile_image", 15),
+       ("malformed_http", 10), ("stats", 1), ("progressive", 5), ("stream", 4), ("corrupt_grpc", 2), ("torchserve", 5),
+       ("kserve_v1", 4)]
 SINGLED_OUT = ("progressive_full", "progressive_left")  # the two halves of `progressive`, for --mix only
 # For --mix only: `shm` sends pixels through a system shared memory region each client registers (the server needs
 # --allow-client-shm); `admin` reads or sets what an operator does (log settings, the repository index, regions).
@@ -302,10 +306,31 @@ class Traffic:
                 + f"\r\n--{boundary}--\r\n".encode())
         return self._post(body, "torchserve", url, "POST", f"multipart/form-data; boundary={boundary}")
 
+    def kserve_v1(self, client: Client, v2) -> int:
+        instances = []
+        for i in range(self.rng.randint(1, 4)):
+            b64 = {"b64": base64.b64encode(self.rng.choice(self.images)).decode()}
+            instances.append(b64 if self.rng.random() < 0.5 else {"image_bytes": b64, "key": str(i)})
+        doc = {"instances": instances, "parameters": dict(self._controls())}
+        body, headers = json.dumps(doc).encode(), {}
+        if self.rng.random() < 0.25:  # hostile: a mutated image, a misspelt parameter, or a cut body
+            variant = self.rng.randrange(3)
+            if variant == 0:
+                instances[0] = {"b64": base64.b64encode(mutate(self.rng.choice(self.images), self.rng)).decode()}
+                body = json.dumps(doc).encode()
+            elif variant == 1:
+                body = json.dumps({**doc, "parameters": {"budget": 5}}).encode()
+            else:
+                body = body[:self.rng.randrange(len(body))]
+        if self.rng.random() < 0.5:  # a caller's trace context; one in ten malformed (ignored by the server)
+            ids = f"{self.rng.randrange(1, 2**128):032x}-{self.rng.randrange(1, 2**64):016x}"
+            headers["traceparent"] = f"00-{ids}-0{self.rng.randrange(2)}" if self.rng.random() < 0.9 else f"00-{ids}"
+        return self._post(body, "kserve_v1", f"{self.http_base}/v1/models/{self.model}:predict", headers=headers)
+
     def _post(self, body: bytes, kind: str, url: str | None = None, method: str = "POST",
-              content_type: str = "application/json") -> int:
+              content_type: str = "application/json", headers: dict | None = None) -> int:
         request = urllib.request.Request(url or f"{self.http_base}/v2/models/{self.model}/infer", data=body,
-                                         method=method, headers={"Content-Type": content_type})
+                                         method=method, headers={"Content-Type": content_type, **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 r.read()
