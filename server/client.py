@@ -80,23 +80,29 @@ class Client:
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
-    def classify(self, image, timeout_s: float | None = None, **kw) -> pb.ClassifyResponse:
-        return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
-                                  metadata=self.metadata)
+    def _metadata(self, extra) -> tuple | None:
+        """The token's metadata and a call's own (e.g. a W3C traceparent from OpenTelemetry's propagator:
+        `metadata=[("traceparent", ...)]`, which a server in --trace-mode opentelemetry joins to its trace)."""
+        both = (*(self.metadata or ()), *(extra or ()))
+        return both or None
 
-    def classify_progressive(self, image, timeout_s: float | None = None, **kw) -> Iterator[pb.ClassifyResponse]:
+    def classify(self, image, timeout_s: float | None = None, metadata=None, **kw) -> pb.ClassifyResponse:
+        return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
+                                  metadata=self._metadata(metadata))
+
+    def classify_progressive(self, image, timeout_s: float | None = None, metadata=None, **kw) -> Iterator[pb.ClassifyResponse]:
         """The answer of every exit the image passes (stop_reason CONTINUED), then the one it stops at. Leaving
         the loop early (break, or closing the iterator) cancels the call, and the server stops computing it."""
         call = self.stub.ClassifyProgressive(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
-                                             metadata=self.metadata)
+                                             metadata=self._metadata(metadata))
         try:
             yield from call
         finally:
             call.cancel()  # no-op once the call has ended
 
-    def classify_batch(self, images, timeout_s: float | None = None, **kw) -> list[pb.ClassifyResponse]:
+    def classify_batch(self, images, timeout_s: float | None = None, metadata=None, **kw) -> list[pb.ClassifyResponse]:
         req = pb.ClassifyBatchRequest(requests=[classify_request(im, **kw) for im in images])
-        return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s, metadata=self.metadata).responses)
+        return list(self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s, metadata=self._metadata(metadata)).responses)
 
     def model_info(self, model: str = "") -> pb.ModelInfo:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest(model=model), timeout=self.timeout_s, metadata=self.metadata)

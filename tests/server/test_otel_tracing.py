@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.__main__ import get_args_parser, trace_settings
-from server.client import classify_request
+from server.client import Client, classify_request
 from server.otel_context import INCOMING, MAX_TRACESTATE, TraceContext, from_headers, from_metadata, parse
 from server.otlp_export import OtlpExporter, OtlpSettings, settings_from_environment, trace_spans
 from server.tracing import Trace, Tracer, TraceSettings
@@ -353,6 +353,17 @@ def test_the_trace_settings_say_opentelemetry_and_refuse_a_file(otel_server):
             client.update_trace_settings(settings={"trace_mode": "triton"})
         assert client.update_trace_settings(settings={"trace_rate": "5"}, as_json=True)["settings"]["trace_rate"]["value"] == ["5"]
         client.update_trace_settings(settings={"trace_rate": "0"})
+
+
+def test_the_python_clients_batch_carries_a_traceparent_to_every_image(otel_server):
+    """server.client.Client's `metadata`: a ClassifyBatch of three images is three traced requests of one trace."""
+    _, target, _, collector = otel_server
+    trace_id = "22222222222222222222222222222222"
+    with Client(target) as client:
+        client.classify_batch([png(a) for a in images(3)], metadata=[("traceparent", f"00-{trace_id}-{PARENT_ID}-01")])
+    spans = spans_of(collector, trace_id, 9)
+    roots = [s for s in spans if s.name == "InferRequest"]
+    assert len(roots) == 3 and all(r.parent_span_id.hex() == PARENT_ID for r in roots)
 
 
 def test_a_progressive_call_with_raw_pixels_is_traced_from_its_metadata(otel_server):
