@@ -314,6 +314,9 @@ def otlp_settings(parser, args) -> OtlpSettings | None:
             parser.error(f"--{given[0].replace('_', '-')} is for --trace-mode opentelemetry")
         return None
     try:
+        for item in args.trace_resource:
+            if not item.strip():
+                raise ValueError("--trace-resource '' must be KEY=VALUE")
         s = settings_from_environment(args.trace_otlp_url, args.trace_resource)
         bsp = {"max_queue_size": args.trace_bsp_max_queue_size, "schedule_delay_ms": args.trace_bsp_schedule_delay_ms,
                "max_export_batch_size": args.trace_bsp_max_export_batch_size}

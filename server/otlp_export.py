@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import ipaddress
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -79,16 +81,37 @@ class OtlpSettings:
 def target(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path) of the collector's URL; "host:port/path" without a scheme is http, as Triton
     takes it. ValueError naming what is wrong."""
-    parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-    if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"OTLP URL {url!r}: the scheme must be http or https (OTLP/HTTP), not {parsed.scheme!r}")
+    shown = url if len(url) <= 100 else url[:100] + "..."
     try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(f"OTLP URL {shown!r} does not parse: {e}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"OTLP URL {shown!r}: the scheme must be http or https (OTLP/HTTP), not {parsed.scheme!r}")
+    try:
+        port = parsed.port if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
     except ValueError:
-        raise ValueError(f"OTLP URL {url!r}: the port is not a number from 0 to 65535") from None
-    if not parsed.hostname:
-        raise ValueError(f"OTLP URL {url!r} names no host")
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"OTLP URL {shown!r}: the port must be a number from 1 to 65535")
+    host = parsed.hostname
+    if not host:
+        raise ValueError(f"OTLP URL {shown!r} names no host")
+    if not (_HOST_NAME.fullmatch(host) and len(host) <= 253) and not _ip_literal(host):
+        raise ValueError(f"OTLP URL {shown!r}: {host[:64]!r} is neither a host name (letters, digits, '-' and dots, "
+                         "at most 253 characters) nor an IP address")
     return parsed.scheme, parsed.hostname, port, (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def key_values(text: str, what: str) -> dict[str, str]:

@@ -240,7 +240,13 @@ def test_the_environment_names_the_endpoint_and_bad_values_are_refused_by_name()
     (["--trace-mode", "opentelemetry", "--trace-file", "t.json"], "a trace file has no use in opentelemetry mode"),
     (["--trace-mode", "opentelemetry", "--trace-otlp-url", "ftp://c/x"], "the scheme must be http or https"),
     (["--trace-mode", "opentelemetry", "--trace-otlp-url", "http://:4318/x"], "names no host"),
-    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "http://c:99999/x"], "the port is not a number from 0 to 65535"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "http://c:99999/x"], "the port must be a number from 1 to 65535"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "c:0/v1/traces"], "the port must be a number from 1 to 65535"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "http://[::1"], "OTLP URL 'http://[::1' does not parse"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "-5"], "'-5' is neither a host name"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "a=b,c"], "'a=b,c' is neither a host name"),
+    (["--trace-mode", "opentelemetry", "--trace-otlp-url", "a" * 300], "is neither a host name"),
+    (["--trace-mode", "opentelemetry", "--trace-resource", ""], "--trace-resource '' must be KEY=VALUE"),
     (["--trace-mode", "opentelemetry", "--trace-resource", "service.name"], "--trace-resource 'service.name' must be KEY=VALUE"),
     (["--trace-mode", "opentelemetry", "--trace-bsp-max-queue-size", "10", "--trace-bsp-max-export-batch-size", "20"],
      "batch size 20 must be at least 1 and at most the queue size 10"),
@@ -260,6 +266,9 @@ def test_opentelemetry_mode_is_on_without_a_file_and_takes_rate_zero():
                                                             "--trace-otlp-url", "collector:4318/v1/traces"]))
     assert (trace.level, trace.rate, trace.mode, trace.file) == ("TIMESTAMPS", 0, "opentelemetry", None)
     assert otlp.url == "collector:4318/v1/traces"  # Triton's form without a scheme: http
+    for url in ("http://[::1]:4318/v1/traces", "https://otel.example.com/v1/traces", "10.0.0.7:4318/v1/traces",
+                "otel_collector.ns.svc:4318/x"):
+        assert OtlpSettings(url=url).url == url
 
 
 # --- sampling in the engine -----------------------------------------------------------------------------
