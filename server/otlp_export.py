@@ -29,9 +29,11 @@ import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,7 +222,7 @@ def span_count(trace) -> int:
     return 2 + sum(1 for e in trace.exits.values() if e[1] is not None)
 
 
-def export_request(traces, resource: dict[str, str], wall_offset_ns: int) -> tuple[bytes, int]:
+def export_request(traces, resource: dict, wall_offset_ns: int) -> tuple[bytes, int]:
     """(ExportTraceServiceRequest bytes, span count) of finished traces."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
@@ -249,7 +251,11 @@ class OtlpExporter:
         self.full_limit, self.fail_limit = LogLimit(), LogLimit()
         self.thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
         self.thread.start()
-        log.info("request traces go to %s as OTLP/HTTP spans (resource %s)", settings.url, settings.resource)
+        # Each process is an instance of the service (OpenTelemetry's semantic conventions): under --workers the
+        # backend tells the workers apart; the settings' own attributes win.
+        self.resource = {"service.instance.id": str(uuid.uuid4()), "host.name": socket.gethostname(), "process.pid": os.getpid(),
+                         **settings.resource}
+        log.info("request traces go to %s as OTLP/HTTP spans (resource %s)", settings.url, self.resource)
 
     def add(self, trace) -> None:
         with self.wake:
@@ -295,7 +301,7 @@ class OtlpExporter:
                 return
 
     def _export(self, traces: list) -> None:
-        body, spans = export_request(traces, self.settings.resource, time.time_ns() - time.monotonic_ns())
+        body, spans = export_request(traces, self.resource, time.time_ns() - time.monotonic_ns())
         headers = {"Content-Type": "application/x-protobuf", **self.settings.headers}
         if self.settings.gzip:
             body, headers["Content-Encoding"] = gzip.compress(body), "gzip"

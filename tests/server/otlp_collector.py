@@ -24,9 +24,13 @@ class Collector:
         with self.lock:
             return [s for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
-    def resource(self) -> dict:
+    def resource(self, per_process: bool = False) -> dict:
+        """The first export's resource attributes; without `per_process`, less what each process adds (its pid,
+        host name and instance id)."""
         with self.lock:
-            return {kv.key: kv.value.string_value for kv in self.requests[0].resource_spans[0].resource.attributes}
+            values = {kv.key: kv.value for kv in self.requests[0].resource_spans[0].resource.attributes}
+        return {k: getattr(v, v.WhichOneof("value")) for k, v in values.items()
+                if per_process or k not in ("process.pid", "host.name", "service.instance.id")}
 
     def wait_for_spans(self, n: int, timeout_s: float = 10.0) -> list:
         end = time.monotonic() + timeout_s

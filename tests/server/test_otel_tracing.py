@@ -6,7 +6,10 @@ over auxnet.v1 gRPC and the Open Inference Protocol's HTTP join their caller's t
 import asyncio
 import base64
 import itertools
+import os
+import socket
 import time
+import uuid
 
 import grpc
 import numpy as np
@@ -161,6 +164,9 @@ def test_a_batch_goes_when_it_is_full_and_the_rest_at_shutdown():
         exporter.close()
         assert [len(r.resource_spans[0].scope_spans[0].spans) for r in collector.requests] == [12, 12, 6]
         assert counts == {"exported": 30} and collector.resource() == {"service.name": "t"}
+        process = collector.resource(per_process=True)
+        assert process["process.pid"] == os.getpid() and process["host.name"] == socket.gethostname()
+        assert uuid.UUID(process["service.instance.id"]).version == 4
 
 
 def test_a_full_queue_drops_the_newest_and_counts_its_spans():
