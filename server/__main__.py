@@ -106,6 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connection-age-s", type=float, default=0.0,
                    help="close each gRPC connection after about this long (in-flight calls get --grace-s), so clients "
                         "re-resolve and reach replicas added since they connected (0 = never; Kubernetes: e.g. 60)")
+    p.add_argument("--max-streams-per-connection", type=int, default=0,
+                   help="HTTP/2 streams (calls) one gRPC connection may hold at once, a stream reset by its client "
+                        "counting until the server has let it go (0 = no limit, gRPC's default)")
     p.add_argument("--max-connections", type=int, default=0,
                    help="connections each of the gRPC and HTTP ports holds at most; more are refused at once (default "
                         "0: 4096, less if the open-file limit needs it)")
@@ -192,6 +195,7 @@ async def serve(args) -> int:
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
+        max_streams_per_connection=args.max_streams_per_connection,
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
         reuse_port=args.reuse_port, trace=args.trace, otlp=args.otlp, log_level=args.log_level,
         allow_client_shm=args.allow_client_shm, worker_state=args.worker_state)
@@ -229,6 +233,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
           ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
+          ("max_streams_per_connection", 0, 2**31 - 1),
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),
           ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000), ("response_cache_mb", 0, 1_000_000),
           ("workers", 1, 256), ("inline_compute_ms", 0, 60_000), ("monitor_fraction", 0, 1)]

@@ -84,6 +84,7 @@ class ServerConfig:
     # Per port (gRPC, HTTP): at most this many connections (0: connection_limits' default, within the open-file
     # limit), and one without a request or RPC for idle_timeout_s is closed (0: never). server/connection_limits.py
     max_connections: int = 0
+    max_streams_per_connection: int = 0  # gRPC: HTTP/2 streams per connection (0 = gRPC's default, unlimited)
     idle_timeout_s: float = 60.0
     access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
@@ -317,7 +318,7 @@ class ServerApp:
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port)),
-                *grpc_options(self.connection_cap, cfg.idle_timeout_s)]
+                *grpc_options(self.connection_cap, cfg.idle_timeout_s, cfg.max_streams_per_connection)]
         if self.cfg.max_connection_age_s > 0:  # gRPC core adds +-10% jitter, so clients do not reconnect at once
             opts += [("grpc.max_connection_age_ms", int(1000 * self.cfg.max_connection_age_s)),
                      ("grpc.max_connection_age_grace_ms", int(1000 * self.cfg.grace_s))]

@@ -51,11 +51,16 @@ def per_port_cap(requested: int, open_files: int, ports: int) -> int:
     return min(want, room)
 
 
-def grpc_options(max_connections: int, idle_timeout_s: float) -> list[tuple[str, int]]:
+def grpc_options(max_connections: int, idle_timeout_s: float, max_streams: int = 0) -> list[tuple[str, int]]:
     """gRPC core's own: refused before its handshake past the cap; closed (GOAWAY) when no RPC ran for the idle
-    time; dropped when the handshake is not done in HANDSHAKE_TIMEOUT_S (gRPC's default waits 120 s)."""
+    time; dropped when the handshake is not done in HANDSHAKE_TIMEOUT_S (gRPC's default waits 120 s). `max_streams`
+    (0: gRPC's default, no limit): HTTP/2 streams one connection may hold; with gRPC core's overload protection (on
+    by default) a stream counts until the server has let it go, not until the client resets it, which bounds what
+    one connection's HTTP/2 Rapid Reset (CVE-2023-44487) can start (RESULTS §55)."""
     opts = [("grpc.max_allowed_incoming_connections", max_connections),
             ("grpc.server_handshake_timeout_ms", int(1000 * HANDSHAKE_TIMEOUT_S))]
+    if max_streams > 0:
+        opts.append(("grpc.max_concurrent_streams", max_streams))
     if idle_timeout_s > 0:
         opts.append(("grpc.max_connection_idle_ms", int(1000 * idle_timeout_s)))
     return opts
