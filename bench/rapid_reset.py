@@ -10,12 +10,15 @@ as they can, open a stream to Classify with a whole valid request in it (HEADERS
 (RST_STREAM CANCEL) before any answer; a connection the server closes (GOAWAY, e.g. ENHANCE_YOUR_CALM) is counted
 and opened again. Reported: the clients' throughput and p50/p99 in both phases, the streams the attackers opened
 and reset, connections closed by the server, the server's requests by status code, the admitted requests it
-dropped before compute and its CPU seconds in each phase, from its /metrics and /proc.
+dropped before compute and its CPU seconds in each phase, from its /metrics and /proc. A control phase runs the
+clients beside as many processes burning a core each as there are attackers (each attacker takes about a core on
+this machine): what the attack costs beyond its CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import select
 import socket
 import statistics
@@ -130,16 +133,27 @@ def clients(target: str, images: list[bytes], n: int, stop: threading.Event) -> 
     return latencies, errors, threads
 
 
-def phase(name: str, target: str, images, args, proc, metrics_port: int, attack: bool) -> dict:
+def burn(stop) -> None:
+    """One core's worth of Python work: what an attacker's thread costs this shared machine, without its streams."""
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+def phase(name: str, target: str, images, args, proc, metrics_port: int, attack: bool, burners: int = 0) -> dict:
     stop = threading.Event()
     before, cpu0, rss0 = counters(metrics_port), process_cpu_s(proc.pid), proc_stats(proc.pid)["rss_mb"]
     attackers = [Attacker(target, classify_request(images[i]).SerializeToString(), stop) for i in range(args.attackers)] if attack else []
     for a in attackers:
         a.start()
+    burn_stop = multiprocessing.Event()
+    burning = [multiprocessing.Process(target=burn, args=(burn_stop,), daemon=True) for _ in range(burners)]
+    for b in burning:
+        b.start()
     latencies, errors, threads = clients(target, images, args.clients, stop)
     time.sleep(args.seconds)
     stop.set()
-    for t in threads + attackers:
+    burn_stop.set()
+    for t in threads + attackers + burning:
         t.join(15)
     after = counters(metrics_port)
     lat = sorted(latencies)
@@ -170,6 +184,8 @@ def main() -> None:
                 c.classify(im)
         rows = [phase("clients alone", target, images, args, proc, metrics_port, attack=False),
                 phase(f"clients + {args.attackers} rapid-reset connections", target, images, args, proc, metrics_port, attack=True),
+                phase(f"clients + {args.attackers} process(es) burning a core (the attacker's CPU, no streams)", target,
+                      images, args, proc, metrics_port, attack=False, burners=args.attackers),
                 phase("clients alone, after", target, images, args, proc, metrics_port, attack=False)]
     finally:
         proc.terminate()
@@ -177,10 +193,10 @@ def main() -> None:
     print(f"{args.clients} client threads, {args.seconds:.0f} s per phase, server args {args.server_args!r}, 2 cores shared")
     for r in rows:
         print(r)
-    base = rows[0]["answers/s"]
-    print(f"clients' throughput under attack: {rows[1]['answers/s'] / base:.2f}x alone; "
-          f"p99 {rows[1]['p99']:.1f} ms vs {rows[0]['p99']:.1f} ms; mean of phases 1 and 3: "
-          f"{statistics.mean([rows[0]['answers/s'], rows[2]['answers/s']]):.0f} answers/s")
+    base = statistics.mean([rows[0]["answers/s"], rows[3]["answers/s"]])
+    print(f"clients' throughput under attack: {rows[1]['answers/s'] / base:.2f}x alone (the mean of the two phases alone, "
+          f"{base:.0f} answers/s), {rows[1]['answers/s'] / rows[2]['answers/s']:.2f}x beside a core's worth of burning; "
+          f"p99 {rows[1]['p99']:.1f} ms vs {rows[0]['p99']:.1f} alone and {rows[2]['p99']:.1f} burning")
 
 
 if __name__ == "__main__":

@@ -106,9 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connection-age-s", type=float, default=0.0,
                    help="close each gRPC connection after about this long (in-flight calls get --grace-s), so clients "
                         "re-resolve and reach replicas added since they connected (0 = never; Kubernetes: e.g. 60)")
-    p.add_argument("--max-streams-per-connection", type=int, default=0,
+    p.add_argument("--max-streams-per-connection", type=int, default=100,
                    help="HTTP/2 streams (calls) one gRPC connection may hold at once, a stream reset by its client "
-                        "counting until the server has let it go (0 = no limit, gRPC's default)")
+                        "counting until the server has let it go: bounds an HTTP/2 Rapid Reset (default 100, HTTP/2's "
+                        "recommended least; a client's calls beyond it wait in the client; 0 = no limit, gRPC's default)")
     p.add_argument("--max-connections", type=int, default=0,
                    help="connections each of the gRPC and HTTP ports holds at most; more are refused at once (default "
                         "0: 4096, less if the open-file limit needs it)")
