@@ -20,7 +20,7 @@ from server.arguments import named, plain_number
 from server.backends import default_threads
 from server.decode import FORMATS, ImageLimits
 from server.engine_config import EngineConfig
-from server.otlp_export import OtlpSettings, settings_from_environment
+from server.otlp_settings import OtlpSettings, settings_from_environment
 from server.queue_policy import level_policies
 from server.repository import RepositoryError
 from server.tracing import TraceSettings

@@ -30,7 +30,7 @@ from server.memory import release_freed_memory
 from server.metrics import Metrics
 from server.metrics_http import start_metrics_server
 from server.model_control import ModelControl
-from server.otlp_export import OtlpSettings
+from server.otlp_settings import OtlpSettings
 from server.precision import precision_warnings
 from server.repository import RepositoryError, list_models, load_manifest
 from server.requests import count as count_images

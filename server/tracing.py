@@ -42,7 +42,8 @@ from pathlib import Path
 from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput, ServingError
 from server.otel_context import INCOMING, TraceContext
-from server.otlp_export import OtlpExporter, OtlpSettings
+from server.otlp_export import OtlpExporter
+from server.otlp_settings import OtlpSettings
 from server.trace_file import TraceFile
 
 log = logging.getLogger("auxnet.server")

@@ -23,7 +23,8 @@ from protos.auxnet.v1 import inference_pb2_grpc as pb_grpc
 from server.__main__ import get_args_parser, trace_settings
 from server.client import Client, classify_request
 from server.otel_context import INCOMING, MAX_TRACESTATE, TraceContext, from_headers, from_metadata, parse
-from server.otlp_export import OtlpExporter, OtlpSettings, settings_from_environment, trace_spans
+from server.otlp_export import OtlpExporter, trace_spans
+from server.otlp_settings import OtlpSettings, settings_from_environment
 from server.tracing import Trace, Tracer, TraceSettings
 from tests.server.helpers import images, png, wait_for
 from tests.server.otlp_collector import running_collector
