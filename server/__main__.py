@@ -106,10 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connection-age-s", type=float, default=0.0,
                    help="close each gRPC connection after about this long (in-flight calls get --grace-s), so clients "
                         "re-resolve and reach replicas added since they connected (0 = never; Kubernetes: e.g. 60)")
-    p.add_argument("--max-streams-per-connection", type=int, default=100,
+    p.add_argument("--max-streams-per-connection", type=int, default=None,
                    help="HTTP/2 streams (calls) one gRPC connection may hold at once, a stream reset by its client "
-                        "counting until the server has let it go: bounds an HTTP/2 Rapid Reset (default 100, HTTP/2's "
-                        "recommended least; a client's calls beyond it wait in the client; 0 = no limit, gRPC's default)")
+                        "counting until the server has let it go: bounds an HTTP/2 Rapid Reset (default: as many as the "
+                        "server admits in all, --max-inflight x models + 16; 0 = no limit, gRPC's default)")
     p.add_argument("--max-connections", type=int, default=0,
                    help="connections each of the gRPC and HTTP ports holds at most; more are refused at once (default "
                         "0: 4096, less if the open-file limit needs it)")
@@ -234,7 +234,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
           ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
-          ("max_streams_per_connection", 0, 2**31 - 1),
+
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),
           ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000), ("response_cache_mb", 0, 1_000_000),
           ("workers", 1, 256), ("inline_compute_ms", 0, 60_000), ("monitor_fraction", 0, 1)]
@@ -252,7 +252,8 @@ def image_formats(text: str) -> tuple[str, ...]:
 
 def check_ranges(parser: argparse.ArgumentParser, args) -> None:
     """parser.error (exit 2, the option and value named) for a number outside its range."""
-    for name, low, high in RANGES:
+    ranges = RANGES + ([("max_streams_per_connection", 0, 2**31 - 1)] if args.max_streams_per_connection is not None else [])
+    for name, low, high in ranges:
         value = getattr(args, name)
         if not low <= value <= high:  # NaN too: every comparison with it is False
             parser.error(f"--{name.replace('_', '-')} {value:g} must be in [{plain_number(low)}, {plain_number(high)}]")

@@ -84,9 +84,11 @@ class ServerConfig:
     # Per port (gRPC, HTTP): at most this many connections (0: connection_limits' default, within the open-file
     # limit), and one without a request or RPC for idle_timeout_s is closed (0: never). server/connection_limits.py
     max_connections: int = 0
-    # gRPC: HTTP/2 streams one connection may hold (0 = gRPC's default, unlimited). 100, HTTP/2's recommended least:
-    # one connection's Rapid Reset then costs ordinary clients 0.42x of their throughput instead of 0.05x (RESULTS §55)
-    max_streams_per_connection: int = 100
+    # gRPC: HTTP/2 streams one connection may hold, a stream its client reset counting until the server lets it go
+    # (an HTTP/2 Rapid Reset's bound, RESULTS §55). None: as many as the whole server admits (max_inflight x models +
+    # headroom, gRPC core's concurrency limit), so no call the server would take is refused for its connection's sake;
+    # 0: gRPC's default, unlimited.
+    max_streams_per_connection: int | None = None
     idle_timeout_s: float = 60.0
     access_log: str | None = None  # a file (or "-" for stderr): one JSON line per request (server/access_log.py)
     access_log_sample: float = 1.0  # the fraction of successful requests written there; errors always are
@@ -317,17 +319,19 @@ class ServerApp:
         self.connection_cap = per_port_cap(cfg.max_connections, open_files, ports)
         log.info("at most %d connections per port (open-file limit %d); %s", self.connection_cap, open_files,
                  f"idle ones closed after {cfg.idle_timeout_s:g} s" if cfg.idle_timeout_s > 0 else "idle ones kept")
+        # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
+        # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
+        core_limit = self.cfg.engine.max_inflight * max(1, self._most_models()) + CORE_HEADROOM_RPCS
+        # Streams per connection: by default as many as the whole server admits, no more (RESULTS §55)
+        streams = core_limit if cfg.max_streams_per_connection is None else cfg.max_streams_per_connection
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", int(self.cfg.reuse_port)),
-                *grpc_options(self.connection_cap, cfg.idle_timeout_s, cfg.max_streams_per_connection)]
+                *grpc_options(self.connection_cap, cfg.idle_timeout_s, streams)]
         if self.cfg.max_connection_age_s > 0:  # gRPC core adds +-10% jitter, so clients do not reconnect at once
             opts += [("grpc.max_connection_age_ms", int(1000 * self.cfg.max_connection_age_s)),
                      ("grpc.max_connection_age_grace_ms", int(1000 * self.cfg.grace_s))]
         interceptors = [BearerTokenInterceptor(self.token, self)] if self.token is not None else []
-        # Shedding in gRPC core, before any Python runs: under a flood the handler itself is the cost, so
-        # RPCs beyond what the engines admit (plus room for probes) are refused RESOURCE_EXHAUSTED there.
-        core_limit = self.cfg.engine.max_inflight * max(1, self._most_models()) + CORE_HEADROOM_RPCS
         self.server = grpc.aio.server(options=opts, interceptors=interceptors, maximum_concurrent_rpcs=core_limit)
         corrupt = CorruptMessages(lambda method: count_images(
             self, "", "INVALID_ARGUMENT", 1, "auxnet.v1" if method.startswith(f"/{SERVICE_NAME}/") else "v2-grpc"))

@@ -37,6 +37,7 @@ from server.__main__ import RANGES, check_ranges, get_args_parser
     (["--grace-s", "inf"], "--grace-s inf must be in [0, 86400]"),
     (["--inline-compute-ms", "nan"], "--inline-compute-ms nan must be in [0, 60000]"),
     (["--threads", "999999999999999999999"], "--threads 1e+21 must be in [1, 1024]"),
+    (["--max-streams-per-connection", "-1"], "--max-streams-per-connection -1 must be in [0, 2147483647]"),
 ])
 def test_a_number_out_of_range_is_refused_by_option(argv, says, capsys):
     parser = get_args_parser()

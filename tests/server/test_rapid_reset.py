@@ -11,8 +11,10 @@ import h2.events
 import h2.settings
 
 from bench.rapid_reset import METHOD, Attacker
+from server.app import CORE_HEADROOM_RPCS
 from server.client import Client, classify_request
 from server.connection_limits import grpc_options
+from server.engine_config import EngineConfig
 from tests.server.conftest import running_server
 from tests.server.helpers import images, png, wait_for
 
@@ -44,6 +46,21 @@ def events_until(sock, conn, wanted, limit: int = 50) -> list:
         if any(isinstance(e, wanted) for e in seen):
             break
     return seen
+
+
+def advertised_streams(target: str) -> int:
+    sock, conn = connect(target)
+    try:
+        settings = [e for e in events_until(sock, conn, h2.events.RemoteSettingsChanged)
+                    if isinstance(e, h2.events.RemoteSettingsChanged)]
+        return settings[0].changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value
+    finally:
+        sock.close()
+
+
+def test_by_default_a_connection_may_hold_as_many_calls_as_the_server_admits(tiny_repo):
+    with running_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=40)) as (_, target):
+        assert advertised_streams(target) == 40 + CORE_HEADROOM_RPCS  # one model: gRPC core's concurrency limit
 
 
 def test_the_server_advertises_its_stream_limit_and_refuses_streams_past_it(tiny_repo):
