@@ -17,7 +17,7 @@ gzip if asked. A full queue drops the newest trace, never blocks a request. Retr
 429, 502, 503 and 504 and connection failures, with exponential back-off or the server's Retry-After, within the
 export timeout; any other status drops that batch. Every outcome is counted per span (auxnet_otlp_spans_total) and
 failures are logged at most once a minute. At shutdown what is queued gets a last attempt of at most
-`shutdown_timeout_s`.
+`shutdown_timeout_s`. The settings and their checks: server/otlp_settings.py.
 """
 
 from __future__ import annotations
