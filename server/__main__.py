@@ -321,6 +321,10 @@ def otlp_settings(parser, args) -> OtlpSettings | None:
             parser.error(f"--{given[0].replace('_', '-')} is for --trace-mode opentelemetry")
         return None
     try:
+        import opentelemetry.proto.collector.trace.v1.trace_service_pb2  # noqa: F401 - present, or refused now
+    except ImportError as e:
+        parser.error(f"--trace-mode opentelemetry needs the opentelemetry-proto package ({e}): pip install opentelemetry-proto")
+    try:
         for item in args.trace_resource:
             if not item.strip():
                 raise ValueError("--trace-resource '' must be KEY=VALUE")

@@ -42,7 +42,6 @@ from pathlib import Path
 from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput, ServingError
 from server.otel_context import INCOMING, TraceContext
-from server.otlp_export import OtlpExporter
 from server.otlp_settings import OtlpSettings
 from server.trace_file import TraceFile
 
@@ -156,7 +155,13 @@ class Tracer:
         self.files: dict[str, TraceFile] = {}
         self.next_index: dict[str, int] = {}  # a retired file's next part number
         self.ids = itertools.count(1)
-        self.exporter = OtlpExporter(otlp or OtlpSettings(), count_spans) if startup.mode == "opentelemetry" else None
+        self.exporter = None
+        if startup.mode == "opentelemetry":
+            # Imported here only: opentelemetry-proto is needed in this mode alone (an install without it, as the GPU
+            # machine's --no-deps tree, serves every other way)
+            from server.otlp_export import OtlpExporter
+
+            self.exporter = OtlpExporter(otlp or OtlpSettings(), count_spans)
         self._file_of(startup)
 
     @property

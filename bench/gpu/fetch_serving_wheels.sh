@@ -2,6 +2,7 @@
 # Issue 14, on the development machine: fetch what the GPU machine lacks for serving (it reaches no package
 # registry; its python3 is 3.12 with torch, numpy, pillow, onnxruntime CPU) and pack it for the device calls:
 #   .whl/small/   grpcio, protobuf, grpcio-health-checking, grpcio-reflection, prometheus-client, simplejpeg, py-spy,
+#                 opentelemetry-proto (since 2026-12-02; the server imports it only for --trace-mode opentelemetry),
 #                 aiohttp with its dependencies (the Open Inference Protocol's HTTP side) (~14 MB of wheels)
 #   .whl/big/     onnxruntime-gpu 1.31.1 (~256 MB, built for CUDA 13), kept so that a rebuild needs no download
 #   .whl/parts/   pydeps.tar.xz split into parts that each fit one device call, its SHA256, and WHEELS (the
@@ -27,7 +28,8 @@ else
   if [ -z "${NO_FETCH:-}" ]; then
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl/small \
-      "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking>=1.85" "grpcio-reflection>=1.85" "prometheus-client>=0.19" "simplejpeg>=1.8" "py-spy>=0.3"
+      "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "grpcio-health-checking>=1.85" "grpcio-reflection>=1.85" "prometheus-client>=0.19" "simplejpeg>=1.8" "py-spy>=0.3" \
+      "opentelemetry-proto>=1.30"
     pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl/small "aiohttp>=3.9"  # and its deps
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \

@@ -8,6 +8,8 @@ import base64
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -392,3 +394,17 @@ def test_a_progressive_call_with_raw_pixels_is_traced_from_its_metadata(otel_ser
                                                 metadata=(("traceparent", f"00-{trace_id}-{PARENT_ID}-01"),)))
     assert answers
     check_nesting(spans_of(collector, trace_id, 3), PARENT_ID)
+
+
+def test_the_server_serves_without_opentelemetry_and_refuses_its_mode_by_name():
+    """opentelemetry-proto is imported for --trace-mode opentelemetry only: an install without it (the GPU machine's
+    --no-deps tree) serves every other way, and asking for the mode there is refused naming the package."""
+    blocked = ("import sys; sys.modules['opentelemetry'] = None;"  # `import opentelemetry...` now raises ImportError
+               "import server.app, server.__main__ as m;")
+    serves = subprocess.run([sys.executable, "-c", blocked + "print('ok')"], capture_output=True, text=True, timeout=60)
+    assert serves.returncode == 0 and serves.stdout.strip() == "ok", serves.stderr
+    refused = subprocess.run([sys.executable, "-c", blocked + "p = m.get_args_parser();"
+                              "m.trace_settings(p, p.parse_args(['--repo', 'r', '--trace-mode', 'opentelemetry']))"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "--trace-mode opentelemetry needs the opentelemetry-proto package" in refused.stderr
