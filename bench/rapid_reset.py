@@ -1,7 +1,7 @@
 """HTTP/2 Rapid Reset (CVE-2023-44487) against the gRPC port: do streams opened and reset at once starve the clients
 that wait for answers, and does the server compute what nobody will read?
 
-    python -m bench.rapid_reset [--seconds 20] [--attackers 2] [--clients 4] [--server-args '']
+    python -m bench.rapid_reset [--seconds 20] [--attackers 2] [--clients 4] [--server-args ''] [--sample-s 30]
 
 One server process (the default model). Phase 1, `--seconds`: `--clients` threads send auxnet.v1 Classify of
 CIFAR-10 test JPEGs in a closed loop (their throughput and latency are the baseline). Phase 2, as long: the same
@@ -33,7 +33,7 @@ import h2.exceptions
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.protocols import process_cpu_s
-from bench.soak import proc_stats
+from bench.soak import tree_stats
 from server.client import Client, classify_request
 from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
@@ -141,7 +141,7 @@ def burn(stop) -> None:
 
 def phase(name: str, target: str, images, args, proc, metrics_port: int, attack: bool, burners: int = 0) -> dict:
     stop = threading.Event()
-    before, cpu0, rss0 = counters(metrics_port), process_cpu_s(proc.pid), proc_stats(proc.pid)["rss_mb"]
+    before, cpu0, rss0 = counters(metrics_port), process_cpu_s(proc.pid), tree_stats(proc.pid)["worker_mb"]
     attackers = [Attacker(target, classify_request(images[i]).SerializeToString(), stop) for i in range(args.attackers)] if attack else []
     for a in attackers:
         a.start()
@@ -150,7 +150,10 @@ def phase(name: str, target: str, images, args, proc, metrics_port: int, attack:
     for b in burning:
         b.start()
     latencies, errors, threads = clients(target, images, args.clients, stop)
-    time.sleep(args.seconds)
+    rss, end = [], time.monotonic() + args.seconds
+    while (left := end - time.monotonic()) > 0:  # the server's memory as the phase goes (a leak per stream would climb)
+        time.sleep(min(args.sample_s, left))
+        rss.append(round(tree_stats(proc.pid)["worker_mb"], 1))
     stop.set()
     burn_stop.set()
     for t in threads + attackers + burning:
@@ -164,7 +167,8 @@ def phase(name: str, target: str, images, args, proc, metrics_port: int, attack:
             "attacker errors": sum(a.errors for a in attackers),
             "server": {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
                        if after.get(k, 0) != before.get(k, 0)},
-            "server CPU s": process_cpu_s(proc.pid) - cpu0, "RSS MB": f"{rss0:.1f} -> {proc_stats(proc.pid)['rss_mb']:.1f}"}
+            "server CPU s": process_cpu_s(proc.pid) - cpu0, "RSS MB": f"{rss0:.1f} -> {tree_stats(proc.pid)['worker_mb']:.1f}",
+            "RSS every sample_s": rss}
 
 
 def main() -> None:
@@ -175,6 +179,7 @@ def main() -> None:
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
     p.add_argument("--server-args", default="")
+    p.add_argument("--sample-s", type=float, default=30.0, help="read the server's resident memory this often in a phase")
     args = p.parse_args()
     images = load_labelled_folder(args.data)[0][:200]
     proc, target, metrics_port = start_server(args.repo, args.server_args.split(), quiet=True)
