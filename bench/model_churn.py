@@ -33,6 +33,7 @@ from bench.soak import proc_stats, slope_per_minute
 from server.client import Client
 from server.demo import ROOT, start_server
 from server.loadgen import load_labelled_folder
+from server.model_upload import LOCK_FILE
 
 EXPECTED = {"OK", "NOT_FOUND", "UNAVAILABLE"}
 
@@ -163,7 +164,7 @@ def staged_folders(since: float) -> list[str]:
     tmp = Path(tempfile.gettempdir())
     roots = [r for r in [*tmp.glob("auxnet-loaded-models-*"), *tmp.glob("auxnet-workers-*/shared/loaded-models")]
              if r.stat().st_mtime >= since - 1]
-    return sorted(f.name for r in roots for f in r.iterdir())
+    return sorted(f.name for r in roots for f in r.iterdir() if f.name != LOCK_FILE)
 
 
 def report(args, samples, switches, unloads, loads, traffic: Traffic) -> None:

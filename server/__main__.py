@@ -87,6 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
                         "whose decoder (libtiff) prints a corrupt file's complaints to stderr")
     p.add_argument("--max-message-mb", type=float, default=16)
+    p.add_argument("--upload-quota-mb", type=float, default=1024,
+                   help="explicit mode: what the models loaded from load requests' files (Triton's load override) may "
+                        "take on disk in all; a load past it is refused RESOURCE_EXHAUSTED (HTTP 507). 0: such loads "
+                        "are refused (FAILED_PRECONDITION)")
     p.add_argument("--grace-s", type=float, default=10.0)
     p.add_argument("--shed-late-budgets", action="store_true",
                    help="refuse at admission (RESOURCE_EXHAUSTED) a request whose predicted queueing passes its budget")
@@ -193,6 +197,7 @@ async def serve(args) -> int:
                             default_priority_level=args.default_priority_level, queue_policies=args.queue_policies,
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
+        upload_quota_bytes=int(args.upload_quota_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
@@ -232,9 +237,9 @@ async def serve(args) -> int:
 RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 65535), ("http_port", -1, 65535),
           ("threads", 1, 1024), ("decode_threads", 1, 1024), ("max_batch", 1, 4096), ("max_queue_delay_ms", 0, 60_000),
           ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
+          ("upload_quota_mb", 0, 10_000_000),
           ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
-
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),
           ("priority_levels", 1, 1000), ("default_priority_level", 0, 1000), ("response_cache_mb", 0, 1_000_000),
           ("workers", 1, 256), ("inline_compute_ms", 0, 60_000), ("monitor_fraction", 0, 1)]

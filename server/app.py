@@ -71,6 +71,9 @@ class ServerConfig:
     engine: EngineConfig = EngineConfig()
     limits: ImageLimits = ImageLimits()
     max_message_bytes: int = 16 * 1024 * 1024
+    # What the models loaded from a load request's files may take on disk in all (server/model_upload.py); 0: such
+    # loads are refused. The default holds ~290 copies of the default model (3.45 MB).
+    upload_quota_bytes: int = 1024 * 2**20
     grace_s: float = 10.0
     poll_s: float = 2.0  # how often to look for a new version of each model; 0 = never
     tls_cert: str | None = None  # PEM server certificate chain; with tls_key, serve TLS only

@@ -8,6 +8,7 @@ import grpc
 class ServingError(Exception):
     code = grpc.StatusCode.INTERNAL
     reason = "internal"
+    http_status: int | None = None  # the HTTP status where the gRPC code's (HTTP_STATUS) would mislead a client
 
 
 class InvalidInput(ServingError):
@@ -37,6 +38,15 @@ class QueueTimeout(QueueFull):
     reason = "queue_timeout"
 
 
+class InsufficientStorage(ServingError):
+    """A load's files would pass the server's upload quota or leave its file system too little free space
+    (server/model_upload.py)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own words: "... or perhaps the entire file system is out of space"
+    reason = "storage"
+    http_status = 507  # Insufficient Storage: unlike 429, waiting and retrying does not help until something is unloaded
+
+
 class NotServing(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "draining"
@@ -64,3 +74,8 @@ HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRE
                grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.NOT_FOUND: 404,
                grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
                grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+
+
+def http_status(e: ServingError) -> int:
+    """The HTTP status of a domain error: its own where it has one, else its gRPC code's."""
+    return e.http_status or HTTP_STATUS.get(e.code, 500)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from server.errors import FailedPrecondition, InvalidInput, NotServing, UnknownModel
 from server.memory import release_freed_memory
-from server.model_upload import check_override, is_override, new_root, remove, stage
+from server.model_upload import check_allowed, check_override, is_override, new_root, remove, stage
 from server.repository import RepositoryError, list_models
 
 log = logging.getLogger("auxnet.server")
@@ -89,11 +89,13 @@ class ModelControl:
         override = any(map(is_override, parameters))
         _check_parameters("load", {k: v for k, v in parameters.items() if not is_override(k)}, {})
         if override:
+            quota = self.app.cfg.upload_quota_bytes
+            check_allowed(quota)
             manifest, files = check_override(name, parameters)
             repository_version = None if files else self._folders().get(name)
             folder = await asyncio.get_running_loop().run_in_executor(
                 None, stage, self.staging_root(), name, manifest, files,
-                None if repository_version is None else repository_version.resolve())
+                None if repository_version is None else repository_version.resolve(), quota)
         else:
             folder = self._folder(name)
         sync, replaced = self.app.sync, []

@@ -40,7 +40,7 @@ from aiohttp import web
 
 from server import __version__, kserve_v1, torchserve
 from server.connection_limits import DEFAULT_MAX_CONNECTIONS, ConnectionGuard, LimitedSite
-from server.errors import HTTP_STATUS, InvalidInput, QueueFull, ServingError
+from server.errors import InvalidInput, QueueFull, ServingError, http_status
 from server.otel_context import INCOMING, from_headers
 from server.requests import count, parse_where_cheap
 from server.service import answer_exits
@@ -184,7 +184,7 @@ class OpenInferenceHTTP:
         try:
             return await handler(request)
         except ServingError as e:  # the one place domain errors become HTTP statuses (inference counts its own)
-            return error_response(HTTP_STATUS.get(e.code, 500), str(e))
+            return error_response(http_status(e), str(e))
         except web.HTTPException as e:  # aiohttp's own: unknown path (404), wrong method (405), too large (413)
             if e.status < 400:
                 raise
@@ -337,7 +337,7 @@ class OpenInferenceHTTP:
             response, answers = await run(arrival, attempt)
         except ServingError as e:
             self.outcome(request, name, e.code.name, attempt.images, arrival, str(e), request_id=attempt.request_id, surface=surface)
-            return error(HTTP_STATUS.get(e.code, 500), str(e))
+            return error(http_status(e), str(e))
         except asyncio.CancelledError:  # the client closed its connection (or the server stops): no one to answer
             self.outcome(request, name, "CANCELLED", attempt.images, arrival, "the client closed the connection",
                          request_id=attempt.request_id, surface=surface)

@@ -4,8 +4,10 @@ replaced or unloaded; a manifest alone over the repository's files; cut-short fi
 refused by name before anything changes; under --workers every worker, a restarted one too, serves the upload."""
 
 import base64
+import errno
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -17,7 +19,9 @@ import tritonclient.http as thttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.model_upload import FILE_PREFIX
+from server import model_upload
+from server.errors import InsufficientStorage
+from server.model_upload import FILE_PREFIX, LOCK_FILE
 from tests.server.test_model_control import client, copy_repo, index, refused
 from tests.server.test_worker_sync import call, infer_body, replace_a_worker, spread, stop
 from tests.server.test_workers import start_workers
@@ -41,8 +45,13 @@ def scores(c, module, name: str) -> np.ndarray:
 
 
 def staged(app) -> list[str]:
+    """The staging folder's entries but its lock file: the versions staged (and any half-written one)."""
     root = app.control._staging
-    return sorted(p.name for p in root.iterdir()) if root is not None and root.exists() else []
+    return folders(root) if root is not None and root.exists() else []
+
+
+def folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name != LOCK_FILE)
 
 
 @pytest.mark.parametrize("module", [tgrpc, thttp], ids=["grpc", "http"])
@@ -154,6 +163,89 @@ def test_bad_names_files_and_configs_are_refused_by_name_before_anything_is_writ
         assert MODEL in app.engines and len(staged(app)) == 1
 
 
+def upload_size(config: str, files: dict[str, bytes]) -> int:
+    """What staging that model takes on disk: its files and its manifest as the server writes it."""
+    return sum(map(len, files.values())) + len(json.dumps(json.loads(config), indent=1).encode())
+
+
+def test_the_upload_quota_refuses_a_load_past_it_by_name_and_an_unload_makes_room(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    size = upload_size(config, files)
+    quota = int(size * 1.5)  # one staged model fits, two do not
+    body = {"parameters": {"config": config, **{k: base64.b64encode(v).decode() for k, v in files.items()}}}
+    with v2_server(repo, model_control="explicit", upload_quota_bytes=quota) as (app, target, url):
+        g = tgrpc.InferenceServerClient(target)
+        g.load_model("first", config=config, files=files)
+        [first] = staged(app)
+
+        status, message = refused(lambda: g.load_model("second", config=config, files=files))
+        assert status == "StatusCode.RESOURCE_EXHAUSTED", message
+        assert message == (f"load of model 'second': its files ({size / 2**20:.2f} MB) would take the models loaded from "
+                           f"requests' files to {2 * size / 2**20:.2f} MB, past this server's --upload-quota-mb "
+                           f"({quota / 2**20:.2f} MB; {size / 2**20:.2f} MB held now, a replaced version's until its "
+                           "successor serves); unload such a model (the repository index lists them, versions "
+                           "NAME-request-...) or raise the quota")
+        status, text = error_of(http(f"http://{url}/v2/repository/models/second/load", "POST", body))
+        assert status == 507 and "past this server's --upload-quota-mb" in text  # Insufficient Storage, not 429
+        # a new version of the staged model needs room for both until it serves: refused too, the old one serves on
+        status, message = refused(lambda: g.load_model("first", config=config, files=files))
+        assert status == "StatusCode.RESOURCE_EXHAUSTED" and "'first'" in message
+        assert staged(app) == [first] and "second" not in app.engines
+        g.load_model(MODEL)
+        assert np.array_equal(scores(g, tgrpc, "first"), scores(g, tgrpc, MODEL))
+        # a manifest alone is staged with a copy of the repository's files: counted the same
+        status, message = refused(lambda: g.load_model(MODEL, config=config))
+        assert status == "StatusCode.RESOURCE_EXHAUSTED" and f"load of model '{MODEL}'" in message
+
+        g.unload_model("first")
+        assert staged(app) == []
+        assert http(f"http://{url}/v2/repository/models/second/load", "POST", body)[0] == 200  # the room it left
+        assert len(staged(app)) == 1 and "second" in app.engines
+
+
+def test_with_the_quota_at_zero_loads_with_files_are_refused_and_loads_by_name_still_work(tiny_repo, tmp_path):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    with v2_server(repo, model_control="explicit", upload_quota_bytes=0) as (app, target, url):
+        g = tgrpc.InferenceServerClient(target)
+        for attempt in (lambda: g.load_model("up", config=config, files=files), lambda: g.load_model(MODEL, config=config)):
+            status, message = refused(attempt)
+            assert status == "StatusCode.FAILED_PRECONDITION" and message == (
+                "loads that carry a model's files or manifest are off on this server (--upload-quota-mb 0); load a "
+                "model of the repository by name")
+        g.load_model(MODEL)
+        assert MODEL in app.engines and staged(app) == []
+
+
+def test_a_load_that_would_leave_the_disk_nearly_full_is_refused_and_a_full_disk_while_writing_leaves_nothing(
+        tiny_repo, tmp_path, monkeypatch):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    manifest = json.loads(config)
+    payload = {k[len(FILE_PREFIX):]: v for k, v in files.items()}
+    root = tmp_path / "staging"
+    usage = shutil.disk_usage(tmp_path)
+    nearly_full = usage._replace(free=model_upload.FREE_SPACE_FLOOR + 1000)
+    monkeypatch.setattr(model_upload.shutil, "disk_usage", lambda path: nearly_full)
+    with pytest.raises(InsufficientStorage) as e:
+        model_upload.stage(root, "up", manifest, payload, None, 2**30)
+    assert str(e.value).startswith("load of model 'up': its files (") and "under the 256.00 MB a load always leaves" in str(e.value)
+    assert folders(root) == []
+    monkeypatch.undo()
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(InsufficientStorage) as e:
+        model_upload.stage(root, "up", manifest, payload, None, 2**30)
+    assert "ran out of space while its files were written (No space left on device); nothing was kept" in str(e.value)
+    assert folders(root) == []  # the half-written folder went too
+    monkeypatch.undo()
+    assert (model_upload.stage(root, "up", manifest, payload, None, 2**30) / "manifest.json").exists()
+
+
 def worker_state_folder(supervisor_pid: int) -> Path:
     """The --worker-state folder the supervisor gave its workers (read from a worker's command line)."""
     worker = subprocess.run(["pgrep", "-P", str(supervisor_pid)], capture_output=True, text=True).stdout.split()[0]
@@ -173,7 +265,7 @@ def test_under_workers_an_upload_reaches_every_worker_and_a_replacement_and_its_
         answers = spread(f"{base}/models/uploaded/infer", infer_body())
         assert [code for code, _ in answers] == [200] * len(answers), answers[:3]
         assert len({json.dumps(doc["outputs"]) for _, doc in answers}) == 1  # every worker, the same answer
-        assert len(list(shared.iterdir())) == 1
+        assert len(folders(shared)) == 1
 
         replace_a_worker(proc, [int(v) for v in port_file.read_text().split()[4:]])
         answers = spread(f"{base}/models/uploaded/infer", infer_body())  # the replacement loaded the staged files
@@ -181,7 +273,7 @@ def test_under_workers_an_upload_reaches_every_worker_and_a_replacement_and_its_
 
         assert call(f"{base}/repository/models/uploaded/unload", {}) == (200, {})
         assert [code for code, _ in spread(f"{base}/models/uploaded/infer", infer_body())] == [404] * len(answers)
-        assert list(shared.iterdir()) == []
+        assert folders(shared) == []
     finally:
         stop(proc)
     assert not os.path.exists(shared)  # the supervisor's folder goes at exit
