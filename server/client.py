@@ -1,10 +1,11 @@
-"""A small Python client, and `python -m server.client IMAGE... [--budget-ms] [--min-confidence]`."""
+"""Python clients (blocking Client, asyncio AsyncClient), and `python -m server.client IMAGE... [--budget-ms] [--min-confidence]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -39,52 +40,66 @@ def classify_request(image: bytes | np.ndarray, model: str = "", budget_ms: floa
     return req
 
 
+def channel_settings(target: str, retries: int) -> tuple[str, list[tuple]]:
+    """(target, channel options) both clients use: round-robin over the replicas of a "host:port,host:port" list or
+    a dns:/// name, and gRPC's own retries of UNAVAILABLE and CANCELLED."""
+    service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    # Retried: UNAVAILABLE (a replica draining or gone) and CANCELLED, which a server that shuts down gives the
+    # calls it had received but not yet handed to a handler (grpc/grpc#41785; RESULTS §31). A call this client
+    # cancels itself is never retried; every method of the service is idempotent. gRPC wants maxAttempts >= 2,
+    # so retries=0 leaves the policy out rather than setting it to 1.
+    if retries > 0:
+        service_config["methodConfig"] = [{
+            "name": [{"service": "auxnet.v1.EarlyExitService"}],
+            "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
+        }]
+    if "," in target:  # a static list of replicas
+        target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
+    # A connection reset while it was being set up (a server or recycled worker closing its listening socket
+    # with the connection still queued on it) puts the channel in a reconnect back-off during which calls
+    # fail at once; gRPC's default first back-off, 1 s, outlasts the retries above (0.05 + 0.1 + 0.2 s), so
+    # reconnect after 0.1 s instead (then x1.6 per failure, as gRPC's own schedule).
+    options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+               ("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
+               ("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
+    return target, options
+
+
+def open_channel(module, target: str, retries: int, tls_ca: bytes | None, client_cert: bytes | None,
+                 client_key: bytes | None, server_name: str | None):
+    """A channel of `module` (grpc, or grpc.aio for AsyncClient), TLS when given a CA or a client certificate."""
+    target, options = channel_settings(target, retries)
+    if tls_ca is None and client_cert is None:
+        return module.insecure_channel(target, options=options)
+    creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=client_key, certificate_chain=client_cert)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return module.secure_channel(target, creds, options=options)
+
+
+def joined_metadata(token_metadata: tuple | None, extra) -> tuple | None:
+    """The token's metadata and a call's own (e.g. a W3C traceparent from OpenTelemetry's propagator:
+    `metadata=[("traceparent", ...)]`, which a server in --trace-mode opentelemetry joins to its trace)."""
+    both = (*(token_metadata or ()), *(extra or ()))
+    return both or None
+
+
 class Client:
     """Blocking client. `targets` may list several replicas ("host:port,host:port") or a dns:/// name;
-    calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone) and CANCELLED (see below)."""
+    calls are spread round-robin and retried on UNAVAILABLE (a replica draining or gone) and CANCELLED (see
+    channel_settings)."""
 
     def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3, tls_ca: bytes | None = None,
                  client_cert: bytes | None = None, client_key: bytes | None = None, token: str | None = None,
                  server_name: str | None = None):
-        import json
-
-        service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
-        # Retried: UNAVAILABLE (a replica draining or gone) and CANCELLED, which a server that shuts down gives the
-        # calls it had received but not yet handed to a handler (grpc/grpc#41785; RESULTS §31). A call this client
-        # cancels itself is never retried; every method of the service is idempotent. gRPC wants maxAttempts >= 2,
-        # so retries=0 leaves the policy out rather than setting it to 1.
-        if retries > 0:
-            service_config["methodConfig"] = [{
-                "name": [{"service": "auxnet.v1.EarlyExitService"}],
-                "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
-            }]
-        if "," in target:  # a static list of replicas
-            target = "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:")) else target
-        # A connection reset while it was being set up (a server or recycled worker closing its listening socket
-        # with the connection still queued on it) puts the channel in a reconnect back-off during which calls
-        # fail at once; gRPC's default first back-off, 1 s, outlasts the retries above (0.05 + 0.1 + 0.2 s), so
-        # reconnect after 0.1 s instead (then x1.6 per failure, as gRPC's own schedule).
-        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1),
-                   ("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
-        if tls_ca is not None or client_cert is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=client_key,
-                                                 certificate_chain=client_cert)
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.channel = open_channel(grpc, target, retries, tls_ca, client_cert, client_key, server_name)
         self.stub = pb_grpc.EarlyExitServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def _metadata(self, extra) -> tuple | None:
-        """The token's metadata and a call's own (e.g. a W3C traceparent from OpenTelemetry's propagator:
-        `metadata=[("traceparent", ...)]`, which a server in --trace-mode opentelemetry joins to its trace)."""
-        both = (*(self.metadata or ()), *(extra or ()))
-        return both or None
+        return joined_metadata(self.metadata, extra)
 
     def classify(self, image, timeout_s: float | None = None, metadata=None, **kw) -> pb.ClassifyResponse:
         return self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
@@ -115,6 +130,63 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class AsyncClient:
+    """The asyncio client (grpc.aio), for an event loop's code (a web front end, an async pipeline): Client's
+    methods as coroutines, the same replicas, retries, TLS, token and metadata; `classify_progressive` is an async
+    iterator. Make it inside the loop that uses it (grpc.aio binds a channel to its loop):
+
+        async with AsyncClient("localhost:8500") as client:
+            answer = await client.classify(image, budget_ms=5)
+            async for step in client.classify_progressive(image):
+                ...
+    """
+
+    def __init__(self, target: str, timeout_s: float = 10.0, retries: int = 3, tls_ca: bytes | None = None,
+                 client_cert: bytes | None = None, client_key: bytes | None = None, token: str | None = None,
+                 server_name: str | None = None):
+        self.channel = open_channel(grpc.aio, target, retries, tls_ca, client_cert, client_key, server_name)
+        self.stub = pb_grpc.EarlyExitServiceStub(self.channel)
+        self.timeout_s = timeout_s
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def _metadata(self, extra) -> tuple | None:
+        return joined_metadata(self.metadata, extra)
+
+    async def classify(self, image, timeout_s: float | None = None, metadata=None, **kw) -> pb.ClassifyResponse:
+        return await self.stub.Classify(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
+                                        metadata=self._metadata(metadata))
+
+    async def classify_progressive(self, image, timeout_s: float | None = None, metadata=None,
+                                   **kw) -> AsyncIterator[pb.ClassifyResponse]:
+        """As Client's: leaving the loop early (break, aclose) cancels the call and the server stops computing it."""
+        call = self.stub.ClassifyProgressive(classify_request(image, **kw), timeout=timeout_s or self.timeout_s,
+                                             metadata=self._metadata(metadata))
+        try:
+            async for answer in call:
+                yield answer
+        finally:
+            call.cancel()  # no-op once the call has ended
+
+    async def classify_batch(self, images, timeout_s: float | None = None, metadata=None,
+                             **kw) -> list[pb.ClassifyResponse]:
+        req = pb.ClassifyBatchRequest(requests=[classify_request(im, **kw) for im in images])
+        reply = await self.stub.ClassifyBatch(req, timeout=timeout_s or self.timeout_s, metadata=self._metadata(metadata))
+        return list(reply.responses)
+
+    async def model_info(self, model: str = "") -> pb.ModelInfo:
+        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(model=model), timeout=self.timeout_s,
+                                            metadata=self.metadata)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
 
 
 def main(argv=None) -> int:
