@@ -1,7 +1,7 @@
 """HTTP/2 Rapid Reset (CVE-2023-44487) against the gRPC port: do streams opened and reset at once starve the clients
 that wait for answers, and does the server compute what nobody will read?
 
-    python -m bench.rapid_reset [--seconds 20] [--attackers 2] [--clients 4] [--server-args ''] [--sample-s 30]
+    python -m bench.rapid_reset [--seconds 20] [--attackers 2] [--burners N] [--clients 4] [--server-args ''] [--sample-s 30]
 
 One server process (the default model). Phase 1, `--seconds`: `--clients` threads send auxnet.v1 Classify of
 CIFAR-10 test JPEGs in a closed loop (their throughput and latency are the baseline). Phase 2, as long: the same
@@ -12,7 +12,8 @@ and opened again. Reported: the clients' throughput and p50/p99 in both phases, 
 and reset, connections closed by the server, the server's requests by status code, the admitted requests it
 dropped before compute and its CPU seconds in each phase, from its /metrics and /proc. A control phase runs the
 clients beside as many processes burning a core each as there are attackers (each attacker takes about a core on
-this machine): what the attack costs beyond its CPU.
+this machine): what the attack costs beyond its CPU. The attackers are threads of one process, so together they
+take at most about a core, whatever their number: `--burners 1` gives many connections the control of one.
 """
 
 from __future__ import annotations
@@ -175,12 +176,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--attackers", type=int, default=2)
+    p.add_argument("--burners", type=int, default=None, help="control phase's core-burning processes (default: --attackers)")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--repo", default=str(ROOT / "models" / "repository"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "test"))
     p.add_argument("--server-args", default="")
     p.add_argument("--sample-s", type=float, default=30.0, help="read the server's resident memory this often in a phase")
     args = p.parse_args()
+    burners = args.attackers if args.burners is None else args.burners
     images = load_labelled_folder(args.data)[0][:200]
     proc, target, metrics_port = start_server(args.repo, args.server_args.split(), quiet=True)
     try:
@@ -189,8 +192,8 @@ def main() -> None:
                 c.classify(im)
         rows = [phase("clients alone", target, images, args, proc, metrics_port, attack=False),
                 phase(f"clients + {args.attackers} rapid-reset connections", target, images, args, proc, metrics_port, attack=True),
-                phase(f"clients + {args.attackers} process(es) burning a core (the attacker's CPU, no streams)", target,
-                      images, args, proc, metrics_port, attack=False, burners=args.attackers),
+                phase(f"clients + {burners} process(es) burning a core (the attacker's CPU, no streams)", target,
+                      images, args, proc, metrics_port, attack=False, burners=burners),
                 phase("clients alone, after", target, images, args, proc, metrics_port, attack=False)]
     finally:
         proc.terminate()
