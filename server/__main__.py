@@ -87,6 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"encoded image formats accepted (default: all of {','.join(FORMATS)}); e.g. drop TIFF, "
                         "whose decoder (libtiff) prints a corrupt file's complaints to stderr")
     p.add_argument("--max-message-mb", type=float, default=16)
+    p.add_argument("--load-memory-floor-mb", type=float, default=256,
+                   help="refuse a load while serving (the repository API's, an upload's, a poll's new version) that "
+                        "would leave the server less memory than this: the host's available memory or its cgroup's "
+                        "limit less its working set, less the load's estimate (RESOURCE_EXHAUSTED, HTTP 507); -1: no check")
     p.add_argument("--upload-quota-mb", type=float, default=1024,
                    help="explicit mode: what the models loaded from load requests' files (Triton's load override) may "
                         "take on disk in all; a load past it is refused RESOURCE_EXHAUSTED (HTTP 507). 0: such loads "
@@ -198,6 +202,7 @@ async def serve(args) -> int:
                             carry_stopped_rows={"on": True, "off": False}.get(args.carry_stopped_rows, "auto")),
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         upload_quota_bytes=int(args.upload_quota_mb * 2**20),
+        load_memory_floor_bytes=None if args.load_memory_floor_mb < 0 else int(args.load_memory_floor_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
@@ -237,7 +242,7 @@ async def serve(args) -> int:
 RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 65535), ("http_port", -1, 65535),
           ("threads", 1, 1024), ("decode_threads", 1, 1024), ("max_batch", 1, 4096), ("max_queue_delay_ms", 0, 60_000),
           ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
-          ("upload_quota_mb", 0, 10_000_000),
+          ("upload_quota_mb", 0, 10_000_000), ("load_memory_floor_mb", -1, 10_000_000),
           ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.auxnet.v1 import inference_pb2 as pb
-from server import grpc_log
+from server import grpc_log, load_memory
 from server.access_log import AccessLog
 from server.backends import default_threads, make_backend
 from server.connection_limits import grpc_options, per_port_cap, raise_open_file_limit
@@ -74,6 +74,9 @@ class ServerConfig:
     # What the models loaded from a load request's files may take on disk in all (server/model_upload.py); 0: such
     # loads are refused. The default holds ~290 copies of the default model (3.45 MB).
     upload_quota_bytes: int = 1024 * 2**20
+    # A load while serving is refused where it would leave less memory than this available (server/load_memory.py);
+    # None: not checked.
+    load_memory_floor_bytes: int | None = 256 * 2**20
     grace_s: float = 10.0
     poll_s: float = 2.0  # how often to look for a new version of each model; 0 = never
     tls_cert: str | None = None  # PEM server certificate chain; with tls_key, serve TLS only
@@ -190,6 +193,12 @@ class ServerApp:
                  ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
         return engine
 
+    def load_engine_while_serving(self, model_dir: Path, name: str | None = None) -> ModelEngine:
+        """_load_engine for a load while serving (the API's, an upload's, a poll's): refused first, naming the
+        figures, where it would leave the server less memory than --load-memory-floor-mb (server/load_memory.py)."""
+        load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes)
+        return self._load_engine(model_dir, name)
+
     async def _watch_repository(self) -> None:
         """Reload without loss: when `REPO/NAME` points to a new version, load and warm it beside the old
         one, switch atomically, and retire the old one once its admitted requests are answered. A broken
@@ -208,7 +217,7 @@ class ServerApp:
                 if current == old.info.path or self._refused.get(name) == current:
                     continue
                 try:
-                    new = await loop.run_in_executor(None, self._load_engine, Path(self.cfg.repo) / name)
+                    new = await loop.run_in_executor(None, self.load_engine_while_serving, Path(self.cfg.repo) / name)
                 except Exception as e:  # noqa: BLE001 - any failure means: keep the old version
                     self._refused[name] = current
                     self.metrics.reloads.labels(name, "refused").inc()

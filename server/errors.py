@@ -47,6 +47,12 @@ class InsufficientStorage(ServingError):
     http_status = 507  # Insufficient Storage: unlike 429, waiting and retrying does not help until something is unloaded
 
 
+class InsufficientMemory(InsufficientStorage):
+    """A load would leave the server too little memory (server/load_memory.py)."""
+
+    reason = "memory"
+
+
 class NotServing(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "draining"

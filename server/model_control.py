@@ -31,7 +31,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from server.errors import FailedPrecondition, InvalidInput, NotServing, UnknownModel
+from server.errors import FailedPrecondition, InsufficientMemory, InvalidInput, NotServing, UnknownModel
 from server.memory import release_freed_memory
 from server.model_upload import check_allowed, check_override, is_override, new_root, remove, stage
 from server.repository import RepositoryError, list_models
@@ -157,7 +157,14 @@ class ModelControl:
                 return None
             self.busy[name] = LOADING
             try:
-                new = await asyncio.get_running_loop().run_in_executor(None, self.app._load_engine, folder, name)
+                new = await asyncio.get_running_loop().run_in_executor(None, self.app.load_engine_while_serving, folder, name)
+            except InsufficientMemory as e:  # refused before anything was loaded: RESOURCE_EXHAUSTED, as it is
+                self.app.metrics.model_control.labels(name, "load", "refused").inc()
+                if old is None:
+                    self.reasons[name] = f"load failed: {e}"
+                kept = f"; still serving version {old.info.version}" if old is not None else ""
+                log.error("%s%s", e, kept)
+                raise InsufficientMemory(f"{e}{kept}") from None
             except Exception as e:  # noqa: BLE001 - any failure refuses this version; nothing else changes
                 why = str(e) if isinstance(e, RepositoryError) else f"{type(e).__name__}: {e}"
                 self.app.metrics.model_control.labels(name, "load", "refused").inc()

@@ -1,0 +1,131 @@
+"""Loads while serving are refused where they would leave the server too little memory (server/load_memory.py):
+what is available read from /proc/meminfo and cgroup v1 and v2 trees as the kernel writes them; the refusal
+(RESOURCE_EXHAUSTED, HTTP 507) names the figures, the model loaded before serves on, a poll's new version is
+refused the same way; start-up loads are not checked."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as tgrpc
+
+from server import load_memory
+from server.errors import InsufficientMemory
+from server.load_memory import Available, available, needed
+from tests.server.conftest import running_server
+from tests.server.helpers import wait_for
+from tests.server.test_model_control import MODEL, copy_repo, index, refused
+from tests.server.test_model_upload import model_files, staged
+from tests.server.v2_helpers import error_of, http
+
+GB = 2**30
+MEMINFO = "MemTotal:       32000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\nBuffers:  1 kB\n"
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_host_figure_alone_where_no_cgroup_limits(tmp_path):
+    write(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/\n"})
+    (tmp_path / "cg").mkdir()  # a cgroup v2 root: no memory.max there
+    assert available(tmp_path / "proc", tmp_path / "cg") == Available(20000000 * 1024, "the host's MemAvailable")
+
+
+def test_cgroup_v2_in_its_own_namespace_counts_the_working_set(tmp_path):
+    write(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/\n",
+                     "cg/memory.max": f"{GB}\n", "cg/memory.current": "900000000\n",
+                     "cg/memory.stat": "anon 700000000\nfile 200000000\ninactive_file 100000000\nactive_file 100000000\n"})
+    got = available(tmp_path / "proc", tmp_path / "cg")
+    assert got.bytes == GB - (900000000 - 100000000)  # the inactive file cache is reclaimed before an OOM kill
+    assert got.source == f"the memory limit of cgroup v2 {tmp_path / 'cg'} less its working set"
+
+
+def test_cgroup_v2_a_parents_limit_binds_where_the_own_is_max(tmp_path):
+    pod, container = "cg/kubepods/pod1", "cg/kubepods/pod1/c1"
+    write(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/kubepods/pod1/c1\n",
+                     f"{container}/memory.max": "max\n", f"{container}/memory.current": "300000000\n",
+                     f"{container}/memory.stat": "inactive_file 0\n",
+                     f"{pod}/memory.max": "536870912\n", f"{pod}/memory.current": "400000000\n",
+                     f"{pod}/memory.stat": "inactive_file 0\n"})
+    got = available(tmp_path / "proc", tmp_path / "cg")
+    assert got.bytes == 536870912 - 400000000 and str(tmp_path / pod) in got.source
+
+
+def test_cgroup_v1_and_its_unlimited_value(tmp_path):
+    write(tmp_path, {"proc/meminfo": MEMINFO,
+                     "proc/self/cgroup": "9:name=systemd:/\n4:memory:/docker/abc\n3:cpuset:/\n0::/\n",
+                     "cg/memory/docker/abc/memory.limit_in_bytes": f"{2 * GB}\n",
+                     "cg/memory/docker/abc/memory.usage_in_bytes": f"{3 * GB // 2}\n",
+                     "cg/memory/docker/abc/memory.stat": f"cache 1\ninactive_file 5\ntotal_inactive_file {GB // 2}\n",
+                     "cg/memory/docker/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+                     "cg/memory/docker/memory.usage_in_bytes": "1\n", "cg/memory/docker/memory.stat": "\n"})
+    got = available(tmp_path / "proc", tmp_path / "cg")
+    assert got.bytes == 2 * GB - (3 * GB // 2 - GB // 2) and "cgroup v1" in got.source
+
+
+def test_nothing_readable_means_no_figure(tmp_path):
+    assert available(tmp_path / "no-proc", tmp_path / "no-cgroup") is None
+
+
+def test_the_estimate_and_the_refusal_name_the_figures(tiny_repo, monkeypatch):
+    folder = (tiny_repo / MODEL).resolve()
+    onnx = sum(f.stat().st_size for f in folder.glob("*.onnx"))
+    assert needed(folder) == 16 * onnx + 8 * 2**20
+    monkeypatch.setattr(load_memory, "available", lambda: Available(needed(folder) + 100 * 2**20, "a test's figure"))
+    load_memory.check(MODEL, folder, 100 * 2**20)  # exactly the floor left: loads
+    with pytest.raises(InsufficientMemory) as e:
+        load_memory.check(MODEL, folder, 100 * 2**20 + 1)
+    assert str(e.value) == (f"load of model 'tiny' refused: it needs ~{needed(folder) / 2**20:.0f} MB of memory (estimated "
+                            f"from its files), {(needed(folder) + 100 * 2**20) / 2**20:.0f} MB is available (a test's "
+                            "figure), and a load leaves at least 100 MB (--load-memory-floor-mb); unload a model or give "
+                            "the server more memory")
+    load_memory.check(MODEL, folder, None)  # the check off
+
+
+def test_a_load_past_the_memory_is_refused_and_what_serves_serves_on(tiny_repo, tmp_path, monkeypatch):
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    with running_server(repo, model_control="explicit", http_port=0) as (app, target):
+        c = tgrpc.InferenceServerClient(target)
+        c.load_model(MODEL)  # room enough
+        serving = app.engines[MODEL]
+        monkeypatch.setattr(load_memory, "available", lambda: Available(200 * 2**20, "a test's figure"))
+        status, message = refused(lambda: c.load_model("upload", config=config, files=files))
+        assert status == "StatusCode.RESOURCE_EXHAUSTED" and message.startswith("load of model 'upload' refused: it needs ~")
+        assert "200 MB is available (a test's figure)" in message and "upload" not in app.engines
+        assert "upload" not in {m["name"] for m in index(c, tgrpc)} and staged(app) == []  # its files went too
+
+        status, message = refused(lambda: c.load_model(MODEL, config=config, files=files))  # a new version of one serving
+        assert status == "StatusCode.RESOURCE_EXHAUSTED" and message.endswith(f"; still serving version {serving.info.version}")
+        assert app.engines[MODEL] is serving and not serving.stopped
+        status, text = error_of(http(f"http://127.0.0.1:{app.http_port}/v2/repository/models/{MODEL}/load", "POST",
+                                     {"parameters": {"config": config}}))
+        assert status == 507 and text.startswith(f"load of model '{MODEL}' refused: it needs ~")  # as a full quota
+        assert app.engines[MODEL] is serving
+
+        monkeypatch.setattr(load_memory, "available", lambda: Available(64 * 2**30, "a test's figure"))
+        c.load_model("upload", config=config, files=files)  # memory again: it loads
+        assert "upload" in app.engines
+
+
+def test_a_polled_new_version_past_the_memory_is_refused_and_the_old_one_serves(tiny_run, tiny_repo, tmp_path,
+                                                                                 monkeypatch, caplog):
+    from export.build import export_model
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    with running_server(repo, poll_s=0.2) as (app, target):  # start-up is not checked
+        old = app.engines[MODEL]
+        monkeypatch.setattr(load_memory, "available", lambda: Available(10 * 2**20, "a test's figure"))
+        with caplog.at_level("ERROR", logger="auxnet.server"):
+            export_model(str(tiny_run), str(repo), MODEL, measure=False, log=lambda *a: None)  # a new version
+            assert wait_for(lambda: any("refusing new version" in r.getMessage() for r in caplog.records), 15)
+        message = next(r.getMessage() for r in caplog.records if "refusing new version" in r.getMessage())
+        assert "10 MB is available (a test's figure)" in message and f"still serving {old.info.version}" in message
+        assert app.engines[MODEL] is old
+        monkeypatch.setattr(load_memory, "available", lambda: Available(64 * 2**30, "a test's figure"))
+        export_model(str(tiny_run), str(repo), MODEL, measure=False, log=lambda *a: None)  # another: room now
+        assert wait_for(lambda: app.engines[MODEL] is not old, 15)
