@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from server import load_memory
 from server.arguments import SEED_MAX, at_least, named, real_in
 from server.repository import sha256_file
 from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
@@ -207,27 +208,16 @@ def check_cache_fits(views: int, per_view: int, device, available: int | None) -
                      f"{CACHE_SHARE:.0%} of the {available / 2**30:.2f} GiB available there: {advice}")
 
 
-def available_memory(device, meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes free for the cache: on CUDA the device's free memory; on the CPU the kernel's MemAvailable, or a
-    container's headroom (cgroup v2 memory.max - memory.current) when smaller. None where neither is known."""
+def available_memory(device) -> int | None:
+    """Bytes free for the cache: on CUDA the device's free memory; on the CPU what the process may still use, the
+    smaller of the kernel's MemAvailable and every limited memory cgroup's headroom (server/load_memory.py, which the
+    server's loads check too). None where neither is known."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
         return None
-    found = []
-    try:
-        for line in Path(meminfo).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path(cgroup, "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path(cgroup, "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
+    room = load_memory.available()
+    return None if room is None else room.bytes
 
 
 def _checkpoint_file(path: str) -> Path:

@@ -60,12 +60,25 @@ def _worker(rank, world, init_file, method_name, out_file, ddp=False):
         dist.destroy_process_group()
 
 
+def spawn_two(method_name: str, tmp_path, out, ddp: bool = False) -> None:
+    """Both ranks trained and rank 0 wrote its weights to `out`. gloo's teardown has aborted a rank twice in CI on
+    a loaded machine ("terminate called without an active exception", SIGABRT), the second time with the barrier
+    below in place, and never in 40 runs beside a busy core here. Such an abort is let pass only where `out`
+    exists: rank 0 writes it after the run's last all-reduce, which needs both ranks, so both had trained (a file
+    cut short fails at torch.load); any other failure fails the test."""
+    try:
+        mp.spawn(_worker, args=(2, str(tmp_path / "init"), method_name, str(out), ddp), nprocs=2, join=True)
+    except mp.ProcessExitedException as e:
+        if e.signal_name != "SIGABRT" or not out.exists():
+            raise
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method_name", ["joint", "multiway", "multiway-reference", "pairwise", "none"])
 def test_two_gloo_processes_equal_one_process(method_name, tmp_path):
     single = train(method_name, DistInfo())
     out = tmp_path / "params.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), method_name, str(out)), nprocs=2, join=True)
+    spawn_two(method_name, tmp_path, out)
     for a, b in zip(single, torch.load(out)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     moved = max((a - b).abs().max().item() for a, b in zip(single, model_with_frozen_bn().parameters()))
@@ -78,7 +91,7 @@ def test_two_gloo_processes_under_ddp_equal_one_process(method_name, tmp_path):
     """--grad-sync ddp: DistributedDataParallel's in-backward reduction gives the same weights too."""
     single = train(method_name, DistInfo())
     out = tmp_path / "params.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), method_name, str(out), True), nprocs=2, join=True)
+    spawn_two(method_name, tmp_path, out, ddp=True)
     for a, b in zip(single, torch.load(out)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

@@ -180,15 +180,13 @@ def test_a_cache_larger_than_memory_is_refused_before_any_pass(tiny_run, tmp_pat
     assert passes == [] and not (tmp_path / "h" / "last.pt").exists()
 
 
-def test_available_memory_takes_the_smaller_of_the_machine_and_the_container(tmp_path):
+def test_available_memory_on_the_cpu_is_what_the_servers_load_check_reads(monkeypatch):
+    """The CPU figure is server/load_memory.py's (host and cgroup v1/v2 trees: tests/server/test_load_memory.py)."""
+    from server import load_memory
     from training.heads import available_memory
 
     cpu = torch.device("cpu")
-    (tmp_path / "meminfo").write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
-    (tmp_path / "cg").mkdir()
-    (tmp_path / "cg" / "memory.max").write_text("max\n")
-    (tmp_path / "cg" / "memory.current").write_text("5000000000\n")
-    assert available_memory(cpu, tmp_path / "meminfo", tmp_path / "cg") == 20000000 * 1024  # no container limit
-    (tmp_path / "cg" / "memory.max").write_text("8000000000\n")
-    assert available_memory(cpu, tmp_path / "meminfo", tmp_path / "cg") == 3000000000  # the container's headroom
-    assert available_memory(cpu, tmp_path / "none", tmp_path / "none") is None
+    monkeypatch.setattr(load_memory, "available", lambda: load_memory.Available(3000000000, "a test's figure"))
+    assert available_memory(cpu) == 3000000000
+    monkeypatch.setattr(load_memory, "available", lambda: None)
+    assert available_memory(cpu) is None
