@@ -5,7 +5,9 @@ reads 16 numbers at layer 15 of a CIFAR ResNet-56. Kaya et al. ("Shallow-Deep Ne
 internal classifiers on a frozen network ("IC-only") that keep a small spatial grid instead. This does that to an
 AuxNet checkpoint: every auxiliary head becomes BN -> ReLU -> P x P average pool -> fc (ModelConfig.aux_head_pool),
 its fc starting from the old one spread over the grid (so it starts as the old head's function) and trained; the
-trunk, the final output and every head's batch norm stay exactly as trained.
+trunk, the final output and every head's batch norm stay exactly as trained. With `--hidden H` each head also gets a
+hidden layer beside its fc, fc(p) + down(relu(up(p))) (ModelConfig.aux_head_hidden), its output weights starting at
+zero (the head starts as the fc alone computes) and trained with it (RESULTS §60).
 
 Training: `--views` augmented passes over the training split are pushed through the frozen network once, and each
 auxiliary head's pooled input (C * P * P values, float16) and the final output's logits are kept; the fcs then train
@@ -13,7 +15,7 @@ auxiliary head's pooled input (C * P * P values, float16) and the final output's
 (cross-entropy, plus its self-distillation from the final output when the run used it; training/methods.py).
 Nothing reads the test split to choose anything; its top-1 is reported, as training.run reports it.
 
-    python -m training.heads --checkpoint models/checkpoints/X.pt --out runs/heads4 [--pool 4] [--views 8] [--epochs 4]
+    python -m training.heads --checkpoint models/checkpoints/X.pt --out runs/heads4 [--pool 4] [--hidden 0] [--views 8] [--epochs 4]
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a training.run checkpoint (file, or a run directory's last.pt)")
     p.add_argument("--out", required=True, type=named, help="directory for last.pt (the network with the new heads) and heads.json")
     p.add_argument("--pool", type=at_least(1), default=4, help="P: the auxiliary heads pool to a P x P grid")
+    p.add_argument("--hidden", type=at_least(0, 65536), default=0,
+                   help="H: each auxiliary head adds a hidden layer of H units beside its fc (0: the fc alone)")
     p.add_argument("--views", type=at_least(1), default=8, help="augmented passes over the training split to cache")
     p.add_argument("--epochs", type=at_least(1), default=4, help="passes over the cached views")
     p.add_argument("--batch-size", type=at_least(1), default=512)
@@ -60,14 +64,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pooled_model(source: AuxNet, pool: int) -> AuxNet:
-    """`source` with its auxiliary heads pooling to a pool x pool grid: trunk, final head and every head's batch
-    norm copied; each auxiliary fc set to the old one spread over the grid, weight / P^2 per cell (the mean of the
-    cells' means is the global mean), so the new network computes what the old one did."""
+def pooled_model(source: AuxNet, pool: int, hidden: int = 0) -> AuxNet:
+    """`source` with its auxiliary heads pooling to a pool x pool grid (and a `hidden`-wide hidden layer beside the
+    fc, ModelConfig.aux_head_hidden): trunk, final head and every head's batch norm copied; each auxiliary fc set to
+    the old one spread over the grid, weight / P^2 per cell (the mean of the cells' means is the global mean), and a
+    new hidden layer's output weights zero, so the new network computes what the old one did."""
     if source.num_outputs < 2:
         raise ValueError(f"{source.cfg.name()} has no auxiliary outputs: nothing to retrain")
-    model = AuxNet(dataclasses.replace(source.cfg, aux_head_pool=pool))  # ValueError when P does not divide an exit's map
+    # ValueError when P does not divide an exit's map
+    model = AuxNet(dataclasses.replace(source.cfg, aux_head_pool=pool, aux_head_hidden=hidden))
     state = source.state_dict()
+    fresh = model.state_dict()
     for k, head in enumerate(source.heads[:-1]):
         w = head.fc.weight.detach()
         if head.pool == 1:  # (classes, C) -> (classes, C, P, P) / P^2, flattened as the head flattens its grid
@@ -75,6 +82,13 @@ def pooled_model(source: AuxNet, pool: int) -> AuxNet:
         elif head.pool != pool:  # a grid already: no exact equivalent, start from zeros
             state[f"heads.{k}.fc.weight"] = torch.zeros(w.shape[0], model.heads[k].fc.in_features)
             state[f"heads.{k}.fc.bias"] = torch.zeros(w.shape[0])
+        if head.hidden != hidden or head.pool != pool:  # the old hidden layer does not fit: a new one (or none)
+            for part in ("up", "down"):
+                for name in ("weight", "bias"):
+                    state.pop(f"heads.{k}.{part}.{name}", None)
+                    if hidden:
+                        value = fresh[f"heads.{k}.{part}.{name}"]
+                        state[f"heads.{k}.{part}.{name}"] = torch.zeros_like(value) if part == "down" else value
     model.load_state_dict(state)
     return model.eval()
 
@@ -101,12 +115,13 @@ def cache_views(model: AuxNet, splits, views: int, seed: int, device, precision:
 
 
 def train_fcs(model: AuxNet, feats, finals, labels, args, loss_cfg: OptimConfig, log=print) -> None:
-    """SGD over the cache. The heads' fcs share no parameters, so one optimizer over the summed losses steps each
-    exactly as its own would."""
-    fcs = [head.fc for head in model.heads[:-1]]
-    for fc in fcs:
-        fc.to(feats[0].device).train()
-    params = [p for fc in fcs for p in fc.parameters()]
+    """SGD over the cache. The heads share no parameters, so one optimizer over the summed losses steps each
+    exactly as its own would. What trains is each head's classifier (its fc, and its hidden layer if any)."""
+    heads = model.heads[:-1]
+    modules = [m for head in heads for m in head.classifier()]
+    for m in modules:
+        m.to(feats[0].device).train()
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
     n, bs = len(labels), args.batch_size
     steps_per_epoch = max(1, n // bs)
@@ -116,15 +131,16 @@ def train_fcs(model: AuxNet, feats, finals, labels, args, loss_cfg: OptimConfig,
         order, total = torch.randperm(n, generator=gen).to(labels.device), torch.zeros((), device=labels.device)
         for s in range(steps_per_epoch):
             i = order[s * bs : (s + 1) * bs]
-            losses = [output_losses([fc(f[i].float()), finals[i]], labels[i], loss_cfg)[0] for fc, f in zip(fcs, feats)]
+            losses = [output_losses([head.classify(f[i].float()), finals[i]], labels[i], loss_cfg)[0]
+                      for head, f in zip(heads, feats)]
             opt.zero_grad(set_to_none=True)
             sum(losses).backward()
             opt.step()
             sched.step()
             total += sum(loss.detach() for loss in losses)
-        log(f"epoch {epoch + 1}/{args.epochs}: mean loss per head {float(total) / steps_per_epoch / len(fcs):.4f}")
-    for fc in fcs:
-        fc.cpu().eval()
+        log(f"epoch {epoch + 1}/{args.epochs}: mean loss per head {float(total) / steps_per_epoch / len(heads):.4f}")
+    for m in modules:
+        m.cpu().eval()
 
 
 @torch.no_grad()
@@ -150,7 +166,7 @@ def main(args, log=print) -> dict:
     torch.manual_seed(args.seed)
     ckpt = load_checkpoint(args.checkpoint)
     source = model_from_checkpoint(ckpt, args.checkpoint)
-    model = pooled_model(source, args.pool)
+    model = pooled_model(source, args.pool, args.hidden)
     run_args, info = ckpt.get("args", {}), ckpt["data"]
     loss_cfg = OptimConfig(
         distill_weight=run_args.get("distill_weight", 0.0) if args.distill_weight is None else args.distill_weight,
@@ -175,7 +191,8 @@ def main(args, log=print) -> dict:
     val_before, val_after = split_errors([source, model], splits.val, splits)
     test_after, = split_errors([model], splits.test, splits) if len(splits.test) else ({"top1_err": [], "top5_err": []},)
     record = {"source": str(Path(args.checkpoint)), "source_sha256": sha256_file(_checkpoint_file(args.checkpoint)),
-              "pool": args.pool, "views": args.views, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "pool": args.pool, "hidden": args.hidden,
+              "views": args.views, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "weight_decay": args.weight_decay, "distill_weight": loss_cfg.distill_weight,
               "distill_temperature": loss_cfg.distill_temperature, "seed": args.seed, "precision": precision,
               "trunk_weights": "exponential moving average" if ckpt.get("model_ema") else "last step",

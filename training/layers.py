@@ -77,9 +77,11 @@ def _shortcut(in_ch: int, out_ch: int, stride: int, option_a: bool) -> nn.Module
 class ExitHead(nn.Module):
     """BN -> ReLU -> average pool -> fc. The BN is needed because the residual stream of a pre-activation net
     is never normalised (DESIGN.md). `pool` = 1 pools globally (the paper); P > 1 averages the P x P cells of a
-    `side` x `side` feature map and the fc reads all C * P * P of them (ModelConfig.aux_head_pool)."""
+    `side` x `side` feature map and the fc reads all C * P * P of them (ModelConfig.aux_head_pool). `hidden` > 0
+    adds down(relu(up(p))) to the fc's output (ModelConfig.aux_head_hidden): with `down` at zero the head computes
+    exactly what the fc alone does, so a trained fc-only head is its starting point (training/heads.py)."""
 
-    def __init__(self, channels: int, num_classes: int, pool: int = 1, side: int | None = None):
+    def __init__(self, channels: int, num_classes: int, pool: int = 1, side: int | None = None, hidden: int = 0):
         super().__init__()
         if pool > 1 and (side is None or side % pool):
             raise ValueError(f"a {pool} x {pool} pool grid needs a feature-map side divisible by it, got {side}")
@@ -88,13 +90,24 @@ class ExitHead(nn.Module):
         self.cell = side // pool if pool > 1 else None
         self.bn = nn.BatchNorm2d(channels)
         self.fc = nn.Linear(channels * pool * pool, num_classes)
+        self.hidden = hidden
+        if hidden:
+            self.up = nn.Linear(channels * pool * pool, hidden)
+            self.down = nn.Linear(hidden, num_classes)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C * P * P), the fc's input
         a = F.relu(self.bn(x))
         return a.mean(dim=(2, 3)) if self.pool == 1 else F.avg_pool2d(a, self.cell).flatten(1)
 
+    def classify(self, p: torch.Tensor) -> torch.Tensor:  # (B, C * P * P) -> (B, classes)
+        return self.fc(p) + self.down(F.relu(self.up(p))) if self.hidden else self.fc(p)
+
+    def classifier(self) -> list[nn.Module]:
+        """The modules after the pooling: what training/heads.py trains on the frozen network."""
+        return [self.fc, self.up, self.down] if self.hidden else [self.fc]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
-        return self.fc(self.pooled(x))
+        return self.classify(self.pooled(x))
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -37,7 +37,8 @@ class AuxNet(nn.Module):
                 common = math.gcd(*aux_sides)
                 raise ValueError(f"auxiliary head pool grid {cfg.aux_head_pool} does not divide the {side}x{side} feature "
                                  f"map at exit layer {layer}; valid grids: {[p for p in range(1, common + 1) if common % p == 0]}")
-        self.heads = nn.ModuleList(ExitHead(channels[b], cfg.num_classes, 1 if k == last else cfg.aux_head_pool, self.spatial[b])
+        self.heads = nn.ModuleList(ExitHead(channels[b], cfg.num_classes, 1 if k == last else cfg.aux_head_pool, self.spatial[b],
+                                            0 if k == last else cfg.aux_head_hidden)
                                    for k, b in enumerate(self.exit_blocks))
         _he_init(self)
 

@@ -14,7 +14,7 @@ from training.config import ModelConfig
 from training.heads import get_args_parser, main, pooled_model, train_fcs
 from training.layers import ExitHead
 from training.methods import OptimConfig
-from training.model import AuxNet
+from training.model import AuxNet, segment_costs
 from training.run import get_args_parser as run_parser
 from training.run import main as run_main
 
@@ -79,6 +79,56 @@ def test_pooled_model_starts_as_the_old_function():
     assert grid.heads[0].fc.in_features == 32 * 16 and grid.heads[-1].fc.in_features == 64
 
 
+def test_hidden_layer_head_by_hand():
+    torch.manual_seed(0)
+    head = ExitHead(2, 3, pool=1, side=4, hidden=5).eval()
+    x = torch.randn(2, 2, 4, 4)
+    p = torch.relu(x / (1 + 1e-5) ** 0.5).mean(dim=(2, 3))  # a fresh BN in eval, global pooling
+    expected = p @ head.fc.weight.T + head.fc.bias + torch.relu(p @ head.up.weight.T + head.up.bias) @ head.down.weight.T \
+        + head.down.bias
+    with torch.no_grad():
+        assert torch.allclose(head(x), expected, atol=1e-6)
+    assert [m.out_features for m in head.classifier()] == [3, 5, 3]
+    plain = ExitHead(2, 3)
+    assert plain.classifier() == [plain.fc] and not hasattr(plain, "up")
+
+
+def test_hidden_layer_heads_count_their_parameters_and_multiply_adds():
+    grid = AuxNet(ModelConfig(depth=56, exits=AUX56, aux_head_pool=4))
+    mlp = AuxNet(ModelConfig(depth=56, exits=AUX56, aux_head_pool=4, aux_head_hidden=512))
+    inputs = [16 * 16, 32 * 16, 32 * 16, 64 * 16]  # C * P * P at the four auxiliary exits; the final head has none
+    extra = [n * 512 + 512 + 512 * 10 + 10 for n in inputs] + [0]
+    assert [mlp.prefix_params(k) - grid.prefix_params(k) for k in range(5)] == extra  # an output counts its own head
+    mflops = [c["segment_mflops"] for c in segment_costs(mlp)]
+    base = [c["segment_mflops"] for c in segment_costs(grid)]
+    assert [round(1e6 * (a - b)) for a, b in zip(mflops, base)] == [n * 512 + 512 * 10 for n in inputs] + [0]
+    assert mlp.cfg.name() == "AuxNet-56-5-pool4-mlp512"
+    with pytest.raises(ValueError, match="hidden width -1 must be at least 0"):
+        ModelConfig(depth=56, exits=AUX56, aux_head_hidden=-1)
+
+
+def test_pooled_model_with_a_hidden_layer_starts_as_the_old_function():
+    torch.manual_seed(0)
+    source = AuxNet(ModelConfig(depth=14, exits=(9, 14))).eval()
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 32, 32)
+    mlp = pooled_model(source, 4, hidden=16)
+    assert mlp.heads[0].hidden == 16 and mlp.heads[-1].hidden == 0 and torch.count_nonzero(mlp.heads[0].up.weight) > 0
+    with torch.no_grad():
+        for a, b in zip(source(x), mlp(x)):
+            assert torch.allclose(a, b, atol=1e-5)
+        mlp.heads[0].down.weight.fill_(0.1)  # a trained one: kept when the grid and width stay
+        again = pooled_model(mlp, 4, hidden=16)
+        assert torch.equal(again.heads[0].down.weight, mlp.heads[0].down.weight)
+        assert torch.allclose(again(x)[0], mlp(x)[0])
+        narrower = pooled_model(mlp, 4, hidden=8)  # another width: a new hidden layer, starting at zero output
+        assert torch.count_nonzero(narrower.heads[0].down.weight) == 0
+        assert torch.equal(narrower.heads[0].fc.weight, mlp.heads[0].fc.weight)
+
+
 def test_a_network_without_auxiliary_outputs_is_refused():
     with pytest.raises(ValueError, match="no auxiliary outputs"):
         pooled_model(AuxNet(ModelConfig(depth=8, exits=(8,))), 2)
@@ -132,6 +182,21 @@ def test_heads_end_to_end_keeps_the_trunk_and_exports(tiny_run, tmp_path):
     assert m["architecture"].endswith("-pool4") and m["model_config"]["aux_head_pool"] == 4
     assert m["training"]["auxiliary_heads_retrained"]["source_sha256"] == record["source_sha256"]
     assert all(e["parity_max_abs_diff"] < 1e-3 for e in m["exits"])  # the grid head's ONNX pooling equals torch's
+
+
+def test_heads_with_a_hidden_layer_train_it_and_export_it(tiny_run, tmp_path):
+    from export.build import export_model
+
+    record = main(_heads_args(tiny_run, tmp_path / "h", "--hidden", "8"), log=lambda *a: None)
+    new = load_checkpoint(tmp_path / "h")
+    assert new["config"]["aux_head_hidden"] == 8 and record["hidden"] == 8
+    assert torch.count_nonzero(new["model"]["heads.0.down.weight"]) > 0  # it trained from zero
+    assert "heads.1.up.weight" not in new["model"]  # the final output has no hidden layer
+    assert record["val_top1_err_before"][-1] == record["val_top1_err"][-1]
+    model_dir = export_model(str(tmp_path / "h"), str(tmp_path / "repo"), "mlp", measure=False, log=lambda *a: None)
+    m = json.loads((model_dir / "manifest.json").read_text())
+    assert m["architecture"].endswith("-pool4-mlp8") and m["model_config"]["aux_head_hidden"] == 8
+    assert all(e["parity_max_abs_diff"] < 1e-3 for e in m["exits"])  # ONNX's head equals torch's
 
 
 def test_heads_refuses_to_replace_a_checkpoint(tiny_run, tmp_path):
