@@ -1,0 +1,1 @@
+python -m export choose --checkpoint models/checkpoints/auxnet56_5-pool4-multiway-distill-cosine-cifar10jpeg-53ep-seed0.pt --checkpoint runs/heads/c_pool4_mlp512 --data-dir ../shared/data/cifar10-jpeg --out models/repository --name auxnet56_5-cifar10

@@ -1,0 +1,1 @@
+python -m bench.policy_coverage --resamples 30 --confidence 0.8

@@ -1,0 +1,1 @@
+python -m training.heads --checkpoint models/checkpoints/auxnet56_5-pool4-multiway-distill-cosine-cifar10jpeg-53ep-seed0.pt --out runs/heads/c_pool4_mlp512 --pool 4 --hidden 512 --epochs 16 --views 8 --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded
