@@ -110,9 +110,16 @@ def with_heads(runs: list[Run], spec: str) -> Run:
     if not isinstance(errs, list) or len(errs) != len(run.exits):
         raise ValueError(f"--heads {spec!r}: {path} has no test_top1_err for {len(run.exits)} outputs "
                          "(heads.json from training.heads of 2026-12-01 or later; the earlier ones print them in their log)")
-    heads = f"{record['pool']}x{record['pool']} heads, {record['epochs']} ep on {record['views']} views"
+    hidden = f" with {record['hidden']} hidden units" if record.get("hidden") else ""
+    heads = f"{record['pool']}x{record['pool']} heads{hidden}, {record['epochs']} ep on {record['views']} views"
     return Run(run.name, run.network, run.method, run.exits, run.recipe, run.planned_epochs, run.seed, run.data,
                {**run.last, "test_top1_err": errs}, heads)
+
+
+def _heads_label(r: Run) -> str:
+    if not r.heads:
+        return ""
+    return " + grid MLP heads" if "hidden units" in r.heads else " + grid heads"
 
 
 def _fmt(v) -> str:
@@ -150,7 +157,7 @@ def table6(runs: list[Run]) -> list[str]:
     cols = [r for r in runs if r.exits == TABLE6_LAYERS]
     if not cols:
         return ["(no run with outputs at layers 15, 25, 35, 45, 56)"]
-    heads = [f"ours ({chr(97 + i)}): {'ResNet (probes)' if r.method == 'none' else r.method}{' + grid heads' if r.heads else ''}"
+    heads = [f"ours ({chr(97 + i)}): {'ResNet (probes)' if r.method == 'none' else r.method}{_heads_label(r)}"
              for i, r in enumerate(cols)]
     out = ["| output | " + " | ".join(heads) + " | paper: AuxNet | paper: ResNet |",
            "|---|" + "---:|" * (len(cols) + 2)]

@@ -71,6 +71,9 @@ def test_retrained_heads_add_a_table6_column_and_leave_tables_1_and_2(tmp_path):
     assert next(row for row in t6 if row.startswith("| output-15 |")) == "| output-15 | 48.00 | 40.00 | 55.00 | 30.00 | 50.35 | 63.01 |"
     assert t6[-1].startswith("(d) a_multiway: AuxNet-56-5 multiway") and t6[-1].endswith(
         "auxiliary heads retrained (training.heads): 4x4 heads, 4 ep on 8 views")
+    mlp = with_heads(found, f"a_multiway={write_heads(tmp_path / 'mlp.json', [20.0] * 5, hidden=512, epochs=16)}")
+    assert mlp.heads == "4x4 heads with 512 hidden units, 16 ep on 8 views"
+    assert "ours (e): multiway + grid MLP heads" in table6([*found, grid, mlp])[0]
 
 
 @pytest.mark.parametrize("spec, message", [
