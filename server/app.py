@@ -23,7 +23,7 @@ from server.credentials import BearerToken, TlsFiles
 from server.decode import ImageLimits
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
-from server.errors import InvalidInput, UnknownModel
+from server.errors import InsufficientMemory, InvalidInput, UnknownModel
 from server.handlers import CorruptMessages, method_handlers
 from server.log_settings import LogControl
 from server.memory import release_freed_memory
@@ -140,6 +140,7 @@ class ServerApp:
         self.tracer = Tracer(cfg.trace, runtime_updates=shared, own_file=self.sync is not None, otlp=cfg.otlp,
                              count_spans=lambda outcome, n: self.metrics.otlp_spans.labels(outcome).inc(n))
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
+        self._short_of_memory: dict[str, Path] = {}  # model -> version path refused for memory (logged once, retried)
         self._retiring: set[asyncio.Task] = set()
         self.control = ModelControl(self, cfg.model_control)
         # Log settings change at run time only where one process serves, as trace settings.
@@ -218,6 +219,13 @@ class ServerApp:
                     continue
                 try:
                     new = await loop.run_in_executor(None, self.load_engine_while_serving, Path(self.cfg.repo) / name)
+                except InsufficientMemory as e:  # may pass later (another model unloaded): tried at every poll, logged once
+                    if self._short_of_memory.get(name) != current:
+                        self._short_of_memory[name] = current
+                        self.metrics.reloads.labels(name, "refused").inc()
+                        log.error("refusing new version %s of model %s for now: %s; still serving %s; tried again at "
+                                  "every poll", current.name, name, e, old.info.version)
+                    continue
                 except Exception as e:  # noqa: BLE001 - any failure means: keep the old version
                     self._refused[name] = current
                     self.metrics.reloads.labels(name, "refused").inc()
