@@ -194,10 +194,11 @@ class ServerApp:
                  ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
         return engine
 
-    def load_engine_while_serving(self, model_dir: Path, name: str | None = None) -> ModelEngine:
+    def load_engine_while_serving(self, model_dir: Path, name: str | None = None, copies: int = 1) -> ModelEngine:
         """_load_engine for a load while serving (the API's, an upload's, a poll's): refused first, naming the
-        figures, where it would leave the server less memory than --load-memory-floor-mb (server/load_memory.py)."""
-        load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes)
+        figures, where `copies` of it (one per --workers process about to load it) would leave the server less
+        memory than --load-memory-floor-mb (server/load_memory.py)."""
+        load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes, copies)
         return self._load_engine(model_dir, name)
 
     async def _watch_repository(self) -> None:

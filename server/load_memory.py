@@ -51,18 +51,20 @@ def needed(folder: Path) -> int:
     return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
 
 
-def check(name: str, folder: Path, floor_bytes: int | None) -> None:
-    """Raise InsufficientMemory where loading `folder` as model `name` would leave less than `floor_bytes`
-    available (None: no check)."""
+def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1) -> None:
+    """Raise InsufficientMemory where loading `folder` as model `name` `copies` times (once in each --workers
+    process, which load side by side after the first) would leave less than `floor_bytes` available (None: no
+    check)."""
     if floor_bytes is None:
         return
     room = available()
     if room is None:
         return
-    need = needed(folder)
+    need = needed(folder) * copies
     if room.bytes - need < floor_bytes:
+        each = f" ({copies} worker processes, a copy each)" if copies > 1 else ""
         raise InsufficientMemory(
-            f"load of model {name!r} refused: it needs ~{_mb(need)} of memory (estimated from its files), "
+            f"load of model {name!r} refused: it needs ~{_mb(need)} of memory{each} (estimated from its files), "
             f"{_mb(room.bytes)} is available ({room.source}), and a load leaves at least {_mb(floor_bytes)} "
             "(--load-memory-floor-mb); unload a model or give the server more memory")
 

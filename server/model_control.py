@@ -100,8 +100,8 @@ class ModelControl:
             folder = self._folder(name)
         sync, replaced = self.app.sync, []
 
-        async def load_here_first() -> None:
-            replaced.append(await self._load(name, folder))
+        async def load_here_first() -> None:  # judged for every worker's copy: the others then load side by side
+            replaced.append(await self._load(name, folder, 1 if sync is None else sync.live_workers()))
 
         def share(state: dict) -> None:  # after this worker's own load: the version it now serves
             engine = self.app.engines.get(name)
@@ -143,9 +143,9 @@ class ModelControl:
         """This process only: load `version` (a version folder) as model `name` (server/worker_sync.py)."""
         await _to_the_end(self._load(name, version))
 
-    async def _load(self, name: str, folder: Path) -> Path | None:
+    async def _load(self, name: str, folder: Path, copies: int = 1) -> Path | None:
         """Load `folder` as model `name` here; returns the version folder it replaced (None: none, or it was
-        loaded already)."""
+        loaded already). `copies`: how many processes will load it, for the memory check."""
         async with self._lock(name):
             old = self.app.engines.get(name)
             try:
@@ -157,7 +157,8 @@ class ModelControl:
                 return None
             self.busy[name] = LOADING
             try:
-                new = await asyncio.get_running_loop().run_in_executor(None, self.app.load_engine_while_serving, folder, name)
+                new = await asyncio.get_running_loop().run_in_executor(None, self.app.load_engine_while_serving, folder, name,
+                                                                       copies)
             except InsufficientMemory as e:  # refused before anything was loaded: RESOURCE_EXHAUSTED, as it is
                 self.app.metrics.model_control.labels(name, "load", "refused").inc()
                 if old is None:

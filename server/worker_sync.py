@@ -247,6 +247,10 @@ class WorkerSync:
             raise NotServing(f"{what} took effect here but not in every worker process: {'; '.join(failures)}; "
                              "the others serve on as they are (repeat the call to try again)")
 
+    def live_workers(self) -> int:
+        """How many worker processes have joined and run (this one included): each loads its own copy of a model."""
+        return max(1, sum(1 for path in self.folder.glob("applied-*.json") if _alive(int(path.stem.split("-", 1)[1]))))
+
     async def _wait_all(self, generation: int, key: str, what: str, timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
         while True:

@@ -84,6 +84,27 @@ def test_the_estimate_and_the_refusal_name_the_figures(tiny_repo, monkeypatch):
                             "figure), and a load leaves at least 100 MB (--load-memory-floor-mb); unload a model or give "
                             "the server more memory")
     load_memory.check(MODEL, folder, None)  # the check off
+    # under --workers the first worker judges every worker's copy: the others load side by side after it
+    monkeypatch.setattr(load_memory, "available", lambda: Available(3 * needed(folder) + 100 * 2**20, "a test's figure"))
+    load_memory.check(MODEL, folder, 100 * 2**20, copies=3)
+    with pytest.raises(InsufficientMemory, match=rf"it needs ~{4 * needed(folder) / 2**20:.0f} MB of memory \(4 worker "
+                                                 r"processes, a copy each\)"):
+        load_memory.check(MODEL, folder, 100 * 2**20, copies=4)
+
+
+def test_live_workers_counts_the_workers_that_joined_and_run(tmp_path):
+    import os
+    import subprocess
+    from types import SimpleNamespace
+
+    from server.worker_sync import WorkerSync
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for pid in (os.getpid(), os.getppid(), gone.pid):
+        (tmp_path / f"applied-{pid}.json").write_text('{"generation": 1, "failures": {}}')
+    assert WorkerSync.live_workers(SimpleNamespace(folder=tmp_path)) == 2  # a dead worker's file is not a worker
+    assert WorkerSync.live_workers(SimpleNamespace(folder=tmp_path / "none")) == 1  # this process, at least
 
 
 def test_a_load_past_the_memory_is_refused_and_what_serves_serves_on(tiny_repo, tmp_path, monkeypatch):
