@@ -6,10 +6,12 @@ import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import server.latency
 from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import NotServing, QueueFull
@@ -82,7 +84,7 @@ def test_stop_reason_checks_in_order():
 
 # --- latency model and finish prediction -------------------------------------------------------------
 
-def test_latency_model_by_hand():
+def test_latency_model_by_hand(monkeypatch):
     m = LatencyModel(1, 4)
     m.table[0, 1:] = [0.010, 0.015, 0.020, 0.040]
     assert m.predict(0, 9) == 0.040 and m.predict(0, 0) == 0.010
@@ -93,9 +95,17 @@ def test_latency_model_by_hand():
     assert m.predict_wait_and_run(0, 5, 0) == pytest.approx(0.04 + 0.015)
     m.observe(0, 2, 0.025)
     assert m.table[0, 2] == pytest.approx(0.8 * 0.015 + 0.2 * 0.025)
-    calls = []
-    m.calibrate(0, lambda b: (calls.append(len(b)), time.sleep(0.001 * len(b))), np.zeros(2), repeats=1)
-    assert sorted(set(calls)) == [1, 2, 4] and m.table[0, 4] > m.table[0, 1] > 0
+    # A run of b images takes 1 ms per image on a clock of the test's own (a real sleep's overshoot on a loaded
+    # machine once made batch 1 measure slower than batch 4): batches 1, 2, 4 measured, 3 interpolated.
+    clock, calls = [0.0], []
+    monkeypatch.setattr(server.latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))  # this module's only
+
+    def run(batch):
+        calls.append(len(batch))
+        clock[0] += 0.001 * len(batch)
+
+    m.calibrate(0, run, np.zeros(2), repeats=1)
+    assert sorted(set(calls)) == [1, 2, 4] and m.table[0, 1:].tolist() == pytest.approx([0.001, 0.002, 0.003, 0.004])
 
 
 @in_loop
