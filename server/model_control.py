@@ -159,20 +159,15 @@ class ModelControl:
             try:
                 new = await asyncio.get_running_loop().run_in_executor(None, self.app.load_engine_while_serving, folder, name,
                                                                        copies)
-            except InsufficientMemory as e:  # refused before anything was loaded: RESOURCE_EXHAUSTED, as it is
-                self.app.metrics.model_control.labels(name, "load", "refused").inc()
-                if old is None:
-                    self.reasons[name] = f"load failed: {e}"
-                kept = f"; still serving version {old.info.version}" if old is not None else ""
-                log.error("%s%s", e, kept)
-                raise InsufficientMemory(f"{e}{kept}") from None
             except Exception as e:  # noqa: BLE001 - any failure refuses this version; nothing else changes
-                why = str(e) if isinstance(e, RepositoryError) else f"{type(e).__name__}: {e}"
+                why = str(e) if isinstance(e, (RepositoryError, InsufficientMemory)) else f"{type(e).__name__}: {e}"
                 self.app.metrics.model_control.labels(name, "load", "refused").inc()
                 if old is None:
                     self.reasons[name] = f"load failed: {why}"
                 kept = f"; still serving version {old.info.version}" if old is not None else ""
                 log.error("load %s refused: %s%s", name, why, kept)
+                if isinstance(e, InsufficientMemory):  # refused before anything loaded: RESOURCE_EXHAUSTED, as it is
+                    raise InsufficientMemory(f"{why}{kept}") from None
                 raise InvalidInput(f"model {name!r} failed to load: {why}{kept}") from None
             finally:
                 self.busy.pop(name, None)

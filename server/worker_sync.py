@@ -249,16 +249,13 @@ class WorkerSync:
 
     def live_workers(self) -> int:
         """How many worker processes have joined and run (this one included): each loads its own copy of a model."""
-        return max(1, sum(1 for path in self.folder.glob("applied-*.json") if _alive(int(path.stem.split("-", 1)[1]))))
+        return max(1, sum(1 for _ in _live_applied(self.folder)))
 
     async def _wait_all(self, generation: int, key: str, what: str, timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
         while True:
             behind, failures = [], []
-            for path in self.folder.glob("applied-*.json"):
-                pid = int(path.stem.split("-", 1)[1])
-                if not _alive(pid):
-                    continue
+            for pid, path in _live_applied(self.folder):
                 try:
                     doc = json.loads(path.read_text())
                 except FileNotFoundError:  # it left meanwhile
@@ -273,6 +270,14 @@ class WorkerSync:
                 raise NotServing(f"{what}: worker process(es) {sorted(behind)} had not applied it after {timeout_s:g} s "
                                  "(they apply it when they can; the index on each shows where it stands)")
             await asyncio.sleep(WAIT_POLL_S)
+
+
+def _live_applied(folder: Path):
+    """(pid, its applied-file) of every worker that has joined the folder and still runs."""
+    for path in folder.glob("applied-*.json"):
+        pid = int(path.stem.split("-", 1)[1])
+        if _alive(pid):
+            yield pid, path
 
 
 def _alive(pid: int) -> bool:

@@ -114,7 +114,7 @@ def cache_views(model: AuxNet, splits, views: int, seed: int, device, precision:
     return [torch.cat(f) for f in feats], torch.cat(finals), torch.cat(labels)
 
 
-def train_fcs(model: AuxNet, feats, finals, labels, args, loss_cfg: OptimConfig, log=print) -> None:
+def train_classifiers(model: AuxNet, feats, finals, labels, args, loss_cfg: OptimConfig, log=print) -> None:
     """SGD over the cache. The heads share no parameters, so one optimizer over the summed losses steps each
     exactly as its own would. What trains is each head's classifier (its fc, and its hidden layer if any)."""
     heads = model.heads[:-1]
@@ -185,7 +185,7 @@ def main(args, log=print) -> dict:
         f"({args.views * per_view / 2**30:.2f} GiB on {device}, {precision})")
     start = time.time()
     feats, finals, labels = cache_views(model, splits, args.views, args.seed, device, precision, log)
-    train_fcs(model, feats, finals, labels, args, loss_cfg, log)
+    train_classifiers(model, feats, finals, labels, args, loss_cfg, log)
     model = model.float().cpu().to(memory_format=torch.contiguous_format).eval()
     source = source.float().cpu().eval()
     val_before, val_after = split_errors([source, model], splits.val, splits)

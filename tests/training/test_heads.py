@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
-from training.heads import get_args_parser, main, pooled_model, train_fcs
+from training.heads import get_args_parser, main, pooled_model, train_classifiers
 from training.layers import ExitHead
 from training.methods import OptimConfig
 from training.model import AuxNet, segment_costs
@@ -134,7 +134,7 @@ def test_a_network_without_auxiliary_outputs_is_refused():
         pooled_model(AuxNet(ModelConfig(depth=8, exits=(8,))), 2)
 
 
-def test_train_fcs_learns_a_separable_cache():
+def test_train_classifiers_learns_a_separable_cache():
     # 2 heads over 600 cached 12-d inputs labelled by a fixed linear map: SGD must fit them (chance is 1/3).
     gen = torch.Generator().manual_seed(0)
     model = pooled_model(AuxNet(ModelConfig(depth=14, exits=(9, 14), num_classes=3)), 1)
@@ -143,7 +143,7 @@ def test_train_fcs_learns_a_separable_cache():
     labels = (feats[0].float() @ torch.randn(12, 3, generator=gen)).argmax(1)
     finals = F.one_hot(labels, 3).float() * 5  # a confident teacher that agrees with the labels
     args = argparse.Namespace(lr=0.5, weight_decay=0.0, batch_size=50, epochs=20, seed=0)
-    train_fcs(model, feats, finals, labels, args, OptimConfig(distill_weight=0.5), log=lambda *a: None)
+    train_classifiers(model, feats, finals, labels, args, OptimConfig(distill_weight=0.5), log=lambda *a: None)
     with torch.no_grad():
         accuracy = (model.heads[0].fc(feats[0].float()).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.95
