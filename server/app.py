@@ -72,7 +72,7 @@ class ServerConfig:
     limits: ImageLimits = ImageLimits()
     max_message_bytes: int = 16 * 1024 * 1024
     # What the models loaded from a load request's files may take on disk in all (server/model_upload.py); 0: such
-    # loads are refused. The default holds ~290 copies of the default model (3.45 MB).
+    # loads are refused. The default holds ~125 copies of the default model (8.2 MB).
     upload_quota_bytes: int = 1024 * 2**20
     # A load while serving is refused where it would leave less memory than this available (server/load_memory.py);
     # None: not checked.

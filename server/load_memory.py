@@ -1,7 +1,7 @@
 """Refuse a model load that would leave the server too little memory, before the kernel's OOM killer settles it.
 
 A load while serving (Triton's repository API, an upload, a poll's new version: the old one serves on until the new
-one is warm) adds the new version's ONNX Runtime sessions, ~50 MB resident for the 3.45 MB default model (RESULTS
+one is warm) adds the new version's ONNX Runtime sessions, ~50 MB resident for the 3.45 MB linear-head default model (RESULTS
 §59). Past the memory the server may use, the kernel kills the process, and every request in flight with it: a
 server that loads one model too many must refuse that load instead, naming the figures, and keep serving.
 
@@ -21,8 +21,11 @@ from pathlib import Path
 
 from server.errors import InsufficientMemory
 
-# Measured (RESULTS §59): six uploads of the default model (3.45 MB of ONNX files each) added 49-52 MB resident each
-# (14.5x), and traffic at batch 32 ~1 MB more. 16x with 8 MB of fixed cost covers that with a margin.
+# Measured (RESULTS §59): six uploads of the linear-head default (3.45 MB of ONNX files each) added 49-52 MB resident
+# each (14.5x), and traffic at batch 32 ~1 MB more. 16x with 8 MB of fixed cost covers that with a margin. What a
+# session holds is mostly activation arenas, not weights: the hidden-layer default (8.0 MB of files) added 54-62 MB,
+# so its estimate (136 MB) is 2.3x too high (refused early, never late); a model of large images would have arenas
+# far beyond its weights, which this rule does not see.
 LOAD_BYTES_PER_MODEL_BYTE = 16
 LOAD_FIXED_BYTES = 8 * 2**20
 MODEL_FILE_SUFFIXES = (".onnx", ".plan")
