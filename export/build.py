@@ -15,6 +15,7 @@ from export import quantize
 from export.atomic import staged_model
 from export.calibration import default_policy, fit_temperature, softmax, threshold_table
 from export.measure import machine_label, segment_latency_ms
+from export.memory import session_memory
 from export.plot import plot_tradeoff
 from export.policy import (
     ExitScores,
@@ -146,6 +147,7 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
                 exits[-1]["agreement"] = agreement_table(scores, k, policy["thresholds"])
         for e, path in zip(exits, paths):
             e["sha256"] = sha256_file(path)
+            e["memory"] = session_memory(path)  # what the server checks a load against (server/load_memory.py)
             e["parity_max_abs_diff"] = max(r["segment_max_abs_diff"] for r in parity if r["exit"] == e["index"])
             if measure:
                 e["latency_ms"] = {"onnxruntime_cpu": {"batch_1": segment_latency_ms(path, e["input_shape"], 1),

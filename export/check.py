@@ -27,6 +27,7 @@ def check_model(model_dir: str, checkpoint: str | None = None, log=print, rebuil
         except onnx.checker.ValidationError as err:
             problems.append(f"{e.onnx}: ONNX checker: {str(err).splitlines()[0]}")
             continue
+        problems += _memory_figures_differ(e, log)
         out = onnx_session(e.onnx).run(None, {"input": x})
         if out[-1].shape != (3, len(info.classes)):
             problems.append(f"{e.onnx}: logits shape {out[-1].shape}, expected (3, {len(info.classes)})")
@@ -58,6 +59,24 @@ def check_model(model_dir: str, checkpoint: str | None = None, log=print, rebuil
     for p in problems:
         log(f"  - {p}")
     return problems
+
+
+def _memory_figures_differ(e, log) -> list[str]:
+    """The manifest's memory figures (what the server checks a load against) are what export/memory.py finds in the
+    file; a manifest without them is sound, and the server falls back to a rule from file sizes."""
+    from export.memory import MemoryEstimateError, session_memory
+
+    if "memory" not in e.raw:
+        log(f"{e.onnx}: no memory figures in the manifest: the server estimates this model's load from its file sizes "
+            "(exported before 2026-12-02; export it again to record them)")
+        return []
+    try:
+        found = session_memory(e.onnx)
+    except MemoryEstimateError as err:
+        return [f"{e.onnx}: memory figures cannot be checked: {err}"]
+    if e.raw["memory"] != found:
+        return [f"{e.onnx}: the manifest's memory figures {e.raw['memory']} differ from the file's {found}"]
+    return []
 
 
 def _rebuilt_differences(model_dir: str, info, checkpoint: str, data_dir: str | None, log) -> list[str]:

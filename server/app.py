@@ -198,7 +198,8 @@ class ServerApp:
         """_load_engine for a load while serving (the API's, an upload's, a poll's): refused first, naming the
         figures, where `copies` of it (one per --workers process about to load it) would leave the server less
         memory than --load-memory-floor-mb (server/load_memory.py)."""
-        load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes, copies)
+        load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes, copies,
+                          self.cfg.engine.max_batch, self.cfg.static_batches)
         return self._load_engine(model_dir, name)
 
     async def _watch_repository(self) -> None:

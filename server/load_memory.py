@@ -9,25 +9,37 @@ What the server may still use is the smallest of: the host's MemAvailable (/proc
 cgroup above the process with a limit (a container's, a Kubernetes pod's), that limit less the cgroup's working set
 (usage less its inactive file cache, which the kernel reclaims before it kills: the figure Kubernetes evicts on).
 cgroup v2 (`memory.max`, `memory.current`) and v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes`) alike.
-What a load needs is estimated from its files, as LOAD_BYTES_PER_MODEL_BYTE times their size plus a fixed part;
-the load is refused when what is available less that would fall under the floor (--load-memory-floor-mb).
+What a load needs is estimated from what export recorded per exit (export/memory.py): the session's weights, and
+its activations per image, which the server multiplies by its batch cap (--max-batch; with --static-batches, every
+bucket's). A model of large images holds far more activations than weights (ResNet-50 at 224 px: 1.4 GB a load at
+cap 32 from 90 MB of weights), a small one the other way round, so a rule from file sizes alone is wrong both ways.
+Manifests without the figures (exported before 2026-12-02, or written by hand) fall back to such a rule.
+The load is refused when what is available less what it needs would fall under the floor (--load-memory-floor-mb).
 Start-up loads are not checked: a server that cannot hold its models should fail to start as it always did.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import InsufficientMemory
+from server.static_batches import buckets_up_to
 
-# Measured (RESULTS §59): six uploads of the linear-head default (3.45 MB of ONNX files each) added 49-52 MB resident
-# each (14.5x), and traffic at batch 32 ~1 MB more. 16x with 8 MB of fixed cost covers that with a margin. What a
-# session holds is mostly activation arenas, not weights: the hidden-layer default (8.0 MB of files) added 54-62 MB,
-# so its estimate (136 MB) is 2.3x too high (refused early, never late); a model of large images would have arenas
-# far beyond its weights, which this rule does not see.
-LOAD_BYTES_PER_MODEL_BYTE = 16
+# Measured (RESULTS §61, bench/load_memory_estimate.py: real loads, resident memory after each): with twice the
+# weights counted, what a load added was 2.0-3.0x the activations per image that export's walk of the graph finds,
+# times the batch cap, for the CIFAR network in float and int8 (caps 8-128, static buckets too) and a ResNet-50 at
+# 224 px (caps 4-32). The factors below cover the largest with a margin: the estimates came out 1.3-2.1x the mean
+# cost of a load measured, never under it.
+WEIGHT_COPIES = 2
+ACTIVATION_COPIES = 3.5
+SESSION_FIXED_BYTES = 1 * 2**20
 LOAD_FIXED_BYTES = 8 * 2**20
+# Without export's figures: 16x the files' bytes plus the fixed part, measured on the linear-head default (RESULTS
+# §59: 49-52 MB a load from 3.45 MB of files). Wrong both ways for other models (§61): 4.7x high for the ResNet-50
+# at cap 4, under it past cap 32, and 0.23x of the int8 default's cost at cap 128.
+LOAD_BYTES_PER_MODEL_BYTE = 16
 MODEL_FILE_SUFFIXES = (".onnx", ".plan")
 NO_LIMIT = 2**62  # cgroup v1 writes "unlimited" as a page-rounded 2^63 - 1
 
@@ -48,26 +60,52 @@ def available(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgro
     return min(found, key=lambda a: a.bytes) if found else None
 
 
-def needed(folder: Path) -> int:
+def manifest_memory(folder: Path) -> list[tuple[int, int]] | None:
+    """Per exit, (weight bytes, activation bytes per image) as export recorded them (export/memory.py), or None
+    where the manifest has no such figures (exported before they were, or written by hand)."""
+    try:
+        exits = json.loads((Path(folder) / "manifest.json").read_text())["exits"]
+        parts = [(e["memory"]["weight_bytes"], e["memory"]["activation_bytes_per_image"]) for e in exits]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not parts or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**50 for p in parts for v in p):
+        return None
+    return parts
+
+
+def needed(folder: Path, max_batch: int = 32, static_batches: bool = False) -> int:
     """What loading the model folder is estimated to add to the server's resident memory, in bytes."""
-    model_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
-    return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
+    parts = manifest_memory(folder)
+    if parts is None:
+        model_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
+        return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
+    batch = buckets_total(max_batch) if static_batches else max_batch
+    per_session = (SESSION_FIXED_BYTES + WEIGHT_COPIES * w + ACTIVATION_COPIES * a * batch for w, a in parts)
+    return int(sum(per_session)) + LOAD_FIXED_BYTES
 
 
-def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1) -> None:
+def buckets_total(max_batch: int) -> int:
+    """Images in all of --static-batches' buckets together (1, 2, 4, ... up to the cap): each binds its own buffers
+    (measured: 91 MB a load at cap 32 against 57 without static batches, RESULTS §61)."""
+    return sum(buckets_up_to(max_batch))
+
+
+def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1, max_batch: int = 32,
+          static_batches: bool = False) -> None:
     """Raise InsufficientMemory where loading `folder` as model `name` `copies` times (once in each --workers
     process, which load side by side after the first) would leave less than `floor_bytes` available (None: no
-    check)."""
+    check), its sessions serving batches of up to `max_batch`."""
     if floor_bytes is None:
         return
     room = available()
     if room is None:
         return
-    need = needed(folder) * copies
+    need = needed(folder, max_batch, static_batches) * copies
     if room.bytes - need < floor_bytes:
         each = f" ({copies} worker processes, a copy each)" if copies > 1 else ""
+        source = f"its export's figures at batch cap {max_batch}" if manifest_memory(folder) else "its files' sizes"
         raise InsufficientMemory(
-            f"load of model {name!r} refused: it needs ~{_mb(need)} of memory{each} (estimated from its files), "
+            f"load of model {name!r} refused: it needs ~{_mb(need)} of memory{each} (estimated from {source}), "
             f"{_mb(room.bytes)} is available ({room.source}), and a load leaves at least {_mb(floor_bytes)} "
             "(--load-memory-floor-mb); unload a model or give the server more memory")
 

@@ -3,6 +3,7 @@ what is available read from /proc/meminfo and cgroup v1 and v2 trees as the kern
 (RESOURCE_EXHAUSTED, HTTP 507) names the figures, the model loaded before serves on, a poll's new version is
 refused the same way; start-up loads are not checked."""
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -71,18 +72,45 @@ def test_nothing_readable_means_no_figure(tmp_path):
     assert available(tmp_path / "no-proc", tmp_path / "no-cgroup") is None
 
 
-def test_the_estimate_and_the_refusal_name_the_figures(tiny_repo, monkeypatch):
+def test_the_estimate_from_exports_figures_by_hand(tiny_repo, tmp_path):
+    """Per session: 1 MB, twice its weights, 3.5x its activations per image times the batch cap (RESULTS §61's
+    measurements, covered); with static batches every bucket's images; 8 MB a load besides."""
     folder = (tiny_repo / MODEL).resolve()
-    onnx = sum(f.stat().st_size for f in folder.glob("*.onnx"))
-    assert needed(folder) == 16 * onnx + 8 * 2**20
+    parts = [e["memory"] for e in json.loads((folder / "manifest.json").read_text())["exits"]]
+    assert len(parts) == 2 and all(p["activation_bytes_per_image"] > 0 and p["weight_bytes"] > 0 for p in parts)
+    by_hand = lambda images: int(sum(2**20 + 2 * p["weight_bytes"] + 3.5 * p["activation_bytes_per_image"] * images  # noqa: E731
+                                     for p in parts)) + 8 * 2**20
+    assert needed(folder, 32) == by_hand(32) and needed(folder, 8) == by_hand(8)
+    assert needed(folder, 32, static_batches=True) == by_hand(1 + 2 + 4 + 8 + 16 + 32)
+    assert needed(folder, 24, static_batches=True) == by_hand(1 + 2 + 4 + 8 + 16 + 24)
+    # a manifest without the figures (an older export, or by hand): 16x the ONNX files' bytes and the fixed part
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for e in manifest["exits"]:
+        del e["memory"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert needed(old, 32) == 16 * sum(f.stat().st_size for f in old.glob("*.onnx")) + 8 * 2**20
+    for e in manifest["exits"]:
+        e["memory"] = {"weight_bytes": 10, "activation_bytes_per_image": 20}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert load_memory.manifest_memory(old) == [(10, 20), (10, 20)]
+    for bad in (-1, "12", 2.5, True, None, 2**60):  # a figure that is not a byte count is no figure
+        manifest["exits"][0]["memory"]["activation_bytes_per_image"] = bad
+        (old / "manifest.json").write_text(json.dumps(manifest))
+        assert load_memory.manifest_memory(old) is None
+
+
+def test_the_refusal_names_the_figures(tiny_repo, monkeypatch):
+    folder = (tiny_repo / MODEL).resolve()
     monkeypatch.setattr(load_memory, "available", lambda: Available(needed(folder) + 100 * 2**20, "a test's figure"))
     load_memory.check(MODEL, folder, 100 * 2**20)  # exactly the floor left: loads
     with pytest.raises(InsufficientMemory) as e:
         load_memory.check(MODEL, folder, 100 * 2**20 + 1)
-    assert str(e.value) == (f"load of model 'tiny' refused: it needs ~{needed(folder) / 2**20:.0f} MB of memory (estimated "
-                            f"from its files), {(needed(folder) + 100 * 2**20) / 2**20:.0f} MB is available (a test's "
-                            "figure), and a load leaves at least 100 MB (--load-memory-floor-mb); unload a model or give "
-                            "the server more memory")
+    need, room = needed(folder) / 2**20, (needed(folder) + 100 * 2**20) / 2**20
+    assert str(e.value) == (f"load of model 'tiny' refused: it needs ~{need:.0f} MB of memory (estimated from its export's "
+                            f"figures at batch cap 32), {room:.0f} MB is available (a test's figure), and a load leaves at "
+                            "least 100 MB (--load-memory-floor-mb); unload a model or give the server more memory")
     load_memory.check(MODEL, folder, None)  # the check off
     # under --workers the first worker judges every worker's copy: the others load side by side after it
     monkeypatch.setattr(load_memory, "available", lambda: Available(3 * needed(folder) + 100 * 2**20, "a test's figure"))
