@@ -41,6 +41,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus /metrics port (-1 = off)")
+    p.add_argument("--allow-cpu-metrics", type=true_or_false, default=True, metavar="{true,false}",
+                   help="Triton's: the host's nv_cpu_utilization and nv_cpu_memory_* on /metrics (default true; "
+                        "server/host_metrics.py)")
     p.add_argument("--health-port", type=int, default=-1,
                    help="gRPC port serving only grpc.health.v1, outside the request limit, for probes (-1 = off)")
     p.add_argument("--http-port", type=int, default=8000,
@@ -184,9 +187,17 @@ def log_level(text: str) -> str:
     return text.upper()
 
 
+def true_or_false(text: str) -> bool:
+    """A boolean option's value as Triton spells it (`--allow-cpu-metrics=false`)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return text.lower() == "true"
+
+
 async def serve(args) -> int:
     cfg = ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        cpu_metrics=args.allow_cpu_metrics,
         health_port=None if args.health_port < 0 else args.health_port,
         http_port=None if args.http_port < 0 else args.http_port,
         models=tuple(args.model), model_control=args.model_control_mode, backend=args.backend, device=args.device,

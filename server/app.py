@@ -25,6 +25,7 @@ from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import InsufficientMemory, InvalidInput, UnknownModel
 from server.handlers import CorruptMessages, method_handlers
+from server.host_metrics import register_host_metrics
 from server.log_settings import LogControl
 from server.memory import release_freed_memory
 from server.metrics import Metrics
@@ -54,6 +55,7 @@ class ServerConfig:
     host: str = "127.0.0.1"  # localhost unless told otherwise
     port: int = 8500  # 0 = pick a free port
     metrics_port: int | None = 8501  # None = no HTTP metrics endpoint; 0 = pick a free port
+    cpu_metrics: bool = True  # the host's CPU and memory as Triton's nv_cpu_* on /metrics (server/host_metrics.py)
     # A second gRPC port serving only grpc.health.v1, outside the inference port's concurrency limit, so a
     # flood of requests never fails an orchestrator's probes (issue 12). None = off; 0 = pick a free port.
     health_port: int | None = None
@@ -388,6 +390,8 @@ class ServerApp:
         for engine in self.engines.values():
             engine.start()
         if self.cfg.metrics_port is not None:
+            if self.cfg.cpu_metrics:
+                register_host_metrics(self.metrics.registry)
             self._http = start_metrics_server(self.cfg.metrics_port, self.cfg.host, self.metrics.registry)
             self.metrics_port = self._http.server_port
         if http_surface is not None:
