@@ -25,7 +25,7 @@ from server.engine import ModelEngine
 from server.engine_config import EngineConfig
 from server.errors import InsufficientMemory, InvalidInput, UnknownModel
 from server.handlers import CorruptMessages, method_handlers
-from server.host_metrics import register_host_metrics
+from server.host_metrics import register_process_metrics
 from server.log_settings import LogControl
 from server.memory import release_freed_memory
 from server.metrics import Metrics
@@ -190,6 +190,7 @@ class ServerApp:
             log.warning(warning)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.tracer = self.tracer if self.tracer.can_trace else None  # without a file or collector it is never on
+        engine.memory_estimate = load_memory.needed(model_dir, self.cfg.engine.max_batch, self.cfg.static_batches)
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
                  len(info.exits), backends[0].name, info.precision,
@@ -390,8 +391,7 @@ class ServerApp:
         for engine in self.engines.values():
             engine.start()
         if self.cfg.metrics_port is not None:
-            if self.cfg.cpu_metrics:
-                register_host_metrics(self.metrics.registry)
+            register_process_metrics(self.metrics.registry, cpu=self.cfg.cpu_metrics)
             self._http = start_metrics_server(self.cfg.metrics_port, self.cfg.host, self.metrics.registry)
             self.metrics_port = self._http.server_port
         if http_surface is not None:

@@ -67,6 +67,7 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
         self._idle = asyncio.Event()
         self._idle.set()
         self.successor: ModelEngine | None = None  # set when a reload replaces this version
+        self.memory_estimate: int | None = None  # bytes, set by the app that loaded it (server/load_memory.py)
         self.stopped = False
         self.refusal = "server is shutting down or not ready; retry on another replica"  # once not accepting
         self.monitors: list[ExitMonitor] | None = None
@@ -117,6 +118,8 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
                 self._export_threshold(k, m)
         self.accepting = True
         self.metrics.model_info.labels(*self._info_labels()).set(1)
+        if self.memory_estimate is not None:
+            self.metrics.model_memory.labels(self.info.name, self.info.version).set(self.memory_estimate)
 
     def _info_labels(self) -> tuple[str, ...]:
         """The auxnet_model_info series of this model version."""
@@ -137,14 +140,15 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
         """Stop the workers. Any request still queued or computing (a drain or retire that timed out) is
         answered UNAVAILABLE, so that no caller waits forever and clients retry elsewhere."""
         self.stopped = True
-        labels = self._info_labels()
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a retired version is no longer the loaded model
-            self.metrics.model_info.labels(*labels).set(0)  # (series cannot be removed across processes)
-        else:
-            try:
-                self.metrics.model_info.remove(*labels)
-            except KeyError:
-                pass
+        for gauge, labels in ((self.metrics.model_info, self._info_labels()),
+                              (self.metrics.model_memory, (self.info.name, self.info.version))):
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a retired version is no longer the loaded model
+                gauge.labels(*labels).set(0)  # (series cannot be removed across processes)
+            else:
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
         for w in self.workers:
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)

@@ -1,5 +1,8 @@
-"""Triton's CPU metrics (its docs/user_guide/metrics.md, "CPU Metrics"), so that its Grafana boards' host panels read
-this server too: nv_cpu_utilization, nv_cpu_memory_total_bytes, nv_cpu_memory_used_bytes, unlabelled gauges.
+"""What the process serving /metrics reports of its host and itself: the standard process_* series, the memory a load
+may still use (auxnet_memory_available_bytes), and Triton's CPU metrics.
+
+Triton's (its docs/user_guide/metrics.md, "CPU Metrics"), so that its Grafana boards' host panels read this server
+too: nv_cpu_utilization, nv_cpu_memory_total_bytes, nv_cpu_memory_used_bytes, unlabelled gauges.
 
 As Triton computes them (triton-inference-server/core src/metrics.cc, PollCpuMetrics): from /proc/meminfo, total is
 MemTotal and used is MemTotal - MemAvailable, system-wide (not the container's: server/load_memory.py reads the
@@ -77,6 +80,33 @@ class HostMetrics:
         except (OSError, KeyError, ValueError, IndexError):
             return None
         return (total, total - free) if free <= total else None
+
+
+def register_process_metrics(registry, cpu: bool = True) -> None:
+    """What the process that serves /metrics adds besides the request metrics: the standard process_* series
+    (prometheus_client's: resident memory, CPU seconds, open files), the memory a load may still use, and with
+    `cpu` Triton's CPU metrics."""
+    from prometheus_client import ProcessCollector
+
+    ProcessCollector(registry=registry)
+    registry.register(AvailableMemory())
+    if cpu:
+        register_host_metrics(registry)
+
+
+class AvailableMemory:
+    """auxnet_memory_available_bytes: the memory the server may still use as its load check reads it (the smallest
+    of the host's MemAvailable and every limited memory cgroup's headroom: server/load_memory.py), so that an alert
+    can see a refusal coming: available less --load-memory-floor-mb under a model's
+    auxnet_model_memory_estimate_bytes means its next load (a new version, an upload) would be refused."""
+
+    def collect(self):
+        from server.load_memory import available
+
+        room = available()
+        if room is not None:
+            yield GaugeMetricFamily("auxnet_memory_available_bytes", "Memory the server may still use (the smaller of the "
+                                    "host's MemAvailable and its memory cgroups' limit less working set)", value=room.bytes)
 
 
 def register_host_metrics(registry, proc: Path = Path("/proc")) -> bool:

@@ -75,6 +75,9 @@ class Metrics:
                                                                          "backend", "precision", "policy_score"],
                                 registry=r,
                                 multiprocess_mode="livemax")
+        self.model_memory = Gauge(f"{PREFIX}_model_memory_estimate_bytes", "What a loaded model version is estimated to "
+                                  "hold (the figure a load is checked against: server/load_memory.py), summed over "
+                                  "--workers' copies", ["model", "version"], registry=r, multiprocess_mode="livesum")
         self.grpc_failed_batches = Counter(f"{PREFIX}_grpc_failed_batches", "grpc batches that failed on calls whose "
                                            "client had just left (logged by grpc as ExecuteBatchError; server/grpc_log.py)",
                                            ["method"], registry=r)

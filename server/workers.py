@@ -72,7 +72,7 @@ def resident_mb(pid: int) -> float | None:
 def supervise(args, argv: list[str]) -> int:
     from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 
-    from server.host_metrics import register_host_metrics
+    from server.host_metrics import register_process_metrics
     from server.metrics_http import start_metrics_server
 
     host = args.host
@@ -149,8 +149,8 @@ def supervise(args, argv: list[str]) -> int:
                      ["slot"], registry=registry)
     http = None
     if args.metrics_port >= 0:
-        if args.allow_cpu_metrics:
-            register_host_metrics(registry)  # the host's figures once, from here: a worker's would be summed
+        # the host's figures once, from here (a worker's would be summed); process_* are the supervisor's own
+        register_process_metrics(registry, cpu=args.allow_cpu_metrics)
         http = start_metrics_server(args.metrics_port, host, registry)
     metrics_port = http.server_port if http else 0
     write_port_file()

@@ -1,6 +1,7 @@
-"""Triton's CPU metrics (server/host_metrics.py): utilization and memory computed as Triton's metrics.cc does, from
-/proc files written here as the kernel writes them; on a real server's /metrics, off with --allow-cpu-metrics false,
-and under --workers reported once by the supervisor, not summed per worker."""
+"""What /metrics reports of the host and the process (server/host_metrics.py): Triton's CPU metrics computed as its
+metrics.cc does, from /proc files written here as the kernel writes them; on a real server's /metrics, off with
+--allow-cpu-metrics false, and under --workers reported once by the supervisor, not summed per worker; a loaded
+model's memory estimate and the memory left, process_* series."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.__main__ import get_args_parser
 from server.host_metrics import HostMetrics, register_host_metrics, utilization
+from server.load_memory import needed
 from tests.server.conftest import running_server
 from tests.server.test_serving import scrape
 from tests.server.test_workers import samples, start_workers
@@ -97,12 +99,35 @@ def test_on_a_real_servers_metrics_and_off_when_asked(tiny_repo):
         assert "nv_cpu_" not in scrape(app)
 
 
+def test_a_loaded_models_estimate_and_the_room_left_are_on_metrics(tiny_repo):
+    """An alert can see a refusal coming: available less the floor under a model's estimate."""
+    import tritonclient.grpc as tgrpc
+
+    from tests.server.helpers import wait_for
+
+    with running_server(tiny_repo, model_control="explicit") as (app, target):
+        c = tgrpc.InferenceServerClient(target)
+        c.load_model("tiny")
+        version = app.engines["tiny"].info.version
+        got = [(s.labels, s.value) for f in text_string_to_metric_families(scrape(app)) for s in f.samples
+               if s.name == "auxnet_model_memory_estimate_bytes"]
+        assert got == [({"model": "tiny", "version": version}, needed(tiny_repo / "tiny", 16))]  # max_batch 16
+        values = {s.name: s.value for f in text_string_to_metric_families(scrape(app)) for s in f.samples}
+        assert 0 < values["auxnet_memory_available_bytes"] <= meminfo_total()
+        assert values["process_resident_memory_bytes"] > 10 * 2**20 and values["process_open_fds"] > 0
+        c.unload_model("tiny")
+        assert wait_for(lambda: "auxnet_model_memory_estimate_bytes{" not in scrape(app), 10)
+
+
 @pytest.mark.slow
 def test_under_workers_the_supervisor_reports_the_host_once(tiny_repo):
     proc, _, mport, _, _, _, _ = start_workers(tiny_repo)
     try:
         (total,) = samples(mport, "nv_cpu_memory_total_bytes")  # one series, not one per worker nor their sum
         assert total.value == meminfo_total() and len(samples(mport, "nv_cpu_utilization")) == 1
+        assert len(samples(mport, "auxnet_memory_available_bytes")) == 1
+        # each worker holds a copy of the model: the estimates add up (the default --max-batch, 32)
+        assert sum(s.value for s in samples(mport, "auxnet_model_memory_estimate_bytes")) == 2 * needed(tiny_repo / "tiny", 32)
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
