@@ -171,6 +171,20 @@ class ServerApp:
             raise RepositoryError(f"model repository {self.cfg.repo} holds no model (no */manifest.json)")
         for d in dirs:
             self.engines[d.name] = self._load_engine(d)
+        self._warn_if_no_room_to_reload()
+
+    def _warn_if_no_room_to_reload(self) -> None:
+        """Start-up loads are not refused for memory (a server that cannot hold its models fails to start, as it
+        always did), but where what they leave is already under what a reload of the largest of them needs, every
+        new version, upload and API load would be refused: say so now, not at the first refusal."""
+        floor = self.cfg.load_memory_floor_bytes
+        room = load_memory.available() if floor is not None and self.engines else None
+        largest = max((e.memory_estimate or 0 for e in self.engines.values()), default=0)
+        if room is not None and room.bytes - largest < floor:
+            log.warning("after start-up %.0f MB is available (%s): a new version of the largest model loaded (~%.0f "
+                        "MB estimated) would leave less than --load-memory-floor-mb %.0f MB, so reloads and loads "
+                        "while serving will be refused until there is more memory", room.bytes / 2**20, room.source,
+                        largest / 2**20, floor / 2**20)
 
     def _load_engine(self, model_dir: Path, name: str | None = None) -> ModelEngine:
         """Validate, open the backends, measure latency (blocking). Raises RepositoryError and others. `name`:
@@ -192,8 +206,8 @@ class ServerApp:
         engine.tracer = self.tracer if self.tracer.can_trace else None  # without a file or collector it is never on
         engine.memory_estimate = load_memory.needed(model_dir, self.cfg.engine.max_batch, self.cfg.static_batches)
         engine.calibrate_latency()
-        log.info("loaded %s (%s, %d exits, %s, %s); batch-1 latency per exit: %s", info.name, info.version,
-                 len(info.exits), backends[0].name, info.precision,
+        log.info("loaded %s (%s, %d exits, %s, %s, memory ~%.0f MB estimated); batch-1 latency per exit: %s", info.name,
+                 info.version, len(info.exits), backends[0].name, info.precision, engine.memory_estimate / 2**20,
                  ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
         return engine
 

@@ -15,7 +15,8 @@ bucket's). A model of large images holds far more activations than weights (ResN
 cap 32 from 90 MB of weights), a small one the other way round, so a rule from file sizes alone is wrong both ways.
 Manifests without the figures (exported before 2026-12-02, or written by hand) fall back to such a rule.
 The load is refused when what is available less what it needs would fall under the floor (--load-memory-floor-mb).
-Start-up loads are not checked: a server that cannot hold its models should fail to start as it always did.
+Start-up loads are not refused: a server that cannot hold its models should fail to start as it always did; where
+what they leave would refuse a reload, start-up warns (ServerApp._warn_if_no_room_to_reload).
 """
 
 from __future__ import annotations

@@ -181,3 +181,22 @@ def test_a_polled_new_version_past_the_memory_is_refused_and_loads_once_there_is
         monkeypatch.setattr(load_memory, "available", lambda: Available(64 * 2**30, "a test's figure"))
         assert wait_for(lambda: app.engines[MODEL] is not old, 15)  # the same version, once there is room
         assert app.engines[MODEL].info.path == (repo / MODEL).resolve()
+
+
+def test_start_up_says_when_no_reload_would_fit(tiny_repo, monkeypatch, caplog):
+    from server.app import ServerApp, ServerConfig
+
+    need = needed((tiny_repo / MODEL).resolve(), 32)
+    room = [need + 256 * 2**20]  # exactly the default floor left after a reload: it would load
+    monkeypatch.setattr(load_memory, "available", lambda: Available(room[0], "a test's figure"))
+    app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=None))
+    app.load_models()
+    assert MODEL in app.engines and app.engines[MODEL].memory_estimate == need
+    assert "will be refused" not in caplog.text
+    room[0] -= 1  # a byte less: a reload would be refused, so start-up says so (and still loads)
+    app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=None))
+    app.load_models()
+    assert MODEL in app.engines
+    assert (f"(a test's figure): a new version of the largest model loaded (~{need / 2**20:.0f} MB estimated) would "
+            "leave less than --load-memory-floor-mb 256 MB, so reloads and loads while serving will be refused until "
+            "there is more memory") in caplog.text
