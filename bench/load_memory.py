@@ -65,12 +65,17 @@ def start_in(cgroup: Path, server_args: list[str]) -> tuple[subprocess.Popen, st
             "--log-level", "WARNING", *server_args]
     proc = subprocess.Popen(["sh", "-c", f'echo $$ > {cgroup / "cgroup.procs"} && exec "$@"', "sh", *argv], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return proc, serving_at(proc, port_file)
+
+
+def serving_at(proc: subprocess.Popen, port_file: Path) -> str:
+    """The gRPC target of a server started with --port-file, once it serves (SystemExit if it does not)."""
     deadline = time.time() + 120
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None or time.time() > deadline:
             raise SystemExit(f"server did not start (exit {proc.poll()})")
         time.sleep(0.1)
-    return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
+    return f"127.0.0.1:{port_file.read_text().split()[0]}"
 
 
 def rss_mb(pid: int) -> float:

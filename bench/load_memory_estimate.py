@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as tgrpc
 
-from bench.load_memory import rss_mb
+from bench.load_memory import rss_mb, serving_at
 from server import load_memory
 from server.demo import ROOT
 
@@ -36,12 +36,7 @@ def start(max_batch: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "server", "--repo", str(empty_repo), "--model-control-mode", "explicit",
                              "--port", "0", "--metrics-port", "0", "--http-port", "0", "--port-file", str(port_file),
                              "--log-level", "ERROR", "--max-batch", str(max_batch), "--max-message-mb", "512", *extra], cwd=ROOT)
-    deadline = time.time() + 120
-    while not port_file.exists() or not port_file.read_text().strip():
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"server did not start (exit {proc.poll()})")
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port_file.read_text().split()[0]}"
+    return proc, serving_at(proc, port_file)
 
 
 def measure(folder: Path, max_batch: int, loads: int, extra: list[str]) -> dict:
