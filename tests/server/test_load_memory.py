@@ -200,3 +200,27 @@ def test_start_up_says_when_no_reload_would_fit(tiny_repo, monkeypatch, caplog):
     assert (f"(a test's figure): a new version of the largest model loaded (~{need / 2**20:.0f} MB estimated) would "
             "leave less than --load-memory-floor-mb 256 MB, so reloads and loads while serving will be refused until "
             "there is more memory") in caplog.text
+
+
+def test_memory_goes_back_after_refused_loads_with_files(tiny_repo, tmp_path, monkeypatch):
+    """Refused loads with files, retried, grew resident memory until the kernel killed the server (RESULTS §61):
+    after each burst the freed pages are given back, one release at a time; a refused load without files needs none."""
+    from server import model_control
+
+    releases = []
+    monkeypatch.setattr(model_control, "release_freed_memory", lambda: releases.append(time.monotonic()))
+    repo = copy_repo(tiny_repo, tmp_path)
+    config, files = model_files(repo)
+    with running_server(repo, model_control="explicit", http_port=0) as (app, target):
+        c = tgrpc.InferenceServerClient(target)
+        monkeypatch.setattr(load_memory, "available", lambda: Available(1, "a test's figure"))
+        refused(lambda: c.load_model(MODEL))  # the repository's files: nothing came in the request
+        time.sleep(3 * model_control.RELEASE_DELAY_S)
+        assert releases == []
+        sent = []
+        for _ in range(5):
+            sent.append(time.monotonic())
+            status, _ = refused(lambda: c.load_model("upload", config=config, files=files))
+            assert status == "StatusCode.RESOURCE_EXHAUSTED"
+        assert wait_for(lambda: app.control._release_task is None and releases and releases[-1] > sent[-1], 10)
+        assert 1 <= len(releases) <= 5  # the burst's refusals share releases
