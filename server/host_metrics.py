@@ -22,6 +22,8 @@ from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily
 
+from server.load_memory import available, meminfo
+
 MIN_WINDOW_S = 1.0  # Triton's default poll period (half its 2,000 ms --metrics-interval-ms)
 BUSY = ("user", "nice", "system", "irq", "softirq", "steal")
 IDLE = ("idle", "iowait")
@@ -38,7 +40,7 @@ class HostMetrics:
         self._last_at = clock()
         self._utilization = 0.0
 
-    def available(self) -> bool:
+    def readable(self) -> bool:
         """Whether this host has the /proc files the figures come from (Linux)."""
         return self._last is not None and self._memory() is not None
 
@@ -70,16 +72,9 @@ class HostMetrics:
 
     def _memory(self) -> tuple[int, int] | None:
         """(MemTotal, MemTotal - MemAvailable) in bytes."""
-        try:
-            values = {}
-            for line in (self.proc / "meminfo").read_text().splitlines():
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemAvailable"):
-                    values[key] = int(rest.split()[0]) * 1024  # kB
-            total, free = values["MemTotal"], values["MemAvailable"]
-        except (OSError, KeyError, ValueError, IndexError):
-            return None
-        return (total, total - free) if free <= total else None
+        values = meminfo(self.proc / "meminfo")
+        total, free = values.get("MemTotal"), values.get("MemAvailable")
+        return None if total is None or free is None or free > total else (total, total - free)
 
 
 def register_process_metrics(registry, cpu: bool = True) -> None:
@@ -101,8 +96,6 @@ class AvailableMemory:
     auxnet_model_memory_estimate_bytes means its next load (a new version, an upload) would be refused."""
 
     def collect(self):
-        from server.load_memory import available
-
         room = available()
         if room is not None:
             yield GaugeMetricFamily("auxnet_memory_available_bytes", "Memory the server may still use (the smaller of the "
@@ -114,7 +107,7 @@ def register_host_metrics(registry, proc: Path = Path("/proc")) -> bool:
     import logging
 
     metrics = HostMetrics(proc)
-    if not metrics.available():
+    if not metrics.readable():
         logging.getLogger("auxnet.server").warning("CPU metrics off: %s has no readable stat and meminfo", proc)
         return False
     registry.register(metrics)

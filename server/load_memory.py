@@ -54,7 +54,7 @@ class Available:
 def available(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> Available | None:
     """The memory this process may still use (the smallest bound found), or None where nothing could be read."""
     found = []
-    host = _meminfo_available(proc / "meminfo")
+    host = meminfo(proc / "meminfo").get("MemAvailable")
     if host is not None:
         found.append(Available(host, "the host's MemAvailable"))
     found += _cgroup_room(proc / "self" / "cgroup", cgroup_root)
@@ -111,14 +111,18 @@ def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1, max
             "(--load-memory-floor-mb); unload a model or give the server more memory")
 
 
-def _meminfo_available(path: Path) -> int | None:
+def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
+    """/proc/meminfo's figures in bytes (empty where it cannot be read)."""
+    values = {}
     try:
         for line in path.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
+            key, _, rest = line.partition(":")
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                values[key] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    except OSError:
         pass
-    return None
+    return values
 
 
 def _cgroup_room(self_cgroup: Path, root: Path) -> list[Available]:

@@ -69,7 +69,7 @@ def test_a_host_without_the_files_reports_nothing_and_says_so(tmp_path, caplog):
     assert figures(registry) == {} and "CPU metrics off" in caplog.text
     (tmp_path / "meminfo").write_text("MemTotal: 10 kB\nMemAvailable: 20 kB\n")  # available past total: no figure
     (tmp_path / "stat").write_text(stat(1, 0, 0, 1, 0, 0, 0, 0))
-    assert HostMetrics(tmp_path).available() is False
+    assert HostMetrics(tmp_path).readable() is False
 
 
 def test_the_option_takes_tritons_spelling(capsys):
