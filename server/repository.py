@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -169,11 +170,28 @@ def _check_exit(f: Fields, model_dir: Path, i: int, e, last: bool, verify_checks
         feature = f.shape(f"{where}.feature_shape", e["feature_shape"])
         if e.get("agreement") is not None:
             agreement_table(f, f"{where}.agreement", e["agreement"])
+    if e.get("memory") is not None:
+        _check_memory(f, where, e["memory"], onnx, feature)
     return ExitInfo(i, f.integer(f"{where}.layer", e["layer"], low=0), onnx, plan,
                     f.shape(f"{where}.input_shape", e["input_shape"]), feature,
                     f.number(f"{where}.temperature", e["temperature"], positive=True), 1.0,
                     f.number(f"{where}.mflops", e["mflops"], low=0.0), f.integer(f"{where}.params", e["params"], low=0),
                     f.number(f"{where}.val_top1", e["val_top1"], low=0.0, high=1.0), e)
+
+
+def _check_memory(f: Fields, where: str, memory, onnx: Path, feature: tuple[int, ...] | None) -> None:
+    """Export's memory figures (export/memory.py), which a load while serving is checked against: figures that the
+    file itself contradicts would let a load through that does not fit (an upload's manifest is the client's)."""
+    memory = f.obj(f"{where}.memory", memory)
+    weights = f.integer(f"{where}.memory.weight_bytes", memory.get("weight_bytes"), low=0)
+    activations = f.integer(f"{where}.memory.activation_bytes_per_image", memory.get("activation_bytes_per_image"), low=0)
+    size = onnx.stat().st_size
+    if not size // 2 <= weights <= size:  # the initializers are most of a segment's file, and within it
+        raise f.fail(f"{where}.memory.weight_bytes", f"between half and all of {onnx.name}'s {size} bytes", weights)
+    handed_on = 4 * math.prod(feature) if feature else 0  # float32 features, alive at the segment's end
+    if activations < handed_on:
+        raise f.fail(f"{where}.memory.activation_bytes_per_image", f"at least the {handed_on} bytes of the features "
+                     "it hands on", activations)
 
 
 def _check_policy(f: Fields, policy) -> list[float]:

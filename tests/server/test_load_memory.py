@@ -4,6 +4,7 @@ what is available read from /proc/meminfo and cgroup v1 and v2 trees as the kern
 refused the same way; start-up loads are not checked."""
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -224,3 +225,26 @@ def test_memory_goes_back_after_refused_loads_with_files(tiny_repo, tmp_path, mo
             assert status == "StatusCode.RESOURCE_EXHAUSTED"
         assert wait_for(lambda: app.control._release_task is None and releases and releases[-1] > sent[-1], 10)
         assert 1 <= len(releases) <= 5  # the burst's refusals share releases
+
+
+def test_figures_the_files_contradict_are_refused_by_name(tiny_repo, tmp_path):
+    """An upload's manifest is the client's: figures that would let a load through that does not fit are refused."""
+    from server.repository import RepositoryError, load_manifest
+
+    folder = tmp_path / MODEL
+    shutil.copytree(tiny_repo / MODEL, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    size = (folder / manifest["exits"][0]["onnx"]).stat().st_size
+    features = 4 * math.prod(manifest["exits"][0]["feature_shape"])
+    for field, value, rule in (("weight_bytes", 0, f"between half and all of exit_0.onnx's {size} bytes"),
+                               ("weight_bytes", size + 1, f"between half and all of exit_0.onnx's {size} bytes"),
+                               ("activation_bytes_per_image", features - 1,
+                                f"at least the {features} bytes of the features it hands on")):
+        bad = json.loads(json.dumps(manifest))
+        bad["exits"][0]["memory"][field] = value
+        (folder / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(RepositoryError) as e:
+            load_manifest(folder)
+        assert str(e.value) == f"{folder / 'manifest.json'}: exits[0].memory.{field} must be {rule}; got {value}"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert load_manifest(folder).exits[0].raw["memory"] == manifest["exits"][0]["memory"]

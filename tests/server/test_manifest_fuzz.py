@@ -25,6 +25,7 @@ FIELDS = [
                                                   "mflops", "params", "val_top1", "plan")],
     ("exits", 0, "feature_shape"),  # the final exit's is not read
     ("exits", 0, "agreement"), ("exits", 0, "agreement", "bin_edges"), ("exits", 0, "agreement", "agreement"),
+    *[("exits", k, "memory", *f) for k in (0, -1) for f in ((), ("weight_bytes",), ("activation_bytes_per_image",))],
 ]
 
 
