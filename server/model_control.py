@@ -99,7 +99,7 @@ class ModelControl:
 
     def _release_memory_soon(self) -> None:
         """A refused load's files (megabytes in its request) are freed once its answer is sent, and glibc keeps
-        the pages: refused loads, retried, took the server's resident memory from 340 to 720 MB in 36 refusals
+        the pages: refused loads, retried, took the server's resident memory from 383 to 722 MB over 33 refusals
         until the kernel killed it in a 700 MB cgroup (RESULTS §61). Return them to the system a moment later: one
         release at a time, and another after it while refusals keep coming."""
         self._release_wanted = True
