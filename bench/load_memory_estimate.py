@@ -1,6 +1,7 @@
 """What a model load really adds to the server's resident memory, beside what server/load_memory.py estimates.
 
-    python -m bench.load_memory_estimate --model DIR [--model DIR ...] [--max-batch 8 32] [--loads 6] [--static-batches]
+    python -m bench.load_memory_estimate --model DIR [--model DIR ...] [--max-batch 8 32] [--loads 6]
+           [--static-batches] [--no-cpu-mem-arena]
 
 For each model folder and batch cap: starts `python -m server --max-batch B` (explicit model control, nothing
 loaded), loads the folder's files `--loads` times under new names (Triton's load override: what an upload does),
@@ -71,8 +72,10 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, nargs="+", default=[32])
     p.add_argument("--loads", type=int, default=6)
     p.add_argument("--static-batches", action="store_true")
+    p.add_argument("--no-cpu-mem-arena", action="store_true", help="serve with --cpu-mem-arena false")
     args = p.parse_args()
     extra = ["--static-batches"] if args.static_batches else []
+    extra += ["--cpu-mem-arena", "false"] if args.no_cpu_mem_arena else []
     print(f"{'model':<34} {'cap':>4} {'files MB':>8} {'weights':>8} {'act/img KB':>10} {'first':>6} {'mean':>7} "
           f"{'max':>6} {'estimate':>8} {'est/mean':>8} {'files rule':>10} {'rule/mean':>9}")
     for folder in map(Path, args.model):
@@ -80,7 +83,7 @@ def main() -> int:
         file_mb = sum(f.stat().st_size for f in folder.glob("exit_*.onnx")) / 2**20
         for cap in args.max_batch:
             got = measure(folder.resolve(), cap, args.loads, extra)
-            est = load_memory.needed(folder, cap, static_batches=args.static_batches) / 2**20
+            est = load_memory.needed(folder, cap, args.static_batches, not args.no_cpu_mem_arena) / 2**20
             rule = (load_memory.LOAD_BYTES_PER_MODEL_BYTE * file_mb * 2**20 + load_memory.LOAD_FIXED_BYTES) / 2**20
             weights = f"{sum(w for w, _ in parts) / 2**20:8.1f}" if parts else f"{'-':>8}"
             act = f"{sum(a for _, a in parts) / 1024:10.0f}" if parts else f"{'-':>10}"

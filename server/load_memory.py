@@ -35,6 +35,11 @@ from server.static_batches import buckets_up_to
 # cost of a load measured, never under it.
 WEIGHT_COPIES = 2
 ACTIVATION_COPIES = 3.5
+# --cpu-mem-arena false (RESULTS §63): a session frees each run's activations, so a load keeps ~2x its weights plus
+# 0.2-0.6x the walk's activations times the cap (the allocator's high water; cap 8 once 1.5x): 1.0 covers the
+# mean cost of every row measured, 1.3-5.9x. One run's activations per thread are needed whatever is loaded: the
+# process's first load shows them (the floor must hold them for models of large images).
+ACTIVATION_COPIES_NO_ARENA = 1.0
 SESSION_FIXED_BYTES = 1 * 2**20
 LOAD_FIXED_BYTES = 8 * 2**20
 # Without export's figures: 16x the files' bytes plus the fixed part, measured on the linear-head default (RESULTS
@@ -74,14 +79,15 @@ def manifest_memory(folder: Path) -> list[tuple[int, int]] | None:
     return parts
 
 
-def needed(folder: Path, max_batch: int = 32, static_batches: bool = False) -> int:
+def needed(folder: Path, max_batch: int = 32, static_batches: bool = False, cpu_mem_arena: bool = True) -> int:
     """What loading the model folder is estimated to add to the server's resident memory, in bytes."""
     parts = manifest_memory(folder)
     if parts is None:
         model_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
         return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
     batch = buckets_total(max_batch) if static_batches else max_batch
-    per_session = (SESSION_FIXED_BYTES + WEIGHT_COPIES * w + ACTIVATION_COPIES * a * batch for w, a in parts)
+    held = ACTIVATION_COPIES if cpu_mem_arena else ACTIVATION_COPIES_NO_ARENA
+    per_session = (SESSION_FIXED_BYTES + WEIGHT_COPIES * w + held * a * batch for w, a in parts)
     return int(sum(per_session)) + LOAD_FIXED_BYTES
 
 
@@ -92,7 +98,7 @@ def buckets_total(max_batch: int) -> int:
 
 
 def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1, max_batch: int = 32,
-          static_batches: bool = False) -> None:
+          static_batches: bool = False, cpu_mem_arena: bool = True) -> None:
     """Raise InsufficientMemory where loading `folder` as model `name` `copies` times (once in each --workers
     process, which load side by side after the first) would leave less than `floor_bytes` available (None: no
     check), its sessions serving batches of up to `max_batch`."""
@@ -101,7 +107,7 @@ def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1, max
     room = available()
     if room is None:
         return
-    need = needed(folder, max_batch, static_batches) * copies
+    need = needed(folder, max_batch, static_batches, cpu_mem_arena) * copies
     if room.bytes - need < floor_bytes:
         each = f" ({copies} worker processes, a copy each)" if copies > 1 else ""
         source = f"its export's figures at batch cap {max_batch}" if manifest_memory(folder) else "its files' sizes"
