@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime execution provider (cuda/tensorrt-ep need onnxruntime-gpu)")
     p.add_argument("--cpu-mem-arena", type=true_or_false, default=True, metavar="{true,false}",
                    help="ONNX Runtime's CPU arena (default true): false frees each run's activations, so a loaded model "
-                        "holds ~3x less memory, at ~0-15%% more time a batch (RESULTS §63)")
+                        "keeps 1.6-12x less memory, for 0-14%% more time a batch (RESULTS §63)")
     p.add_argument("--static-batches", action="store_true",
                    help="pad each batch to a power-of-two bucket on buffers bound once; with --device cuda every "
                         "bucket's segment run is captured as a CUDA graph (one launch instead of one per kernel)")

@@ -57,7 +57,7 @@ class ServerConfig:
     metrics_port: int | None = 8501  # None = no HTTP metrics endpoint; 0 = pick a free port
     cpu_metrics: bool = True  # the host's CPU and memory as Triton's nv_cpu_* on /metrics (server/host_metrics.py)
     # ONNX Runtime's CPU arena: each session keeps its largest batch's activations between runs (faster); off, a
-    # loaded model holds ~3x less memory and runs ~0-15% slower (RESULTS §63). Not with --static-batches.
+    # loaded model keeps 1.6-12x less memory for 0-14% more time a batch (RESULTS §63). Not with --static-batches.
     cpu_mem_arena: bool = True
     # A second gRPC port serving only grpc.health.v1, outside the inference port's concurrency limit, so a
     # flood of requests never fails an orchestrator's probes (issue 12). None = off; 0 = pick a free port.
