@@ -38,6 +38,7 @@ from server.requests import count as count_images
 from server.service import EarlyExitServicer
 from server.shared_memory import SharedMemoryRegistry
 from server.static_batches import static_chain
+from server.trace_count import SharedTraceCount
 from server.tracing import Tracer, TraceSettings
 from server.v2 import grpc_service as v2_grpc
 from server.worker_sync import WorkerSync
@@ -143,7 +144,8 @@ class ServerApp:
         self.sync = WorkerSync(self, cfg.worker_state) if cfg.worker_state else None
         shared = not cfg.reuse_port or self.sync is not None
         self.tracer = Tracer(cfg.trace, runtime_updates=shared, own_file=self.sync is not None, otlp=cfg.otlp,
-                             count_spans=lambda outcome, n: self.metrics.otlp_spans.labels(outcome).inc(n))
+                             count_spans=lambda outcome, n: self.metrics.otlp_spans.labels(outcome).inc(n),
+                             shared_count=SharedTraceCount(cfg.worker_state) if self.sync is not None else None)
         self._refused: dict[str, Path] = {}  # model -> version path already refused (logged once)
         self._short_of_memory: dict[str, Path] = {}  # model -> version path refused for memory (logged once, retried)
         self._retiring: set[asyncio.Task] = set()

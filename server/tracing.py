@@ -43,6 +43,7 @@ from server.arguments import UINT32_MAX
 from server.errors import FailedPrecondition, InvalidInput, ServingError
 from server.otel_context import INCOMING, TraceContext
 from server.otlp_settings import OtlpSettings
+from server.trace_count import SharedTraceCount
 from server.trace_file import TraceFile
 
 log = logging.getLogger("auxnet.server")
@@ -139,11 +140,13 @@ class Tracer:
     """Sampling, settings (global and per model) and the files traces are written to. On the event loop only."""
 
     def __init__(self, startup: TraceSettings, runtime_updates: bool = True, own_file: bool = False,
-                 otlp: OtlpSettings | None = None, count_spans=lambda outcome, n: None):
+                 otlp: OtlpSettings | None = None, count_spans=lambda outcome, n: None,
+                 shared_count: SharedTraceCount | None = None):
         """`runtime_updates` False: a process started with --reuse-port alone (a change would reach it only).
         `own_file`: a --workers process, whose file is its own (FILE.worker<id>): the other settings are shared
         (server/worker_sync.py), the file cannot change at run time. `otlp`: where spans go in opentelemetry mode
-        (its defaults if None); `count_spans(outcome, n)`: the exporter's outcomes, for the metrics."""
+        (its defaults if None); `count_spans(outcome, n)`: the exporter's outcomes, for the metrics.
+        `shared_count`: a --workers process's trace_count, shared with the other workers (server/trace_count.py)."""
         if startup.file:  # one spelling per file: a name set at run time resolves to the same key
             startup = replace(startup, file=str(Path(startup.file).resolve()))
         self.startup = startup
@@ -152,6 +155,9 @@ class Tracer:
         self.directory = Path(startup.file).resolve().parent if startup.file else None
         self.scope = TraceScope(startup)
         self.models: dict[str, TraceScope] = {}  # models with settings of their own
+        self.shared_count = shared_count
+        if shared_count is not None:
+            shared_count.start("", startup.count)
         self.files: dict[str, TraceFile] = {}
         self.next_index: dict[str, int] = {}  # a retired file's next part number
         self.ids = itertools.count(1)
@@ -186,7 +192,10 @@ class Tracer:
         if (scope.seen - 1) % s.rate:
             return None
         if s.count > 0:
-            scope.settings = replace(s, count=s.count - 1)
+            left = s.count - 1 if self.shared_count is None else self.shared_count.take(model if model in self.models else "")
+            scope.settings = replace(s, count=0 if left is None else left)  # None: the other workers took the rest
+            if left is None:
+                return None
         return Trace(next(self.ids), model, version, s.file, arrival, budget_ms, priority)
 
     def finish(self, trace: Trace, future, drop_reason: str, layers: tuple[int, ...]) -> None:
@@ -228,7 +237,10 @@ class Tracer:
     # --- settings ---------------------------------------------------------------------------------------
 
     def settings(self, model: str = "") -> dict:
-        return (self.models.get(model, self.scope) if model else self.scope).settings.response()
+        key = model if model in self.models else ""
+        s = self.models.get(key, self.scope).settings
+        left = self.shared_count.left(key) if self.shared_count is not None else None
+        return (s if left is None else replace(s, count=left)).response()  # the count all the workers have left
 
     def update(self, model: str, raw: dict[str, list[str] | None]) -> dict:
         """Apply Triton's trace setting request (`model` "" = global). A setting given None is cleared: a model's
@@ -239,6 +251,9 @@ class Tracer:
                                      "(--workers)")
         scope = self.models.get(model) if model else self.scope
         base = scope.settings if scope is not None else self.scope.settings  # a model's first settings copy the global
+        left = self.shared_count.left(model if scope is not None else "") if self.shared_count is not None else None
+        if left is not None:  # what the workers have left, not what this one saw last
+            base = replace(base, count=left)
         cleared_to = self.scope.settings if model else self.startup
         new = base
         try:  # each step's settings are checked (TraceSettings.__post_init__): the first bad value is named
@@ -253,6 +268,8 @@ class Tracer:
                     new = self._set(new, name, values)
         except ValueError as e:
             raise InvalidInput(str(e)) from None
+        if self.shared_count is not None and ("trace_count" in raw or (model and scope is None)):
+            self.shared_count.set(model, new.count)  # what every worker has left now; a model's own count starts here
         if model and all(v is None for v in raw.values()):
             self.models.pop(model, None)  # every setting cleared: the model follows the global settings again
         elif model:
@@ -273,8 +290,8 @@ class Tracer:
         return {"global": fields(self.scope), "models": {m: fields(sc) for m, sc in self.models.items()}}
 
     def adopt(self, shared: dict) -> None:
-        """Take settings another worker checked and applied. trace_count then counts from the value it had there:
-        each worker traces up to that many more."""
+        """Take settings another worker checked and applied. trace_count comes as that worker saw it; what the
+        workers have left together is the shared count (server/trace_count.py), which sample() takes from."""
         def apply(scope: TraceScope | None, values: dict) -> TraceScope:
             base = scope.settings if scope is not None else self.scope.settings
             new = replace(base, **values)
@@ -289,6 +306,8 @@ class Tracer:
             del self.models[model]
         for model, values in shared["models"].items():
             self.models[model] = apply(self.models.get(model), values)
+            if self.shared_count is not None:  # written by the worker that took the call; this only fills a gap
+                self.shared_count.start(model, values["count"])
 
     def _set(self, s: TraceSettings, name: str, values: list[str]) -> TraceSettings:
         if name == "trace_level":
@@ -353,6 +372,8 @@ class Tracer:
         self.files.clear()
         if self.exporter is not None:
             self.exporter.close()
+        if self.shared_count is not None:
+            self.shared_count.close()
 
 
 _FIELD = {"trace_file": "file", "trace_level": "level", "trace_rate": "rate", "trace_count": "count",

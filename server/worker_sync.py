@@ -14,8 +14,9 @@ returns once the model serves on every worker, an unregister once no worker read
 process. A worker joins before it converges at start (a caller then waits for it too) and leaves when it starts
 to drain; a restarted or recycled worker starts from the shared state, not from its command line's --model.
 What is not shared: a trace file (each worker writes its own, PATH.worker<id>, so trace_file cannot change at run
-time here), the traces a trace_count lets through (each worker counts down its own), and poll mode's reloads
-(each worker polls the repository itself, as before).
+time here) and poll mode's reloads (each worker polls the repository itself, as before). The traces a trace_count
+lets through are counted in a file of their own beside the state, under a lock (server/trace_count.py), since a
+count taken per traced request cannot wait for a generation.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ class WorkerSync:
         self._converge_regions(state["shm"], failures)
         if state["log"] is not None:
             self.app.log_control.adopt(state["log"])
-        if state["trace"] is not None and state["trace"] != self._trace_adopted:  # once a change: trace_count
-            self.app.tracer.adopt(state["trace"])  # counts down here and must not be reset by other changes
+        if state["trace"] is not None and state["trace"] != self._trace_adopted:  # once a change: the local copy of
+            self.app.tracer.adopt(state["trace"])  # trace_count must not be reset by other changes (shared: trace_count.py)
             self._trace_adopted = state["trace"]
         self.applied = state["generation"]
         if self._joined:

@@ -139,9 +139,19 @@ def test_a_region_and_log_and_trace_settings_reach_every_worker(tiny_repo, tmp_p
         assert files == {str(tmp_path / "t.json.worker0"), str(tmp_path / "t.json.worker1")}  # both asked, each its own
         code, doc = call(f"{base}/trace/setting", {"trace_file": "other.json"})
         assert code == 400 and "each worker writes its own file" in doc["error"]
+
+        counted_from = time.monotonic_ns()  # traces' clock (CLOCK_MONOTONIC); each worker traced its first request before
+        # trace_count 5 is 5 traces from the workers together (server/trace_count.py), not 5 from each
+        assert all(code == 200 for code, _ in spread(f"{base}/models/{MODEL}/infer", infer_body()))
+        for code, now in spread(f"{base}/models/{MODEL}/trace/setting"):
+            assert code == 200 and now["trace_count"] == "0"
     finally:
         stop(proc)
         shm.destroy_shared_memory_region(handle)
+    traced = [t for w in (0, 1) if (tmp_path / f"t.json.worker{w}").exists()
+              for t in json.loads((tmp_path / f"t.json.worker{w}").read_text())
+              if "parent_id" not in t and t["timestamps"][0]["ns"] > counted_from]
+    assert len(traced) == 5 and {t["model_name"] for t in traced} == {MODEL}
 
 
 class _App:
