@@ -239,8 +239,12 @@ class Tracer:
     def settings(self, model: str = "") -> dict:
         key = model if model in self.models else ""
         s = self.models.get(key, self.scope).settings
-        left = self.shared_count.left(key) if self.shared_count is not None else None
-        return (s if left is None else replace(s, count=left)).response()  # the count all the workers have left
+        return (s if self.shared_count is None else self._count_left(s, key)).response()
+
+    def _count_left(self, s: TraceSettings, scope: str) -> TraceSettings:
+        """`s` with the count the workers have left together in `scope` ("" global), where one is written."""
+        left = self.shared_count.left(scope)
+        return s if left is None else replace(s, count=left)
 
     def update(self, model: str, raw: dict[str, list[str] | None]) -> dict:
         """Apply Triton's trace setting request (`model` "" = global). A setting given None is cleared: a model's
@@ -251,10 +255,10 @@ class Tracer:
                                      "(--workers)")
         scope = self.models.get(model) if model else self.scope
         base = scope.settings if scope is not None else self.scope.settings  # a model's first settings copy the global
-        left = self.shared_count.left(model if scope is not None else "") if self.shared_count is not None else None
-        if left is not None:  # what the workers have left, not what this one saw last
-            base = replace(base, count=left)
         cleared_to = self.scope.settings if model else self.startup
+        if self.shared_count is not None:  # counts as the workers have them left, not as this one saw them last
+            base = self._count_left(base, model if scope is not None else "")
+            cleared_to = self._count_left(cleared_to, "") if model else cleared_to
         new = base
         try:  # each step's settings are checked (TraceSettings.__post_init__): the first bad value is named
             for name, values in raw.items():

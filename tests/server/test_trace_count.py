@@ -98,3 +98,15 @@ def test_a_models_own_count_starts_from_what_the_workers_have_left_and_counts_ap
     assert [t.sample("other", "v", 0.0, None, 1) is not None for t in (here, there, here)] == [True, True, False]
     here.close()
     there.close()
+
+
+def test_a_models_cleared_count_follows_what_the_workers_have_left_globally(tmp_path):
+    here, there = tracers(tmp_path)
+    here.update("", {"trace_level": ["TIMESTAMPS"], "trace_rate": ["1"], "trace_count": ["3"]})
+    here.update("m", {"trace_count": ["10"], "log_frequency": ["2"]})
+    there.adopt(here.shared())
+    assert there.sample("x", "v", 0.0, None, 1) and there.sample("x", "v", 0.0, None, 1)  # 1 global trace left
+    here.update("m", {"trace_count": None})  # m's count is the global one again: 1, not the 3 `here` last saw
+    assert here.settings("m")["trace_count"] == "1"
+    here.close()
+    there.close()
