@@ -1,8 +1,10 @@
-"""ONNX Runtime's CPU arena on and off for one model's chain of sessions, outside the server (RESULTS §63): the
-resident memory four sets of sessions add after the first (each run at batch 1, 2, 4, ... up to the cap, as the
-server's calibration does), and the chain's median time at batch 1 and at the cap.
+"""ONNX Runtime's CPU arena on and off (RESULTS §63), and memory patterns off with the arena kept (`nopattern`,
+RESULTS §68), for one model's chain of sessions outside the server: the resident memory four sets of sessions add
+after the first (each run at batch 1, 2, 4, ... up to the cap, as the server's calibration does), and the chain's
+median time at batch 1 and at the cap. (§68's runs were made with a copy of this script that had the third mode
+added, then merged back here: the modes arena and noarena are unchanged.)
 
-    PYTHONPATH=. python bench/results/load_memory_2026-12-02/arena_sessions.py MODEL_DIR CAP {arena,noarena}
+    PYTHONPATH=. python bench/results/load_memory_2026-12-02/arena_sessions.py MODEL_DIR CAP {arena,noarena,nopattern}
 """
 
 import json
@@ -21,13 +23,14 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def sessions(files, arena: bool):
+def sessions(files, mode: str):
     out = []
     for f in files:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_cpu_mem_arena = arena
+        opts.enable_cpu_mem_arena = mode != "noarena"
+        opts.enable_mem_pattern = mode != "nopattern"
         out.append(ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"]))
     return out
 
@@ -42,12 +45,12 @@ def chain_s(chain, shape, batch: int) -> float:
     return spent
 
 
-folder, cap, arena = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "arena"
+folder, cap, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 shape = json.loads((folder / "manifest.json").read_text())["input"]["shape"]
 files = sorted(folder.glob("exit_*.onnx"))
 held = []
 for i in range(4):
-    chain = sessions(files, arena)
+    chain = sessions(files, mode)
     for b in sorted({*[2**k for k in range(12) if 2**k < cap], cap}):
         for _ in range(3):
             chain_s(chain, shape, b)
