@@ -231,12 +231,12 @@ def test_shutdown_drains_inflight_then_refuses(tiny_repo):
             time.sleep(0.01)
         assert app.engines["tiny"].inflight == 8
         fut = asyncio.run_coroutine_threadsafe(app.shutdown(10.0), app.loop)
-        # Wait for the drain to begin, not a fixed time: with the tests run in parallel (.ci/run's -n 2) the event
-        # loop may take longer than any short sleep to start it, and a request sent before would be admitted.
+        # Wait until the engine stops admitting, not a fixed time: with the tests run in parallel (.ci/run's -n 2)
+        # the event loop may take longer than any short sleep to get there, and a request sent before is admitted.
         deadline = time.time() + 5
-        while not app.draining and time.time() < deadline:
+        while app.engines["tiny"].accepting and time.time() < deadline:
             time.sleep(0.005)
-        assert app.draining
+        assert not app.engines["tiny"].accepting and app.draining
         with Client(target) as c:  # admitted requests are still being answered; new ones are refused
             with pytest.raises(grpc.RpcError) as e:
                 c.classify(images(1)[0], timeout_s=5)
