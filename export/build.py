@@ -164,7 +164,8 @@ def export_model(checkpoint: str, repo: str, name: str | None = None, data_dir: 
         load_manifest(stage)  # the server's own validation, before anything is published
     log(f"wrote {repo_path / name} ({len(exits)} exits{', int8' if int8 else ''}; parity max |diff| {worst:.1e}; "
         f"policy thresholds {policy['thresholds'][:-1]} -> held-out drop {100 * policy['held_out']['drop']:.2f} "
-        f"+- {100 * policy['held_out']['drop_se']:.2f} pp, "
+        f"+- {100 * policy['held_out']['drop_se']:.2f} pp (over {100 * policy['max_drop']:g} pp on ~"
+        f"{policy['fresh_set_miss_rate']['rate']:.0%} of fresh {policy['fresh_set_miss_rate']['images']:,}-image sets), "
         f"{policy['held_out']['mean_mflops']:.1f} MFLOPs/image vs {costs[kept - 1]['mflops']:.1f})")
     return repo_path / name
 

@@ -42,6 +42,7 @@ GRID = [float(t) for t in (*THRESHOLDS, NEVER)]
 MARGIN_STEP = 0.001  # safety margins tried by cross-validation, in steps of 0.1 pp
 MARGIN_BEYOND_MAX = 0.02  # how far past max_drop the margin may go (2 pp; in practice "never exit early" comes first)
 CV_REPEATS = 5  # random 2-fold splits of the validation split
+FRESH_SET_IMAGES = 10_000  # the fresh set a promise's miss rate is stated for (the size of CIFAR's test split)
 # Confidence bins of the agreement table the server's monitor tests against (finer where most answers are).
 AGREEMENT_BIN_EDGES = [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0]
 
@@ -99,6 +100,20 @@ def z_score(confidence: float | None) -> float:
     if not 0.5 <= confidence < 1:
         raise ValueError(f"promise confidence {confidence} must be in [0.5, 1)")
     return NormalDist().inv_cdf(confidence)
+
+
+def fresh_set_miss_rate(s: ExitScores, thresholds: list[float], expected_drop: float, max_drop: float,
+                        fresh_images: int = FRESH_SET_IMAGES) -> float:
+    """How often the drop on a fresh set of `fresh_images` images would exceed max_drop (normal approximation).
+    Thresholds fitted on these N images carry their sampling error, sigma / sqrt(N), and the fresh set adds its own,
+    sigma / sqrt(fresh_images), sigma the per-image paired drop's standard deviation: 0.42 pp predicted that way
+    for the default model against 0.41-0.46 measured over redrawn sets (RESULTS §64). `expected_drop`: the
+    cross-validated (held-out) drop. Thresholds include the final exit's."""
+    sigma = float(paired_drop(s, thresholds).std(ddof=1)) if s.n > 1 else 0.0
+    spread = sigma * np.sqrt(1 / s.n + 1 / fresh_images)
+    if spread == 0:
+        return float(expected_drop > max_drop + 1e-12)
+    return 1 - NormalDist().cdf((max_drop - expected_drop) / spread)
 
 
 def evaluate(s: ExitScores, thresholds: list[float], mflops: list[float]) -> dict:
@@ -245,7 +260,9 @@ def choose_policy(probs: list[np.ndarray], labels: np.ndarray, mflops: list[floa
         cv = cross_validated(s, mflops, max_drop, chooser, seed, confidence=confidence)
         t = chooser(s, mflops, max_drop - cv["margin"])
         whole = evaluate(s, [*t, 0.0], mflops)
+        miss = fresh_set_miss_rate(s, [*t, 0.0], cv["held_out"]["drop"], max_drop)
         out[name] = {"thresholds": [*t, 0.0], "margin": cv["margin"], "promise_kept_in_cross_validation": cv["kept"],
+                     "fresh_set_miss_rate": {"images": FRESH_SET_IMAGES, "rate": round(miss, 4)},
                      "val_accuracy": round(whole["accuracy"], 5), "mean_mflops": round(whole["mean_mflops"], 3),
                      "exit_rates": [round(r, 5) for r in whole["exit_rates"]],
                      "held_out": {k: round(v, 5) for k, v in cv["held_out"].items()},

@@ -5,7 +5,7 @@ import pytest
 
 from bench.policy_coverage import one_draw, pooled
 from export.calibration import fit_temperature, softmax
-from export.policy import ExitScores, choose_policy, evaluate, served_rule
+from export.policy import ExitScores, choose_policy, evaluate, fresh_set_miss_rate, served_rule
 
 
 def synthetic(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -41,3 +41,5 @@ def test_one_draw_is_exports_choice_on_the_calibration_images_judged_on_the_rest
     judged = evaluate(ExitScores.from_probs([p[unseen] for p in probs], labels[unseen]), rule["thresholds"], mflops)
     assert r["unseen_drop"] == pytest.approx(judged["drop"]) and r["unseen_mflops"] == pytest.approx(judged["mean_mflops"])
     assert r["unseen_se"] > 0 and r["kept_in_cv"]
+    calib_scores = ExitScores.from_probs([p[calib] for p in probs], labels[calib])
+    assert r["predicted_miss"] == fresh_set_miss_rate(calib_scores, rule["thresholds"], rule["held_out"]["drop"], 0.01, 600)

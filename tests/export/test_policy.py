@@ -14,6 +14,7 @@ from export.policy import (
     cross_validated,
     drop_standard_error,
     evaluate,
+    fresh_set_miss_rate,
     halves,
     held_out_folds,
     held_out_standard_error,
@@ -149,6 +150,11 @@ def test_choose_policy_reports_both_rules():
         assert out[rule]["held_out"]["drop"] <= 0.005 + 1e-9
     assert out["shared"]["thresholds"][0] == out["shared"]["thresholds"][1]
     assert out["per_exit"]["mean_mflops"] <= out["shared"]["mean_mflops"] + 1e-6
+    for rule in ("per_exit", "shared"):  # the miss rate of the rule's own thresholds and held-out drop
+        scores = ExitScores.from_probs(probs, labels)
+        expected = fresh_set_miss_rate(scores, out[rule]["thresholds"], out[rule]["held_out"]["drop"], 0.005)
+        miss = out[rule]["fresh_set_miss_rate"]  # the reported held-out drop is rounded to 5 places: so is this input
+        assert miss["images"] == 10_000 and miss["rate"] == pytest.approx(expected, abs=2e-3) and 0 < miss["rate"] < 1
 
 
 def tied_scores(n: int, seed: int, gap: float) -> ExitScores:
@@ -264,6 +270,24 @@ def test_paired_drop_and_its_standard_error_by_hand():
     p = 0.45  # 450 ones in 1,000: sample sd sqrt(p(1-p) * n/(n-1)), over sqrt(n)
     assert drop_standard_error(d) == pytest.approx(np.sqrt(p * (1 - p) * 1000 / 999) / np.sqrt(1000))
     assert drop_standard_error(np.array([1.0])) == 0.0
+
+
+def test_fresh_set_miss_rate_by_hand():
+    from math import erf, sqrt
+
+    s = planted()
+    # As above: thresholds 0.9 / 0.6 give 450 paired drops of 1 in 1,000 images; their sample sd is
+    # sqrt(0.45 * 0.55 * 1000 / 999). On a fresh set of 4,000 images the drop's spread around the expected one is
+    # that sd times sqrt(1/1000 + 1/4000) (calibration set's error plus the fresh set's); a miss is a drop past 0.46.
+    sd = sqrt(0.45 * 0.55 * 1000 / 999) * sqrt(1 / 1000 + 1 / 4000)
+    normal_cdf = lambda z: 0.5 * (1 + erf(z / sqrt(2)))  # noqa: E731
+    for expected in (0.44, 0.45, 0.47):
+        rate = fresh_set_miss_rate(s, [0.9, 0.6, 0.0], expected, 0.46, fresh_images=4000)
+        assert rate == pytest.approx(1 - normal_cdf((0.46 - expected) / sd), abs=1e-9)
+    assert fresh_set_miss_rate(s, [0.9, 0.6, 0.0], 0.45, 0.45, fresh_images=4000) == pytest.approx(0.5)
+    # Never exiting early: every paired drop is 0, nothing varies, and the expected drop decides
+    assert fresh_set_miss_rate(s, [NEVER, NEVER, 0.0], 0.0, 0.005) == 0.0
+    assert fresh_set_miss_rate(s, [NEVER, NEVER, 0.0], 0.01, 0.005) == 1.0
 
 
 def test_held_out_standard_error_averages_each_image_over_its_repeats():
