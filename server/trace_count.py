@@ -36,36 +36,28 @@ class SharedTraceCount:
 
     def start(self, scope: str, count: int) -> None:
         """The scope's first count: written only if no worker has written one (a later worker keeps what is left)."""
-        self._with_lock(scope, lambda left: count if left is None else left)
+        self._change(scope, lambda left: count if left is None else left)
 
     def set(self, scope: str, count: int) -> None:
         """A settings call named trace_count: this is what is left now, for every worker."""
-        self._with_lock(scope, lambda left: count)
+        self._change(scope, lambda left: count)
 
     def take(self, scope: str) -> int | None:
         """Take one trace: the count left after it, or None if none was left (-1, no limit, stays -1)."""
-        taken = []
-
-        def one(left):
-            if left is None or left == 0:
-                return left
-            taken.append(True)
-            return left if left < 0 else left - 1
-
-        after = self._with_lock(scope, one)
-        return after if taken else None
+        before, after = self._change(scope, lambda left: left - 1 if left is not None and left > 0 else left)
+        return None if before is None or before == 0 else after
 
     def left(self, scope: str) -> int | None:
         """The count left, or None if this scope has none written."""
-        return self._with_lock(scope, lambda left: left)
+        return self._change(scope, lambda left: left)[1]
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
 
-    def _with_lock(self, scope: str, change) -> int | None:
-        """Read the scope's count, write change(count) if it differs, under the file's lock; returns the new count."""
+    def _change(self, scope: str, change) -> tuple[int | None, int | None]:
+        """Read the scope's count, write change(count) if it differs, under the file's lock; returns both."""
         fd = self._fds.get(scope)
         if fd is None:
             fd = self._fds[scope] = os.open(self.path(scope), os.O_RDWR | os.O_CREAT, 0o600)
@@ -76,6 +68,6 @@ class SharedTraceCount:
             new = change(left)
             if new is not None and new != left:
                 os.pwrite(fd, COUNT.pack(new), 0)
-            return new
+            return left, new
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
