@@ -97,6 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="refuse a load while serving (the repository API's, an upload's, a poll's new version) that "
                         "would leave the server less memory than this: the host's available memory or its cgroup's "
                         "limit less its working set, less the load's estimate (RESOURCE_EXHAUSTED, HTTP 507); -1: no check")
+    p.add_argument("--device-memory-floor-mb", type=float, default=1024,
+                   help="on a GPU (--device cuda or tensorrt-ep, --backend tensorrt): refuse such a load where it would "
+                        "leave less than this free on the GPU (cudaMemGetInfo less the load's estimate); -1: no check")
     p.add_argument("--upload-quota-mb", type=float, default=1024,
                    help="explicit mode: what the models loaded from load requests' files (Triton's load override) may "
                         "take on disk in all; a load past it is refused RESOURCE_EXHAUSTED (HTTP 507). 0: such loads "
@@ -197,8 +200,9 @@ def true_or_false(text: str) -> bool:
     return text.lower() == "true"
 
 
-async def serve(args) -> int:
-    cfg = ServerConfig(
+def server_config(args) -> ServerConfig:
+    """The server's configuration from options parsed and checked by parse_args."""
+    return ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         cpu_metrics=args.allow_cpu_metrics, cpu_mem_arena=args.cpu_mem_arena,
         health_port=None if args.health_port < 0 else args.health_port,
@@ -217,6 +221,7 @@ async def serve(args) -> int:
         limits=ImageLimits(max_pixels=args.max_pixels, formats=args.image_formats), max_message_bytes=int(args.max_message_mb * 2**20),
         upload_quota_bytes=int(args.upload_quota_mb * 2**20),
         load_memory_floor_bytes=None if args.load_memory_floor_mb < 0 else int(args.load_memory_floor_mb * 2**20),
+        device_memory_floor_bytes=None if args.device_memory_floor_mb < 0 else int(args.device_memory_floor_mb * 2**20),
         grace_s=args.grace_s, poll_s=args.poll_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file,
         max_connection_age_s=args.max_connection_age_s, max_connections=args.max_connections,
@@ -224,6 +229,10 @@ async def serve(args) -> int:
         idle_timeout_s=args.idle_timeout_s, access_log=args.access_log, access_log_sample=args.access_log_sample,
         reuse_port=args.reuse_port, trace=args.trace, otlp=args.otlp, log_level=args.log_level,
         allow_client_shm=args.allow_client_shm, worker_state=args.worker_state)
+
+
+async def serve(args) -> int:
+    cfg = server_config(args)
     # Handlers first: a stop that comes while the models load (a --workers supervisor stopping while it replaces
     # a worker) is then honoured once serving starts, drained like any other, and the exit is 0, not -SIGTERM.
     stop = asyncio.Event()
@@ -257,6 +266,7 @@ RANGES = [("port", 0, 65535), ("metrics_port", -1, 65535), ("health_port", -1, 6
           ("threads", 1, 1024), ("decode_threads", 1, 1024), ("max_batch", 1, 4096), ("max_queue_delay_ms", 0, 60_000),
           ("max_inflight", 1, 10_000_000), ("max_pixels", 1, 2**40), ("max_message_mb", 0.001, 2047),
           ("upload_quota_mb", 0, 10_000_000), ("load_memory_floor_mb", -1, 10_000_000),
+          ("device_memory_floor_mb", -1, 10_000_000),
           ("grace_s", 0, 86_400), ("poll_s", 0, 86_400), ("access_log_sample", 0, 1),
           ("max_connection_age_s", 0, 1_000_000), ("max_connections", 0, 10_000_000), ("idle_timeout_s", 0, 1_000_000),
           ("default_budget_ms", 0, 3_600_000), ("recycle_rss_mb", 0, 10_000_000), ("recycle_min_age_s", 0, 1_000_000),
@@ -295,8 +305,20 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -
 
 
 def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1 or args.recycle_rss_mb:
+        from server.workers import supervise
+
+        return supervise(args, sys.argv[1:])
+    return asyncio.run(serve(args))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options, checked (argparse's exit 2 naming the option otherwise) and completed with what
+    they imply (queue policies per level, trace settings)."""
     parser = get_args_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_ranges(parser, args)
     if not 1 < args.monitor_false_alarm_samples <= 1e9:  # NaN and inf too
         parser.error(f"--monitor-false-alarm-samples {args.monitor_false_alarm_samples:g} must be more than 1 and at "
@@ -319,12 +341,7 @@ def main() -> int:
             check_output_file(parser, f"--{option.replace('_', '-')}", getattr(args, option))
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():
         parser.error(f"--recycle-rss-mb {args.recycle_rss_mb:g} reads workers' memory from /proc, which this system lacks")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers > 1 or args.recycle_rss_mb:
-        from server.workers import supervise
-
-        return supervise(args, sys.argv[1:])
-    return asyncio.run(serve(args))
+    return args
 
 
 def trace_settings(parser, args) -> tuple[TraceSettings, OtlpSettings | None]:

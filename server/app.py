@@ -83,6 +83,8 @@ class ServerConfig:
     # A load while serving is refused where it would leave less memory than this available (server/load_memory.py);
     # None: not checked.
     load_memory_floor_bytes: int | None = 256 * 2**20
+    # The same on the GPU, where the sessions run on one (server/device_memory.py): what a load leaves free there.
+    device_memory_floor_bytes: int | None = 1024 * 2**20
     grace_s: float = 10.0
     poll_s: float = 2.0  # how often to look for a new version of each model; 0 = never
     tls_cert: str | None = None  # PEM server certificate chain; with tls_key, serve TLS only
@@ -210,11 +212,17 @@ class ServerApp:
             log.warning(warning)
         engine = ModelEngine(info, backends, self.cfg.engine, self.metrics, self.executor, self.cfg.threads)
         engine.tracer = self.tracer if self.tracer.can_trace else None  # without a file or collector it is never on
+        gpu = getattr(backends[0], "device_type", "cpu") != "cpu"
         engine.memory_estimate = load_memory.needed(model_dir, self.cfg.engine.max_batch, self.cfg.static_batches,
-                                                    self.cfg.cpu_mem_arena)
+                                                    self.cfg.cpu_mem_arena, gpu)
+        on_device = ""
+        if gpu:
+            device_mb = load_memory.device_needed(model_dir, self.cfg.engine.max_batch, self.cfg.static_batches) / 2**20
+            on_device = f", GPU memory ~{device_mb:.0f} MB"
         engine.calibrate_latency()
-        log.info("loaded %s (%s, %d exits, %s, %s, memory ~%.0f MB estimated); batch-1 latency per exit: %s", info.name,
-                 info.version, len(info.exits), backends[0].name, info.precision, engine.memory_estimate / 2**20,
+        log.info("loaded %s (%s, %d exits, %s, %s, memory ~%.0f MB estimated%s); batch-1 latency per exit: %s",
+                 info.name, info.version, len(info.exits), backends[0].name, info.precision,
+                 engine.memory_estimate / 2**20, on_device,
                  ", ".join(f"{1000 * engine.latency.predict(k, 1):.2f} ms" for k in range(len(info.exits))))
         return engine
 
@@ -223,8 +231,15 @@ class ServerApp:
         figures, where `copies` of it (one per --workers process about to load it) would leave the server less
         memory than --load-memory-floor-mb (server/load_memory.py)."""
         load_memory.check(name or model_dir.name, model_dir.resolve(), self.cfg.load_memory_floor_bytes, copies,
-                          self.cfg.engine.max_batch, self.cfg.static_batches, self.cfg.cpu_mem_arena)
+                          self.cfg.engine.max_batch, self.cfg.static_batches, self.cfg.cpu_mem_arena, self._serves_on_gpu(),
+                          self.cfg.device_memory_floor_bytes)
         return self._load_engine(model_dir, name)
+
+    def _serves_on_gpu(self) -> bool:
+        """Whether a new load's sessions will run on a GPU: as the options say, or (--device auto, which picks
+        per session) as the models loaded already do."""
+        return load_memory.on_gpu(self.cfg.device, self.cfg.backend) or any(
+            getattr(e.backends[0], "device_type", "cpu") != "cpu" for e in self.engines.values() if e.backends)
 
     async def _watch_repository(self) -> None:
         """Reload without loss: when `REPO/NAME` points to a new version, load and warm it beside the old

@@ -17,6 +17,9 @@ Manifests without the figures (exported before 2026-12-02, or written by hand) f
 The load is refused when what is available less what it needs would fall under the floor (--load-memory-floor-mb).
 Start-up loads are not refused: a server that cannot hold its models should fail to start as it always did; where
 what they leave would refuse a reload, start-up warns (ServerApp._warn_if_no_room_to_reload).
+On a GPU (--device cuda or tensorrt-ep, the TensorRT backend) the weights and activations go to device memory: the
+host keeps each session and the model as read, and the device's share is checked against what is free on the GPU
+(server/device_memory.py) and --device-memory-floor-mb. Those factors are the CPU's, not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from server import device_memory
 from server.errors import InsufficientMemory
 from server.static_batches import buckets_up_to
 
@@ -46,7 +50,11 @@ LOAD_FIXED_BYTES = 8 * 2**20
 # §59: 49-52 MB a load from 3.45 MB of files). Wrong both ways for other models (§61): 4.7x high for the ResNet-50
 # at cap 4, under it past cap 32, and 0.23x of the int8 default's cost at cap 128.
 LOAD_BYTES_PER_MODEL_BYTE = 16
+# On a GPU, per session, beside its weights and activations: the CUDA provider's cuBLAS and cuDNN handles and
+# cuBLAS's workspace (32 MiB a handle on Hopper). A guess until the GPU lease measures it (bench/gpu/serving_check.py).
+DEVICE_SESSION_FIXED_BYTES = 48 * 2**20
 MODEL_FILE_SUFFIXES = (".onnx", ".plan")
+GPU_DEVICES = ("cuda", "tensorrt-ep")
 NO_LIMIT = 2**62  # cgroup v1 writes "unlimited" as a page-rounded 2^63 - 1
 
 
@@ -79,16 +87,47 @@ def manifest_memory(folder: Path) -> list[tuple[int, int]] | None:
     return parts
 
 
-def needed(folder: Path, max_batch: int = 32, static_batches: bool = False, cpu_mem_arena: bool = True) -> int:
-    """What loading the model folder is estimated to add to the server's resident memory, in bytes."""
+def needed(folder: Path, max_batch: int = 32, static_batches: bool = False, cpu_mem_arena: bool = True,
+           gpu: bool = False) -> int:
+    """What loading the model folder is estimated to add to the server's resident (host) memory, in bytes. `gpu`:
+    its sessions run on a GPU, where the weights and activations are device memory (device_needed)."""
     parts = manifest_memory(folder)
     if parts is None:
-        model_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
-        return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
-    batch = buckets_total(max_batch) if static_batches else max_batch
+        return _by_file_size(folder)
+    if gpu:  # the session and the model's weights as read (freed or not once copied to the device: counted)
+        return sum(SESSION_FIXED_BYTES + w for w, _ in parts) + LOAD_FIXED_BYTES
     held = ACTIVATION_COPIES if cpu_mem_arena else ACTIVATION_COPIES_NO_ARENA
-    per_session = (SESSION_FIXED_BYTES + WEIGHT_COPIES * w + held * a * batch for w, a in parts)
-    return int(sum(per_session)) + LOAD_FIXED_BYTES
+    return _weights_and_activations(parts, _images(max_batch, static_batches), SESSION_FIXED_BYTES, held) + LOAD_FIXED_BYTES
+
+
+def device_needed(folder: Path, max_batch: int = 32, static_batches: bool = False) -> int:
+    """What loading the model folder is estimated to take of the GPU's memory, its sessions running there: as the
+    CPU arena's estimate (twice the weights, 3.5x the activations at the batch cap; ONNX Runtime's CUDA provider
+    keeps a BFC arena of its own per session) plus each session's CUDA handles. Unmeasured on a GPU."""
+    parts = manifest_memory(folder)
+    if parts is None:
+        return _by_file_size(folder)
+    return _weights_and_activations(parts, _images(max_batch, static_batches), DEVICE_SESSION_FIXED_BYTES,
+                                    ACTIVATION_COPIES)
+
+
+def _weights_and_activations(parts: list[tuple[int, int]], images: int, per_session: int, held: float) -> int:
+    return int(sum(per_session + WEIGHT_COPIES * w + held * a * images for w, a in parts))
+
+
+def _images(max_batch: int, static_batches: bool) -> int:
+    return buckets_total(max_batch) if static_batches else max_batch
+
+
+def _by_file_size(folder: Path) -> int:
+    model_bytes = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
+    return LOAD_BYTES_PER_MODEL_BYTE * model_bytes + LOAD_FIXED_BYTES
+
+
+def on_gpu(device: str, backend: str = "onnxruntime") -> bool:
+    """Whether the server's sessions run on a GPU: --device cuda or tensorrt-ep, or the native TensorRT backend.
+    (--device auto picks per session; the app asks its loaded engines.)"""
+    return device in GPU_DEVICES or backend == "tensorrt"
 
 
 def buckets_total(max_batch: int) -> int:
@@ -98,23 +137,37 @@ def buckets_total(max_batch: int) -> int:
 
 
 def check(name: str, folder: Path, floor_bytes: int | None, copies: int = 1, max_batch: int = 32,
-          static_batches: bool = False, cpu_mem_arena: bool = True) -> None:
+          static_batches: bool = False, cpu_mem_arena: bool = True, gpu: bool = False,
+          device_floor_bytes: int | None = None) -> None:
     """Raise InsufficientMemory where loading `folder` as model `name` `copies` times (once in each --workers
     process, which load side by side after the first) would leave less than `floor_bytes` available (None: no
-    check), its sessions serving batches of up to `max_batch`."""
-    if floor_bytes is None:
+    check), its sessions serving batches of up to `max_batch`; with `gpu`, also where it would leave less than
+    `device_floor_bytes` free on the GPU (None: not checked there)."""
+    source = f"its export's figures at batch cap {max_batch}" if manifest_memory(folder) else "its files' sizes"
+    if floor_bytes is not None:
+        room = available()
+        if room is not None:
+            need = needed(folder, max_batch, static_batches, cpu_mem_arena, gpu) * copies
+            _refuse_below(name, need, room, floor_bytes, copies, source, "memory", "--load-memory-floor-mb",
+                          "give the server more memory")
+    if gpu and device_floor_bytes is not None:
+        free = device_memory.cuda_free()
+        if free is not None:
+            room = Available(free[0], f"free on CUDA device {device_memory.DEVICE} of {_mb(free[1])}")
+            need = device_needed(folder, max_batch, static_batches) * copies
+            _refuse_below(name, need, room, device_floor_bytes, copies, source, "GPU memory",
+                          "--device-memory-floor-mb", "serve it from another GPU")
+
+
+def _refuse_below(name: str, need: int, room: Available, floor: int, copies: int, source: str, what: str, flag: str,
+                  remedy: str) -> None:
+    if room.bytes - need >= floor:
         return
-    room = available()
-    if room is None:
-        return
-    need = needed(folder, max_batch, static_batches, cpu_mem_arena) * copies
-    if room.bytes - need < floor_bytes:
-        each = f" ({copies} worker processes, a copy each)" if copies > 1 else ""
-        source = f"its export's figures at batch cap {max_batch}" if manifest_memory(folder) else "its files' sizes"
-        raise InsufficientMemory(
-            f"load of model {name!r} refused: it needs ~{_mb(need)} of memory{each} (estimated from {source}), "
-            f"{_mb(room.bytes)} is available ({room.source}), and a load leaves at least {_mb(floor_bytes)} "
-            "(--load-memory-floor-mb); unload a model or give the server more memory")
+    each = f" ({copies} worker processes, a copy each)" if copies > 1 else ""
+    raise InsufficientMemory(
+        f"load of model {name!r} refused: it needs ~{_mb(need)} of {what}{each} (estimated from {source}), "
+        f"{_mb(room.bytes)} is available ({room.source}), and a load leaves at least {_mb(floor)} ({flag}); "
+        f"unload a model or {remedy}")
 
 
 def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from server import device_memory, load_memory
 from server.backends import OnnxRuntimeBackend
 from server.decode import ImageLimits, decode_encoded, to_model_input
 from server.loadgen import load_labelled_folder
@@ -147,6 +149,26 @@ def check_engine_paths(info, cpu, device: str, x: np.ndarray, report: dict) -> N
     report["engine"] = entry
 
 
+def device_memory_report(info, free_before: tuple[int, int] | None, batch: int) -> dict:
+    """What one model's sessions took of the GPU once they had run a batch (cudaMemGetInfo before and after, via
+    the server's own reading, server/device_memory.py), beside the load check's estimate for that batch cap, and
+    nvidia-smi's free figure beside the server's reading of it. Reported only: an estimate is not a gate."""
+    free_after = device_memory.cuda_free()
+    if free_before is None or free_after is None:
+        return {"read": False, "why": "no CUDA runtime loaded in this process (a CPU provider)"}
+    folder = Path(info.exits[0].onnx).parent
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        smi = []
+    return {"read": True, "free_mb_before": free_before[0] / 2**20, "total_mb": free_before[1] / 2**20,
+            "load_took_mb": (free_before[0] - free_after[0]) / 2**20,
+            "device_estimate_mb": load_memory.device_needed(folder, batch) / 2**20,
+            "host_estimate_mb": load_memory.needed(folder, batch, gpu=True) / 2**20,
+            "free_mb_after": free_after[0] / 2**20, "nvidia_smi_free_mb": float(smi[0]) if smi else None}
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -195,10 +217,13 @@ def main() -> int:
         ok &= diff <= ATOL and bound_diff <= 1e-5
         if len(out_d) == 2:
             h_dev, h_cpu, bound = out_d[0], out_c[0], out_b[0]
+    free_before = device_memory.cuda_free()  # the runtime is loaded now (dev's sessions): a figure on a GPU
     fast = [OnnxRuntimeBackend(e.onnx, args.device) for e in info.exits]  # ONNX Runtime's default math (TF32)
+    fast_logits = chain_logits(fast, x)  # a batch of 64, the serving benches' cap
+    report["device_memory"] = device_memory_report(info, free_before, len(x))
     report["default_math_vs_cpu"] = [{"exit": k, "max_abs_diff": float(np.abs(f - c).max()),
                                       "top1_agreement": float((f.argmax(1) == c.argmax(1)).mean())}
-                                     for k, (f, c) in enumerate(zip(chain_logits(fast, x), chain_logits(cpu, x)))]
+                                     for k, (f, c) in enumerate(zip(fast_logits, chain_logits(cpu, x)))]
     ok &= all(e["top1_agreement"] >= 0.9 for e in report["default_math_vs_cpu"])  # only garbage fails this
     check_static_chain(info, cpu, fast, args.device, report)  # its own verdict: the plain path's benchmarks run regardless
     check_engine_paths(info, cpu, args.device, x, report)  # likewise reported apart, as `engine`

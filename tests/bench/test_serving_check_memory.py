@@ -1,0 +1,22 @@
+"""The GPU lease's device-memory line (bench/gpu/serving_check.py): what one model's sessions took, from the server's
+own cudaMemGetInfo reading before and after, beside the load check's estimates at the batch it ran."""
+
+from bench.gpu import serving_check
+from server import device_memory, load_memory
+from server.repository import list_models, load_manifest
+
+MB = 2**20
+
+
+def test_a_loads_device_memory_beside_its_estimate(tiny_repo, monkeypatch):
+    info = load_manifest(list_models(tiny_repo)[0])
+    folder = info.exits[0].onnx.parent
+    assert serving_check.device_memory_report(info, None, 64) == {
+        "read": False, "why": "no CUDA runtime loaded in this process (a CPU provider)"}
+    monkeypatch.setattr(device_memory, "cuda_free", lambda: (900 * MB, 1000 * MB))
+    monkeypatch.setenv("PATH", "")  # no nvidia-smi: its figure is None, the rest stands
+    got = serving_check.device_memory_report(info, (1000 * MB, 1000 * MB), 64)
+    assert got == {"read": True, "free_mb_before": 1000.0, "total_mb": 1000.0, "load_took_mb": 100.0,
+                   "device_estimate_mb": load_memory.device_needed(folder, 64) / MB,
+                   "host_estimate_mb": load_memory.needed(folder, 64, gpu=True) / MB,
+                   "free_mb_after": 900.0, "nvidia_smi_free_mb": None}
