@@ -41,7 +41,7 @@ def test_a_load_while_serving_is_judged_without_the_arena(tiny_repo, monkeypatch
         seen = []
         monkeypatch.setattr(load_memory, "needed", lambda *a: seen.append(a) or 2**20)
         tgrpc.InferenceServerClient(target).load_model(MODEL)
-        assert seen[0][1:] == (16, False, False)  # max_batch, static batches, arena
+        assert seen[0][1:] == (16, False, False, False)  # max_batch, static batches, arena, gpu
 
 
 def test_combinations_it_does_not_apply_to_are_refused(tmp_path):
