@@ -44,6 +44,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-cpu-metrics", type=true_or_false, default=True, metavar="{true,false}",
                    help="Triton's: the host's nv_cpu_utilization and nv_cpu_memory_* on /metrics (default true; "
                         "server/host_metrics.py)")
+    p.add_argument("--allow-gpu-metrics", type=true_or_false, default=True, metavar="{true,false}",
+                   help="Triton's: every GPU's nv_gpu_utilization, nv_gpu_memory_*, nv_gpu_power_* and "
+                        "nv_energy_consumption on /metrics, read through the driver's NVML where the host has one "
+                        "(default true; server/gpu_metrics.py)")
     p.add_argument("--health-port", type=int, default=-1,
                    help="gRPC port serving only grpc.health.v1, outside the request limit, for probes (-1 = off)")
     p.add_argument("--http-port", type=int, default=8000,
@@ -204,7 +208,7 @@ def server_config(args) -> ServerConfig:
     """The server's configuration from options parsed and checked by parse_args."""
     return ServerConfig(
         repo=args.repo, host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        cpu_metrics=args.allow_cpu_metrics, cpu_mem_arena=args.cpu_mem_arena,
+        cpu_metrics=args.allow_cpu_metrics, gpu_metrics=args.allow_gpu_metrics, cpu_mem_arena=args.cpu_mem_arena,
         health_port=None if args.health_port < 0 else args.health_port,
         http_port=None if args.http_port < 0 else args.http_port,
         models=tuple(args.model), model_control=args.model_control_mode, backend=args.backend, device=args.device,

@@ -57,6 +57,7 @@ class ServerConfig:
     port: int = 8500  # 0 = pick a free port
     metrics_port: int | None = 8501  # None = no HTTP metrics endpoint; 0 = pick a free port
     cpu_metrics: bool = True  # the host's CPU and memory as Triton's nv_cpu_* on /metrics (server/host_metrics.py)
+    gpu_metrics: bool = True  # the host's GPUs as Triton's nv_gpu_* where NVML shows any (server/gpu_metrics.py)
     # ONNX Runtime's CPU arena: each session keeps its largest batch's activations between runs (faster); off, a
     # loaded model keeps 1.6-12x less memory for 0-14% more time a batch (RESULTS §63). Not with --static-batches.
     cpu_mem_arena: bool = True
@@ -427,7 +428,7 @@ class ServerApp:
         for engine in self.engines.values():
             engine.start()
         if self.cfg.metrics_port is not None:
-            register_process_metrics(self.metrics.registry, cpu=self.cfg.cpu_metrics)
+            register_process_metrics(self.metrics.registry, cpu=self.cfg.cpu_metrics, gpu=self.cfg.gpu_metrics)
             self._http = start_metrics_server(self.cfg.metrics_port, self.cfg.host, self.metrics.registry)
             self.metrics_port = self._http.server_port
         if http_surface is not None:

@@ -77,16 +77,20 @@ class HostMetrics:
         return None if total is None or free is None or free > total else (total, total - free)
 
 
-def register_process_metrics(registry, cpu: bool = True) -> None:
+def register_process_metrics(registry, cpu: bool = True, gpu: bool = True) -> None:
     """What the process that serves /metrics adds besides the request metrics: the standard process_* series
-    (prometheus_client's: resident memory, CPU seconds, open files), the memory a load may still use, and with
-    `cpu` Triton's CPU metrics."""
+    (prometheus_client's: resident memory, CPU seconds, open files), the memory a load may still use, with `cpu`
+    Triton's CPU metrics and with `gpu` its GPU metrics (server/gpu_metrics.py, where the host has a GPU driver)."""
     from prometheus_client import ProcessCollector
+
+    from server.gpu_metrics import register_gpu_metrics
 
     ProcessCollector(registry=registry)
     registry.register(AvailableMemory())
     if cpu:
         register_host_metrics(registry)
+    if gpu:
+        register_gpu_metrics(registry)
 
 
 class AvailableMemory:

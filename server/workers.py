@@ -150,7 +150,7 @@ def supervise(args, argv: list[str]) -> int:
     http = None
     if args.metrics_port >= 0:
         # the host's figures once, from here (a worker's would be summed); process_* are the supervisor's own
-        register_process_metrics(registry, cpu=args.allow_cpu_metrics)
+        register_process_metrics(registry, cpu=args.allow_cpu_metrics, gpu=args.allow_gpu_metrics)
         http = start_metrics_server(args.metrics_port, host, registry)
     metrics_port = http.server_port if http else 0
     write_port_file()

@@ -169,6 +169,19 @@ def device_memory_report(info, free_before: tuple[int, int] | None, batch: int) 
             "free_mb_after": free_after[0] / 2**20, "nvidia_smi_free_mb": float(smi[0]) if smi else None}
 
 
+def gpu_metric_lines() -> list[str]:
+    """What the server's /metrics would show of this machine's GPUs (server/gpu_metrics.py through the driver's NVML),
+    for the report: the collector's first run on a real driver. Reported only."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from server.gpu_metrics import register_gpu_metrics
+
+    registry = CollectorRegistry()
+    if not register_gpu_metrics(registry):
+        return ["no GPU metrics: NVML could not be loaded, or shows no GPU"]
+    return [line for line in generate_latest(registry).decode().splitlines() if line.startswith("nv_")]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -225,6 +238,7 @@ def main() -> int:
                                       "top1_agreement": float((f.argmax(1) == c.argmax(1)).mean())}
                                      for k, (f, c) in enumerate(zip(fast_logits, chain_logits(cpu, x)))]
     ok &= all(e["top1_agreement"] >= 0.9 for e in report["default_math_vs_cpu"])  # only garbage fails this
+    report["gpu_metrics"] = gpu_metric_lines()
     check_static_chain(info, cpu, fast, args.device, report)  # its own verdict: the plain path's benchmarks run regardless
     check_engine_paths(info, cpu, args.device, x, report)  # likewise reported apart, as `engine`
     want = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"

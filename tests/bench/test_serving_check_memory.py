@@ -20,3 +20,13 @@ def test_a_loads_device_memory_beside_its_estimate(tiny_repo, monkeypatch):
                    "device_estimate_mb": load_memory.device_needed(folder, 64) / MB,
                    "host_estimate_mb": load_memory.needed(folder, 64, gpu=True) / MB,
                    "free_mb_after": 900.0, "nvidia_smi_free_mb": None}
+
+
+def test_the_gpu_series_the_lease_reports(monkeypatch):
+    from server import gpu_metrics
+    from tests.server.test_gpu_metrics import FakeNvml, h200
+
+    assert serving_check.gpu_metric_lines() == ["no GPU metrics: NVML could not be loaded, or shows no GPU"]
+    monkeypatch.setattr(gpu_metrics, "load_nvml", lambda name=gpu_metrics.LIBRARY: FakeNvml([h200("GPU-dddd")]))
+    lines = serving_check.gpu_metric_lines()
+    assert 'nv_gpu_utilization{gpu_uuid="GPU-dddd"} 0.37' in lines and len(lines) == 6  # one line a series
