@@ -218,8 +218,9 @@ class ServerApp:
                                                     self.cfg.cpu_mem_arena, gpu)
         on_device = ""
         if gpu:
-            device_mb = load_memory.device_needed(model_dir, self.cfg.engine.max_batch, self.cfg.static_batches) / 2**20
-            on_device = f", GPU memory ~{device_mb:.0f} MB"
+            engine.device_memory_estimate = load_memory.device_needed(model_dir, self.cfg.engine.max_batch,
+                                                                      self.cfg.static_batches)
+            on_device = f", GPU memory ~{engine.device_memory_estimate / 2**20:.0f} MB"
         engine.calibrate_latency()
         log.info("loaded %s (%s, %d exits, %s, %s, memory ~%.0f MB estimated%s); batch-1 latency per exit: %s",
                  info.name, info.version, len(info.exits), backends[0].name, info.precision,

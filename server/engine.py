@@ -68,6 +68,7 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
         self._idle.set()
         self.successor: ModelEngine | None = None  # set when a reload replaces this version
         self.memory_estimate: int | None = None  # bytes, set by the app that loaded it (server/load_memory.py)
+        self.device_memory_estimate: int | None = None  # GPU bytes, where the sessions run on one (likewise)
         self.stopped = False
         self.refusal = "server is shutting down or not ready; retry on another replica"  # once not accepting
         self.monitors: list[ExitMonitor] | None = None
@@ -120,6 +121,8 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
         self.metrics.model_info.labels(*self._info_labels()).set(1)
         if self.memory_estimate is not None:
             self.metrics.model_memory.labels(self.info.name, self.info.version).set(self.memory_estimate)
+        if self.device_memory_estimate is not None:
+            self.metrics.model_device_memory.labels(self.info.name, self.info.version).set(self.device_memory_estimate)
 
     def _info_labels(self) -> tuple[str, ...]:
         """The auxnet_model_info series of this model version."""
@@ -141,7 +144,8 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
         answered UNAVAILABLE, so that no caller waits forever and clients retry elsewhere."""
         self.stopped = True
         for gauge, labels in ((self.metrics.model_info, self._info_labels()),
-                              (self.metrics.model_memory, (self.info.name, self.info.version))):
+                              (self.metrics.model_memory, (self.info.name, self.info.version)),
+                              (self.metrics.model_device_memory, (self.info.name, self.info.version))):
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a retired version is no longer the loaded model
                 gauge.labels(*labels).set(0)  # (series cannot be removed across processes)
             else:

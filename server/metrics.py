@@ -78,6 +78,10 @@ class Metrics:
         self.model_memory = Gauge(f"{PREFIX}_model_memory_estimate_bytes", "What a loaded model version is estimated to "
                                   "hold (the figure a load is checked against: server/load_memory.py), summed over "
                                   "--workers' copies", ["model", "version"], registry=r, multiprocess_mode="livesum")
+        self.model_device_memory = Gauge(f"{PREFIX}_model_device_memory_estimate_bytes", "What a loaded model version "
+                                         "is estimated to hold of the GPU's memory where its sessions run on one (the "
+                                         "figure a load is checked against: server/load_memory.py), summed over "
+                                         "--workers' copies", ["model", "version"], registry=r, multiprocess_mode="livesum")
         self.grpc_failed_batches = Counter(f"{PREFIX}_grpc_failed_batches", "grpc batches that failed on calls whose "
                                            "client had just left (logged by grpc as ExecuteBatchError; server/grpc_log.py)",
                                            ["method"], registry=r)

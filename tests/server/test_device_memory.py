@@ -130,3 +130,40 @@ def test_the_floor_option_reaches_the_config():
     with pytest.raises(SystemExit) as e:
         parse_args(["--repo", "r", "--device-memory-floor-mb", "-2"])
     assert e.value.code == 2
+
+
+def test_a_load_on_a_gpu_states_both_estimates_and_metrics_carry_the_gpus(tiny_repo, monkeypatch):
+    """Sessions that report the GPU (here CPU sessions saying so: their runs are the CPU's) make the load's host
+    estimate the sessions and weights, and its GPU estimate a series of its own on /metrics."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from server import app as app_module
+    from server.app import ServerApp, ServerConfig
+    from server.engine_config import EngineConfig
+
+    real = app_module.make_backend
+
+    def says_cuda(*args, **kwargs):
+        backend = real(*args, **kwargs)
+        backend.device_type = "cuda"
+        return backend
+
+    monkeypatch.setattr(app_module, "make_backend", says_cuda)
+    app = ServerApp(ServerConfig(repo=str(tiny_repo), port=0, metrics_port=None, http_port=None,
+                                 engine=EngineConfig(max_batch=4)))
+    folder = (tiny_repo / MODEL).resolve()
+    engine = app._load_engine(folder, MODEL)
+    assert engine.memory_estimate == needed(folder, 4, gpu=True) and engine.device_memory_estimate == device_needed(folder, 4)
+
+    async def series():
+        engine.start()
+        body = generate_latest(app.metrics.registry).decode()
+        await engine.stop()
+        return body, generate_latest(app.metrics.registry).decode()
+
+    serving, stopped = asyncio.run(series())
+    name = f'auxnet_model_device_memory_estimate_bytes{{model="tiny",version="{engine.info.version}"}}'
+    assert [float(line.split()[-1]) for line in serving.splitlines() if line.startswith(name)] == [device_needed(folder, 4)]
+    assert name not in stopped  # a version let go leaves no series behind
