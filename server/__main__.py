@@ -343,6 +343,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option in ("trace_file", "port_file"):  # fail now, not at the first write, minutes into serving
         if getattr(args, option):
             check_output_file(parser, f"--{option.replace('_', '-')}", getattr(args, option))
+    if args.worker_state and not (os.path.isdir(args.worker_state) and os.access(args.worker_state, os.W_OK | os.X_OK)):
+        # The supervisor's own folder, not an option to set by hand; each worker writes its shared trace counts and
+        # applied settings there from its first moment (a traceback before this check, found by bench.cli_fuzz).
+        parser.error(f"--worker-state {args.worker_state[:64]}: not a writable folder (a --workers supervisor makes it "
+                     "and names it to its workers)")
     if args.recycle_rss_mb and not Path("/proc/self/status").exists():
         parser.error(f"--recycle-rss-mb {args.recycle_rss_mb:g} reads workers' memory from /proc, which this system lacks")
     return args

@@ -106,6 +106,9 @@ def test_an_unknown_log_level_is_refused_by_name(capsys):
     (["--trace-rate", "999999999999999999999"], "trace rate 999999999999999999999 must be at least 1"),
     (["--trace-count", "4294967296"], "must be -1 (no limit) or the number of traces still to collect, at most 4294967295"),
     (["--trace-log-frequency", "4294967296"], "or the traces per file, at most 4294967295"),
+    # bench.cli_fuzz, 2026-12-03: the shared trace count's files in a missing folder were a traceback at start-up
+    (["--worker-state", "missing/x"], "--worker-state missing/x: not a writable folder"),
+    (["--worker-state", "w" * 5000], f"--worker-state {'w' * 64}: not a writable folder"),
 ])
 def test_output_files_and_trace_numbers_are_checked_before_serving(argv, says, tmp_path):
     r = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path / "none"), *argv], cwd=tmp_path,
