@@ -279,6 +279,11 @@ def test_grafana_dashboard_queries_only_exported_metrics(server):
     families = {fam.name for fam in text_string_to_metric_families(scrape(app))}
     exported = {f + suffix for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
     assert used and used <= exported, used - exported
+    # Triton's GPU series exist only where NVML shows a GPU (server/gpu_metrics.py): checked against its names
+    from server.gpu_metrics import HELP
+
+    gpu = set(re.findall(r"nv_[a-z_]+", " ".join(exprs)))
+    assert gpu and gpu <= set(HELP), gpu - set(HELP)
 
 
 def test_closed_loop_from_several_client_processes(server):
