@@ -427,7 +427,11 @@ class ModelEngine(SegmentChain, AgreementSampling, Delivery, Admission):
     def threshold(self, k: int, job: Job) -> float | None:
         """The confidence a request needs to stop at exit k: its min_confidence or the calibrated policy's
         threshold, made stricter while online adaptation holds exit k (server/monitor.py)."""
-        base = self.info.exits[k].threshold if job.use_policy else job.min_confidence
+        return self.rule_threshold(k, job.min_confidence, job.use_policy)
+
+    def rule_threshold(self, k: int, min_confidence: float | None, use_policy: bool) -> float | None:
+        """threshold() for a rule given by its parts (server/explain.py replays a request's rule)."""
+        base = self.info.exits[k].threshold if use_policy else min_confidence
         if base is None or self.monitors is None or k >= self.last:
             return base
         return self.monitors[k].effective_threshold(base)

@@ -4,7 +4,7 @@ an InferenceService client speaking `protocolVersion: v1` sends keeps working.
     GET  /v1/models                    {"models": [names]}
     GET  /v1/models/{model}            {"name": model, "ready": bool} (404 for a model not loaded)
     POST /v1/models/{model}:predict    {"instances": [...]} or {"inputs": [...]} -> {"predictions": [...]}
-    POST /v1/models/{model}:explain    501: explanations are not offered
+    POST /v1/models/{model}:explain    :predict's answers and what every exit said of each image (server/explain.py)
 
 An instance is one image: an encoded file as TensorFlow Serving's binary form `{"b64": "..."}`, as a named input
 holding it (`{"image_bytes": {"b64": "..."}}`, any one name, with an optional "key" that the prediction echoes, as
@@ -31,6 +31,7 @@ import numpy as np
 from aiohttp import web
 
 from server.errors import InvalidInput, UnknownModel
+from server.explain import explain
 from server.requests import parse_where_cheap
 from server.v2 import model as v2
 from server.v2.tensors import BYTES, Tensor
@@ -71,10 +72,10 @@ class KServeV1:
         return web.json_response({"name": name, "ready": engine.accepting and not engine.stopped})
 
     async def explain(self, request: web.Request) -> web.Response:
-        return error(501, "explanations (:explain) are not offered by this server; :predict answers with each image's "
-                          "exit, stop reason and class probabilities")
+        """:predict's answers beside what every exit said of each image (server/explain.py)."""
+        return await self.predict(request, explaining=True)
 
-    async def predict(self, request: web.Request) -> web.Response:
+    async def predict(self, request: web.Request, explaining: bool = False) -> web.Response:
         name = request.match_info["model"]
 
         async def run(arrival: float, attempt) -> tuple[web.Response, list]:
@@ -89,8 +90,15 @@ class KServeV1:
                 raise InvalidInput(f"parameter 'top_k' must be a whole number from 1 to {len(engine.info.classes)} (the "
                                    f"model's classes); got {json.dumps(top_k)[:40]}")
             controls, timeout_s, _ = v2.parse_parameters(params)
-            answers = await v2.infer(self.app, engine, [tensor], controls, arrival,
-                                     arrival + timeout_s if timeout_s is not None else None)
+            deadline = arrival + timeout_s if timeout_s is not None else None
+            if explaining:
+                answers, explanations = await explain(self.app, engine, tensor, controls, arrival, deadline)
+                for e, key in zip(explanations, keys):
+                    if key is not None:
+                        e["key"] = key
+                return web.json_response({"predictions": predictions(engine.info, answers, keys, top_k),
+                                          "explanations": explanations}), answers
+            answers = await v2.infer(self.app, engine, [tensor], controls, arrival, deadline)
             return web.json_response({"predictions": predictions(engine.info, answers, keys, top_k)}), answers
 
         return await self.http.guarded(request, name, SURFACE, run, error)

@@ -101,6 +101,8 @@ class ExitMonitor:
         return None
 
     def effective_threshold(self, threshold: float) -> float:
+        if self.scale == 1.0:  # not adapted: the threshold itself (1 - (1 - 0.2) is 0.19999999999999996)
+            return threshold
         return 1.0 - (1.0 - threshold) * self.scale
 
 

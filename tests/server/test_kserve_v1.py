@@ -53,8 +53,51 @@ def test_the_model_list_and_readiness(served):
     assert (status, json.loads(text)) == (200, {"name": MODEL, "ready": True})
     status, _, text = http(f"http://{url}/v1/models/nope")
     assert status == 404 and "model 'nope' is not loaded; loaded: ['tiny']" in json.loads(text)["error"]
-    status, _, text = http(f"http://{url}/v1/models/{MODEL}:explain", "POST", {"instances": []})
-    assert status == 501 and "explanations (:explain) are not offered" in json.loads(text)["error"]
+
+
+def explain(url: str, body) -> tuple[int, dict]:
+    status, _, text = http(f"http://{url}/v1/models/{MODEL}:explain", "POST", json.dumps(body).encode())
+    return status, json.loads(text)
+
+
+@pytest.mark.parametrize("params", [{}, {"calibrated_policy": True}, {"min_confidence": 0.5}, {"max_exit": 0},
+                                    {"min_confidence": 0.99, "top_k": 1}])
+def test_explain_gives_every_exits_answer_and_predict_s_under_the_request_s_rule(served, params):
+    """:explain runs each image through every exit: each exit's answer is :predict's with max_exit there (the
+    progressive answers), the policy's verdicts match where the calibrated policy stops, and `predictions` are
+    :predict's own under the same parameters, keys echoed."""
+    app, url = served
+    body = {"instances": [{"b64": b, "key": f"k{i}"} for i, b in enumerate(B64)], "parameters": params}
+    status, doc = explain(url, body)
+    assert status == 200, doc
+    _, plain = predict(url, body)
+    fields = ("class_index", "exit_index", "exit_layer", "stop_reason", "key")
+    assert [{f: p[f] for f in fields} for p in doc["predictions"]] == [{f: p[f] for f in fields} for p in plain["predictions"]]
+    assert [p["probability"] for p in doc["predictions"]] == pytest.approx([p["probability"] for p in plain["predictions"]], abs=1e-6)
+    engine = app.engines[MODEL]
+    _, policy = predict(url, {"instances": [{"b64": b} for b in B64], "parameters": {"calibrated_policy": True}})
+    for i, e in enumerate(doc["explanations"]):
+        assert e["key"] == f"k{i}" and e["computed_to_exit"] == 1 and e["ended_by"] == "final"
+        assert [x["exit_index"] for x in e["exits"]] == [0, 1]
+        assert e["rule_stop_exit"] == doc["predictions"][i]["exit_index"]
+        assert e["policy_stop_exit"] == policy["predictions"][i]["exit_index"]
+        first = e["exits"][0]
+        assert first["policy_threshold"] == engine.policy_threshold(0) and e["exits"][1]["policy_threshold"] is None
+        assert first["policy_stops"] == (first["policy_score"] >= first["policy_threshold"])
+        for x in e["exits"]:
+            _, at = predict(url, {"instances": [{"b64": B64[i]}], "parameters": {"max_exit": x["exit_index"]}})
+            assert x["class_index"] == at["predictions"][0]["class_index"]
+            assert x["probability"] == pytest.approx(at["predictions"][0]["probability"], abs=1e-6)
+
+
+def test_explain_refuses_a_budget_and_what_predict_refuses(served):
+    _, url = served
+    status, doc = explain(url, {"instances": [{"b64": B64[0]}], "parameters": {"budget_ms": 5}})
+    assert status == 400 and doc["error"] == ("parameter 'budget_ms' does not apply to :explain, which runs every exit of "
+                                              "each image; send it to :predict")
+    assert explain(url, {"instances": []}) == (400, {"error": "'instances' must be a non-empty list of images"})
+    status, doc = explain(url, {"instances": [{"b64": B64[0]}], "parameters": {"max_exit": 9}})
+    assert status == 400 and "max_exit 9 does not exist" in doc["error"]
 
 
 def test_every_instance_form_answers_as_the_open_inference_protocol(served):
@@ -167,3 +210,16 @@ def test_fuzzed_bodies_are_answered_200_or_400_never_500(served, doc):
     status, answer = predict(served[1], json.dumps(doc).encode())
     assert status in (200, 400), answer
     assert ("predictions" in answer) if status == 200 else isinstance(answer["error"], str)
+
+
+def test_explain_is_its_own_method_in_the_access_log(tiny_repo, tmp_path):
+    from tests.server.helpers import wait_for
+    from tests.server.test_access_log import lines
+
+    log = tmp_path / "access.jsonl"
+    with v2_server(tiny_repo, access_log=str(log)) as (_, _, url):
+        assert explain(url, {"instances": [{"b64": B64[0]}]})[0] == 200
+        assert predict(url, {"instances": [{"b64": B64[0]}]})[0] == 200
+        assert wait_for(lambda: log.exists() and len(lines(log)) == 2, 5)
+    assert [(g["surface"], g["method"], g["code"]) for g in lines(log)] == [("kserve-v1", "explain", "OK"),
+                                                                         ("kserve-v1", "predict", "OK")]

@@ -70,6 +70,7 @@ def test_adaptation_raises_while_alarmed_and_lowers_back_within_bounds():
     lowered = [m.adapt(every=1) for _ in range(20)]
     assert lowered.count("lower") == round(math.log(1 / MIN_SCALE, 1 / ADAPT_FACTOR)) and m.scale == 1.0
     assert m.effective_threshold(0.9) == pytest.approx(0.9)
+    assert m.effective_threshold(0.2) == 0.2  # exactly, not 1 - (1 - 0.2) = 0.19999999999999996 (seen in :explain)
 
 
 def test_monitors_need_agreement_tables():
