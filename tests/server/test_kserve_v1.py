@@ -223,3 +223,17 @@ def test_explain_is_its_own_method_in_the_access_log(tiny_repo, tmp_path):
         assert wait_for(lambda: log.exists() and len(lines(log)) == 2, 5)
     assert [(g["surface"], g["method"], g["code"]) for g in lines(log)] == [("kserve-v1", "explain", "OK"),
                                                                          ("kserve-v1", "predict", "OK")]
+
+
+def test_an_explanation_a_default_budget_ended_says_so(tiny_repo):
+    """--default-budget-ms applies to :explain too (the request sent none): an image it stops at exit 0 is explained
+    as far as it ran, the prediction is that exit's with stop reason budget."""
+    from server.engine_config import EngineConfig
+
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, default_budget_ms=0.001)) as (_, _, url):
+        status, doc = explain(url, {"instances": [{"b64": B64[0]}]})
+    assert status == 200, doc
+    e, p = doc["explanations"][0], doc["predictions"][0]
+    assert (e["computed_to_exit"], e["ended_by"], e["rule_stop_exit"]) == (0, "budget", 0)
+    assert [x["exit_index"] for x in e["exits"]] == [0] and (p["exit_index"], p["stop_reason"]) == (0, "budget")
+    assert e["policy_stop_exit"] == (0 if e["exits"][0]["policy_stops"] else None)  # none where the policy goes on
