@@ -3,6 +3,7 @@ users already send keeps working (`curl host:8000/predictions/MODEL -T kitten.jp
 
     GET  /ping                                    {"status": "Healthy"} (200), or "Unhealthy" (500) while not ready
     POST|PUT /predictions/{model}[/{version}]     one image file: the raw body, or one multipart/form-data part
+    POST|PUT /explanations/{model}[/{version}]    the same image: what every exit said of it (server/explain.py)
 
 The answer is TorchServe's image classifier's: a JSON object of the top-k class names and their probabilities,
 most probable first (k = 5 by default, as its handler's topk). Early exit rides along where a TorchServe client
@@ -23,7 +24,9 @@ import math
 from aiohttp import web
 
 from server.errors import InvalidInput
+from server.explain import explain
 from server.requests import ExitControls, decode_where_cheap, encoded_image, parse_where_cheap
+from server.v2.tensors import BYTES, Tensor
 
 log = logging.getLogger("auxnet.server")
 SURFACE = "torchserve"
@@ -48,6 +51,9 @@ def add_routes(router: web.UrlDispatcher, http) -> None:
     for path in ("/predictions/{model}", "/predictions/{model}/{version}"):
         router.add_post(path, api.predictions)
         router.add_put(path, api.predictions)  # curl -T FILE sends a PUT
+    for path in ("/explanations/{model}", "/explanations/{model}/{version}"):
+        router.add_post(path, api.explanations)
+        router.add_put(path, api.explanations)
 
 
 class TorchServeAPI:
@@ -60,28 +66,46 @@ class TorchServeAPI:
         return web.json_response({"status": "Healthy" if healthy else "Unhealthy"}, status=200 if healthy else 500)
 
     async def predictions(self, request: web.Request) -> web.Response:
-        http, name = self.http, request.match_info["model"]
+        name = request.match_info["model"]
 
         async def run(arrival: float, attempt) -> tuple[web.Response, list]:
-            engine = self.app.engine_for(name)
-            version = request.match_info.get("version", "")
-            if version and version != engine.info.version:
-                raise InvalidInput(f"model {name!r} serves version {engine.info.version!r}, not {version[:80]!r}")
-            controls, top_k = query_controls(request.query, len(engine.info.classes))
-            controls.check(len(engine.info.exits))
-            engine.check_admission(1, engine.priority_level(controls.priority))  # before the body is read or decoded
-            body, content_type = await http.read_body(request), request.headers.get("Content-Type", "")
-            if content_type.lower().startswith("multipart/"):
-                # Python's parser takes 0.4 s for 10 MB: on the decode threads unless the body is small
-                data = await parse_where_cheap(self.app, len(body), lambda: image_file(body, content_type))
-            else:
-                data = image_file(body, content_type)  # the body itself
+            engine, controls, top_k, data = await self._image_request(request, name)
             work, pixels = encoded_image(self.app, engine.info, data)
             x = await decode_where_cheap(self.app, work, pixels)
             answer = await engine.classify(*controls.classify_args(x, arrival, None))
             return answer_response(engine.info, answer, top_k), [answer]
 
-        return await http.guarded(request, name, SURFACE, run, error)
+        return await self.http.guarded(request, name, SURFACE, run, error)
+
+    async def explanations(self, request: web.Request) -> web.Response:
+        """TorchServe's explanations API for an early-exit network (server/explain.py): what every exit said of the
+        image and where the rules stop it, the answer's own headers as /predictions gives them."""
+        name = request.match_info["model"]
+
+        async def run(arrival: float, attempt) -> tuple[web.Response, list]:
+            engine, controls, top_k, data = await self._image_request(request, name)
+            answers, explanations = await explain(self.app, engine, Tensor("image", BYTES, (1,), [data]), controls,
+                                                  arrival, None)
+            headers = answer_response(engine.info, answers[0], top_k).headers
+            return web.json_response(explanations[0], headers={k: v for k, v in headers.items() if k.startswith("X-")}), answers
+
+        return await self.http.guarded(request, name, SURFACE, run, error)
+
+    async def _image_request(self, request: web.Request, name: str):
+        """(engine, controls, top_k, the image file's bytes) of a /predictions or /explanations request, its version,
+        query and admission checked before the body is read or decoded."""
+        engine = self.app.engine_for(name)
+        version = request.match_info.get("version", "")
+        if version and version != engine.info.version:
+            raise InvalidInput(f"model {name!r} serves version {engine.info.version!r}, not {version[:80]!r}")
+        controls, top_k = query_controls(request.query, len(engine.info.classes))
+        controls.check(len(engine.info.exits))
+        engine.check_admission(1, engine.priority_level(controls.priority))
+        body, content_type = await self.http.read_body(request), request.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/"):
+            # Python's parser takes 0.4 s for 10 MB: on the decode threads unless the body is small
+            return engine, controls, top_k, await parse_where_cheap(self.app, len(body), lambda: image_file(body, content_type))
+        return engine, controls, top_k, image_file(body, content_type)  # the body itself
 
 
 def answer_response(info, answer, top_k: int) -> web.Response:

@@ -363,7 +363,8 @@ class OpenInferenceHTTP:
         count(self.app, model, code, images, surface=surface)
         if self.app.access_log is not None:
             exits = answer_exits(answers) if answers is not None else (None, None)
-            method = "explain" if request.path.endswith(":explain") else METHODS.get(surface, "infer")
+            explaining = request.path.endswith(":explain") or request.path.startswith("/explanations/")
+            method = ("explanations" if surface == "torchserve" else "explain") if explaining else METHODS.get(surface, "infer")
             self.app.access_log.record(surface, method, model, code, images,
                                        arrival, request.remote or "", message, *exits, request_id=request_id)
 

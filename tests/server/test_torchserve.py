@@ -174,3 +174,29 @@ def test_a_big_multipart_body_is_parsed_off_the_event_loop_and_answers_as_the_ra
         body, form = multipart([("data", big)])
         status, _, from_form = predict(url, body, method="POST", headers=form)
         assert status == 200 and from_form == predict(url, big)[2]
+
+
+def test_explanations_answer_as_kserve_explain_does_with_the_answer_in_the_headers(tiny_repo):
+    """TorchServe's explanations API (server/explain.py): the same explanation as KServe V1's :explain of the same
+    image and rule, where the rule stopped in the headers as /predictions gives them; its refusals in TorchServe's
+    form; the token asked as for predictions."""
+    with running_server(tiny_repo, auth_token="t") as (app, _):
+        url, auth = f"127.0.0.1:{app.http_port}", {"Authorization": "Bearer t"}
+        status, headers, doc = predict(url, IMAGE, "?calibrated_policy=true", headers=auth)
+        assert status == 200
+        status, hdrs, text = http(f"http://{url}/explanations/{MODEL}?calibrated_policy=true", "PUT", IMAGE,
+                                  {"Content-Type": "application/octet-stream", **auth})
+        assert status == 200, text
+        mine = json.loads(text)
+        _, _, kserve = http(f"http://{url}/v1/models/{MODEL}:explain", "POST",
+                            {"instances": [{"b64": base64.b64encode(IMAGE).decode()}],
+                             "parameters": {"calibrated_policy": True}}, auth)
+        assert mine == json.loads(kserve)["explanations"][0]
+        assert [x["exit_index"] for x in mine["exits"]] == [0, 1] and mine["rule_stop_exit"] == int(headers["X-AuxNet-Exit-Index"])
+        for name in ("X-AuxNet-Exit-Index", "X-AuxNet-Stop-Reason", "X-AuxNet-Model-Version"):
+            assert hdrs[name] == headers[name]
+        status, _, text = http(f"http://{url}/explanations/{MODEL}?budget_ms=5", "PUT", IMAGE, auth)
+        assert (status, json.loads(text)["type"]) == (400, "BadRequestException") and "'budget_ms'" in json.loads(text)["message"]
+        status, _, text = http(f"http://{url}/explanations/nope", "PUT", IMAGE, auth)
+        assert (status, json.loads(text)["type"]) == (404, "ModelNotFoundException")
+        assert http(f"http://{url}/explanations/{MODEL}", "PUT", IMAGE)[0] == 401
