@@ -220,9 +220,10 @@ def test_explain_is_its_own_method_in_the_access_log(tiny_repo, tmp_path):
     with v2_server(tiny_repo, access_log=str(log)) as (_, _, url):
         assert explain(url, {"instances": [{"b64": B64[0]}]})[0] == 200
         assert predict(url, {"instances": [{"b64": B64[0]}]})[0] == 200
-        assert wait_for(lambda: log.exists() and len(lines(log)) == 2, 5)
-    assert [(g["surface"], g["method"], g["code"]) for g in lines(log)] == [("kserve-v1", "explain", "OK"),
-                                                                         ("kserve-v1", "predict", "OK")]
+        assert http(f"http://{url}/explanations/{MODEL}", "PUT", FILES[0])[0] == 200  # TorchServe's
+        assert wait_for(lambda: log.exists() and len(lines(log)) == 3, 5)
+    assert [(g["surface"], g["method"], g["code"]) for g in lines(log)] == [
+        ("kserve-v1", "explain", "OK"), ("kserve-v1", "predict", "OK"), ("torchserve", "explanations", "OK")]
 
 
 def test_an_explanation_a_default_budget_ended_says_so(tiny_repo):
