@@ -40,7 +40,10 @@ def cuda_free(runtime=None, device: int = DEVICE) -> tuple[int, int] | None:
     if runtime is None:
         return None
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    # cudaSetDevice on this thread only: the provider sets its own device on the threads that run sessions.
-    if runtime.cudaSetDevice(device) != 0 or runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+    try:
+        # cudaSetDevice on this thread only: the provider sets its own device on the threads that run sessions.
+        if runtime.cudaSetDevice(device) != 0 or runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+            return None
+    except (AttributeError, OSError):  # a runtime without these symbols: no figure rather than a failed load
         return None
     return free.value, total.value

@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 LIBRARY = "libnvidia-ml.so.1"
 NVML_SUCCESS = 0
 UUID_BUFFER = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE
+log = logging.getLogger("auxnet.server")
 HELP = {  # Triton's help texts, word for word
     "nv_gpu_utilization": "GPU utilization rate [0.0 - 1.0)",
     "nv_gpu_memory_total_bytes": "GPU total memory, in bytes",
@@ -51,9 +52,9 @@ def load_nvml(name: str = LIBRARY):
     """The NVML library, initialised, or None where it cannot be loaded or initialised (no driver, no GPU)."""
     try:
         lib = ctypes.CDLL(name)
-    except OSError:
+        return lib if lib.nvmlInit_v2() == NVML_SUCCESS else None
+    except (OSError, AttributeError):
         return None
-    return lib if lib.nvmlInit_v2() == NVML_SUCCESS else None
 
 
 class GpuMetrics:
@@ -78,8 +79,13 @@ class GpuMetrics:
         return devices
 
     def _read(self, function: str, handle, value):
-        """`value` filled by NVML's `function`, or None where NVML returned an error (not supported, GPU lost)."""
-        return value if getattr(self.nvml, function)(handle, ctypes.byref(value)) == NVML_SUCCESS else None
+        """`value` filled by NVML's `function`, or None where NVML returned an error (not supported, GPU lost) or
+        has no such function (an older driver's library)."""
+        try:
+            call = getattr(self.nvml, function)
+        except AttributeError:
+            return None
+        return value if call(handle, ctypes.byref(value)) == NVML_SUCCESS else None
 
     def collect(self):
         families = {name: GaugeMetricFamily(name, text, labels=["gpu_uuid"]) for name, text in HELP.items()}
@@ -108,11 +114,14 @@ class GpuMetrics:
 def register_gpu_metrics(registry, nvml=None) -> bool:
     """Put Triton's GPU series on `registry` where NVML shows a GPU; say once (INFO) where it does not."""
     nvml = nvml if nvml is not None else load_nvml()
-    log = logging.getLogger("auxnet.server")
     if nvml is None:
         log.info("GPU metrics off: %s could not be loaded or initialised (no GPU driver on this host)", LIBRARY)
         return False
-    metrics = GpuMetrics(nvml)
+    try:
+        metrics = GpuMetrics(nvml)
+    except (AttributeError, OSError, ValueError) as e:  # an NVML this code does not know: serve without them
+        log.warning("GPU metrics off: NVML's devices could not be listed (%s: %s)", type(e).__name__, e)
+        return False
     if not metrics.devices:
         log.info("GPU metrics off: NVML shows no GPU")
         return False

@@ -30,3 +30,8 @@ def test_the_gpu_series_the_lease_reports(monkeypatch):
     monkeypatch.setattr(gpu_metrics, "load_nvml", lambda name=gpu_metrics.LIBRARY: FakeNvml([h200("GPU-dddd")]))
     lines = serving_check.gpu_metric_lines()
     assert 'nv_gpu_utilization{gpu_uuid="GPU-dddd"} 0.37' in lines and len(lines) == 6  # one line a series
+
+
+def test_a_report_only_step_that_fails_is_reported_not_raised():
+    assert serving_check.reported(lambda: 1 / 0) == {"error": "ZeroDivisionError: division by zero"}
+    assert serving_check.reported(lambda: [1]) == [1]

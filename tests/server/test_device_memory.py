@@ -167,3 +167,10 @@ def test_a_load_on_a_gpu_states_both_estimates_and_metrics_carry_the_gpus(tiny_r
     name = f'auxnet_model_device_memory_estimate_bytes{{model="tiny",version="{engine.info.version}"}}'
     assert [float(line.split()[-1]) for line in serving.splitlines() if line.startswith(name)] == [device_needed(folder, 4)]
     assert name not in stopped  # a version let go leaves no series behind
+
+
+def test_a_runtime_without_the_functions_gives_no_figure():
+    class Bare:  # a library that is not the CUDA runtime after all
+        pass
+
+    assert device_memory.cuda_free(Bare()) is None

@@ -134,3 +134,19 @@ def test_triton_spells_the_switch():
 
     assert server_config(parse_args(["--repo", "r"])).gpu_metrics
     assert not server_config(parse_args(["--repo", "r", "--allow-gpu-metrics=false"])).gpu_metrics
+
+
+def test_an_nvml_without_a_function_leaves_out_that_series_only(caplog):
+    class OlderNvml(FakeNvml):  # a driver's library that predates the energy counter
+        nvmlDeviceGetTotalEnergyConsumption = property(lambda self: (_ for _ in ()).throw(AttributeError("undefined symbol")))
+
+    registry = CollectorRegistry()
+    assert register_gpu_metrics(registry, OlderNvml([h200("GPU-eeee")]))
+    got = text(registry)
+    assert "nv_energy_consumption" not in got and 'nv_gpu_power_limit{gpu_uuid="GPU-eeee"} 700.0' in got
+
+    class NoDeviceList(FakeNvml):
+        nvmlDeviceGetCount_v2 = property(lambda self: (_ for _ in ()).throw(AttributeError("undefined symbol")))
+
+    assert not register_gpu_metrics(CollectorRegistry(), NoDeviceList([h200("GPU-ffff")]))
+    assert "GPU metrics off: NVML's devices could not be listed (AttributeError: undefined symbol)" in caplog.text
