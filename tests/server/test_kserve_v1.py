@@ -238,3 +238,11 @@ def test_an_explanation_a_default_budget_ended_says_so(tiny_repo):
     assert (e["computed_to_exit"], e["ended_by"], e["rule_stop_exit"]) == (0, "budget", 0)
     assert [x["exit_index"] for x in e["exits"]] == [0] and (p["exit_index"], p["stop_reason"]) == (0, "budget")
     assert e["policy_stop_exit"] == (0 if e["exits"][0]["policy_stops"] else None)  # none where the policy goes on
+
+
+def test_explain_takes_pixel_arrays_as_the_png_of_them(served):
+    _, url = served
+    _, as_png = explain(url, {"instances": [{"b64": b} for b in B64[:2]]})
+    status, as_pixels = explain(url, {"instances": [a.tolist() for a in IMAGES[:2]]})
+    assert status == 200, as_pixels
+    assert as_pixels["explanations"] == as_png["explanations"]  # PNG is lossless: the same pixels, the same answers
