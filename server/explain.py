@@ -34,6 +34,9 @@ async def explain(app, engine, tensor: Tensor, controls: ExitControls, arrival: 
         raise InvalidInput("parameter 'budget_ms' does not apply to :explain, which runs every exit of each image; "
                            "send it to :predict")
     controls.check(len(engine.info.exits))
+    # All of the request's images at once, as :predict asks, before any is decoded: each runs as its own request
+    # below, and a refusal half-way would leave the first ones computing for an answer nobody gets.
+    engine.check_admission(tensor.shape[0], engine.priority_level(controls.priority))
     full_depth = ExitControls(priority=controls.priority)  # no rule: every exit, the final one last
     runs = await asyncio.gather(*(_every_exit(app, engine, _one(tensor, i), full_depth, arrival, deadline)
                                   for i in range(tensor.shape[0])))

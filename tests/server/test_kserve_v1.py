@@ -246,3 +246,15 @@ def test_explain_takes_pixel_arrays_as_the_png_of_them(served):
     status, as_pixels = explain(url, {"instances": [a.tolist() for a in IMAGES[:2]]})
     assert status == 200, as_pixels
     assert as_pixels["explanations"] == as_png["explanations"]  # PNG is lossless: the same pixels, the same answers
+
+
+def test_explain_asks_room_for_all_its_images_before_any_runs(tiny_repo):
+    """More images than the in-flight limit: refused by name before any is computed, as :predict refuses them."""
+    from server.engine_config import EngineConfig
+
+    with v2_server(tiny_repo, engine=EngineConfig(max_batch=16, max_inflight=2)) as (app, _, url):
+        body = {"instances": [{"b64": b} for b in B64]}
+        status, doc = explain(url, body)
+        assert (status, doc) == predict(url, body)
+        assert status == 400 and doc["error"].startswith("3 images in one request; at most 2")
+        assert app.engines[MODEL].stats.to_triton(MODEL, "")["inference_count"] == 0  # nothing computed
