@@ -9,7 +9,7 @@ CUDA_VISIBLE_DEVICES hides it from the sessions.
 
 Triton reads them through DCGM on a thread every 2 s; here through NVML (libnvidia-ml.so.1, the driver's own library,
 present wherever a GPU driver is: nothing to install), read when /metrics is scraped. A figure NVML cannot give for
-a GPU (power on some boards) is left out for that GPU rather than written as 0, as Triton does after three failures.
+a GPU (power on some boards) is left out for that GPU, where Triton writes 0 (and stops asking after three failures).
 Like Triton's counters here (server/triton_metrics.py), nv_energy_consumption is a gauge that only grows.
 Where no NVML library loads (a host without a GPU driver) there are no GPU series and one INFO line says why.
 Served by the process that serves /metrics: the server, or under --workers the supervisor, once for the host.

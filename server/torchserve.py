@@ -86,8 +86,7 @@ class TorchServeAPI:
             engine, controls, top_k, data = await self._image_request(request, name)
             answers, explanations = await explain(self.app, engine, Tensor("image", BYTES, (1,), [data]), controls,
                                                   arrival, None)
-            headers = answer_response(engine.info, answers[0], top_k).headers
-            return web.json_response(explanations[0], headers={k: v for k, v in headers.items() if k.startswith("X-")}), answers
+            return web.json_response(explanations[0], headers=answer_headers(engine.info, answers[0])), answers
 
         return await self.http.guarded(request, name, SURFACE, run, error)
 
@@ -111,10 +110,14 @@ class TorchServeAPI:
 def answer_response(info, answer, top_k: int) -> web.Response:
     """TorchServe's image classifier's body (the top-k {class: probability}); where it stopped in headers."""
     order = sorted(range(len(info.classes)), key=lambda c: -answer.probs[c])[:top_k]
-    headers = {"X-AuxNet-Exit-Index": str(answer.exit_index), "X-AuxNet-Exit-Layer": str(info.exits[answer.exit_index].layer),
-               "X-AuxNet-Stop-Reason": answer.reason, "X-AuxNet-Budget-Met": str(answer.budget_met).lower(),
-               "X-AuxNet-Server-Latency-Ms": f"{1000 * answer.latency_s:.3f}", "X-AuxNet-Model-Version": info.version}
-    return web.json_response({info.classes[c]: float(answer.probs[c]) for c in order}, headers=headers)
+    return web.json_response({info.classes[c]: float(answer.probs[c]) for c in order}, headers=answer_headers(info, answer))
+
+
+def answer_headers(info, answer) -> dict[str, str]:
+    """Where an answer stopped, for a client that looks (TorchServe's own clients read only the body)."""
+    return {"X-AuxNet-Exit-Index": str(answer.exit_index), "X-AuxNet-Exit-Layer": str(info.exits[answer.exit_index].layer),
+            "X-AuxNet-Stop-Reason": answer.reason, "X-AuxNet-Budget-Met": str(answer.budget_met).lower(),
+            "X-AuxNet-Server-Latency-Ms": f"{1000 * answer.latency_s:.3f}", "X-AuxNet-Model-Version": info.version}
 
 
 def query_controls(query, n_classes: int) -> tuple[ExitControls, int]:
