@@ -149,14 +149,25 @@ def check_engine_paths(info, cpu, device: str, x: np.ndarray, report: dict) -> N
     report["engine"] = entry
 
 
-def device_memory_report(info, free_before: tuple[int, int] | None, batch: int) -> dict:
+def device_memory_report(info, free_before: tuple[int, int] | None, batch: int, run_twice_the_batch=None) -> dict:
     """What one model's sessions took of the GPU once they had run a batch (cudaMemGetInfo before and after, via
     the server's own reading, server/device_memory.py), beside the load check's estimate for that batch cap, and
-    nvidia-smi's free figure beside the server's reading of it. Reported only: an estimate is not a gate."""
+    nvidia-smi's free figure beside the server's reading of it. `run_twice_the_batch`, if given, runs the chain at
+    twice the batch: what that added over the batch's own images, per image, against export's activation figure
+    is the factor the estimate's ACTIVATION_COPIES stands for (on the CPU 3.5). Reported only: not a gate."""
     free_after = device_memory.cuda_free()
     if free_before is None or free_after is None:
         return {"read": False, "why": "no CUDA runtime loaded in this process (a CPU provider)"}
     folder = Path(info.exits[0].onnx).parent
+    growth = {}
+    if run_twice_the_batch is not None:
+        run_twice_the_batch()
+        free_twice = device_memory.cuda_free()
+        parts = load_memory.manifest_memory(folder)
+        if free_twice is not None and parts:
+            added = free_after[0] - free_twice[0]
+            growth = {"twice_the_batch_added_mb": added / 2**20,
+                      "activation_factor": round(added / (batch * sum(a for _, a in parts)), 3)}
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20).stdout.split()
@@ -166,7 +177,7 @@ def device_memory_report(info, free_before: tuple[int, int] | None, batch: int) 
             "load_took_mb": (free_before[0] - free_after[0]) / 2**20,
             "device_estimate_mb": load_memory.device_needed(folder, batch) / 2**20,
             "host_estimate_mb": load_memory.needed(folder, batch, gpu=True) / 2**20,
-            "free_mb_after": free_after[0] / 2**20, "nvidia_smi_free_mb": float(smi[0]) if smi else None}
+            "free_mb_after": free_after[0] / 2**20, "nvidia_smi_free_mb": float(smi[0]) if smi else None, **growth}
 
 
 def reported(step):
@@ -241,7 +252,8 @@ def main() -> int:
     free_before = device_memory.cuda_free()  # the runtime is loaded now (dev's sessions): a figure on a GPU
     fast = [OnnxRuntimeBackend(e.onnx, args.device) for e in info.exits]  # ONNX Runtime's default math (TF32)
     fast_logits = chain_logits(fast, x)  # a batch of 64, the serving benches' cap
-    report["device_memory"] = reported(lambda: device_memory_report(info, free_before, len(x)))
+    report["device_memory"] = reported(lambda: device_memory_report(
+        info, free_before, len(x), lambda: chain_logits(fast, np.concatenate([x, x]))))
     report["default_math_vs_cpu"] = [{"exit": k, "max_abs_diff": float(np.abs(f - c).max()),
                                       "top1_agreement": float((f.argmax(1) == c.argmax(1)).mean())}
                                      for k, (f, c) in enumerate(zip(fast_logits, chain_logits(cpu, x)))]

@@ -22,6 +22,24 @@ def test_a_loads_device_memory_beside_its_estimate(tiny_repo, monkeypatch):
                    "free_mb_after": 900.0, "nvidia_smi_free_mb": None}
 
 
+def test_twice_the_batch_gives_the_activation_factor(tiny_repo, monkeypatch):
+    """A chain run at twice the batch that takes 3 MB more of the GPU, over 64 images of the manifest's activations,
+    is the factor the estimate's 3.5 stands for."""
+    info = load_manifest(list_models(tiny_repo)[0])
+    per_image = sum(a for _, a in load_memory.manifest_memory(info.exits[0].onnx.parent))
+    free = [(900 * MB, 1000 * MB)]
+    monkeypatch.setattr(device_memory, "cuda_free", lambda: free[0])
+    ran = []
+
+    def twice():
+        ran.append(True)
+        free[0] = (900 * MB - 3 * MB, 1000 * MB)
+
+    got = serving_check.device_memory_report(info, (1000 * MB, 1000 * MB), 64, twice)
+    assert ran and got["twice_the_batch_added_mb"] == 3.0
+    assert got["activation_factor"] == round(3 * MB / (64 * per_image), 3) and got["load_took_mb"] == 100.0
+
+
 def test_the_gpu_series_the_lease_reports(monkeypatch):
     from server import gpu_metrics
     from tests.server.test_gpu_metrics import FakeNvml, h200
