@@ -241,7 +241,7 @@ class ServerApp:
         """Whether a new load's sessions will run on a GPU: as the options say, or (--device auto, which picks
         per session) as the models loaded already do."""
         return load_memory.on_gpu(self.cfg.device, self.cfg.backend) or any(
-            getattr(e.backends[0], "device_type", "cpu") != "cpu" for e in self.engines.values() if e.backends)
+            getattr(e.backends[0], "device_type", "cpu") != "cpu" for e in self.engines.values())
 
     async def _watch_repository(self) -> None:
         """Reload without loss: when `REPO/NAME` points to a new version, load and warm it beside the old
