@@ -10,8 +10,9 @@ measured, then as its last line: runs epochs NAME... (the names whose probes wor
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import math
 from pathlib import Path
 
 TRAIN_IMAGES = 45_000  # CIFAR-10 less the 5,000 validation images
@@ -44,7 +45,11 @@ def plan(runs: Path, left_s: float, min_epochs: int, max_epochs: int, names: lis
     measured throughput fits min_epochs (training plus evaluation an epoch) in what is left after the warm-up
     and the first evaluation's compiling; as many epochs as fit, up to max_epochs. One run is started even
     when it fits fewer than min_epochs."""
-    first, second = read_rows(runs / "probe1" / "metrics.jsonl")[:2]
+    alone_rows = read_rows(runs / "probe1" / "metrics.jsonl")
+    if len(alone_rows) < 2:
+        raise SystemExit(f"{runs / 'probe1'}: the run alone finished {len(alone_rows)} of its two epochs (probe1.log): "
+                         "no speed to size the plan from")
+    first, second = alone_rows[:2]
     alone, eval_s = second["images_per_s"], second["eval_s"]
     eval_compile_s = max(0.0, first["eval_s"] - second["eval_s"])
     report, probes = [], {}
@@ -75,6 +80,22 @@ def plan(runs: Path, left_s: float, min_epochs: int, max_epochs: int, names: lis
     return report + [f"{best[0]} {best[1]} {' '.join(ok)}"], best[0], best[1]
 
 
-if __name__ == "__main__":
-    lines, _, _ = plan(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.plan_runs", description="Size paper_runs.sh's plan from its "
+                                "speed probes; the last line printed is: runs epochs NAME...")
+    p.add_argument("runs", type=Path, help="the folder holding probe1/ and probe_all_<n>/")
+    p.add_argument("seconds_left", type=float)
+    p.add_argument("min_epochs", type=int)
+    p.add_argument("max_epochs", type=int)
+    p.add_argument("names", nargs="+", help="the runs probed side by side, in priority order")
+    args = p.parse_args(argv)
+    # seconds_left may be <= 0 (probes overran): one run is still planned, as plan() promises
+    if not math.isfinite(args.seconds_left) or not 1 <= args.min_epochs <= args.max_epochs:
+        p.error(f"need a finite seconds_left and 1 <= min_epochs <= max_epochs, got {args.seconds_left} "
+                f"{args.min_epochs} {args.max_epochs}")
+    lines, _, _ = plan(args.runs, args.seconds_left, args.min_epochs, args.max_epochs, args.names)
     print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

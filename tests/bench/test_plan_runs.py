@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.gpu.plan_runs import plan, shared_throughput
+from bench.gpu.plan_runs import main, plan, shared_throughput
 
 
 def row(time, images, train_s, steady=None):
@@ -52,3 +52,20 @@ def test_no_working_probe_stops_the_plan(tmp_path):
     write(tmp_path / "probe1", [{"images_per_s": 9000, "eval_s": 3.0}, {"images_per_s": 10000, "eval_s": 1.0}])
     with pytest.raises(SystemExit, match="nothing to start"):
         plan(tmp_path, 1000, 10, 400, ["a"])
+
+
+def test_a_failed_probe_alone_is_named_not_a_traceback(tmp_path):
+    write(tmp_path / "probe1", [{"images_per_s": 9000, "eval_s": 3.0}])  # died in its second epoch
+    with pytest.raises(SystemExit, match=r"probe1: the run alone finished 1 of its two epochs \(probe1.log\)"):
+        plan(tmp_path, 1000, 10, 400, ["a"])
+
+
+def test_the_command_line_prints_the_plan_last_and_refuses_bad_numbers(tmp_path, capsys):
+    test_plan_starts_the_runs_whose_share_fits_the_floor_and_skips_failed_probes(tmp_path)  # writes the probes
+    main([str(tmp_path), "1000", "10", "400", "a", "b", "c"])  # paper_runs.sh's call: it reads the last line
+    assert capsys.readouterr().out.splitlines()[-1] == "2 32 a b"
+    for bad in (["nan", "10", "400"], ["1000", "0", "400"], ["1000", "200", "100"], ["1000", "ten", "400"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(tmp_path), *bad, "a"])
+        assert e.value.code == 2
+    assert "min_epochs <= max_epochs, got 1000.0 200 100" in capsys.readouterr().err
