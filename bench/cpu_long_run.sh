@@ -6,6 +6,7 @@
 # 333 vs 460 img/s, measured 2026-12-03), ~2 minutes an epoch with its validation and test passes.
 #   bash bench/cpu_long_run.sh            start or resume run c in the background; prints where it stands
 #   bash bench/cpu_long_run.sh status     only print where it stands
+#   bash bench/cpu_long_run.sh progress   RESULTS §72's table: epochs 1, 5, every tenth and the last
 #   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~30 minutes on 2 cores
 # Run c: AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs, seed 0, 160 epochs
 # (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the recipe of the
@@ -31,6 +32,19 @@ status() {
   tail -n 2 "$OUT.log" 2>/dev/null
 }
 if [ "${1:-}" = status ]; then status; exit 0; fi
+if [ "${1:-}" = progress ]; then
+  exec "$PY" - "$OUT/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print("| epoch | lr | validation top-1 error per output (%) | test, final output (%) | img/s | s an epoch |")
+print("|---:|---:|---|---:|---:|---:|")
+for r in rows:
+    if r["epoch"] in (1, 5) or r["epoch"] % 10 == 0 or r is rows[-1]:
+        val = " / ".join(f"{x:.1f}" for x in r["val_top1_err"])
+        print(f"| {r['epoch']} | {r['lr']:.4f} | {val} | {r['test_top1_err'][-1]:.2f} | {r['images_per_s']:.0f} "
+              f"| {r['train_s'] + r['eval_s']:.0f} |")
+PY
+fi
 if [ "${1:-}" = finish ]; then
   # Decided before any 160-epoch figure existed (RESULTS §72): the candidates' policies promise the 0.5 pp drop
   # with confidence 0.8, not on average (§60: a mean promise broke on 40% of fresh calibration sets, 0.8 on 23%,

@@ -1,0 +1,3 @@
+# 2026-12-03 ~02:12 UTC, 2-core AMD EPYC (AVX-512-BF16), nothing else running; eager first, then --compile
+python -m training.run --preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 1 --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded --epochs 2 --max-batches 40 --no-eval --out /tmp/probe_eager --overwrite --precision bf16
+python -m training.run --preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 1 --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded --epochs 2 --max-batches 40 --no-eval --out /tmp/probe_compile --overwrite --precision bf16 --compile
