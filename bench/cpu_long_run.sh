@@ -17,6 +17,7 @@ OUT=${OUT:-runs/cpu_160ep/c_multiway_distill}
 PY=${PY:-.venv/bin/python}
 # A rehearsal in small: OUT=/tmp/rh/c EPOCHS=6 EXTRA_ARGS="--max-batches 3" RES=/tmp/rh/results
 #   HEADS_ARGS="--epochs 1 --views 1" bash bench/cpu_long_run.sh [finish]
+command -v "$PY" > /dev/null || { echo "$PY: no such Python; make the venv first (bash .ci/run makes .venv) or set PY"; exit 2; }
 EPOCHS=${EPOCHS:-160}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 HEADS_ARGS=${HEADS_ARGS:---epochs 16 --views 8}
