@@ -28,7 +28,6 @@ done_epochs() {
   if [ -f "$OUT/metrics.jsonl" ]; then wc -l < "$OUT/metrics.jsonl"; else echo 0; fi
 }
 status() {
-  local done_epochs
   echo "$OUT: $(done_epochs) of $EPOCHS epochs done; running: $(pgrep -f -- "--out $OUT" > /dev/null && echo yes || echo no)"
   tail -n 2 "$OUT.log" 2>/dev/null
 }
