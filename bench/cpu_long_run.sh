@@ -61,14 +61,16 @@ if [ "${1:-}" = finish ]; then
   head -n 1 "$OUT.cmd" > "$RES/$RUN.cmd" && cp "$OUT.log" "$RES/$RUN.log" && cp "$OUT/metrics.jsonl" "$RES/$RUN.metrics.jsonl" \
     || exit 1
   set -e -o pipefail
-  # The served default's heads (RESULTS §60): a 4 x 4 grid and 512 hidden units, on the frozen network.
-  "$PY" -m training.heads --checkpoint "$OUT" --out "$HEADS" --pool 4 --hidden 512 $HEADS_ARGS $DATA_ARGS \
+  # The served default's heads (RESULTS §60): a 4 x 4 grid and 512 hidden units, on the frozen network; made anew
+  # (--overwrite) so that a finish stopped half-way can simply be run again.
+  "$PY" -m training.heads --checkpoint "$OUT" --out "$HEADS" --overwrite --pool 4 --hidden 512 $HEADS_ARGS $DATA_ARGS \
     --decode-cache /tmp/cifar10-decoded 2>&1 | tee "$RES/heads.log"
   cp "$HEADS/heads.json" "$RES/heads_c_pool4_mlp512.json"
   # Chosen on validation only, beside the present default; published into a scratch repository, then its test
   # figures (never used to choose).
-  "$PY" -m export choose --checkpoint models/checkpoints/auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-53ep-seed0.pt \
-    --checkpoint "$OUT" --checkpoint "$HEADS" $DATA_ARGS --promise-confidence 0.8 \
+  # The present default's checkpoint, as bench/policy_eval.py names it (the runbook's publishing step updates it there)
+  default_ckpt=$("$PY" -c "from bench.policy_eval import DEFAULT_CKPT; print(DEFAULT_CKPT)")
+  "$PY" -m export choose --checkpoint "$default_ckpt" --checkpoint "$OUT" --checkpoint "$HEADS" $DATA_ARGS --promise-confidence 0.8 \
     --out "$(dirname "$OUT")/repository" --name auxnet56_5-cifar10 2>&1 | tee "$RES/choose.log"
   "$PY" -m export evaluate "$(dirname "$OUT")/repository/auxnet56_5-cifar10" --data ../shared/data/cifar10-jpeg/test \
     --json "$RES/evaluate_test.json" 2>&1 | tee "$RES/evaluate_test.log"
