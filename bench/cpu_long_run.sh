@@ -8,6 +8,8 @@
 #   bash bench/cpu_long_run.sh status     only print where it stands
 #   bash bench/cpu_long_run.sh progress   RESULTS §72's table: epochs 1, 5, every tenth and the last
 #   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~30 minutes on 2 cores
+#   bash bench/cpu_long_run.sh publish [CANDIDATE]   after finish: the runbook's last steps for the candidate that
+#                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~15 minutes
 # Run c: AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs, seed 0, 160 epochs
 # (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the recipe of the
 # served default (§19), at three times the epochs.
@@ -17,6 +19,7 @@ OUT=${OUT:-runs/cpu_160ep/c_multiway_distill}
 PY=${PY:-.venv/bin/python}
 # A rehearsal in small: OUT=/tmp/rh/c EPOCHS=6 EXTRA_ARGS="--max-batches 3" RES=/tmp/rh/results
 #   HEADS_ARGS="--epochs 1 --views 1" bash bench/cpu_long_run.sh [finish]
+#   and MODELS=/tmp/rh/models bash bench/cpu_long_run.sh publish /tmp/rh/c_pool4_mlp512 (models/ untouched)
 command -v "$PY" > /dev/null || { echo "$PY: no such Python; make the venv first (bash .ci/run makes .venv) or set PY"; exit 2; }
 EPOCHS=${EPOCHS:-160}
 EXTRA_ARGS=${EXTRA_ARGS:-}
@@ -78,6 +81,59 @@ if [ "${1:-}" = finish ]; then
     --heads "$RUN=$RES/heads_c_pool4_mlp512.json" | tee "$RES/tables.md"
   "$PY" -m bench.plot_runs "$RES/curves.png" "c, $EPOCHS ep (CPU)=$RES/$RUN.metrics.jsonl" \
     "c, 53 ep (H200)=bench/results/h200_cifar10jpeg_53ep/c_multiway_distill.metrics.jsonl"
+  exit 0
+fi
+if [ "${1:-}" = publish ]; then
+  # bench/gpu/README.md's last steps, in one place: the winner (as choose.log names it, or $2) becomes the served
+  # default under a name that says what it is, published with the same 0.8-confidence promise that chose it, its
+  # int8 twin beside it, both rebuilt byte for byte from the checkpoint, both evaluated on test. What stays by hand:
+  # bench.int8_cpu's timing (on a quiet machine), README/demo/RESULTS figures, the commit.
+  RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
+  MODELS=${MODELS:-models}
+  HEADS=$(dirname "$OUT")/c_pool4_mlp512
+  DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
+  default_ckpt=$("$PY" -c "from bench.policy_eval import DEFAULT_CKPT; print(DEFAULT_CKPT)")
+  chosen=${2:-$(sed -n 's/^chosen: \(.*\) ([0-9]* of [0-9]* eligible)$/\1/p' "$RES/choose.log" 2>/dev/null)}
+  [ -n "$chosen" ] || { echo "$RES/choose.log names no chosen candidate: run finish first (or name one)"; exit 1; }
+  src=$chosen
+  [ -d "$src" ] && src=$src/last.pt
+  [ -f "$src" ] || { echo "$src: no such checkpoint"; exit 1; }
+  if [ "$(realpath "$src")" = "$(realpath "$default_ckpt")" ]; then
+    echo "export choose kept the present default ($default_ckpt): nothing to publish"; exit 0
+  fi
+  case "$(realpath "$src")" in
+    "$(realpath -m "$HEADS")"/*) name=auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-${EPOCHS}ep-seed0.pt ;;
+    "$(realpath -m "$OUT")"/*) name=auxnet56_5-multiway-distill-cosine-cifar10jpeg-${EPOCHS}ep-seed0.pt ;;
+    *) name=${NAME:-}; [ -n "$name" ] || { echo "$src is neither run c nor its heads: say what to call it (NAME=...pt)"; exit 2; } ;;
+  esac
+  set -e -o pipefail
+  mkdir -p "$MODELS/checkpoints" "$RES"
+  new=$MODELS/checkpoints/$name
+  cp "$src" "$new"
+  step() {  # step NAME COMMAND...: the command into NAME.cmd, its output into NAME.log
+    local log=$1; shift
+    echo "python ${*:2}" > "$RES/$log.cmd"
+    "$@" 2>&1 | tee "$RES/$log.log"
+  }
+  step publish_export "$PY" -m export all --checkpoint "$new" --out "$MODELS/repository" --name auxnet56_5-cifar10 \
+    $DATA_ARGS --promise-confidence 0.8
+  step publish_int8 "$PY" -m export all --checkpoint "$new" --out "$MODELS/repository-int8" --name auxnet56_5-cifar10-int8 \
+    $DATA_ARGS --int8 --promise-confidence 0.8
+  step publish_check "$PY" -m export check "$MODELS/repository/auxnet56_5-cifar10" --checkpoint "$new" --rebuild
+  step publish_check_int8 "$PY" -m export check "$MODELS/repository-int8/auxnet56_5-cifar10-int8" --checkpoint "$new" \
+    --rebuild $DATA_ARGS
+  step publish_evaluate_test "$PY" -m export evaluate "$MODELS/repository/auxnet56_5-cifar10" \
+    --data ../shared/data/cifar10-jpeg/test --json "$RES/publish_evaluate_test.json"
+  step publish_evaluate_test_int8 "$PY" -m export evaluate "$MODELS/repository-int8/auxnet56_5-cifar10-int8" \
+    --data ../shared/data/cifar10-jpeg/test --json "$RES/publish_evaluate_test_int8.json"
+  if [ "$MODELS" = models ]; then  # one place names the default's checkpoint (bench/policy_eval.py): point it here
+    sed -i "s|\"$(basename "$default_ckpt")\"|\"$name\"|" bench/policy_eval.py
+    [ "$(basename "$default_ckpt")" = "$name" ] || rm -f "$default_ckpt"
+    grep -q "$name" bench/policy_eval.py || { echo "bench/policy_eval.py: DEFAULT_CKPT not updated"; exit 1; }
+  fi
+  echo "published $new into $MODELS/repository and $MODELS/repository-int8; by hand now: python -m bench.int8_cpu" \
+    "--int8-model $MODELS/repository-int8/auxnet56_5-cifar10-int8 (quiet machine), README (its checkpoint's name and" \
+    "figures), demo output, RESULTS, git add -A $MODELS bench/policy_eval.py"
   exit 0
 fi
 if pgrep -f -- "--out $OUT" > /dev/null; then echo "already running"; status; exit 0; fi
