@@ -10,12 +10,23 @@
 #   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~30 minutes on 2 cores
 #   bash bench/cpu_long_run.sh publish [CANDIDATE]   after finish: the runbook's last steps for the candidate that
 #                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~15 minutes
-# Run c: AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs, seed 0, 160 epochs
-# (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the recipe of the
-# served default (§19), at three times the epochs.
+#   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b
+# Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
+# seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
+# recipe of the served default (§19), at three times the epochs. After it, Table 6's comparison at the same length,
+# as the GPU runbook's lease would run it (bench/gpu/paper_runs.sh's names and recipes; bf16 here as there):
+# a_multiway, AuxNet-56-5 with the paper's method and recipe (step schedule), and b_resnet56, ResNet-56 (method
+# none, the auxiliary heads as detached probes). Their `finish` only files their figures beside c's.
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/cpu_160ep/c_multiway_distill}
+RUN=${RUN:-c_multiway_distill}
+declare -A RECIPES=(
+  [c_multiway_distill]="--method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 5"
+  [a_multiway]="--method multiway"
+  [b_resnet56]="--method none"
+)
+[ -n "${RECIPES[$RUN]:-}" ] || { echo "RUN=$RUN: unknown; known: ${!RECIPES[*]}"; exit 2; }
+OUT=${OUT:-runs/cpu_160ep/$RUN}
 PY=${PY:-.venv/bin/python}
 # A rehearsal in small: OUT=/tmp/rh/c EPOCHS=6 EXTRA_ARGS="--max-batches 3" RES=/tmp/rh/results
 #   HEADS_ARGS="--epochs 1 --views 1" bash bench/cpu_long_run.sh [finish]
@@ -24,9 +35,9 @@ command -v "$PY" > /dev/null || { echo "$PY: no such Python; make the venv first
 EPOCHS=${EPOCHS:-160}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 HEADS_ARGS=${HEADS_ARGS:---epochs 16 --views 8}
-ARGS="--preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine
-  --warmup-epochs 5 --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded
-  --epochs $EPOCHS --seed 0 --precision bf16 --out $OUT $EXTRA_ARGS"
+RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
+ARGS="--preset auxnet56_5 ${RECIPES[$RUN]} --dataset folder --data-dir ../shared/data/cifar10-jpeg
+  --decode-cache /tmp/cifar10-decoded --epochs $EPOCHS --seed 0 --precision bf16 --out $OUT $EXTRA_ARGS"
 done_epochs() {
   if [ -f "$OUT/metrics.jsonl" ]; then wc -l < "$OUT/metrics.jsonl"; else echo 0; fi
 }
@@ -49,47 +60,53 @@ for r in rows:
 PY
 fi
 if [ "${1:-}" = finish ]; then
-  # Decided before any 160-epoch figure existed (RESULTS §72): the candidates' policies promise the 0.5 pp drop
-  # with confidence 0.8, not on average (§60: a mean promise broke on 40% of fresh calibration sets, 0.8 on 23%,
-  # for 0.42 instead of 0.39 of the final exit's compute). Everything lands in runs/ and bench/results/;
-  # models/ is untouched: publishing the winner is the runbook's last steps (bench/gpu/README.md: int8 twin,
-  # export check --rebuild, models/checkpoints/, README and demo).
   [ "$(done_epochs)" -ge "$EPOCHS" ] || { status; echo "not finished"; exit 1; }
   pgrep -f -- "--out $OUT" > /dev/null && { echo "still running"; exit 1; }
-  RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
   HEADS=$(dirname "$OUT")/c_pool4_mlp512
   DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
   mkdir -p "$RES"
-  RUN=c_cpu_${EPOCHS}ep  # beside the lease's c_multiway_distill in the tables: a name of its own
-  head -n 1 "$OUT.cmd" > "$RES/$RUN.cmd" && cp "$OUT.log" "$RES/$RUN.log" && cp "$OUT/metrics.jsonl" "$RES/$RUN.metrics.jsonl" \
+  name=${RUN%%_*}_cpu_${EPOCHS}ep  # beside the lease's runs of the same recipe in the tables: a name of its own
+  head -n 1 "$OUT.cmd" > "$RES/$name.cmd" && cp "$OUT.log" "$RES/$name.log" && cp "$OUT/metrics.jsonl" "$RES/$name.metrics.jsonl" \
     || exit 1
   set -e -o pipefail
-  # The served default's heads (RESULTS §60): a 4 x 4 grid and 512 hidden units, on the frozen network; made anew
-  # (--overwrite) so that a finish stopped half-way can simply be run again.
-  "$PY" -m training.heads --checkpoint "$OUT" --out "$HEADS" --overwrite --pool 4 --hidden 512 $HEADS_ARGS $DATA_ARGS \
-    --decode-cache /tmp/cifar10-decoded 2>&1 | tee "$RES/heads.log"
-  cp "$HEADS/heads.json" "$RES/heads_c_pool4_mlp512.json"
-  # Chosen on validation only, beside the present default; published into a scratch repository, then its test
-  # figures (never used to choose).
-  # The present default's checkpoint, as bench/policy_eval.py names it (the runbook's publishing step updates it there)
-  default_ckpt=$("$PY" -c "from bench.policy_eval import DEFAULT_CKPT; print(DEFAULT_CKPT)")
-  "$PY" -m export choose --checkpoint "$default_ckpt" --checkpoint "$OUT" --checkpoint "$HEADS" $DATA_ARGS --promise-confidence 0.8 \
-    --out "$(dirname "$OUT")/repository" --name auxnet56_5-cifar10 2>&1 | tee "$RES/choose.log"
-  "$PY" -m export evaluate "$(dirname "$OUT")/repository/auxnet56_5-cifar10" --data ../shared/data/cifar10-jpeg/test \
-    --json "$RES/evaluate_test.json" 2>&1 | tee "$RES/evaluate_test.log"
-  "$PY" -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep "$RES" \
-    --heads "$RUN=$RES/heads_c_pool4_mlp512.json" | tee "$RES/tables.md"
-  "$PY" -m bench.plot_runs "$RES/curves.png" "c, $EPOCHS ep (CPU)=$RES/$RUN.metrics.jsonl" \
+  if [ "$RUN" = c_multiway_distill ]; then
+    # Decided before any 160-epoch figure existed (RESULTS §72): the candidates' policies promise the 0.5 pp drop
+    # with confidence 0.8, not on average (§60: a mean promise broke on 40% of fresh calibration sets, 0.8 on 23%,
+    # for 0.42 instead of 0.39 of the final exit's compute). Everything lands in runs/ and bench/results/;
+    # models/ is untouched until `publish`.
+    # The served default's heads (RESULTS §60): a 4 x 4 grid and 512 hidden units, on the frozen network; made anew
+    # (--overwrite) so that a finish stopped half-way can simply be run again.
+    "$PY" -m training.heads --checkpoint "$OUT" --out "$HEADS" --overwrite --pool 4 --hidden 512 $HEADS_ARGS $DATA_ARGS \
+      --decode-cache /tmp/cifar10-decoded 2>&1 | tee "$RES/heads.log"
+    cp "$HEADS/heads.json" "$RES/heads_c_pool4_mlp512.json"
+    # Chosen on validation only, beside the present default (as bench/policy_eval.py names it; `publish` updates it
+    # there); published into a scratch repository, then its test figures (never used to choose).
+    default_ckpt=$("$PY" -c "from bench.policy_eval import DEFAULT_CKPT; print(DEFAULT_CKPT)")
+    "$PY" -m export choose --checkpoint "$default_ckpt" --checkpoint "$OUT" --checkpoint "$HEADS" $DATA_ARGS \
+      --promise-confidence 0.8 --out "$(dirname "$OUT")/repository" --name auxnet56_5-cifar10 2>&1 | tee "$RES/choose.log"
+    "$PY" -m export evaluate "$(dirname "$OUT")/repository/auxnet56_5-cifar10" --data ../shared/data/cifar10-jpeg/test \
+      --json "$RES/evaluate_test.json" 2>&1 | tee "$RES/evaluate_test.log"
+  fi
+  # Tables 1, 2 and 6 and the curves over every CPU run filed so far, beside the lease's 53-epoch runs and the paper
+  heads=()
+  [ -f "$RES/heads_c_pool4_mlp512.json" ] && [ -f "$RES/c_cpu_${EPOCHS}ep.cmd" ] &&
+    heads=(--heads "c_cpu_${EPOCHS}ep=$RES/heads_c_pool4_mlp512.json")
+  "$PY" -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep "$RES" "${heads[@]}" | tee "$RES/tables.md"
+  curves=()
+  for r in c a b; do
+    [ -f "$RES/${r}_cpu_${EPOCHS}ep.metrics.jsonl" ] && curves+=("$r, $EPOCHS ep (CPU)=$RES/${r}_cpu_${EPOCHS}ep.metrics.jsonl")
+  done
+  "$PY" -m bench.plot_runs "$RES/curves.png" "${curves[@]}" \
     "c, 53 ep (H200)=bench/results/h200_cifar10jpeg_53ep/c_multiway_distill.metrics.jsonl"
   exit 0
 fi
 if [ "${1:-}" = publish ]; then
+  [ "$RUN" = c_multiway_distill ] || { echo "publish: run c's finish chooses the served default; RUN=$RUN is Table 6's comparison"; exit 2; }
   # bench/gpu/README.md's last steps, in one place: the winner (as choose.log names it, or $2) becomes the served
   # default under a name that says what it is (the present default, if it won, keeps its own), published with the
   # same 0.8-confidence promise that chose it, its int8 twin beside it, both rebuilt byte for byte from the
   # checkpoint, both evaluated on test. By hand after it: bench.int8_cpu's timing (on a quiet machine), README, demo
   # and RESULTS figures, the commit.
-  RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
   MODELS=${MODELS:-models}
   HEADS=$(dirname "$OUT")/c_pool4_mlp512
   DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
@@ -138,6 +155,12 @@ if [ "${1:-}" = publish ]; then
   exit 0
 fi
 if pgrep -f -- "--out $OUT" > /dev/null; then echo "already running"; status; exit 0; fi
+if [ "$(done_epochs)" -ge "$EPOCHS" ]; then
+  status; echo "finished: bash bench/cpu_long_run.sh finish (RUN=$RUN), then the next run (RUN=...; known: ${!RECIPES[*]})"; exit 0
+fi
+if other=$(pgrep -af -- "--out $(dirname "$OUT")/" | grep -v -- "--out $OUT\b"); then
+  echo "another long run is training (one at a time: it needs both cores):"; echo "$other"; exit 1
+fi
 mkdir -p "$(dirname "$OUT")"
 resume=""
 [ -f "$OUT/last.pt" ] && resume="--resume"

@@ -1,0 +1,2 @@
+python -m training.run --preset auxnet56_5 --method multiway --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded --epochs 2 --seed 0 --precision bf16 --out /tmp/rh2/a_multiway --max-batches 3 
+python -m training.run --preset auxnet56_5 --method none --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded --epochs 2 --seed 0 --precision bf16 --out /tmp/rh2/b_resnet56 --max-batches 3 
