@@ -92,12 +92,13 @@ if [ "${1:-}" = finish ]; then
   [ -f "$RES/heads_c_pool4_mlp512.json" ] && [ -f "$RES/c_cpu_${EPOCHS}ep.cmd" ] &&
     heads=(--heads "c_cpu_${EPOCHS}ep=$RES/heads_c_pool4_mlp512.json")
   "$PY" -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep "$RES" "${heads[@]}" | tee "$RES/tables.md"
-  curves=()
-  for r in c a b; do
-    [ -f "$RES/${r}_cpu_${EPOCHS}ep.metrics.jsonl" ] && curves+=("$r, $EPOCHS ep (CPU)=$RES/${r}_cpu_${EPOCHS}ep.metrics.jsonl")
+  curves=()  # each CPU run beside the lease's 53-epoch run of the same recipe
+  for r in c_multiway_distill a_multiway b_resnet56; do
+    [ -f "$RES/${r%%_*}_cpu_${EPOCHS}ep.metrics.jsonl" ] || continue
+    curves+=("${r%%_*}, $EPOCHS ep (CPU)=$RES/${r%%_*}_cpu_${EPOCHS}ep.metrics.jsonl"
+             "${r%%_*}, 53 ep (H200)=bench/results/h200_cifar10jpeg_53ep/$r.metrics.jsonl")
   done
-  "$PY" -m bench.plot_runs "$RES/curves.png" "${curves[@]}" \
-    "c, 53 ep (H200)=bench/results/h200_cifar10jpeg_53ep/c_multiway_distill.metrics.jsonl"
+  "$PY" -m bench.plot_runs "$RES/curves.png" "${curves[@]}"
   exit 0
 fi
 if [ "${1:-}" = publish ]; then
