@@ -43,6 +43,14 @@ done_epochs() {
 }
 status() {
   echo "$OUT: $(done_epochs) of $EPOCHS epochs done; running: $(pgrep -f -- "--out $OUT" > /dev/null && echo yes || echo no)"
+  [ -f "$OUT/metrics.jsonl" ] && "$PY" - "$OUT/metrics.jsonl" "$EPOCHS" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()][-5:]
+left = int(sys.argv[2]) - (rows[-1]["epoch"] if rows else 0)
+if rows and left > 0:  # the last five epochs' pace (pauses for CI and other work included)
+    s = sum(r["train_s"] + r["eval_s"] for r in rows) / len(rows)
+    print(f"{left} epochs left: ~{left * s / 3600:.1f} h at the last {len(rows)} epochs' {s:.0f} s an epoch")
+PY
   tail -n 2 "$OUT.log" 2>/dev/null
 }
 if [ "${1:-}" = status ]; then status; exit 0; fi
