@@ -36,6 +36,8 @@ EPOCHS=${EPOCHS:-160}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 HEADS_ARGS=${HEADS_ARGS:---epochs 16 --views 8}
 RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
+HEADS=$(dirname "$OUT")/c_pool4_mlp512  # run c with the served default's heads (finish makes it)
+DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
 ARGS="--preset auxnet56_5 ${RECIPES[$RUN]} --dataset folder --data-dir ../shared/data/cifar10-jpeg
   --decode-cache /tmp/cifar10-decoded --epochs $EPOCHS --seed 0 --precision bf16 --out $OUT $EXTRA_ARGS"
 done_epochs() {
@@ -70,8 +72,6 @@ fi
 if [ "${1:-}" = finish ]; then
   [ "$(done_epochs)" -ge "$EPOCHS" ] || { status; echo "not finished"; exit 1; }
   pgrep -f -- "--out $OUT" > /dev/null && { echo "still running"; exit 1; }
-  HEADS=$(dirname "$OUT")/c_pool4_mlp512
-  DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
   mkdir -p "$RES"
   name=${RUN%%_*}_cpu_${EPOCHS}ep  # beside the lease's runs of the same recipe in the tables: a name of its own
   head -n 1 "$OUT.cmd" > "$RES/$name.cmd" && cp "$OUT.log" "$RES/$name.log" && cp "$OUT/metrics.jsonl" "$RES/$name.metrics.jsonl" \
@@ -117,8 +117,6 @@ if [ "${1:-}" = publish ]; then
   # checkpoint, both evaluated on test. By hand after it: bench.int8_cpu's timing (on a quiet machine), README, demo
   # and RESULTS figures, the commit.
   MODELS=${MODELS:-models}
-  HEADS=$(dirname "$OUT")/c_pool4_mlp512
-  DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
   default_ckpt=$("$PY" -c "from bench.policy_eval import DEFAULT_CKPT; print(DEFAULT_CKPT)")
   chosen=${2:-$(sed -n 's/^chosen: \(.*\) ([0-9]* of [0-9]* eligible)$/\1/p' "$RES/choose.log" 2>/dev/null)}
   [ -n "$chosen" ] || { echo "$RES/choose.log names no chosen candidate: run finish first (or name one)"; exit 1; }
