@@ -9,7 +9,7 @@
 #   bash bench/cpu_long_run.sh progress   RESULTS §72's table: epochs 1, 5, every tenth and the last
 #   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~30 minutes on 2 cores
 #   bash bench/cpu_long_run.sh publish [CANDIDATE]   after finish: the runbook's last steps for the candidate that
-#                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~15 minutes
+#                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~3 minutes
 #   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b
 # Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
 # seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
