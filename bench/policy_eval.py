@@ -44,7 +44,7 @@ from training.engine import collect_logits
 from training.model import segment_costs
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-53ep-seed0.pt"
+DEFAULT_CKPT = ROOT / "models" / "checkpoints" / "auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-160ep-seed0.pt"
 
 
 def cache_path(checkpoint: str) -> Path:

@@ -1,0 +1,1 @@
+python -m training.run --preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 5 --dataset folder --data-dir ../shared/data/cifar10-jpeg --decode-cache /tmp/cifar10-decoded --epochs 160 --seed 0 --precision bf16 --out runs/cpu_160ep/c_multiway_distill

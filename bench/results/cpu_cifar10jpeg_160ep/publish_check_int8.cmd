@@ -1,0 +1,1 @@
+python -m export check models/repository-int8/auxnet56_5-cifar10-int8 --checkpoint models/checkpoints/auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-160ep-seed0.pt --rebuild --data-dir ../shared/data/cifar10-jpeg

@@ -1,0 +1,1 @@
+python -m export all --checkpoint models/checkpoints/auxnet56_5-pool4-mlp512-multiway-distill-cosine-cifar10jpeg-160ep-seed0.pt --out models/repository-int8 --name auxnet56_5-cifar10-int8 --data-dir ../shared/data/cifar10-jpeg --int8 --promise-confidence 0.8
