@@ -7,7 +7,7 @@
 #   bash bench/cpu_long_run.sh            start or resume run c in the background; prints where it stands
 #   bash bench/cpu_long_run.sh status     only print where it stands
 #   bash bench/cpu_long_run.sh progress   RESULTS §72's table: epochs 1, 5, every tenth and the last
-#   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~30 minutes on 2 cores
+#   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~15 minutes on 2 cores (run c's: 14.5)
 #   bash bench/cpu_long_run.sh publish [CANDIDATE]   after finish: the runbook's last steps for the candidate that
 #                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~3 minutes
 #   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b
@@ -38,7 +38,7 @@ HEADS_ARGS=${HEADS_ARGS:---epochs 16 --views 8}
 RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
 HEADS=$(dirname "$OUT")/c_pool4_mlp512  # run c with the served default's heads (finish makes it)
 DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
-ARGS="--preset auxnet56_5 ${RECIPES[$RUN]} --dataset folder --data-dir ../shared/data/cifar10-jpeg
+ARGS="--preset auxnet56_5 ${RECIPES[$RUN]} --dataset folder $DATA_ARGS
   --decode-cache /tmp/cifar10-decoded --epochs $EPOCHS --seed 0 --precision bf16 --out $OUT $EXTRA_ARGS"
 done_epochs() {
   if [ -f "$OUT/metrics.jsonl" ]; then wc -l < "$OUT/metrics.jsonl"; else echo 0; fi
