@@ -4,6 +4,9 @@
 # (written atomically) and each session calls this again, which resumes it (or starts it where OUT holds no run).
 # One run at a time, both cores (AuxNet-56-5 at ~350-460 img/s in bf16; torch.compile is slower on this CPU:
 # 333 vs 460 img/s, measured 2026-12-03), ~2 minutes an epoch with its validation and test passes.
+# Heavy work beside it slows both: pause the run for it (kill -STOP, then -CONT; the pid from `pgrep -f -- "--out
+# $OUT"`). Run a's epoch 14 took 389 s instead of ~125 beside fetch_serving_wheels.sh (2026-12-03): ~260 s lost to
+# its xz, which that script's header puts at ~2 minutes on 2 cores alone.
 #   bash bench/cpu_long_run.sh            start or resume run c in the background; prints where it stands
 #   bash bench/cpu_long_run.sh status     only print where it stands
 #   bash bench/cpu_long_run.sh progress   RESULTS §72's table: epochs 1, 5, every tenth and the last
@@ -47,11 +50,12 @@ status() {
   echo "$OUT: $(done_epochs) of $EPOCHS epochs done; running: $(pgrep -f -- "--out $OUT" > /dev/null && echo yes || echo no)"
   [ -f "$OUT/metrics.jsonl" ] && "$PY" - "$OUT/metrics.jsonl" "$EPOCHS" <<'PY'
 import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()][-5:]
+import statistics
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()][-9:]
 left = int(sys.argv[2]) - (rows[-1]["epoch"] if rows else 0)
-if rows and left > 0:  # the last five epochs' pace (pauses for CI and other work included)
-    s = sum(r["train_s"] + r["eval_s"] for r in rows) / len(rows)
-    print(f"{left} epochs left: ~{left * s / 3600:.1f} h at the last {len(rows)} epochs' {s:.0f} s an epoch")
+if rows and left > 0:  # the median: an epoch slowed by CI or other work beside it (x3-4) does not set the pace
+    s = statistics.median(r["train_s"] + r["eval_s"] for r in rows)
+    print(f"{left} epochs left: ~{left * s / 3600:.1f} h at the last {len(rows)} epochs' median {s:.0f} s an epoch")
 PY
   tail -n 2 "$OUT.log" 2>/dev/null
 }
@@ -134,7 +138,9 @@ if [ "${1:-}" = publish ]; then
   new=$MODELS/checkpoints/$name
   # Where the present default won, it is published again all the same: with the 0.8-confidence promise decided
   # before the run's figures (RESULTS §72) in place of its promise on average, which test missed (§60: 0.67 pp).
-  [ "$(realpath "$src")" = "$(realpath -m "$new")" ] || cp "$src" "$new"
+  # The copy leaves out the optimizers' state (training.checkpoint.TRAINING_STATE): 3.5 MB that nothing served reads.
+  [ "$(realpath "$src")" = "$(realpath -m "$new")" ] \
+    || "$PY" -c "import sys; from training.checkpoint import write_serving_copy; write_serving_copy(*sys.argv[1:])" "$src" "$new"
   step() {  # step NAME COMMAND...: the command into NAME.cmd, its output into NAME.log
     local log=$1; shift
     echo "python ${*:2}" > "$RES/$log.cmd"

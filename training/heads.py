@@ -32,7 +32,7 @@ import torch
 from server import load_memory
 from server.arguments import SEED_MAX, at_least, named, real_in
 from server.repository import sha256_file
-from training.checkpoint import checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
+from training.checkpoint import TRAINING_STATE, checkpoint_splits, load_checkpoint, model_from_checkpoint, save_atomic
 from training.data.batches import iterate
 from training.methods import OptimConfig, output_losses
 from training.model import AuxNet, segment_costs
@@ -200,7 +200,7 @@ def main(args, log=print) -> dict:
               "test_top1_err": test_after["top1_err"], "seconds": round(time.time() - start, 1)}
     metrics = {**ckpt.get("metrics", {}), "val_top1_err": val_after["top1_err"], "val_top5_err": val_after["top5_err"],
                "test_top1_err": test_after["top1_err"], "test_top5_err": test_after["top5_err"]}
-    new = {k: v for k, v in ckpt.items() if k != "model_ema"}
+    new = {k: v for k, v in ckpt.items() if k != "model_ema" and k not in TRAINING_STATE}
     new.update({"model": model.state_dict(), "config": model.cfg.to_dict(), "costs": segment_costs(model),
                 "metrics": metrics, "heads": record})
     save_atomic(new, out / "last.pt")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from server.arguments import SEED_MAX, at_least, layers, named, real_in
-from training.checkpoint import hold_run_directory, load_checkpoint, save_atomic
+from training.checkpoint import TRAINING_STATE, hold_run_directory, load_checkpoint, save_atomic
 from training.config import ModelConfig
 from training.data import DATASETS, load_splits
 from training.data.batches import DEFAULT_WORKERS, iterate
@@ -175,6 +175,9 @@ def main(args) -> dict:
         raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it, --overwrite to start "
                          "it over, or another --out")
     ckpt = load_checkpoint(out) if args.resume else None
+    if ckpt is not None and (missing := [k for k in TRAINING_STATE if k not in ckpt]):
+        raise ValueError(f"--resume: {out / 'last.pt'} holds no training state ({', '.join(missing)}): a copy for "
+                         "serving or training.heads' output, which cannot be continued; start a run with another --out")
     if ckpt is not None:
         for key in ("method", "dataset", "preset", "depth", "exits", "width", "seed", "batch_size", "epochs", "lr"):
             if ckpt["args"].get(key) != getattr(args, key):

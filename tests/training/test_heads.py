@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import load_checkpoint, model_from_checkpoint, write_serving_copy
 from training.config import ModelConfig
 from training.heads import get_args_parser, main, pooled_model, train_classifiers
 from training.layers import ExitHead
@@ -226,6 +226,27 @@ def test_resume_with_another_head_grid_is_refused(tiny_run):
                                     "--aux-head-pool", "2"])
     with pytest.raises(ValueError, match="aux_head_pool was 1, now 2"):
         run_main(args)
+
+
+def test_heads_output_holds_no_optimizer_state_and_cannot_be_resumed(tiny_run, tmp_path):
+    # The source's momentum belongs to the heads that were replaced; it made the 160-epoch default 3.5 MB larger.
+    main(_heads_args(tiny_run, tmp_path / "h"), log=lambda *a: None)
+    assert "method" in load_checkpoint(tiny_run) and "method" not in load_checkpoint(tmp_path / "h")
+    args = run_parser().parse_args(["--depth", "8", "--exits", "5,8", "--dataset", "synthetic", "--precision", "fp32",
+                                    "--device", "cpu", "--epochs", "2", "--batch-size", "64", "--max-batches", "6",
+                                    "--val-size", "200", "--seed", "0", "--out", str(tmp_path / "h"), "--resume",
+                                    "--aux-head-pool", "4"])
+    with pytest.raises(ValueError, match=r"--resume: .*h/last\.pt holds no training state \(method\): a copy for serving "
+                                         r"or training\.heads' output"):
+        run_main(args)
+
+
+def test_serving_copy_keeps_all_but_the_training_state(tiny_run, tmp_path):
+    write_serving_copy(tiny_run, tmp_path / "served.pt")
+    src, copy = load_checkpoint(tiny_run), load_checkpoint(tmp_path / "served.pt")
+    assert set(src) - set(copy) == {"method"}
+    assert all(torch.equal(copy["model"][k], v) for k, v in src["model"].items()) and copy["model"].keys() == src["model"].keys()
+    assert {k: copy[k] for k in ("config", "epoch", "data", "args")} == {k: src[k] for k in ("config", "epoch", "data", "args")}
 
 
 def test_a_cache_larger_than_memory_is_refused_before_any_pass(tiny_run, tmp_path, monkeypatch):
