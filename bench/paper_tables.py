@@ -157,8 +157,11 @@ def table6(runs: list[Run]) -> list[str]:
     cols = [r for r in runs if r.exits == TABLE6_LAYERS]
     if not cols:
         return ["(no run with outputs at layers 15, 25, 35, 45, 56)"]
-    heads = [f"ours ({chr(97 + i)}): {'ResNet (probes)' if r.method == 'none' else r.method}{_heads_label(r)}"
-             for i, r in enumerate(cols)]
+    # Each column by its run's own name (and its heads): letters (a), (b), ... read as the runs a..e, which
+    # they were not once the CPU's runs stood beside the lease's ("(d)" was run c at 160 epochs).
+    keys = [f"{r.name}{_heads_label(r)}" for r in cols]
+    heads = [f"ours: {key} ({'ResNet, probes' if r.method == 'none' else r.method}{', recipe' if r.recipe else ''}, "
+             f"{r.last['epoch']} ep)" for key, r in zip(keys, cols)]
     out = ["| output | " + " | ".join(heads) + " | paper: AuxNet | paper: ResNet |",
            "|---|" + "---:|" * (len(cols) + 2)]
     for k in reversed(range(len(TABLE6_LAYERS))):
@@ -166,8 +169,8 @@ def table6(runs: list[Run]) -> list[str]:
         out.append(f"| output-{TABLE6_LAYERS[k]} | {ours} | {_fmt(PAPER_TABLE6['AuxNet'][k])} | "
                    f"{_fmt(PAPER_TABLE6['ResNet'][k])} |")
     out.append("")
-    out += [f"({chr(97 + i)}) {r.name}: {r.network} {r.method}{' ' + r.recipe if r.recipe else ''}, {r.label}"
-            f"{'; auxiliary heads retrained (training.heads): ' + r.heads if r.heads else ''}" for i, r in enumerate(cols)]
+    out += [f"- {key}: {r.network} {r.method}{' ' + r.recipe if r.recipe else ''}, {r.label}"
+            f"{'; auxiliary heads retrained (training.heads): ' + r.heads if r.heads else ''}" for key, r in zip(keys, cols)]
     return out
 
 

@@ -48,7 +48,8 @@ def test_rows_carry_our_errors_beside_the_papers(tmp_path):
 
 def test_table6_lists_every_run_per_output_with_the_papers_columns(tmp_path):
     t6 = table6(runs(tmp_path))
-    assert t6[0].count("ours (") == 3
+    assert t6[0].count("ours: ") == 3
+    assert "| ours: a_multiway (multiway, 4 ep) | ours: c_distill (multiway, recipe, 3 ep) | ours: none (ResNet, probes, 4 ep) |" in t6[0]
     out25 = next(row for row in t6 if row.startswith("| output-25 |"))
     assert out25 == "| output-25 | 23.00 | 17.00 | 43.00 | 18.94 | 45.07 |"
     assert next(row for row in t6 if row.startswith("| output-56 |")).endswith("| 5.53 | 6.56 |")
@@ -67,13 +68,13 @@ def test_retrained_heads_add_a_table6_column_and_leave_tables_1_and_2(tmp_path):
     assert grid.last["test_top1_err"] == [30.0, 19.0, 15.0, 13.9, 13.5] and grid.heads == "4x4 heads, 4 ep on 8 views"
     assert found[0].last["test_top1_err"] == ERRS["multiway"]  # the run's own row is untouched
     t6 = table6([*found, grid])
-    assert t6[0].count("ours (") == 4 and "ours (d): multiway + grid heads" in t6[0]
+    assert t6[0].count("ours: ") == 4 and "ours: a_multiway + grid heads (multiway, 4 ep)" in t6[0]
     assert next(row for row in t6 if row.startswith("| output-15 |")) == "| output-15 | 48.00 | 40.00 | 55.00 | 30.00 | 50.35 | 63.01 |"
-    assert t6[-1].startswith("(d) a_multiway: AuxNet-56-5 multiway") and t6[-1].endswith(
+    assert t6[-1].startswith("- a_multiway + grid heads: AuxNet-56-5 multiway, 4 ep") and t6[-1].endswith(
         "auxiliary heads retrained (training.heads): 4x4 heads, 4 ep on 8 views")
     mlp = with_heads(found, f"a_multiway={write_heads(tmp_path / 'mlp.json', [20.0] * 5, hidden=512, epochs=16)}")
     assert mlp.heads == "4x4 heads with 512 hidden units, 16 ep on 8 views"
-    assert "ours (e): multiway + grid MLP heads" in table6([*found, grid, mlp])[0]
+    assert "ours: a_multiway + grid MLP heads (multiway, 4 ep)" in table6([*found, grid, mlp])[0]
 
 
 @pytest.mark.parametrize("spec, message", [
