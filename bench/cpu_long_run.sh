@@ -13,21 +13,27 @@
 #   bash bench/cpu_long_run.sh finish     after epoch 160: the steps below, ~15 minutes on 2 cores (run c's: 14.5)
 #   bash bench/cpu_long_run.sh publish [CANDIDATE]   after finish: the runbook's last steps for the candidate that
 #                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~3 minutes
-#   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b
+#   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b,
+#                                         then Table 1's joint (d_joint) and "shallower beats deeper" (e_aux44, e_resnet110)
 # Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
 # seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
 # recipe of the served default (§19), at three times the epochs. After it, Table 6's comparison at the same length,
 # as the GPU runbook's lease would run it (bench/gpu/paper_runs.sh's names and recipes; bf16 here as there):
 # a_multiway, AuxNet-56-5 with the paper's method and recipe (step schedule), and b_resnet56, ResNet-56 (method
-# none, the auxiliary heads as detached probes). Their `finish` only files their figures beside c's.
+# none, the auxiliary heads as detached probes). Their `finish` only files their figures beside c's. Then the issue's
+# d and e the same way, should no GPU have done them: d_joint (Table 1's joint training), e_aux44 (AuxNet-44-3) and
+# e_resnet110 (ResNet-110, about twice ResNet-56's time: ~4 sessions).
 set -u
 cd "$(dirname "$0")/.."
 RUN=${RUN:-c_multiway_distill}
 declare -A RECIPES=(
-  [c_multiway_distill]="--method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 5"
-  [a_multiway]="--method multiway"
-  [b_resnet56]="--method none"
-)
+  [c_multiway_distill]="--preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 5"
+  [a_multiway]="--preset auxnet56_5 --method multiway"
+  [b_resnet56]="--preset auxnet56_5 --method none"
+  [d_joint]="--preset auxnet56_5 --method joint"
+  [e_aux44]="--preset auxnet44_3 --method multiway"
+  [e_resnet110]="--preset resnet110 --method none"
+)  # bench/gpu/paper_runs.sh's names and recipes
 [ -n "${RECIPES[$RUN]:-}" ] || { echo "RUN=$RUN: unknown; known: ${!RECIPES[*]}"; exit 2; }
 OUT=${OUT:-runs/cpu_160ep/$RUN}
 PY=${PY:-.venv/bin/python}
@@ -41,8 +47,11 @@ HEADS_ARGS=${HEADS_ARGS:---epochs 16 --views 8}
 RES=${RES:-bench/results/cpu_cifar10jpeg_160ep}
 HEADS=$(dirname "$OUT")/c_pool4_mlp512  # run c with the served default's heads (finish makes it)
 DATA_ARGS="--data-dir ../shared/data/cifar10-jpeg"
-ARGS="--preset auxnet56_5 ${RECIPES[$RUN]} --dataset folder $DATA_ARGS
+ARGS="${RECIPES[$RUN]} --dataset folder $DATA_ARGS
   --decode-cache /tmp/cifar10-decoded --epochs $EPOCHS --seed 0 --precision bf16 --out $OUT $EXTRA_ARGS"
+filed_name() {  # beside the lease's runs of the same recipe in the tables: a name of its own; the two e runs keep theirs
+  case $1 in e_*) echo "$1_cpu_${EPOCHS}ep" ;; *) echo "${1%%_*}_cpu_${EPOCHS}ep" ;; esac
+}
 done_epochs() {
   if [ -f "$OUT/metrics.jsonl" ]; then wc -l < "$OUT/metrics.jsonl"; else echo 0; fi
 }
@@ -77,7 +86,7 @@ if [ "${1:-}" = finish ]; then
   [ "$(done_epochs)" -ge "$EPOCHS" ] || { status; echo "not finished"; exit 1; }
   pgrep -f -- "--out $OUT" > /dev/null && { echo "still running"; exit 1; }
   mkdir -p "$RES"
-  name=${RUN%%_*}_cpu_${EPOCHS}ep  # beside the lease's runs of the same recipe in the tables: a name of its own
+  name=$(filed_name "$RUN")
   head -n 1 "$OUT.cmd" > "$RES/$name.cmd" && cp "$OUT.log" "$RES/$name.log" && cp "$OUT/metrics.jsonl" "$RES/$name.metrics.jsonl" \
     || exit 1
   set -e -o pipefail
@@ -105,10 +114,12 @@ if [ "${1:-}" = finish ]; then
     heads=(--heads "c_cpu_${EPOCHS}ep=$RES/heads_c_pool4_mlp512.json")
   "$PY" -m bench.paper_tables --runs bench/results/h200_cifar10jpeg_53ep "$RES" "${heads[@]}" | tee "$RES/tables.md"
   curves=()  # each CPU run beside the lease's 53-epoch run of the same recipe
-  for r in c_multiway_distill a_multiway b_resnet56; do
-    [ -f "$RES/${r%%_*}_cpu_${EPOCHS}ep.metrics.jsonl" ] || continue
-    curves+=("${r%%_*}, $EPOCHS ep (CPU)=$RES/${r%%_*}_cpu_${EPOCHS}ep.metrics.jsonl"
-             "${r%%_*}, 53 ep (H200)=bench/results/h200_cifar10jpeg_53ep/$r.metrics.jsonl")
+  for r in c_multiway_distill a_multiway b_resnet56 d_joint e_aux44 e_resnet110; do
+    f=$(filed_name "$r")
+    [ -f "$RES/$f.metrics.jsonl" ] || continue
+    curves+=("${f%_cpu_*}, $EPOCHS ep (CPU)=$RES/$f.metrics.jsonl")
+    lease=bench/results/h200_cifar10jpeg_53ep/$r.metrics.jsonl
+    [ -f "$lease" ] && curves+=("${f%_cpu_*}, 53 ep (H200)=$lease")
   done
   "$PY" -m bench.plot_runs "$RES/curves.png" "${curves[@]}"
   exit 0
