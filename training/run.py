@@ -174,6 +174,8 @@ def main(args) -> dict:
         # second epoch 1 to its metrics.
         raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it, --overwrite to start "
                          "it over, or another --out")
+    if args.resume and not (out / "last.pt").exists():  # load_checkpoint's "does not exist" named no option
+        raise ValueError(f"--resume: {out} holds no run to continue (no last.pt); leave out --resume to start one there")
     ckpt = load_checkpoint(out) if args.resume else None
     if ckpt is not None and (missing := [k for k in TRAINING_STATE if k not in ckpt]):
         raise ValueError(f"--resume: {out / 'last.pt'} holds no training state ({', '.join(missing)}): a copy for "

@@ -84,6 +84,12 @@ def test_resume_with_other_arguments_is_refused(tmp_path):
         run(tmp_path, "r", "--epochs", "1", "--resume", "--distill-temperature", "2")
 
 
+def test_resume_where_no_run_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"--resume: .*empty holds no run to continue \(no last\.pt\); leave out --resume"):
+        run(tmp_path, "empty", "--epochs", "1", "--resume")
+    assert not (tmp_path / "empty").exists()  # nothing written for a refused run
+
+
 def test_corrupt_checkpoint_gives_clear_error(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="last.pt is corrupt or not a torch checkpoint"):
