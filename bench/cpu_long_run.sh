@@ -58,8 +58,7 @@ done_epochs() {
 status() {
   echo "$OUT: $(done_epochs) of $EPOCHS epochs done; running: $(pgrep -f -- "--out $OUT" > /dev/null && echo yes || echo no)"
   [ -f "$OUT/metrics.jsonl" ] && "$PY" - "$OUT/metrics.jsonl" "$EPOCHS" <<'PY'
-import json, sys
-import statistics
+import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()][-9:]
 left = int(sys.argv[2]) - (rows[-1]["epoch"] if rows else 0)
 if rows and left > 0:  # the median: an epoch slowed by CI or other work beside it (x3-4) does not set the pace

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 REQUIRED_KEYS = ("model", "config", "epoch", "data")
-# What only `training.run --resume` reads: the optimizers' momentum and the schedulers (3.5 MB of AuxNet-56-5's 12).
+# What only `training.run --resume` reads: the optimizers' momentum and the schedulers (3.5 of the 12 MB the 160-epoch
+# default's checkpoint had with them).
 # A served copy and the heads' checkpoint leave it out: the heads' momentum would belong to the heads they replaced.
 TRAINING_STATE = ("method",)
 
