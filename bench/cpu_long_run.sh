@@ -18,7 +18,7 @@
 # Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
 # seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
 # recipe of the served default (§19), at three times the epochs. After it, Table 6's comparison at the same length,
-# as the GPU runbook's lease would run it (bench/gpu/paper_runs.sh's names and recipes; bf16 here as there):
+# as the GPU runbook's lease would run it (the names and recipes of bench/paper_recipes.sh, which it sources; bf16 here as there):
 # a_multiway, AuxNet-56-5 with the paper's method and recipe (step schedule), and b_resnet56, ResNet-56 (method
 # none, the auxiliary heads as detached probes). Their `finish` only files their figures beside c's. Then the issue's
 # d and e the same way, should no GPU have done them: d_joint (Table 1's joint training), e_aux44 (AuxNet-44-3) and
@@ -26,14 +26,8 @@
 set -u
 cd "$(dirname "$0")/.."
 RUN=${RUN:-c_multiway_distill}
-declare -A RECIPES=(
-  [c_multiway_distill]="--preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3 --schedule cosine --warmup-epochs 5"
-  [a_multiway]="--preset auxnet56_5 --method multiway"
-  [b_resnet56]="--preset auxnet56_5 --method none"
-  [d_joint]="--preset auxnet56_5 --method joint"
-  [e_aux44]="--preset auxnet44_3 --method multiway"
-  [e_resnet110]="--preset resnet110 --method none"
-)  # bench/gpu/paper_runs.sh's names and recipes
+source bench/paper_recipes.sh  # the runs' names and recipes, shared with bench/gpu/paper_runs.sh
+declare -n RECIPES=PAPER_RECIPES
 [ -n "${RECIPES[$RUN]:-}" ] || { echo "RUN=$RUN: unknown; known: ${!RECIPES[*]}"; exit 2; }
 OUT=${OUT:-runs/cpu_160ep/$RUN}
 PY=${PY:-.venv/bin/python}

@@ -96,18 +96,8 @@ fi
 # ORDER: the runs to start, in priority order (default all). The plan starts only runs that finish their
 # epochs in this call; a later session with a GPU sets ORDER to the runs not done yet.
 read -r -a order <<< "${ORDER:-a_multiway b_resnet56 c_multiway_distill d_joint e_aux44 e_resnet110 f_multiway_preact g_multiway_cosine}"
-declare -A cmd=(
-  [a_multiway]="--preset auxnet56_5 --method multiway"
-  [b_resnet56]="--preset auxnet56_5 --method none"
-  [c_multiway_distill]="--preset auxnet56_5 --method multiway --distill-weight 0.5 --distill-temperature 3"
-  [d_joint]="--preset auxnet56_5 --method joint"
-  [e_aux44]="--preset auxnet44_3 --method multiway"
-  [e_resnet110]="--preset resnet110 --method none"
-  [f_multiway_preact]="--preset auxnet56_5 --method multiway --preact-shortcut"  # review: shortcut after BN-ReLU?
-  # c without distillation: c against a mixes two changes. In the CPU pilot (RESULTS §18, two seeds) cosine alone
-  # gave the most accurate early exit, and distillation 6-10% cheaper exits for 0.4-0.9 pp of final accuracy.
-  [g_multiway_cosine]="--preset auxnet56_5 --method multiway"
-)
+source "$(dirname "$0")/../paper_recipes.sh"  # the runs' recipes, shared with bench/cpu_long_run.sh
+declare -n cmd=PAPER_RECIPES
 for name in "${order[@]}"; do
   [ -n "${cmd[$name]:-}" ] || { echo "ORDER: unknown run '$name'; known: ${!cmd[*]}"; exit 2; }
 done
@@ -192,10 +182,9 @@ echo "plan: $NRUNS runs x $EPOCHS epochs (${order[*]:0:$NRUNS})" | tee -a "$RUNS
 # 3. Train side by side; the paper's schedule scaled to EPOCHS (milestones at 40% and 60%).
 for name in "${order[@]:0:$NRUNS}"; do
   args="${cmd[$name]} $DATA --epochs $EPOCHS --seed 0 --workers 2 $EXTRA $limit"
-  # 5 warm-up epochs; fewer in a rehearsal's short runs (training.run refuses a warm-up as long as the run)
-  warm=$(( EPOCHS > 5 ? 5 : EPOCHS - 1 ))
-  case $name in c_multiway_distill|g_multiway_cosine)
-    args="$args --schedule cosine" && [ "$warm" -gt 0 ] && args="$args --warmup-epochs $warm" ;; esac
+  # the recipes' 5 warm-up epochs, fewer in a rehearsal's short runs (training.run refuses a warm-up as long as
+  # the run; the last --warmup-epochs given wins)
+  case "$args" in *--warmup-epochs*) [ "$EPOCHS" -le 5 ] && args="$args --warmup-epochs $(( EPOCHS - 1 ))" ;; esac
   echo "python -m training.run $args" > "$RUNS/$name.cmd"
   resume=""
   [ -n "$RESUME" ] && [ -f "$RUNS/$name/last.pt" ] && resume="--resume"
