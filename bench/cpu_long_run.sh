@@ -15,6 +15,8 @@
 #                                         `export choose` picked (or CANDIDATE, a run folder or .pt), ~3 minutes
 #   RUN=a_multiway bash bench/cpu_long_run.sh [status|progress|finish]   the same for Table 6's pair, a then b,
 #                                         then Table 1's joint (d_joint) and "shallower beats deeper" (e_aux44, e_resnet110)
+#   RUN=d_joint THREADS=1 bash bench/cpu_long_run.sh, then RUN=e_aux44 THREADS=1 ...   two runs side by side, one
+#                                         core each (~1.09x the images a second in all: RESULTS §74)
 # Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
 # seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
 # recipe of the served default (§19), at three times the epochs. After it, Table 6's comparison at the same length,
@@ -175,14 +177,22 @@ if pgrep -f -- "--out $OUT" > /dev/null; then echo "already running"; status; ex
 if [ "$(done_epochs)" -ge "$EPOCHS" ]; then
   status; echo "finished: bash bench/cpu_long_run.sh finish (RUN=$RUN), then the next run (RUN=...; known: ${!RECIPES[*]})"; exit 0
 fi
-if other=$(pgrep -af -- "--out $(dirname "$OUT")/" | grep -v -- "--out $OUT\b"); then
-  echo "another long run is training (one at a time: it needs both cores):"; echo "$other"; exit 1
+# THREADS=1: two runs side by side, one core each (bench/cpu_thread_split.sh measured ~1.09x the images a second in
+# all, RESULTS §74): allowed beside one other run started with THREADS=1, never beside one that has both cores.
+others=$(pgrep -af -- "--out $(dirname "$OUT")/" | grep -v -- "--out $OUT\b" | cut -d' ' -f1)
+if [ -n "$others" ]; then
+  one_core=$(for pid in $others; do tr '\0' '\n' < "/proc/$pid/environ" 2> /dev/null | grep -qx OMP_NUM_THREADS=1 && echo "$pid"; done)
+  if [ "${THREADS:-}" != 1 ] || [ "$(echo "$others" | wc -l)" -gt 1 ] || [ "$one_core" != "$others" ]; then
+    echo "another long run is training (one at a time on both cores, or two with THREADS=1 each):"
+    for pid in $others; do tr '\0' ' ' < "/proc/$pid/cmdline"; echo; done; exit 1
+  fi
 fi
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 mkdir -p "$(dirname "$OUT")"
 resume=""
 [ -f "$OUT/last.pt" ] && resume="--resume"
 # shellcheck disable=SC2086  # ARGS is a list of words
-echo "python -m training.run $ARGS $resume" | tr -s ' \n' ' ' >> "$OUT.cmd"; echo >> "$OUT.cmd"
+echo "${THREADS:+OMP_NUM_THREADS=$THREADS }python -m training.run $ARGS $resume" | tr -s ' \n' ' ' >> "$OUT.cmd"; echo >> "$OUT.cmd"
 # shellcheck disable=SC2086
 setsid nohup "$PY" -m training.run $ARGS $resume >> "$OUT.log" 2>&1 < /dev/null &
 sleep 2
