@@ -20,7 +20,7 @@
 # Run c (the default RUN): AuxNet-56-5 multiway + self-distillation (0.5, T = 3) + cosine with 5 warm-up epochs,
 # seed 0, 160 epochs (the issue's floor), CIFAR-10's JPEG copy with 5,000 validation images held out of train: the
 # recipe of the served default (§19), at three times the epochs. After it, Table 6's comparison at the same length,
-# as the GPU runbook's lease would run it (the names and recipes of bench/paper_recipes.sh, which it sources; bf16 here as there):
+# as the GPU runbook's lease would run it (bench/paper_recipes.sh's names and recipes, read by both; bf16 as there):
 # a_multiway, AuxNet-56-5 with the paper's method and recipe (step schedule), and b_resnet56, ResNet-56 (method
 # none, the auxiliary heads as detached probes). Their `finish` only files their figures beside c's. Then the issue's
 # d and e the same way, should no GPU have done them: d_joint (Table 1's joint training), e_aux44 (AuxNet-44-3) and
