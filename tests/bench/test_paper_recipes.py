@@ -2,6 +2,7 @@
 both source: every entry must parse with training.run's own parser (a typo would cost a lease's minutes), say
 the recipe its name promises, and every run either script names by default must be in it."""
 
+import functools
 import re
 import shlex
 import subprocess
@@ -14,6 +15,7 @@ from training.run import get_args_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache  # one bash per test session, not one per lookup
 def recipes() -> dict[str, str]:
     r = subprocess.run(["bash", "-c", 'source bench/paper_recipes.sh; for k in "${!PAPER_RECIPES[@]}"; do '
                        'printf "%s=%s\\n" "$k" "${PAPER_RECIPES[$k]}"; done'],
